@@ -1,0 +1,497 @@
+/**
+ * The configuration schema: the single source of truth for validation, for the TypeScript types of
+ * the configuration and for the JSON Schema file that editors use (`schema/gatehouse.schema.json`).
+ * Durations and sizes are written as strings in YAML and come out of parsing as milliseconds and bytes.
+ */
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { parseDuration, parseRate, parseSize } from './units.js';
+
+/** A duration such as `500ms`, `30s`, `5m`, `12h`; parsed to milliseconds. */
+export const Duration = z
+  .string()
+  .meta({
+    description: 'A duration such as 500ms, 30s, 5m, 12h or 7d',
+    pattern: '^\\d+(\\.\\d+)?(ms|s|m|h|d)$',
+  })
+  .transform((text, ctx) => {
+    const ms = parseDuration(text);
+    if (ms === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `invalid duration "${text}" (expected e.g. 500ms, 30s, 5m, 12h)`,
+      });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+/** A size such as `512KiB`, `10MB` or a number of bytes; parsed to bytes. */
+export const Size = z
+  .union([z.number().int().nonnegative(), z.string()])
+  .meta({ description: 'A size in bytes, or a string such as 64KiB, 10MB, 1GiB' })
+  .transform((value, ctx) => {
+    if (typeof value === 'number') return value;
+    const bytes = parseSize(value);
+    if (bytes === undefined) {
+      ctx.addIssue({ code: 'custom', message: `invalid size "${value}" (expected e.g. 64KiB, 10MB, 1GiB)` });
+      return z.NEVER;
+    }
+    return bytes;
+  });
+
+/** A rate such as `600/min` or `10/s`; parsed to events per second. */
+export const Rate = z
+  .string()
+  .meta({ description: 'A rate such as 600/min, 10/s or 1000/h' })
+  .transform((text, ctx) => {
+    const perSecond = parseRate(text);
+    if (perSecond === undefined || perSecond <= 0) {
+      ctx.addIssue({ code: 'custom', message: `invalid rate "${text}" (expected e.g. 600/min, 10/s)` });
+      return z.NEVER;
+    }
+    return perSecond;
+  });
+
+/** A secret: a literal, `env:NAME` or `file:PATH` (relative to the config file; re-read on reload). */
+export const SecretRef = z.string().min(1).meta({
+  description: 'A literal value, env:NAME, or file:PATH (re-read on reload and when the file changes)',
+});
+
+const Name = z
+  .string()
+  .regex(
+    /^[A-Za-z0-9][A-Za-z0-9_.-]*$/,
+    'must start with a letter or digit and contain only letters, digits, _ . -',
+  );
+
+/** `host:port`, `[v6]:port` or `:port`. */
+export const BindAddress = z.string().refine((s) => parseBind(s) !== undefined, {
+  message: 'must be host:port, [ipv6]:port or :port with a port from 0 to 65535',
+});
+
+/** Splits a bind address into host and port; undefined when malformed. */
+export function parseBind(text: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  const host = m[1] ?? (m[2] || '0.0.0.0');
+  if (m[1] !== undefined && isIP(m[1]) !== 6) return undefined;
+  return { host, port };
+}
+
+/** An IPv4 or IPv6 address or CIDR block. */
+export const Cidr = z.string().refine(
+  (s) => {
+    const [addr, bits, ...rest] = s.split('/');
+    if (rest.length > 0 || addr === undefined) return false;
+    const family = isIP(addr);
+    if (family === 0) return false;
+    if (bits === undefined) return true;
+    if (!/^\d{1,3}$/.test(bits)) return false;
+    return Number(bits) <= (family === 4 ? 32 : 128);
+  },
+  { message: 'must be an IP address or CIDR block such as 10.0.0.0/8' },
+);
+
+const HttpMethod = z
+  .string()
+  .regex(/^[A-Z]+$/, 'must be an upper-case HTTP method such as GET')
+  .meta({ description: 'HTTP method, upper case' });
+
+const HeaderName = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a valid HTTP header name');
+
+// ---------------------------------------------------------------------------------------------
+// Listeners
+
+const TlsCertificate = z.strictObject({
+  cert: SecretRef.meta({ description: 'PEM certificate chain (file:PATH or env:NAME)' }),
+  key: SecretRef.meta({ description: 'PEM private key (file:PATH or env:NAME)' }),
+});
+
+const ListenerTls = z.strictObject({
+  certificates: z
+    .array(TlsCertificate)
+    .min(1, 'at least one certificate is required')
+    .meta({ description: 'Certificates; the one whose names match the SNI server name is chosen' }),
+  minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+  maxVersion: z.enum(['TLSv1.2', 'TLSv1.3']).optional(),
+  ciphers: z.string().optional().meta({ description: 'OpenSSL cipher list for TLS 1.2' }),
+  http2: z.boolean().default(true).meta({ description: 'Offer HTTP/2 through ALPN' }),
+  clientCertificate: z
+    .strictObject({
+      mode: z.enum(['request', 'require']),
+      ca: SecretRef.meta({ description: 'PEM bundle of CAs trusted for client certificates' }),
+    })
+    .optional()
+    .meta({ description: 'Downstream mTLS (identity from client certificates)' }),
+});
+
+const Listener = z.strictObject({
+  name: Name,
+  bind: BindAddress.meta({ description: 'host:port to listen on, e.g. 127.0.0.1:8080 or :443' }),
+  tls: ListenerTls.optional(),
+});
+
+// ---------------------------------------------------------------------------------------------
+// Server-wide limits and trust
+
+const Server = z
+  .strictObject({
+    trustedProxies: z
+      .array(Cidr)
+      .default([])
+      .meta({ description: 'Peers whose X-Forwarded-For is kept and extended; others are replaced' }),
+    headersTimeout: Duration.default(20_000).meta({
+      description: 'Time a client has to send complete request headers (slowloris guard)',
+    }),
+    keepAliveTimeout: Duration.default(65_000),
+    maxHeaderSize: Size.default(16 * 1024).meta({
+      description: 'Largest request header block accepted (431)',
+    }),
+    maxHeadersCount: z.number().int().positive().default(100),
+    maxBodySize: Size.optional().meta({ description: 'Default request body limit for every route (413)' }),
+    drainTimeout: Duration.default(30_000).meta({
+      description: 'On SIGTERM, how long in-flight requests may take to finish',
+    }),
+    workers: z
+      .union([z.literal('auto'), z.number().int().positive()])
+      .default(1)
+      .meta({ description: 'Processes per instance (auto = one per core)' }),
+  })
+  .default({
+    trustedProxies: [],
+    headersTimeout: 20_000,
+    keepAliveTimeout: 65_000,
+    maxHeaderSize: 16 * 1024,
+    maxHeadersCount: 100,
+    drainTimeout: 30_000,
+    workers: 1,
+  });
+
+const Admin = z.strictObject({
+  bind: BindAddress.default('127.0.0.1:9900'),
+  token: SecretRef.optional().meta({
+    description: 'Bearer token required for /api/v1 (env:NAME recommended)',
+  }),
+});
+
+const State = z.strictObject({
+  store: z
+    .string()
+    .refine((s) => s === 'memory' || /^rediss?:\/\//.test(s), 'must be "memory" or a redis:// URL')
+    .default('memory'),
+});
+
+// ---------------------------------------------------------------------------------------------
+// Identity (validated now; enforced by the identity subsystem)
+
+const Identity = z.strictObject({
+  session: z
+    .strictObject({
+      secrets: z.array(SecretRef).min(1),
+      maxAge: Duration.default(12 * 3_600_000),
+      idleTimeout: Duration.default(3_600_000),
+      cookie: z.string().default('_gatehouse'),
+      domain: z.string().optional(),
+    })
+    .optional(),
+  providers: z
+    .array(
+      z.strictObject({
+        name: Name,
+        type: z.literal('oidc'),
+        issuer: z.url(),
+        clientId: z.string().min(1),
+        clientSecret: SecretRef.optional(),
+        scopes: z.array(z.string()).default(['openid', 'email', 'profile']),
+        groupsClaim: z.string().default('groups'),
+      }),
+    )
+    .default([]),
+  bearer: z
+    .array(
+      z.strictObject({
+        issuer: z.url(),
+        audiences: z.array(z.string()).min(1),
+        jwksUri: z.url().optional(),
+        algorithms: z.array(z.string()).optional(),
+        groupsClaim: z.string().default('groups'),
+      }),
+    )
+    .default([]),
+  apiKeys: z
+    .array(
+      z.strictObject({
+        id: Name,
+        hash: z.string().regex(/^sha256:([0-9a-f]{64}|<hex>)$/, 'must be sha256:<64 hex digits>'),
+        subject: z.string().min(1),
+        groups: z.array(z.string()).default([]),
+        expires: z.string().optional(),
+        routes: z.array(z.string()).optional(),
+      }),
+    )
+    .default([]),
+  assertion: z
+    .strictObject({
+      signingKey: SecretRef.optional(),
+      ttl: Duration.default(300_000),
+      algorithm: z.enum(['ES256', 'RS256', 'EdDSA']).default('ES256'),
+    })
+    .optional(),
+});
+
+// ---------------------------------------------------------------------------------------------
+// Upstreams
+
+const UpstreamServer = z.strictObject({
+  url: z.string().refine((s) => /^https?:\/\/[^/]+\/?$/.test(s) && URL.canParse(s), {
+    message: 'must be an http:// or https:// origin such as http://10.0.0.5:8080 (no path)',
+  }),
+  weight: z.number().int().min(0).max(1000).default(1),
+  backup: z.boolean().default(false),
+  maxConnections: z.number().int().positive().optional(),
+});
+
+const StatusList = z.array(z.number().int().min(100).max(599));
+
+const HealthCheck = z.strictObject({
+  path: z.string().startsWith('/').default('/'),
+  method: z.enum(['GET', 'HEAD']).default('GET'),
+  host: z.string().optional().meta({ description: 'Host header for the check (default: the server host)' }),
+  interval: Duration.default(5000),
+  timeout: Duration.default(2000),
+  rise: z.number().int().positive().default(2),
+  fall: z.number().int().positive().default(3),
+  expectStatus: StatusList.optional().meta({ description: 'Healthy statuses (default: 200-399)' }),
+});
+
+const PassiveHealth = z.strictObject({
+  failures: z.number().int().positive().default(5).meta({ description: 'Consecutive failures that eject' }),
+  ejectFor: Duration.default(30_000),
+  maxEjectedPercent: z.number().min(0).max(100).default(50),
+});
+
+const RetryCondition = z.union([
+  z.enum(['connect-error', 'timeout', 'reset']),
+  z.number().int().min(500).max(599),
+]);
+
+const Upstream = z.strictObject({
+  servers: z.array(UpstreamServer).min(1, 'an upstream needs at least one server'),
+  balance: z.enum(['round-robin', 'least-conn', 'random-two', 'hash']).default('round-robin'),
+  hash: z
+    .strictObject({
+      source: z.enum(['ip', 'header', 'cookie']),
+      name: z.string().optional().meta({ description: 'Header or cookie name for source header/cookie' }),
+    })
+    .optional()
+    .meta({ description: 'Key for balance: hash (default: client IP)' }),
+  sticky: z
+    .strictObject({
+      cookie: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a valid cookie name'),
+      maxAge: Duration.optional(),
+      path: z.string().default('/'),
+      secure: z.boolean().optional(),
+    })
+    .optional(),
+  healthCheck: HealthCheck.optional(),
+  passive: PassiveHealth.default({ failures: 5, ejectFor: 30_000, maxEjectedPercent: 50 }),
+  slowStart: Duration.default(0).meta({ description: 'Ramp-up time for a server that becomes healthy' }),
+  dns: z
+    .strictObject({ refresh: Duration.default(30_000) })
+    .default({ refresh: 30_000 })
+    .meta({ description: 'Host names in server URLs are re-resolved this often; every address is used' }),
+  timeouts: z
+    .strictObject({
+      connect: Duration.default(5000),
+      response: Duration.default(600_000).meta({ description: 'Until the response headers arrive' }),
+      idle: Duration.default(600_000).meta({ description: 'Longest silence while streaming a body' }),
+    })
+    .default({ connect: 5000, response: 600_000, idle: 600_000 }),
+  retries: z
+    .strictObject({
+      attempts: z.number().int().min(0).max(10).default(1),
+      on: z.array(RetryCondition).default(['connect-error']),
+      backoff: Duration.default(25),
+      budget: z
+        .number()
+        .min(0)
+        .max(1)
+        .default(0.2)
+        .meta({ description: 'Retries allowed as a fraction of recent requests (plus 10/s)' }),
+    })
+    .default({ attempts: 1, on: ['connect-error'], backoff: 25, budget: 0.2 }),
+  maxConnections: z
+    .number()
+    .int()
+    .positive()
+    .optional()
+    .meta({ description: 'Concurrent requests per server (a server may override it)' }),
+  queue: z
+    .strictObject({ max: z.number().int().min(0).default(1000), timeout: Duration.default(30_000) })
+    .default({ max: 1000, timeout: 30_000 }),
+  tls: z
+    .strictObject({
+      ca: SecretRef.optional().meta({ description: 'PEM bundle trusted for the servers' }),
+      serverName: z.string().optional(),
+      cert: SecretRef.optional().meta({ description: 'Client certificate for mTLS to the servers' }),
+      key: SecretRef.optional(),
+    })
+    .optional(),
+  inject: z
+    .strictObject({
+      headers: z
+        .record(HeaderName, z.string())
+        .default({})
+        .meta({ description: 'Headers set on every request; ${env:NAME} and ${file:PATH} are expanded' }),
+    })
+    .optional(),
+});
+
+// ---------------------------------------------------------------------------------------------
+// Policies (validated now; enforced by the identity subsystem)
+
+const Rule = z.strictObject({
+  email: z.array(z.string()).optional(),
+  domain: z.array(z.string()).optional(),
+  user: z.array(z.string()).optional(),
+  subject: z.array(z.string()).optional(),
+  groups: z.array(z.string()).optional(),
+  claim: z.record(z.string(), z.union([z.string(), z.number(), z.boolean(), z.array(z.string())])).optional(),
+  authMethod: z.array(z.enum(['session', 'bearer', 'apiKey', 'mtls'])).optional(),
+  sourceIp: z.array(Cidr).optional(),
+  methods: z.array(HttpMethod).optional(),
+  paths: z.array(z.string()).optional(),
+  time: z
+    .strictObject({
+      days: z.array(z.enum(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'])).optional(),
+      from: z
+        .string()
+        .regex(/^\d{2}:\d{2}$/)
+        .optional(),
+      to: z
+        .string()
+        .regex(/^\d{2}:\d{2}$/)
+        .optional(),
+      timezone: z.string().optional(),
+    })
+    .optional(),
+  name: z.string().optional(),
+});
+
+const Policy = z.strictObject({
+  allow: z.array(Rule).default([]),
+  deny: z.array(Rule).default([]),
+});
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+
+const HeaderEdits = z.strictObject({
+  set: z.record(HeaderName, z.string()).default({}),
+  remove: z.array(HeaderName).default([]),
+});
+
+const Route = z.strictObject({
+  name: Name,
+  match: z
+    .strictObject({
+      host: z
+        .union([z.string(), z.array(z.string()).min(1)])
+        .optional()
+        .meta({ description: 'Exact host or *.example.com; several allowed' }),
+      path: z.string().startsWith('/').default('/').meta({ description: 'Path prefix' }),
+      methods: z.array(HttpMethod).optional(),
+      headers: z
+        .record(HeaderName, z.string())
+        .optional()
+        .meta({ description: 'Headers that must be present with these exact values ("*" = present)' }),
+    })
+    .default({ path: '/' }),
+  upstream: z.string().optional(),
+  split: z
+    .strictObject({
+      targets: z
+        .array(z.strictObject({ upstream: z.string(), weight: z.number().int().min(0).max(1000) }))
+        .min(2, 'a split needs at least two targets'),
+      pinHeader: HeaderName.optional().meta({
+        description: 'Request header whose value names an upstream of the split to pin the request to',
+      }),
+    })
+    .optional()
+    .meta({ description: 'Weighted canary split between upstreams (instead of upstream)' }),
+  policy: z.union([z.string(), Policy]).optional(),
+  public: z.boolean().default(false),
+  rateLimit: z
+    .strictObject({
+      key: z.enum(['identity', 'ip']).default('identity'),
+      rate: Rate,
+      burst: z.number().int().positive().optional(),
+    })
+    .optional(),
+  identityHeaders: z.boolean().default(false),
+  websocket: z
+    .union([z.boolean(), z.strictObject({ idleTimeout: Duration.default(3_600_000) })])
+    .default(false)
+    .meta({ description: 'Allow WebSocket upgrades (idleTimeout default 1h)' }),
+  maxBodySize: Size.optional().meta({ description: 'Request body limit (413)' }),
+  timeouts: z
+    .strictObject({ response: Duration.optional(), idle: Duration.optional() })
+    .optional()
+    .meta({ description: 'Override the upstream timeouts for this route' }),
+  preserveHost: z
+    .boolean()
+    .default(true)
+    .meta({ description: "Forward the client's Host header (false: use the server's host)" }),
+  stripPrefix: z.boolean().default(false).meta({ description: 'Remove match.path from the forwarded path' }),
+  headers: z.strictObject({ request: HeaderEdits.optional(), response: HeaderEdits.optional() }).optional(),
+});
+
+// ---------------------------------------------------------------------------------------------
+// Policy tests (run by `gatehouse check`)
+
+const ConfigTest = z.strictObject({
+  name: z.string().min(1),
+  as: z.record(z.string(), z.unknown()).optional(),
+  request: z.strictObject({
+    method: HttpMethod.default('GET'),
+    url: z.url(),
+    headers: z.record(z.string(), z.string()).optional(),
+    sourceIp: z.string().optional(),
+  }),
+  expect: z.union([z.enum(['allow', 'deny', 'login']), z.number().int().min(100).max(599)]),
+});
+
+// ---------------------------------------------------------------------------------------------
+
+/** The whole configuration file, after includes are merged. */
+export const ConfigSchema = z.strictObject({
+  include: z.array(z.string()).optional().meta({ description: 'Further YAML files merged into this one' }),
+  listeners: z.array(Listener).min(1, 'at least one listener is required'),
+  server: Server,
+  admin: Admin.optional(),
+  state: State.default({ store: 'memory' }),
+  identity: Identity.optional(),
+  upstreams: z.record(Name, Upstream).default({}),
+  policies: z.record(Name, Policy).default({}),
+  routes: z.array(Route).default([]),
+  tests: z.array(ConfigTest).default([]),
+  logging: z
+    .strictObject({
+      level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+      access: z.boolean().default(true).meta({ description: 'Write one JSON access-log line per request' }),
+    })
+    .default({ level: 'info', access: true }),
+});
+
+/** The validated configuration: durations in ms, sizes in bytes, defaults filled in. */
+export type Config = z.output<typeof ConfigSchema>;
+export type ListenerConfig = z.output<typeof Listener>;
+export type UpstreamConfig = z.output<typeof Upstream>;
+export type UpstreamServerConfig = z.output<typeof UpstreamServer>;
+export type RouteConfig = z.output<typeof Route>;
+export type PolicyConfig = z.output<typeof Policy>;
+export type HealthCheckConfig = z.output<typeof HealthCheck>;
+export type ServerConfig = z.output<typeof Server>;

@@ -1,0 +1,36 @@
+/**
+ * The normalized description of a request that every decision is taken on, and the compiled route
+ * table. The same normalized path is used for matching, for policy and for forwarding.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+import type { RouteConfig } from '../config/schema.js';
+
+/** A request reduced to what routing and policy look at. */
+export interface RequestFacts {
+  method: string;
+  /** Lower-case host without port. */
+  host: string;
+  /** Normalized path (no query), see `normalizePath`. */
+  path: string;
+  /** Raw query string including the leading `?`, or ''. */
+  query: string;
+  headers: IncomingHttpHeaders;
+  clientIp: string;
+  tls: boolean;
+}
+
+/** A route ready for the hot path. */
+export interface CompiledRoute {
+  readonly name: string;
+  readonly config: RouteConfig;
+  /** Upstream name for this request (applies the weighted split and the pin header). */
+  pickUpstream(headers: IncomingHttpHeaders): string;
+  /** Effective body limit in bytes, or undefined for none. */
+  readonly maxBodySize: number | undefined;
+}
+
+/** Finds the most specific route for a request, deterministically. */
+export interface RouteTable {
+  readonly routes: readonly CompiledRoute[];
+  match(facts: RequestFacts): CompiledRoute | undefined;
+}

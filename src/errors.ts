@@ -1,0 +1,97 @@
+/**
+ * Typed errors with a stable `code` and the HTTP status they map to. Library and upstream errors are
+ * translated at one boundary (`src/proxy/errors.ts`) and keep the original as `cause`.
+ */
+
+/** Base class of every error Gatehouse raises on purpose. */
+export class GatehouseError extends Error {
+  readonly code: string;
+  readonly status: number;
+  constructor(code: string, status: number, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+    this.status = status;
+  }
+}
+
+/** The request could not be parsed or normalized safely (400). */
+export class BadRequestError extends GatehouseError {
+  constructor(message: string, code = 'GH_BAD_REQUEST') {
+    super(code, 400, message);
+  }
+}
+
+/** No route matches the request (404). */
+export class NoRouteError extends GatehouseError {
+  constructor() {
+    super('GH_NO_ROUTE', 404, 'no route matches this request');
+  }
+}
+
+/** The request body is larger than the route allows (413). */
+export class BodyTooLargeError extends GatehouseError {
+  constructor(limit: number) {
+    super('GH_BODY_TOO_LARGE', 413, `request body exceeds ${limit} bytes`);
+  }
+}
+
+/** Every server of the upstream is down, ejected or draining (503). */
+export class NoServerAvailableError extends GatehouseError {
+  constructor(upstream: string) {
+    super('GH_NO_SERVER', 503, `no server available in upstream ${upstream}`);
+  }
+}
+
+/** The request waited in the upstream queue longer than `queue.timeout`, or the queue was full (503). */
+export class QueueTimeoutError extends GatehouseError {
+  constructor(upstream: string, full = false) {
+    super(
+      full ? 'GH_QUEUE_FULL' : 'GH_QUEUE_TIMEOUT',
+      503,
+      full ? `queue of upstream ${upstream} is full` : `timed out waiting for a connection to ${upstream}`,
+    );
+  }
+}
+
+/** The upstream refused, reset or broke the connection, or sent an invalid response (502). */
+export class UpstreamConnectError extends GatehouseError {
+  constructor(message: string, cause?: unknown, code = 'GH_UPSTREAM_CONNECT') {
+    super(code, 502, message, { cause });
+  }
+}
+
+/** The upstream did not answer in time (504). */
+export class UpstreamTimeoutError extends GatehouseError {
+  constructor(message: string, cause?: unknown) {
+    super('GH_UPSTREAM_TIMEOUT', 504, message, { cause });
+  }
+}
+
+/** The client went away before the response was complete (499, logged only). */
+export class ClientClosedError extends GatehouseError {
+  constructor() {
+    super('GH_CLIENT_CLOSED', 499, 'client closed the connection');
+  }
+}
+
+/** A problem found in a configuration file, reported as `FILE: path.to.key: message`. */
+export interface ConfigProblem {
+  file: string;
+  path: string;
+  message: string;
+}
+
+/** The configuration is invalid; carries every problem found. */
+export class ConfigError extends GatehouseError {
+  readonly problems: ConfigProblem[];
+  constructor(problems: ConfigProblem[]) {
+    super('GH_CONFIG_INVALID', 0, problems.map(formatProblem).join('\n'));
+    this.problems = problems;
+  }
+}
+
+/** Formats a problem as `FILE: path.to.key: message`. */
+export function formatProblem(p: ConfigProblem): string {
+  return `${p.file}: ${p.path || '(root)'}: ${p.message}`;
+}

@@ -1,0 +1,2 @@
+export type { Config } from './config/schema.js';
+export { ConfigSchema } from './config/schema.js';

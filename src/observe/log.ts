@@ -1,0 +1,38 @@
+/**
+ * Structured logs: one pino logger for operational events and one JSON line per request for access.
+ */
+import { type Logger, pino } from 'pino';
+
+/** One access-log line. */
+export interface AccessEntry {
+  time: string;
+  requestId: string;
+  client: string;
+  host: string;
+  method: string;
+  path: string;
+  route: string | undefined;
+  upstream: string | undefined;
+  server: string | undefined;
+  status: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** Total time in ms. */
+  duration: number;
+  /** Time until the upstream sent response headers, in ms. */
+  upstreamDuration: number | undefined;
+  retries: number;
+  /** Stable error code when the gateway answered with an error itself. */
+  error?: string;
+  protocol?: string;
+}
+
+/** Creates the process logger (JSON lines to stdout, or to `destination`). */
+export function createLogger(level = 'info', destination?: NodeJS.WritableStream): Logger {
+  return pino(
+    { level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime },
+    destination ?? pino.destination({ dest: 1, sync: false }),
+  );
+}
+
+export type { Logger };

@@ -1,0 +1,34 @@
+/**
+ * The runtime form of a configuration: everything the hot path needs, built once per (re)load and
+ * swapped atomically. A request keeps the runtime it started with until it ends.
+ */
+import type { SecureContext } from 'node:tls';
+import type { Config } from './config/schema.js';
+import type { RouteTable } from './core/types.js';
+import type { Upstream } from './upstream/types.js';
+
+/** TLS material of one HTTPS listener, with the certificate to use for each SNI name. */
+export interface ListenerTlsRuntime {
+  /** Picks the context for an SNI server name; falls back to the first certificate. */
+  contextFor(serverName: string | undefined): SecureContext;
+  /** Options for `tls.createServer`/`http2.createSecureServer` built from the first certificate. */
+  readonly defaultOptions: {
+    cert: string;
+    key: string;
+    minVersion: string;
+    maxVersion?: string;
+    ciphers?: string;
+  };
+}
+
+export interface Runtime {
+  readonly generation: number;
+  readonly file: string;
+  readonly config: Config;
+  readonly routes: RouteTable;
+  readonly upstreams: ReadonlyMap<string, Upstream>;
+  /** Per HTTPS listener name. */
+  readonly tls: ReadonlyMap<string, ListenerTlsRuntime>;
+  /** Files whose change triggers a reload (config, includes, file: secrets, certificates). */
+  readonly watchedFiles: readonly string[];
+}
