@@ -1,0 +1,559 @@
+/**
+ * Loads a configuration file: YAML parsing, `include:` merging with the origin of every value kept,
+ * schema validation, then semantic checks (references between sections, duplicates, secret files and
+ * certificates). Every problem is collected and reported at once as `FILE: path.to.key: message`,
+ * where FILE is the file the offending value was written in.
+ */
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { LineCounter, parseDocument } from 'yaml';
+import type { z } from 'zod';
+import type { ConfigProblem } from '../errors.js';
+import { type Config, ConfigSchema, parseBind } from './schema.js';
+import { SecretError, SecretResolver } from './secrets.js';
+
+/** The outcome of loading a configuration. Warnings never make a configuration invalid. */
+export type LoadResult =
+  | {
+      ok: true;
+      /** Absolute path of the main configuration file. */
+      file: string;
+      config: Config;
+      /** Absolute paths of the config, its includes and every file secret it read. */
+      files: string[];
+      secrets: SecretResolver;
+      warnings: ConfigProblem[];
+    }
+  | {
+      ok: false;
+      problems: ConfigProblem[];
+      warnings: ConfigProblem[];
+      /** Files read or tried so far; watched so that fixing any of them triggers a reload. */
+      files: string[];
+    };
+
+/** Options of `loadConfig`. */
+export interface LoadOptions {
+  /**
+   * Read and check secret references, certificates and keys (default true). Offline commands that
+   * only route (`explain`) turn it off so that a config can be explained without its secrets.
+   */
+  checkSecrets?: boolean;
+}
+
+// Top-level keys whose lists are concatenated and whose maps are merged across included files.
+const ARRAY_KEYS = new Set(['listeners', 'routes', 'tests']);
+const MAP_KEYS = new Set(['upstreams', 'policies']);
+const MAP_NOUN: Record<string, string> = { upstreams: 'upstream', policies: 'policy' };
+
+type Path = ReadonlyArray<PropertyKey>;
+type Raw = Record<string, unknown>;
+
+/** Where each top-level value of the merged document came from. */
+class Origins {
+  readonly root: string;
+  readonly arrays = new Map<string, Array<{ file: string; index: number }>>();
+  readonly maps = new Map<string, Map<string, string>>();
+  readonly keys = new Map<string, string>();
+
+  constructor(root: string) {
+    this.root = root;
+  }
+
+  /** The file a value came from and its path as written in that file. */
+  locate(p: Path): { file: string; path: string } {
+    const [key, second, ...rest] = p;
+    if (typeof key !== 'string') return { file: this.root, path: joinPath(p) };
+    if (typeof second === 'number' && ARRAY_KEYS.has(key)) {
+      const origin = this.arrays.get(key)?.[second];
+      if (origin) return { file: origin.file, path: joinPath([key, origin.index, ...rest]) };
+    }
+    if (typeof second === 'string' && MAP_KEYS.has(key)) {
+      const file = this.maps.get(key)?.get(second);
+      if (file) return { file, path: joinPath(p) };
+    }
+    return { file: this.keys.get(key) ?? this.root, path: joinPath(p) };
+  }
+}
+
+function joinPath(p: Path): string {
+  return p.map(String).join('.');
+}
+
+function isPlainObject(v: unknown): v is Raw {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Collects problems during one load. */
+class Collector {
+  readonly problems: ConfigProblem[] = [];
+  readonly warnings: ConfigProblem[] = [];
+  /** Set when a file could not be parsed: validating the rest would only report follow-on errors. */
+  unparsable = false;
+  constructor(readonly origins: Origins) {}
+
+  /** A problem at a path of the merged document. */
+  at(p: Path, message: string): void {
+    this.problems.push({ ...this.origins.locate(p), message });
+  }
+  /** A warning at a path of the merged document. */
+  warnAt(p: Path, message: string): void {
+    this.warnings.push({ ...this.origins.locate(p), message });
+  }
+  /** A problem in a specific file (before merging). */
+  inFile(file: string, p: string, message: string): void {
+    this.problems.push({ file, path: p, message });
+  }
+}
+
+/**
+ * Loads and validates `file`. Never throws for user errors: every problem is returned at once.
+ * `file:` secret references are resolved relative to the directory of `file`.
+ */
+export async function loadConfig(
+  file: string,
+  env: NodeJS.ProcessEnv = process.env,
+  options: LoadOptions = {},
+): Promise<LoadResult> {
+  const rootAbs = path.resolve(file);
+  const origins = new Origins(file);
+  const out = new Collector(origins);
+  const merged: Raw = {};
+  const read: string[] = [];
+
+  const rootText = await readText(rootAbs);
+  if (typeof rootText !== 'string') {
+    out.inFile(file, '', `cannot read file (${rootText.code})`);
+    return { ok: false, problems: out.problems, warnings: out.warnings, files: [rootAbs] };
+  }
+  await collect(rootAbs, file, rootText, [rootAbs], merged, out, read, new Map());
+
+  if (out.unparsable) return { ok: false, problems: out.problems, warnings: out.warnings, files: read };
+  const secrets = new SecretResolver(path.dirname(rootAbs), env);
+  const parsed = ConfigSchema.safeParse(merged);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) issueToProblems(issue, [], merged, out);
+  }
+  semanticChecks(merged, out, secrets, options.checkSecrets !== false);
+
+  const files = [...new Set([...read, ...secrets.files])];
+  if (out.problems.length > 0 || !parsed.success) {
+    return { ok: false, problems: out.problems, warnings: out.warnings, files };
+  }
+  return { ok: true, file: rootAbs, config: parsed.data, files, secrets, warnings: out.warnings };
+}
+
+async function readText(abs: string): Promise<string | { code: string }> {
+  try {
+    return await readFile(abs, 'utf8');
+  } catch (err) {
+    return { code: (err as NodeJS.ErrnoException).code ?? 'EIO' };
+  }
+}
+
+/** Parses one file, merges its keys into `merged`, then follows its includes depth-first. */
+async function collect(
+  abs: string,
+  display: string,
+  text: string,
+  stack: string[],
+  merged: Raw,
+  out: Collector,
+  read: string[],
+  includedFrom: Map<string, string>,
+): Promise<void> {
+  read.push(abs);
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { prettyErrors: false, lineCounter, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    for (const err of doc.errors) {
+      const { line, col } = lineCounter.linePos(err.pos[0]);
+      out.inFile(display, '', `YAML syntax error at line ${line}, column ${col}: ${err.message}`);
+    }
+    out.unparsable = true;
+    return;
+  }
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: 1000 });
+  } catch (err) {
+    out.inFile(display, '', `cannot read YAML: ${(err as Error).message}`);
+    out.unparsable = true;
+    return;
+  }
+  if (data === null || data === undefined) data = {};
+  if (!isPlainObject(data)) {
+    out.inFile(display, '', 'the file must contain a mapping of keys (listeners:, routes:, ...)');
+    out.unparsable = true;
+    return;
+  }
+
+  const o = out.origins;
+  for (const [key, value] of Object.entries(data)) {
+    if (key === 'include') continue;
+    const firstFile = o.keys.get(key);
+    if (ARRAY_KEYS.has(key) && Array.isArray(value)) {
+      merged[key] ??= [];
+      const list = merged[key] as unknown[];
+      if (!Array.isArray(list)) {
+        out.inFile(display, key, `"${key}" is also defined in ${firstFile} with a different type`);
+        continue;
+      }
+      const origin = o.arrays.get(key) ?? [];
+      o.arrays.set(key, origin);
+      value.forEach((item, index) => {
+        list.push(item);
+        origin.push({ file: display, index });
+      });
+      o.keys.set(key, firstFile ?? display);
+    } else if (
+      MAP_KEYS.has(key) &&
+      isPlainObject(value) &&
+      (firstFile === undefined || isPlainObject(merged[key]))
+    ) {
+      merged[key] ??= {};
+      const map = merged[key] as Raw;
+      const names = o.maps.get(key) ?? new Map<string, string>();
+      o.maps.set(key, names);
+      for (const [name, def] of Object.entries(value)) {
+        const other = names.get(name);
+        if (other !== undefined) {
+          out.inFile(display, `${key}.${name}`, `${MAP_NOUN[key]} "${name}" is also defined in ${other}`);
+          continue;
+        }
+        names.set(name, display);
+        map[name] = def;
+      }
+      o.keys.set(key, firstFile ?? display);
+    } else if (firstFile !== undefined) {
+      out.inFile(display, key, `"${key}" is also defined in ${firstFile}; it may appear in only one file`);
+    } else {
+      merged[key] = value;
+      o.keys.set(key, display);
+    }
+  }
+
+  const include = data.include;
+  if (include === undefined || include === null) return;
+  if (!Array.isArray(include)) {
+    out.inFile(display, 'include', 'must be a list of file names');
+    return;
+  }
+  for (const [i, ref] of include.entries()) {
+    if (typeof ref !== 'string' || ref === '') {
+      out.inFile(display, `include.${i}`, 'must be a file name');
+      continue;
+    }
+    const childAbs = path.resolve(path.dirname(abs), ref);
+    const childDisplay = path.isAbsolute(ref) ? ref : path.normalize(path.join(path.dirname(display), ref));
+    if (stack.includes(childAbs)) {
+      const cycle = [...stack.slice(stack.indexOf(childAbs)), childAbs].map(
+        (f) => path.relative('.', f) || f,
+      );
+      out.inFile(display, `include.${i}`, `include cycle: ${cycle.join(' -> ')}`);
+      continue;
+    }
+    const earlier = includedFrom.get(childAbs);
+    if (earlier !== undefined) {
+      out.inFile(display, `include.${i}`, `${ref} is already included by ${earlier}`);
+      continue;
+    }
+    includedFrom.set(childAbs, display);
+    const childText = await readText(childAbs);
+    if (typeof childText !== 'string') {
+      read.push(childAbs);
+      out.inFile(display, `include.${i}`, `cannot read file ${ref} (${childText.code})`);
+      continue;
+    }
+    await collect(childAbs, childDisplay, childText, [...stack, childAbs], merged, out, read, includedFrom);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema issues
+
+function valueAt(root: unknown, p: Path): unknown {
+  let v: unknown = root;
+  for (const key of p) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<PropertyKey, unknown>)[key as string];
+  }
+  return v;
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  if (typeof v === 'string') return `"${v}"`;
+  return `${typeof v} ${String(v)}`;
+}
+
+// Zod's built-in messages start with these; custom messages from the schema are kept as written.
+const DEFAULT_MESSAGE = /^(Invalid|Too small|Too big|Expected|Unrecognized)/;
+
+function issueToProblems(issue: z.core.$ZodIssue, base: Path, data: unknown, out: Collector): void {
+  const p = [...base, ...issue.path];
+  const input = valueAt(data, p);
+  switch (issue.code) {
+    case 'unrecognized_keys':
+      for (const key of issue.keys) out.at([...p, key], 'unknown key');
+      return;
+    case 'invalid_type':
+      out.at(p, input === undefined ? 'is required' : `expected ${issue.expected}, got ${describe(input)}`);
+      return;
+    case 'invalid_value':
+      out.at(
+        p,
+        issue.values.length === 1
+          ? `must be ${JSON.stringify(issue.values[0])}, got ${describe(input)}`
+          : `invalid value ${describe(input)} (allowed: ${issue.values.map(String).join(', ')})`,
+      );
+      return;
+    case 'invalid_union': {
+      // A branch that failed deeper than the union itself is the one the author meant: report its issues.
+      const branches = issue.errors;
+      const deep = branches.find((b) =>
+        b.some((i) => i.path.length > 0 || (i.code !== 'invalid_type' && i.code !== 'invalid_value')),
+      );
+      if (deep) {
+        for (const inner of deep) issueToProblems(inner, p, data, out);
+        return;
+      }
+      const expected = new Set<string>();
+      for (const b of branches) {
+        for (const i of b) {
+          if (i.code === 'invalid_type') expected.add(String(i.expected));
+          else if (i.code === 'invalid_value') for (const v of i.values) expected.add(JSON.stringify(v));
+        }
+      }
+      out.at(p, `expected ${[...expected].join(' or ')}, got ${describe(input)}`);
+      return;
+    }
+    case 'invalid_key':
+      for (const inner of issue.issues) {
+        out.at(p, `invalid name "${String(p[p.length - 1])}": ${inner.message}`);
+      }
+      return;
+    case 'too_small':
+    case 'too_big': {
+      if (!DEFAULT_MESSAGE.test(issue.message)) break;
+      const bound = issue.code === 'too_small' ? issue.minimum : issue.maximum;
+      const op = issue.code === 'too_small' ? (issue.inclusive ? '>=' : '>') : issue.inclusive ? '<=' : '<';
+      const what =
+        issue.origin === 'array'
+          ? 'number of items'
+          : issue.origin === 'string'
+            ? 'length'
+            : issue.origin === 'number'
+              ? 'value'
+              : issue.origin;
+      out.at(p, `${what} must be ${op} ${String(bound)}, got ${describe(input)}`);
+      return;
+    }
+    case 'invalid_format': {
+      if (!DEFAULT_MESSAGE.test(issue.message)) break;
+      if (issue.format === 'url') out.at(p, `must be a URL, got ${describe(input)}`);
+      else if (issue.format === 'starts_with' && 'prefix' in issue) {
+        out.at(p, `must start with "${String(issue.prefix)}", got ${describe(input)}`);
+      } else if ('pattern' in issue) out.at(p, `must match ${String(issue.pattern)}, got ${describe(input)}`);
+      else out.at(p, `must be a valid ${issue.format}, got ${describe(input)}`);
+      return;
+    }
+    default:
+      break;
+  }
+  out.at(p, issue.message.replace(/^Invalid input: /, ''));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Semantic checks, run on the merged document whether or not the schema accepted it, so that every
+// problem is reported in one pass. Each check skips values of the wrong shape (the schema reports them).
+
+function list(v: unknown): unknown[] {
+  return Array.isArray(v) ? v : [];
+}
+function obj(v: unknown): Raw {
+  return isPlainObject(v) ? v : {};
+}
+function str(v: unknown): string | undefined {
+  return typeof v === 'string' ? v : undefined;
+}
+
+function semanticChecks(data: Raw, out: Collector, secrets: SecretResolver, checkSecrets: boolean): void {
+  const upstreams = obj(data.upstreams);
+  const policies = obj(data.policies);
+
+  // Listeners: unique names and bind addresses (port 0 means "any free port" and never conflicts).
+  const listenerNames = new Map<string, number>();
+  const binds = new Map<string, string>();
+  const bindKey = (bind: string): string | undefined => {
+    const b = parseBind(bind);
+    return b && b.port !== 0 ? `${b.host}:${b.port}` : undefined;
+  };
+  list(data.listeners).forEach((l, i) => {
+    const name = str(obj(l).name);
+    if (name !== undefined) {
+      const first = listenerNames.get(name);
+      if (first !== undefined) out.at(['listeners', i, 'name'], duplicate('listener', name, first, out));
+      else listenerNames.set(name, i);
+    }
+    const bind = str(obj(l).bind);
+    const key = bind && bindKey(bind);
+    if (key) {
+      const first = binds.get(key);
+      if (first !== undefined) out.at(['listeners', i, 'bind'], `${bind} is also used by ${first}`);
+      else binds.set(key, `listener ${name ?? i}`);
+    }
+  });
+  const adminBind = str(obj(data.admin).bind);
+  const adminKey = adminBind && bindKey(adminBind);
+  if (adminKey && binds.has(adminKey)) {
+    out.at(['admin', 'bind'], `${adminBind} is also used by ${binds.get(adminKey)}`);
+  }
+
+  // Routes: unique names, exactly one of upstream/split, references that resolve.
+  const routeNames = new Map<string, number>();
+  list(data.routes).forEach((r, i) => {
+    const route = obj(r);
+    const name = str(route.name);
+    if (name !== undefined) {
+      const first = routeNames.get(name);
+      if (first !== undefined) out.at(['routes', i, 'name'], duplicate('route', name, first, out));
+      else routeNames.set(name, i);
+    }
+    const hasUpstream = route.upstream !== undefined;
+    const hasSplit = route.split !== undefined;
+    if (hasUpstream && hasSplit) out.at(['routes', i], 'set either upstream or split, not both');
+    else if (!hasUpstream && !hasSplit && isPlainObject(r))
+      out.at(['routes', i], 'needs an upstream or a split');
+    const upstream = str(route.upstream);
+    if (upstream !== undefined && !Object.hasOwn(upstreams, upstream)) {
+      out.at(['routes', i, 'upstream'], unknownName('upstream', upstream, upstreams));
+    }
+    const targets = list(obj(route.split).targets);
+    const seen = new Set<string>();
+    targets.forEach((t, j) => {
+      const target = str(obj(t).upstream);
+      if (target === undefined) return;
+      if (!Object.hasOwn(upstreams, target)) {
+        out.at(['routes', i, 'split', 'targets', j, 'upstream'], unknownName('upstream', target, upstreams));
+      } else if (seen.has(target)) {
+        out.at(['routes', i, 'split', 'targets', j, 'upstream'], `upstream "${target}" is listed twice`);
+      }
+      seen.add(target);
+    });
+    if (targets.length > 0 && targets.every((t) => obj(t).weight === 0)) {
+      out.at(['routes', i, 'split', 'targets'], 'at least one target needs a weight above 0');
+    }
+    const policy = str(route.policy);
+    if (policy !== undefined && !Object.hasOwn(policies, policy)) {
+      out.at(['routes', i, 'policy'], unknownName('policy', policy, policies));
+    }
+    if (route.policy !== undefined && route.public !== true) {
+      out.warnAt(['routes', i, 'policy'], 'policies are not yet enforced (not yet supported)');
+    }
+  });
+
+  for (const [name, u] of Object.entries(upstreams)) {
+    const up = obj(u);
+    const hash = obj(up.hash);
+    const source = str(hash.source);
+    if ((source === 'header' || source === 'cookie') && !str(hash.name)) {
+      out.at(['upstreams', name, 'hash', 'name'], `is required when hash.source is ${source}`);
+    }
+    if (up.hash !== undefined && up.balance !== 'hash') {
+      out.warnAt(['upstreams', name, 'hash'], 'is ignored unless balance is hash');
+    }
+  }
+
+  if (isPlainObject(data.identity)) {
+    out.warnAt(['identity'], 'identity is not yet supported: the section is validated but not enforced');
+  }
+  const workers = obj(data.server).workers;
+  if (workers !== undefined && workers !== 1) {
+    out.warnAt(['server', 'workers'], 'several workers are not yet supported; running one process');
+  }
+
+  if (checkSecrets) checkSecretRefs(data, out, secrets);
+}
+
+function duplicate(kind: string, name: string, first: number, out: Collector): string {
+  const where = out.origins.locate([`${kind}s`, first]);
+  return `duplicate ${kind} name "${name}" (first defined at ${where.file}: ${where.path})`;
+}
+
+function unknownName(kind: string, name: string, defined: Raw): string {
+  const names = Object.keys(defined);
+  return (
+    `unknown ${kind} "${name}"` + (names.length > 0 ? ` (defined: ${names.join(', ')})` : ` (none defined)`)
+  );
+}
+
+/** Resolves every secret reference the running gateway will need, and parses certificates and keys. */
+function checkSecretRefs(data: Raw, out: Collector, secrets: SecretResolver): void {
+  const resolve = (p: Path, value: unknown): string | undefined => {
+    const ref = str(value);
+    if (ref === undefined) return undefined;
+    try {
+      return secrets.expand(ref);
+    } catch (err) {
+      if (err instanceof SecretError) {
+        out.at(p, err.message);
+        return undefined;
+      }
+      throw err;
+    }
+  };
+  const cert = (p: Path, value: unknown): X509Certificate | undefined => {
+    const pem = resolve(p, value);
+    if (pem === undefined) return undefined;
+    try {
+      return new X509Certificate(pem);
+    } catch (err) {
+      out.at(p, `not a PEM certificate (${(err as Error).message})`);
+      return undefined;
+    }
+  };
+  const key = (p: Path, value: unknown): ReturnType<typeof createPrivateKey> | undefined => {
+    const pem = resolve(p, value);
+    if (pem === undefined) return undefined;
+    try {
+      return createPrivateKey(pem);
+    } catch (err) {
+      out.at(p, `not a PEM private key (${(err as Error).message})`);
+      return undefined;
+    }
+  };
+  const pair = (p: Path, pairObj: Raw): void => {
+    const c = pairObj.cert !== undefined ? cert([...p, 'cert'], pairObj.cert) : undefined;
+    const k = pairObj.key !== undefined ? key([...p, 'key'], pairObj.key) : undefined;
+    if (c && k && !c.checkPrivateKey(k)) out.at([...p, 'key'], 'does not match the certificate');
+  };
+
+  list(data.listeners).forEach((l, i) => {
+    const tls = obj(obj(l).tls);
+    list(tls.certificates).forEach((c, j) => {
+      pair(['listeners', i, 'tls', 'certificates', j], obj(c));
+    });
+    const client = obj(tls.clientCertificate);
+    if (client.ca !== undefined) cert(['listeners', i, 'tls', 'clientCertificate', 'ca'], client.ca);
+  });
+
+  for (const [name, u] of Object.entries(obj(data.upstreams))) {
+    const up = obj(u);
+    const tls = obj(up.tls);
+    if (tls.ca !== undefined) cert(['upstreams', name, 'tls', 'ca'], tls.ca);
+    if ((tls.cert === undefined) !== (tls.key === undefined)) {
+      out.at(['upstreams', name, 'tls'], 'cert and key must be given together');
+    }
+    pair(['upstreams', name, 'tls'], tls);
+    for (const [header, value] of Object.entries(obj(obj(up.inject).headers))) {
+      resolve(['upstreams', name, 'inject', 'headers', header], value);
+    }
+  }
+
+  const admin = obj(data.admin);
+  if (admin.token !== undefined) resolve(['admin', 'token'], admin.token);
+}

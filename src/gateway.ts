@@ -1,0 +1,331 @@
+/**
+ * The gateway process: loads the configuration, builds the runtime, runs the listeners and the admin
+ * listener, and replaces the runtime atomically on reload (SIGHUP or a watched file changing). A new
+ * runtime is swapped in only after it was fully built; a configuration that fails is logged and the
+ * running one stays. Requests keep the runtime they started with, so nothing in flight is lost.
+ */
+import type { AddressInfo } from 'node:net';
+import { AdminServer, type ReloadResult } from './admin/server.js';
+import { type LoadResult, loadConfig } from './config/load.js';
+import { FileWatcher } from './config/watch.js';
+import { ConfigError, type ConfigProblem, formatProblem } from './errors.js';
+import { createAccessLog } from './observe/access-log.js';
+import { type AccessEntry, createLogger, type Logger } from './observe/log.js';
+import { configGeneration, reloadsTotal } from './observe/metrics.js';
+import { ListenerSet } from './proxy/listeners.js';
+import type { Runtime } from './runtime.js';
+import {
+  type BuiltRuntime,
+  buildRuntime,
+  closeUpstreams,
+  type LoadedConfig,
+  retireUpstreams,
+} from './runtime-build.js';
+
+export type { ReloadResult };
+
+/** Options of `Gateway.start`. */
+export interface GatewayOptions {
+  /** The main configuration file. */
+  configFile: string;
+  /** Operational logger (default: JSON lines to stdout at `logging.level`). */
+  logger?: Logger;
+  /** Reload when the configuration, an include, a secret file or a certificate changes (default true). */
+  watch?: boolean;
+  /** Handle SIGHUP (reload) and SIGTERM/SIGINT (drain, then exit 0) (default false; the CLI sets it). */
+  signals?: boolean;
+  /** Environment used for `env:` references (default `process.env`). */
+  env?: NodeJS.ProcessEnv;
+  /** Access-log sink (default: JSON lines to stdout when `logging.access` is on). */
+  accessLog?: (entry: AccessEntry) => void;
+  /** Debounce of file-change reloads in ms (default 200). */
+  watchDebounceMs?: number;
+}
+
+function problem(file: string, message: string): ConfigProblem {
+  return { file, path: '', message };
+}
+
+/** A running gateway. */
+export class Gateway {
+  readonly #configFile: string;
+  readonly #logger: Logger;
+  readonly #env: NodeJS.ProcessEnv;
+  /** True when the logger was created from `logging.level`, which a reload may then change. */
+  #ownsLogger = false;
+  #runtime: Runtime;
+  #listeners!: ListenerSet;
+  #admin: AdminServer | undefined;
+  #adminAddress: AddressInfo | undefined;
+  #adminKey: string | undefined;
+  #watcher: FileWatcher | undefined;
+  #reloading: Promise<ReloadResult> | undefined;
+  #queued: Promise<ReloadResult> | undefined;
+  #closing: Promise<void> | undefined;
+  readonly #retiring = new Set<Promise<void>>();
+  readonly #retireAbort = new AbortController();
+  readonly #signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
+
+  private constructor(configFile: string, logger: Logger, env: NodeJS.ProcessEnv, runtime: Runtime) {
+    this.#configFile = configFile;
+    this.#logger = logger;
+    this.#env = env;
+    this.#runtime = runtime;
+  }
+
+  /**
+   * Loads the configuration and starts serving. Throws ConfigError when the configuration is invalid,
+   * and the listener's error (e.g. EADDRINUSE) when a port cannot be bound; nothing is left running then.
+   */
+  static async start(opts: GatewayOptions): Promise<Gateway> {
+    const env = opts.env ?? process.env;
+    const loaded = await loadConfig(opts.configFile, env);
+    if (!loaded.ok) throw new ConfigError(loaded.problems);
+    const logger = opts.logger ?? createLogger(loaded.config.logging.level);
+    logWarnings(logger, loaded.warnings);
+
+    const built = await buildRuntime(loaded, undefined, logger);
+    const gw = new Gateway(opts.configFile, logger, env, built.runtime);
+    gw.#ownsLogger = opts.logger === undefined;
+    const sink = opts.accessLog ?? createAccessLog();
+    gw.#listeners = new ListenerSet({
+      getRuntime: () => gw.#runtime,
+      logger,
+      // Checked per entry so that a reload can turn the access log on or off.
+      accessLog: (entry) => {
+        if (gw.#runtime.config.logging.access) sink(entry);
+      },
+    });
+    try {
+      await gw.#listeners.apply(built.runtime);
+      for (const u of built.runtime.upstreams.values()) u.start();
+      await gw.#syncAdmin(loaded);
+    } catch (err) {
+      await gw.#listeners.close(0).catch(() => {});
+      await gw.#admin?.close().catch(() => {});
+      await closeUpstreams(built.runtime.upstreams.values(), logger);
+      throw err;
+    }
+    configGeneration.set(built.runtime.generation);
+    if (opts.watch !== false) {
+      gw.#watcher = new FileWatcher(() => {
+        void gw.reload();
+      }, opts.watchDebounceMs ?? 200);
+      gw.#watcher.watch(built.runtime.watchedFiles);
+    }
+    if (opts.signals) gw.#installSignals();
+    logger.info(
+      {
+        file: opts.configFile,
+        generation: built.runtime.generation,
+        listeners: built.runtime.config.listeners.map((l) => ({
+          name: l.name,
+          address: formatAddress(gw.address(l.name)),
+        })),
+        admin: formatAddress(gw.#adminAddress),
+      },
+      'gateway started',
+    );
+    return gw;
+  }
+
+  /** The runtime in use right now. */
+  get runtime(): Runtime {
+    return this.#runtime;
+  }
+
+  /** Bound address of a listener by name. */
+  address(listenerName: string): AddressInfo | undefined {
+    return this.#listeners.address(listenerName);
+  }
+
+  /** Bound address of the admin listener, when one is configured. */
+  adminAddress(): AddressInfo | undefined {
+    return this.#adminAddress;
+  }
+
+  /**
+   * Loads the configuration again and swaps it in when it is valid. Reloads run one at a time; calls
+   * made while one runs share a single follow-up reload, which sees every change made until it starts.
+   */
+  reload(): Promise<ReloadResult> {
+    if (this.#reloading === undefined) {
+      this.#reloading = this.#reloadOnce().finally(() => {
+        this.#reloading = undefined;
+      });
+      return this.#reloading;
+    }
+    this.#queued ??= this.#reloading.then(() => {
+      this.#queued = undefined;
+      return this.reload();
+    });
+    return this.#queued;
+  }
+
+  /**
+   * Stops accepting connections, lets requests in flight finish (bounded by `server.drainTimeout`),
+   * then closes the admin listener and the upstream pools. Idempotent.
+   */
+  shutdown(): Promise<void> {
+    this.#closing ??= this.#shutdown();
+    return this.#closing;
+  }
+
+  async #shutdown(): Promise<void> {
+    this.#logger.info({ drainTimeout: this.#runtime.config.server.drainTimeout }, 'shutting down');
+    this.#watcher?.close();
+    this.#watcher = undefined;
+    for (const [signal, handler] of this.#signalHandlers) {
+      if (signal === 'SIGHUP') process.off(signal, handler);
+    }
+    // A reload that is building must finish first, so that its upstreams are closed below too.
+    await this.#reloading?.catch(() => undefined);
+    await this.#listeners.close(this.#runtime.config.server.drainTimeout);
+    this.#retireAbort.abort();
+    await Promise.all(this.#retiring);
+    await this.#admin?.close().catch((err: unknown) => this.#logger.warn({ err }, 'closing admin failed'));
+    await closeUpstreams(this.#runtime.upstreams.values(), this.#logger);
+    for (const [signal, handler] of this.#signalHandlers) process.off(signal, handler);
+    this.#signalHandlers.length = 0;
+    this.#logger.info('gateway stopped');
+  }
+
+  async #reloadOnce(): Promise<ReloadResult> {
+    const file = this.#configFile;
+    if (this.#closing) return this.#reject([problem(file, 'the gateway is shutting down')], 'shutdown');
+    let loaded: LoadResult;
+    try {
+      loaded = await loadConfig(file, this.#env);
+    } catch (err) {
+      return this.#reject([problem(file, `cannot load: ${(err as Error).message}`)], 'error');
+    }
+    // Keep watching what the running runtime uses plus what this attempt read, so a fix is noticed.
+    this.#watcher?.watch([...this.#runtime.watchedFiles, ...loaded.files]);
+    if (!loaded.ok) {
+      logWarnings(this.#logger, loaded.warnings);
+      return this.#reject(loaded.problems, 'invalid');
+    }
+    logWarnings(this.#logger, loaded.warnings);
+
+    let built: BuiltRuntime;
+    try {
+      built = await buildRuntime(loaded, this.#runtime, this.#logger);
+    } catch (err) {
+      return this.#reject([problem(file, `cannot build the runtime: ${(err as Error).message}`)], 'error');
+    }
+    try {
+      await this.#listeners.apply(built.runtime);
+    } catch (err) {
+      await closeUpstreams(built.created, this.#logger);
+      return this.#reject([problem(file, `cannot apply listeners: ${(err as Error).message}`)], 'error');
+    }
+
+    const previous = this.#runtime;
+    this.#runtime = built.runtime;
+    if (this.#ownsLogger) this.#logger.level = built.runtime.config.logging.level;
+    for (const u of built.runtime.upstreams.values()) u.start();
+    this.#watcher?.watch(built.runtime.watchedFiles);
+    configGeneration.set(built.runtime.generation);
+    reloadsTotal.inc({ result: 'success' });
+    // Requests still running on a retired upstream keep it open until they finished.
+    const retiring = retireUpstreams(
+      built.retired,
+      built.runtime.config.server.drainTimeout,
+      this.#logger,
+      this.#retireAbort.signal,
+    ).finally(() => this.#retiring.delete(retiring));
+    this.#retiring.add(retiring);
+    try {
+      await this.#syncAdmin(loaded);
+    } catch (err) {
+      this.#logger.error({ err }, 'admin listener could not be restarted with the new configuration');
+    }
+    this.#logger.info(
+      {
+        generation: built.runtime.generation,
+        previous: previous.generation,
+        routes: built.runtime.routes.routes.length,
+        upstreams: built.runtime.upstreams.size,
+        added: built.created.map((u) => u.name),
+        retired: built.retired.map((u) => u.name),
+      },
+      'configuration reloaded',
+    );
+    return { ok: true, generation: built.runtime.generation };
+  }
+
+  #reject(problems: ConfigProblem[], result: string): ReloadResult {
+    reloadsTotal.inc({ result: 'rejected' });
+    this.#logger.error(
+      { generation: this.#runtime.generation, reason: result, problems: problems.length },
+      'configuration rejected; the running configuration stays in use',
+    );
+    for (const p of problems) this.#logger.error({ file: p.file, path: p.path }, formatProblem(p));
+    return { ok: false, problems };
+  }
+
+  /** Starts, restarts or stops the admin listener when its bind address or token changed. */
+  async #syncAdmin(loaded: LoadedConfig): Promise<void> {
+    const admin = loaded.config.admin;
+    const token = admin?.token !== undefined ? loaded.secrets.resolveSecret(admin.token) : undefined;
+    const key = admin ? JSON.stringify([admin.bind, token ?? null]) : undefined;
+    if (key === this.#adminKey) return;
+    if (this.#admin) {
+      await this.#admin.close();
+      this.#admin = undefined;
+      this.#adminAddress = undefined;
+    }
+    this.#adminKey = key;
+    if (!admin) return;
+    const server = new AdminServer({
+      getRuntime: () => this.#runtime,
+      logger: this.#logger,
+      reload: () => this.reload(),
+      token,
+      ready: () => this.#closing === undefined,
+      listenerAddress: (name) => this.address(name),
+    });
+    this.#adminAddress = await server.listen(admin.bind);
+    this.#admin = server;
+  }
+
+  #installSignals(): void {
+    const onHup = (): void => {
+      this.#logger.info('SIGHUP received: reloading');
+      void this.reload();
+    };
+    let stopping = false;
+    const onStop = (): void => {
+      if (stopping) {
+        this.#logger.warn('second stop signal: exiting without waiting for the drain');
+        process.exit(1);
+      }
+      stopping = true;
+      this.#logger.info('stop signal received: draining');
+      this.shutdown().then(
+        () => process.exit(0),
+        (err: unknown) => {
+          this.#logger.error({ err }, 'shutdown failed');
+          process.exit(1);
+        },
+      );
+    };
+    for (const [signal, handler] of [
+      ['SIGHUP', onHup],
+      ['SIGTERM', onStop],
+      ['SIGINT', onStop],
+    ] as const) {
+      process.on(signal, handler);
+      this.#signalHandlers.push([signal, handler]);
+    }
+  }
+}
+
+function logWarnings(logger: Logger, warnings: readonly ConfigProblem[]): void {
+  for (const w of warnings) logger.warn({ file: w.file, path: w.path }, formatProblem(w));
+}
+
+function formatAddress(a: AddressInfo | undefined): string | undefined {
+  if (!a) return undefined;
+  return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+}

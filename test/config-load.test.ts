@@ -1,0 +1,302 @@
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { test } from 'node:test';
+import { loadConfig } from '../src/config/load.js';
+import { formatProblem } from '../src/errors.js';
+import { selfSigned, tempDir } from './helpers/gateway.js';
+
+async function problemsOf(file: string, env: NodeJS.ProcessEnv = {}): Promise<string[]> {
+  const r = await loadConfig(file, env);
+  assert.equal(r.ok, false, 'expected the configuration to be rejected');
+  if (r.ok) return [];
+  return r.problems.map(formatProblem);
+}
+
+const BASE = `
+listeners:
+  - { name: plain, bind: 127.0.0.1:0 }
+upstreams:
+  app: { servers: [{ url: http://127.0.0.1:9 }] }
+routes:
+  - { name: all, upstream: app }
+`;
+
+test('a valid configuration loads with defaults filled in', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write('gatehouse.yaml', BASE);
+  const r = await loadConfig(file, {});
+  assert.ok(r.ok, r.ok ? '' : r.problems.map(formatProblem).join('\n'));
+  assert.equal(r.config.upstreams.app?.timeouts.connect, 5000);
+  assert.equal(r.config.routes[0]?.match.path, '/');
+  assert.deepEqual(r.files, [path.resolve(file)]);
+  assert.deepEqual(r.warnings, []);
+});
+
+test('every problem is reported at once with its file and dotted path', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    `
+listeners:
+  - { name: plain, bind: 127.0.0.1:8080, foo: 1 }
+  - { name: plain, bind: 127.0.0.1:8080 }
+  - name: secure
+    bind: 127.0.0.1:0
+    tls:
+      certificates:
+        - { cert: file:certs/site.pem, key: env:SITE_KEY }
+upstreams:
+  airbyte:
+    servers: [{ url: http://127.0.0.1:9001 }]
+    balance: fastest
+    timeouts: { connect: 5 sec }
+  hashed:
+    servers: [{ url: http://127.0.0.1:9002 }]
+    balance: hash
+    hash: { source: header }
+routes:
+  - { name: api, upstream: airbite }
+  - name: canary
+    split: { targets: [{ upstream: airbyte, weight: 90 }, { upstream: nope, weight: 10 }] }
+  - { name: api, upstream: airbyte, policy: missing }
+  - { name: orphan }
+  - { name: both, upstream: airbyte, split: { targets: [{ upstream: airbyte, weight: 1 }, { upstream: hashed, weight: 1 }] } }
+`,
+  );
+  const problems = await problemsOf(file);
+  const f = file;
+  const expected = [
+    `${f}: listeners.0.foo: unknown key`,
+    `${f}: listeners.1.name: duplicate listener name "plain" (first defined at ${f}: listeners.0)`,
+    `${f}: listeners.1.bind: 127.0.0.1:8080 is also used by listener plain`,
+    `${f}: listeners.2.tls.certificates.0.cert: cannot read file certs/site.pem (ENOENT)`,
+    `${f}: listeners.2.tls.certificates.0.key: environment variable SITE_KEY is not set`,
+    `${f}: upstreams.airbyte.balance: invalid value "fastest" (allowed: round-robin, least-conn, random-two, hash)`,
+    `${f}: upstreams.airbyte.timeouts.connect: invalid duration "5 sec" (expected e.g. 500ms, 30s, 5m, 12h)`,
+    `${f}: upstreams.hashed.hash.name: is required when hash.source is header`,
+    `${f}: routes.0.upstream: unknown upstream "airbite" (defined: airbyte, hashed)`,
+    `${f}: routes.1.split.targets.1.upstream: unknown upstream "nope" (defined: airbyte, hashed)`,
+    `${f}: routes.2.name: duplicate route name "api" (first defined at ${f}: routes.0)`,
+    `${f}: routes.2.policy: unknown policy "missing" (none defined)`,
+    `${f}: routes.3: needs an upstream or a split`,
+    `${f}: routes.4: set either upstream or split, not both`,
+  ];
+  for (const line of expected)
+    assert.ok(problems.includes(line), `missing problem:\n  ${line}\ngot:\n  ${problems.join('\n  ')}`);
+  assert.equal(problems.length, expected.length, problems.join('\n'));
+});
+
+test('bad PEM, unreadable files and unset variables are reported against the key that names them', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const { cert, key } = selfSigned();
+  const other = selfSigned('other');
+  d.write('certs/site.pem', cert);
+  d.write('certs/site-key.pem', key);
+  d.write('certs/garbage.pem', 'not a certificate\n');
+  d.write('certs/other-key.pem', other.key);
+  const file = d.write(
+    'gh.yaml',
+    `
+listeners:
+  - name: good
+    bind: 127.0.0.1:0
+    tls: { certificates: [{ cert: file:certs/site.pem, key: file:certs/site-key.pem }] }
+  - name: bad
+    bind: 127.0.0.1:0
+    tls:
+      certificates:
+        - { cert: file:certs/garbage.pem, key: file:certs/site-key.pem }
+        - { cert: file:certs/site.pem, key: file:certs/other-key.pem }
+upstreams:
+  app:
+    servers: [{ url: https://127.0.0.1:9 }]
+    tls: { ca: file:certs/missing-ca.pem }
+    inject: { headers: { Authorization: "Bearer \${file:secrets/token}", X-Team: "\${env:TEAM}" } }
+admin: { token: env:ADMIN_TOKEN }
+routes: [{ name: r, upstream: app }]
+`,
+  );
+  const problems = await problemsOf(file);
+  const f = file;
+  const pem = problems.findIndex((p) =>
+    p.startsWith(`${f}: listeners.1.tls.certificates.0.cert: not a PEM certificate (`),
+  );
+  assert.ok(pem >= 0, problems.join('\n'));
+  problems.splice(pem, 1);
+  assert.deepEqual(
+    problems.sort(),
+    [
+      `${f}: admin.token: environment variable ADMIN_TOKEN is not set`,
+      `${f}: listeners.1.tls.certificates.1.key: does not match the certificate`,
+      `${f}: upstreams.app.inject.headers.Authorization: cannot read file secrets/token (ENOENT)`,
+      `${f}: upstreams.app.inject.headers.X-Team: environment variable TEAM is not set`,
+      `${f}: upstreams.app.tls.ca: cannot read file certs/missing-ca.pem (ENOENT)`,
+    ].sort(),
+  );
+
+  // With the secrets present the same file loads, and the files it read are listed for watching.
+  d.write('secrets/token', 's3cret\n');
+  d.write('certs/missing-ca.pem', cert);
+  d.write('certs/garbage.pem', cert);
+  d.write('certs/other-key.pem', key);
+  const r = await loadConfig(file, { ADMIN_TOKEN: 'admin', TEAM: 'data' });
+  assert.ok(r.ok, r.ok ? '' : r.problems.map(formatProblem).join('\n'));
+  assert.equal(r.secrets.expand('Bearer ${file:secrets/token}'), 'Bearer s3cret');
+  for (const name of ['certs/site.pem', 'certs/site-key.pem', 'secrets/token', 'certs/missing-ca.pem']) {
+    assert.ok(r.files.includes(d.file(name)), `${name} should be watched`);
+  }
+});
+
+test('includes are merged and problems point into the included file with its own indexes', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const main = d.write(
+    'main.yaml',
+    `
+include: [conf.d/routes.yaml, conf.d/upstreams.yaml]
+listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+upstreams:
+  app: { servers: [{ url: http://127.0.0.1:9 }] }
+routes:
+  - { name: first, upstream: app }
+`,
+  );
+  d.write(
+    'conf.d/routes.yaml',
+    `
+include: [nested.yaml]
+routes:
+  - { name: second, upstream: other }
+  - { name: third, upstream: ghost, match: { path: /x, colour: red } }
+`,
+  );
+  d.write('conf.d/nested.yaml', 'routes:\n  - { name: fourth, upstream: app, websocket: maybe }\n');
+  d.write(
+    'conf.d/upstreams.yaml',
+    `
+upstreams:
+  other: { servers: [{ url: http://127.0.0.1:10 }] }
+  app: { servers: [{ url: http://127.0.0.1:11 }] }
+listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+server: { drainTimeout: 1s }
+`,
+  );
+  const problems = await problemsOf(main);
+  const routes = path.join(path.dirname(main), 'conf.d/routes.yaml');
+  const nested = path.join(path.dirname(main), 'conf.d/nested.yaml');
+  const ups = path.join(path.dirname(main), 'conf.d/upstreams.yaml');
+  assert.deepEqual(
+    problems.sort(),
+    [
+      `${nested}: routes.0.websocket: expected boolean or object, got "maybe"`,
+      `${routes}: routes.1.match.colour: unknown key`,
+      `${routes}: routes.1.upstream: unknown upstream "ghost" (defined: app, other)`,
+      `${ups}: listeners.0.name: duplicate listener name "plain" (first defined at ${main}: listeners.0)`,
+      `${ups}: upstreams.app: upstream "app" is also defined in ${main}`,
+    ].sort(),
+  );
+
+  // Fixed, the merged config has every route in order and the included top-level key.
+  d.write('conf.d/nested.yaml', 'routes:\n  - { name: fourth, upstream: app, websocket: true }\n');
+  d.write('conf.d/routes.yaml', 'include: [nested.yaml]\nroutes:\n  - { name: second, upstream: other }\n');
+  d.write(
+    'conf.d/upstreams.yaml',
+    'upstreams:\n  other: { servers: [{ url: http://127.0.0.1:10 }] }\nserver: { drainTimeout: 1s }\n',
+  );
+  const r = await loadConfig(main, {});
+  assert.ok(r.ok, r.ok ? '' : r.problems.map(formatProblem).join('\n'));
+  assert.deepEqual(
+    r.config.routes.map((x) => x.name),
+    ['first', 'second', 'fourth'],
+  );
+  assert.equal(r.config.server.drainTimeout, 1000);
+  assert.deepEqual(Object.keys(r.config.upstreams).sort(), ['app', 'other']);
+  assert.equal(r.files.length, 4);
+});
+
+test('a top-level key other than lists and maps may appear in only one file', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const main = d.write('main.yaml', `include: [more.yaml]\n${BASE}\nserver: { drainTimeout: 2s }\n`);
+  d.write('more.yaml', 'server: { drainTimeout: 3s }\n');
+  const problems = await problemsOf(main);
+  assert.deepEqual(problems, [
+    `${d.file('more.yaml')}: server: "server" is also defined in ${main}; it may appear in only one file`,
+  ]);
+});
+
+test('include cycles and missing included files are reported', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const a = d.write('a.yaml', `include: [b.yaml, missing.yaml]\n${BASE}`);
+  d.write('b.yaml', 'include: [a.yaml]\n');
+  const problems = await problemsOf(a);
+  assert.equal(problems.length, 2, problems.join('\n'));
+  assert.match(problems[0]!, /b\.yaml: include\.0: include cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml$/);
+  assert.equal(problems[1], `${a}: include.1: cannot read file missing.yaml (ENOENT)`);
+});
+
+test('a YAML syntax error is reported with its line and column', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write('bad.yaml', 'listeners:\n  - name: plain\n    bind: [127.0.0.1:0\nroutes: []\n');
+  const problems = await problemsOf(file);
+  assert.equal(problems.length, 1, problems.join('\n'));
+  assert.match(
+    problems[0]!,
+    new RegExp(
+      `^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: \\(root\\): YAML syntax error at line \\d+, column \\d+: `,
+    ),
+  );
+  const dup = d.write('dup.yaml', `${BASE}\nroutes: []\n`);
+  const dupProblems = await problemsOf(dup);
+  assert.match(dupProblems[0]!, /YAML syntax error at line 9, column 1: Map keys must be unique/);
+});
+
+test('a missing file and a non-mapping document are problems, not exceptions', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  assert.deepEqual(await problemsOf(d.file('nope.yaml')), [
+    `${d.file('nope.yaml')}: (root): cannot read file (ENOENT)`,
+  ]);
+  const list = d.write('list.yaml', '- a\n- b\n');
+  assert.deepEqual(await problemsOf(list), [
+    `${list}: (root): the file must contain a mapping of keys (listeners:, routes:, ...)`,
+  ]);
+  const empty = d.write('empty.yaml', '');
+  assert.deepEqual(await problemsOf(empty), [`${empty}: listeners: is required`]);
+});
+
+test('identity keys are accepted with a warning', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    `${BASE}
+identity:
+  bearer: [{ issuer: https://idp.example.com, audiences: [api] }]
+`,
+  );
+  const r = await loadConfig(file, {});
+  assert.ok(r.ok);
+  assert.deepEqual(r.warnings.map(formatProblem), [
+    `${file}: identity: identity is not yet supported: the section is validated but not enforced`,
+  ]);
+});
+
+test('secret files are resolved relative to the main configuration file, also from includes', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  d.write('secrets/token', 'abc\n');
+  const main = d.write('main.yaml', `include: [sub/ups.yaml]\nlisteners: [{ name: p, bind: 127.0.0.1:0 }]\n`);
+  d.write(
+    'sub/ups.yaml',
+    'upstreams:\n  u: { servers: [{ url: http://127.0.0.1:9 }], inject: { headers: { X-T: file:secrets/token } } }\n',
+  );
+  const r = await loadConfig(main, {});
+  assert.ok(r.ok, r.ok ? '' : r.problems.map(formatProblem).join('\n'));
+  assert.equal(r.secrets.expand(r.config.upstreams.u!.inject!.headers['X-T']!), 'abc');
+});
