@@ -27,6 +27,12 @@ export interface CompiledRoute {
   pickUpstream(headers: IncomingHttpHeaders): string;
   /** Effective body limit in bytes, or undefined for none. */
   readonly maxBodySize: number | undefined;
+  /** Normalized path prefix the route matched on (what `stripPrefix` removes). */
+  readonly pathPrefix: string;
+  /** WebSocket idle timeout in ms when upgrades are allowed on this route, else undefined. */
+  readonly websocketIdleTimeout: number | undefined;
+  /** Every upstream name the route may send to (one, or the split's targets). */
+  readonly upstreamNames: readonly string[];
 }
 
 /** Finds the most specific route for a request, deterministically. */

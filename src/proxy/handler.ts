@@ -1,0 +1,649 @@
+/**
+ * The request lifecycle of the built-in proxy (diagram with every exit in LIFECYCLE.md):
+ *
+ *   runtime = getRuntime()            captured once; a reload mid-request does not affect this request
+ *   normalize path and host           400 GH_BAD_PATH / GH_BAD_HOST
+ *   match route                       404 GH_NO_ROUTE
+ *   body size (Content-Length)        413 GH_BODY_TOO_LARGE (streamed bytes are counted too)
+ *   pick upstream                     503 GH_NO_SERVER
+ *   retry loop: acquire lease         503 GH_NO_SERVER / GH_QUEUE_TIMEOUT / GH_QUEUE_FULL
+ *               forward (undici)      502 GH_UPSTREAM_* / 504 GH_UPSTREAM_TIMEOUT, retried when allowed
+ *   stream the response back          client gone: 499 in the access log only
+ *   access log + metrics              once, when the client response closes
+ *
+ * One `Exchange` object per request is also the undici dispatch handler, so forwarding allocates no
+ * per-request closures.
+ */
+import type { Http2ServerRequest } from 'node:http2';
+import type { BlockList } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { Duplex } from 'node:stream';
+import type { Dispatcher } from 'undici';
+import type { Config } from '../config/schema.js';
+import { normalizeHost, normalizePath } from '../core/normalize.js';
+import type { CompiledRoute, RequestFacts } from '../core/types.js';
+import {
+  BodyTooLargeError,
+  ClientClosedError,
+  type GatehouseError,
+  NoRouteError,
+  NoServerAvailableError,
+  UpstreamConnectError,
+} from '../errors.js';
+import type { AccessEntry, Logger } from '../observe/log.js';
+import {
+  bytesTotal,
+  requestDuration,
+  requestsTotal,
+  retriesTotal,
+  upstreamDuration,
+} from '../observe/metrics.js';
+import type { Runtime } from '../runtime.js';
+import type { Lease, SelectInput, Upstream } from '../upstream/types.js';
+import { classify, type FailureKind, sendError, toGatehouseError } from './errors.js';
+import {
+  buildRequestHeaders,
+  buildResponseHeaders,
+  clientAddress,
+  compileEdits,
+  compileTrusted,
+  type HeaderEdits,
+  isTrusted,
+  requestIdFrom,
+} from './headers.js';
+import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
+import { type Tunnel, tunnelWebSocket } from './websocket.js';
+
+/** Options of the request handler. */
+export interface HandlerOptions {
+  getRuntime(): Runtime;
+  logger: Logger;
+  accessLog?: (entry: AccessEntry) => void;
+}
+
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT'];
+const NO_ROUTE = '(none)';
+
+type Child = { inc(v?: number): void };
+type HistChild = { observe(v: number): void };
+
+/** Per-route compiled state: header edits and cached metric children (label lookups off the hot path). */
+export interface RouteState {
+  readonly name: string;
+  readonly requestEdits: HeaderEdits | undefined;
+  readonly responseEdits: HeaderEdits | undefined;
+  readonly duration: HistChild;
+  readonly bytesIn: Child;
+  readonly bytesOut: Child;
+  readonly requests: Map<number, Child>;
+}
+
+const routeStates = new WeakMap<CompiledRoute, RouteState>();
+
+function makeRouteState(name: string, route: CompiledRoute | undefined): RouteState {
+  return {
+    name,
+    requestEdits: compileEdits(route?.config.headers?.request),
+    responseEdits: compileEdits(route?.config.headers?.response),
+    duration: requestDuration.labels(name),
+    bytesIn: bytesTotal.labels(name, 'in'),
+    bytesOut: bytesTotal.labels(name, 'out'),
+    requests: new Map(),
+  };
+}
+
+/** The compiled per-route state, built on first use after each (re)load. */
+export function routeState(route: CompiledRoute): RouteState {
+  let s = routeStates.get(route);
+  if (s === undefined) {
+    s = makeRouteState(route.name, route);
+    routeStates.set(route, s);
+  }
+  return s;
+}
+
+let noRouteState: RouteState | undefined;
+
+function countRequest(rs: RouteState, method: string, status: number): void {
+  let m = METHODS.indexOf(method);
+  if (m === -1) m = METHODS.length;
+  const key = status * 16 + m;
+  let child = rs.requests.get(key);
+  if (child === undefined) {
+    child = requestsTotal.labels(rs.name, METHODS[m] ?? 'OTHER', String(status));
+    rs.requests.set(key, child);
+  }
+  child.inc();
+}
+
+const upstreamHist = new Map<string, HistChild>();
+
+function observeUpstream(name: string, seconds: number): void {
+  let h = upstreamHist.get(name);
+  if (h === undefined) {
+    h = upstreamDuration.labels(name);
+    upstreamHist.set(name, h);
+  }
+  h.observe(seconds);
+}
+
+const trustedCache = new WeakMap<Config, { list: BlockList | undefined }>();
+
+/** The trusted-proxy matcher of a configuration, compiled once. */
+export function trustedOf(config: Config): BlockList | undefined {
+  let t = trustedCache.get(config);
+  if (t === undefined) {
+    t = { list: compileTrusted(config.server.trustedProxies) };
+    trustedCache.set(config, t);
+  }
+  return t.list;
+}
+
+/** The client's Host (or HTTP/2 `:authority`) value as received. */
+export function hostHeaderOf(req: ProxyRequest): string | undefined {
+  const h = req.headers;
+  const authority = h[':authority'];
+  return typeof authority === 'string' ? authority : h.host;
+}
+
+/** The path to forward: the normalized path, minus the route prefix when `stripPrefix` is set. */
+export function forwardPath(route: CompiledRoute, path: string, query: string): string {
+  if (!route.config.stripPrefix) return query === '' ? path : path + query;
+  const prefix = route.pathPrefix;
+  let rest = prefix.endsWith('/') ? path.slice(prefix.length - 1) : path.slice(prefix.length);
+  if (rest === '') rest = '/';
+  return query === '' ? rest : rest + query;
+}
+
+function isPromise<T>(v: T | Promise<T>): v is Promise<T> {
+  return typeof (v as { then?: unknown }).then === 'function';
+}
+
+/** Acquires a lease avoiding `tried` servers; when every server was tried, any server will do. */
+export function acquireLease(
+  upstream: Upstream,
+  input: SelectInput,
+  tried: ReadonlySet<string> | undefined,
+): Lease | Promise<Lease> {
+  if (tried === undefined) return upstream.acquire(input);
+  try {
+    const r = upstream.acquire(input, tried);
+    if (!isPromise(r)) return r;
+    return r.catch((err: unknown) => {
+      if (err instanceof NoServerAvailableError) return upstream.acquire(input);
+      throw err;
+    });
+  } catch (err) {
+    if (err instanceof NoServerAvailableError) return upstream.acquire(input);
+    throw err;
+  }
+}
+
+const kExchange = Symbol('gatehouse.exchange');
+type TaggedResponse = ProxyResponse & { [kExchange]?: Exchange };
+
+function onResponseClose(this: TaggedResponse): void {
+  this[kExchange]?.finish();
+}
+
+function onResponseDrain(this: TaggedResponse): void {
+  this[kExchange]?.resumeUpstream();
+}
+
+function ignoreError(): void {}
+
+function retryTimer(ex: Exchange): void {
+  ex.attempt();
+}
+
+/** Whether a request carries a body (HTTP/1 framing headers, or an HTTP/2 stream left open). */
+export function requestHasBody(req: ProxyRequest): boolean {
+  if (req.httpVersionMajor === 2) return !(req as unknown as Http2ServerRequest).stream.endAfterHeaders;
+  const h = req.headers;
+  if (h['transfer-encoding'] !== undefined) return true;
+  const cl = h['content-length'];
+  return cl !== undefined && cl !== '0';
+}
+
+/** One client request on its way through the proxy; also the undici dispatch handler for its attempts. */
+class Exchange {
+  readonly handler: ProxyHandler;
+  readonly runtime: Runtime;
+  readonly req: ProxyRequest;
+  readonly res: TaggedResponse;
+  readonly listener: ListenerInfo;
+  readonly t0: number;
+  readonly startedAt: number;
+  readonly method: string;
+  requestId = '';
+  clientIp: string;
+  host = '';
+  path = '';
+  query = '';
+  route: CompiledRoute | undefined;
+  rs: RouteState | undefined;
+  upstream: Upstream | undefined;
+  select: SelectInput | undefined;
+  lease: Lease | undefined;
+  serverId: string | undefined;
+  tried: Set<string> | undefined;
+  retries = 0;
+  headers: string[] | undefined;
+  preserveHost = true;
+  target = '';
+  hasBody = false;
+  limit: number | undefined;
+  headersTimeout: number | undefined;
+  bodyTimeout: number | undefined;
+  abortUpstream: ((err?: Error) => void) | undefined;
+  resumeFn: (() => void) | undefined;
+  /** undici started writing the current attempt. */
+  sent = false;
+  /** A retryable 5xx is being read and discarded before the retry. */
+  discarding = false;
+  responseStarted = false;
+  finished = false;
+  upstreamStart = 0;
+  upstreamMs: number | undefined;
+  bytesIn = 0;
+  bytesOut = 0;
+  status = 0;
+  errorCode: string | undefined;
+  /** Status of a retryable 5xx being discarded. */
+  retryStatus = 0;
+
+  constructor(
+    handler: ProxyHandler,
+    runtime: Runtime,
+    req: ProxyRequest,
+    res: ProxyResponse,
+    listener: ListenerInfo,
+  ) {
+    this.handler = handler;
+    this.runtime = runtime;
+    this.req = req;
+    this.res = res;
+    this.listener = listener;
+    this.t0 = performance.now();
+    this.startedAt = Date.now();
+    this.method = req.method ?? 'GET';
+    this.clientIp = clientAddress(req.socket?.remoteAddress);
+  }
+
+  start(): void {
+    const req = this.req;
+    const res = this.res;
+    res[kExchange] = this;
+    res.on('close', onResponseClose);
+    res.on('drain', onResponseDrain);
+    res.on('error', ignoreError);
+    this.requestId = requestIdFrom(req.headers['x-request-id']);
+    try {
+      const target = normalizePath(req.url ?? '', this.method);
+      this.path = target.path;
+      this.query = target.query;
+      const originalHost = target.authority ?? hostHeaderOf(req) ?? '';
+      this.host = normalizeHost(originalHost);
+      const facts: RequestFacts = {
+        method: this.method,
+        host: this.host,
+        path: this.path,
+        query: this.query,
+        headers: req.headers,
+        clientIp: this.clientIp,
+        tls: this.listener.tls,
+      };
+      const route = this.runtime.routes.match(facts);
+      if (route === undefined) throw new NoRouteError();
+      this.route = route;
+      const rs = routeState(route);
+      this.rs = rs;
+      this.hasBody = requestHasBody(req);
+      const limit = route.maxBodySize;
+      if (limit !== undefined && this.hasBody) {
+        const cl = req.headers['content-length'];
+        if (cl !== undefined && Number(cl) > limit) throw new BodyTooLargeError(limit);
+        this.limit = limit;
+      }
+      const name = route.pickUpstream(req.headers);
+      const up = this.runtime.upstreams.get(name);
+      if (up === undefined) throw new NoServerAvailableError(name);
+      this.upstream = up;
+      const rc = route.config;
+      this.preserveHost = rc.preserveHost;
+      this.target = forwardPath(route, this.path, this.query);
+      this.headersTimeout = rc.timeouts?.response ?? up.config.timeouts.response;
+      this.bodyTimeout = rc.timeouts?.idle ?? up.config.timeouts.idle;
+      this.select = { clientIp: this.clientIp, headers: req.headers };
+      this.headers = buildRequestHeaders({
+        raw: req.rawHeaders,
+        host: originalHost,
+        originalHost,
+        clientIp: this.clientIp,
+        trustedPeer: isTrusted(trustedOf(this.runtime.config), this.clientIp),
+        proto: this.listener.tls ? 'https' : 'http',
+        requestId: this.requestId,
+        edits: rs.requestEdits,
+        inject: up.injectHeaders,
+      });
+    } catch (err) {
+      this.fail(toGatehouseError(err));
+      return;
+    }
+    this.attempt();
+  }
+
+  /** One pass of the retry loop: acquire a lease (maybe queued), then dispatch. */
+  attempt(): void {
+    if (this.finished) return;
+    let lease: Lease | Promise<Lease>;
+    try {
+      lease = acquireLease(this.upstream!, this.select!, this.tried);
+    } catch (err) {
+      this.fail(toGatehouseError(err));
+      return;
+    }
+    if (isPromise(lease)) {
+      lease.then(
+        (l) => this.dispatchTo(l),
+        (err: unknown) => this.fail(toGatehouseError(err)),
+      );
+    } else {
+      this.dispatchTo(lease);
+    }
+  }
+
+  dispatchTo(lease: Lease): void {
+    if (this.finished) {
+      lease.release('client-abort');
+      return;
+    }
+    this.lease = lease;
+    this.sent = false;
+    this.abortUpstream = undefined;
+    const server = lease.server;
+    this.serverId = server.id;
+    const headers = this.headers!;
+    if (!this.preserveHost) headers[1] = server.hostHeader;
+    this.upstreamStart = performance.now();
+    try {
+      server.dispatcher.dispatch(
+        {
+          path: this.target,
+          method: this.method as Dispatcher.HttpMethod,
+          headers,
+          body: this.hasBody ? this.req : null,
+          headersTimeout: this.headersTimeout,
+          bodyTimeout: this.bodyTimeout,
+          idempotent: IDEMPOTENT.has(this.method),
+          upgrade: null,
+        },
+        this as unknown as Dispatcher.DispatchHandler,
+      );
+    } catch (err) {
+      this.onError(err as Error);
+    }
+  }
+
+  /** True when a failed attempt may be retried: conditions, attempts, body, idempotency and budget. */
+  canRetry(kind: FailureKind | number): boolean {
+    const up = this.upstream!;
+    const cfg = up.config.retries;
+    if (this.retries >= cfg.attempts || this.finished) return false;
+    const on = cfg.on;
+    if (typeof kind === 'number') {
+      if (!on.includes(kind)) return false;
+    } else if (kind === 'connect-timeout') {
+      if (!on.includes('connect-error') && !on.includes('timeout')) return false;
+    } else if (kind === 'connect-error' || kind === 'timeout' || kind === 'reset') {
+      if (!on.includes(kind)) return false;
+    } else {
+      return false;
+    }
+    // A body that was read (even partly) cannot be replayed.
+    if (this.hasBody && (this.req.readableDidRead || this.req.destroyed)) return false;
+    // A non-idempotent request may only be retried when nothing of it reached a server.
+    if (this.sent && !IDEMPOTENT.has(this.method)) return false;
+    return up.retryBudget.tryAcquire();
+  }
+
+  retry(reason: string): void {
+    this.retries++;
+    retriesTotal.labels(this.upstream!.name, reason).inc();
+    if (this.serverId !== undefined) {
+      this.tried ??= new Set();
+      this.tried.add(this.serverId);
+    }
+    const backoff = this.upstream!.config.retries.backoff;
+    const delay = backoff > 0 ? backoff * (0.5 + Math.random()) : 0;
+    setTimeout(retryTimer, delay, this);
+  }
+
+  releaseLease(outcome: Parameters<Lease['release']>[0]): void {
+    const lease = this.lease;
+    if (lease !== undefined) {
+      this.lease = undefined;
+      lease.release(outcome);
+    }
+  }
+
+  // --- undici dispatch handler (the callback API: no wrapper objects, and it reports body progress)
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.abortUpstream = abort;
+    this.sent = true;
+    if (this.finished) abort(new ClientClosedError());
+  }
+
+  onBodySent(chunk: Buffer | string): void {
+    this.bytesIn += chunk.length;
+    // Throwing here makes undici abort the attempt with this error.
+    if (this.limit !== undefined && this.bytesIn > this.limit) throw new BodyTooLargeError(this.limit);
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, _statusText: string): boolean {
+    if (statusCode < 200) return true;
+    const ms = performance.now() - this.upstreamStart;
+    this.upstreamMs = ms;
+    observeUpstream(this.upstream!.name, ms / 1000);
+    if (statusCode >= 500 && statusCode <= 504 && statusCode !== 501 && this.canRetry(statusCode)) {
+      // Read the small error body so the connection can be reused, then retry.
+      this.discarding = true;
+      this.retryStatus = statusCode;
+      return true;
+    }
+    const res = this.res;
+    if (this.finished || res.destroyed) {
+      this.abortUpstream?.(new ClientClosedError());
+      return false;
+    }
+    const headers = buildResponseHeaders(
+      rawHeaders,
+      this.rs!.responseEdits,
+      this.requestId,
+      this.lease?.setCookie,
+    );
+    try {
+      res.writeHead(statusCode, headers);
+    } catch (err) {
+      this.abortUpstream?.(
+        new UpstreamConnectError('invalid response from the upstream server', err, 'GH_UPSTREAM_INVALID'),
+      );
+      return false;
+    }
+    this.status = statusCode;
+    this.responseStarted = true;
+    this.resumeFn = resume;
+    // Streams (SSE, chunked) get their headers at once; sized responses send them with the first chunk.
+    if (!hasContentLength(headers)) res.flushHeaders();
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.discarding) return true;
+    this.bytesOut += chunk.length;
+    return this.res.write(chunk);
+  }
+
+  onComplete(_trailers: string[] | null): void {
+    this.abortUpstream = undefined;
+    if (this.discarding) {
+      this.discarding = false;
+      this.releaseLease('http-5xx');
+      this.retry(String(this.retryStatus));
+      return;
+    }
+    const s = this.status;
+    this.releaseLease(s === 502 || s === 503 || s === 504 ? 'http-5xx' : 'success');
+    this.res.end();
+  }
+
+  onError(err: Error): void {
+    this.abortUpstream = undefined;
+    if (this.discarding) {
+      this.discarding = false;
+      this.releaseLease('http-5xx');
+      this.retry(String(this.retryStatus));
+      return;
+    }
+    if (this.finished || this.clientGone()) {
+      this.releaseLease('client-abort');
+      this.errorCode ??= 'GH_CLIENT_CLOSED';
+      return;
+    }
+    const c = classify(err, this.sent);
+    this.releaseLease(c.outcome);
+    if (!this.responseStarted && this.canRetry(c.kind)) {
+      this.retry(c.kind);
+      return;
+    }
+    if (c.error.status >= 500) {
+      this.handler.logger.warn(
+        {
+          requestId: this.requestId,
+          route: this.route?.name,
+          server: this.serverId,
+          code: c.error.code,
+          err,
+        },
+        'upstream attempt failed',
+      );
+    }
+    if (this.responseStarted) {
+      this.errorCode = c.error.code;
+      this.res.destroy();
+      return;
+    }
+    this.fail(c.error);
+  }
+
+  // --- client side
+
+  clientGone(): boolean {
+    const req = this.req;
+    return this.res.destroyed || (this.hasBody && !req.complete && req.destroyed);
+  }
+
+  resumeUpstream(): void {
+    this.resumeFn?.();
+  }
+
+  fail(err: GatehouseError): void {
+    if (this.finished) return;
+    this.status = err.status;
+    this.errorCode = err.code;
+    // An unread request body would follow on this connection: close it after the answer.
+    const close = requestHasBody(this.req) && !this.req.complete;
+    sendError(this.req, this.res, err, this.requestId, close);
+  }
+
+  /** Runs once when the client response closes (finished or aborted): log and metrics. */
+  finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    const res = this.res;
+    res[kExchange] = undefined;
+    if (!res.writableFinished && this.errorCode === undefined) {
+      this.errorCode = 'GH_CLIENT_CLOSED';
+      this.status = 499;
+    } else if (!res.writableFinished && this.status === 0) {
+      this.status = 499;
+    }
+    if (this.abortUpstream !== undefined) this.abortUpstream(new ClientClosedError());
+    const durationMs = performance.now() - this.t0;
+    noRouteState ??= makeRouteState(NO_ROUTE, undefined);
+    const rs = this.rs ?? noRouteState;
+    countRequest(rs, this.method, this.status);
+    rs.duration.observe(durationMs / 1000);
+    if (this.bytesIn > 0) rs.bytesIn.inc(this.bytesIn);
+    if (this.bytesOut > 0) rs.bytesOut.inc(this.bytesOut);
+    const log = this.handler.accessLog;
+    if (log !== undefined) {
+      const entry: AccessEntry = {
+        time: new Date(this.startedAt).toISOString(),
+        requestId: this.requestId,
+        client: this.clientIp,
+        host: this.host,
+        method: this.method,
+        path: this.path,
+        route: this.route?.name,
+        upstream: this.upstream?.name,
+        server: this.serverId,
+        status: this.status,
+        bytesIn: this.bytesIn,
+        bytesOut: this.bytesOut,
+        duration: Math.round(durationMs * 1000) / 1000,
+        upstreamDuration:
+          this.upstreamMs === undefined ? undefined : Math.round(this.upstreamMs * 1000) / 1000,
+        retries: this.retries,
+        protocol: 'HTTP/' + this.req.httpVersion,
+      };
+      if (this.errorCode !== undefined) entry.error = this.errorCode;
+      try {
+        log(entry);
+      } catch (err) {
+        this.handler.logger.error({ err }, 'access log failed');
+      }
+    }
+  }
+}
+
+function hasContentLength(flat: readonly string[]): boolean {
+  for (let i = 0; i < flat.length; i += 2) {
+    const name = flat[i]!;
+    if (name.length === 14 && name.toLowerCase() === 'content-length') return true;
+  }
+  return false;
+}
+
+/** Handles requests and upgrades of every listener; one instance per ListenerSet. */
+export class ProxyHandler {
+  readonly getRuntime: () => Runtime;
+  readonly logger: Logger;
+  readonly accessLog: ((entry: AccessEntry) => void) | undefined;
+  /** Open WebSocket tunnels, given until the drain deadline on close. */
+  readonly tunnels = new Set<Tunnel>();
+
+  constructor(opts: HandlerOptions) {
+    this.getRuntime = opts.getRuntime;
+    this.logger = opts.logger;
+    this.accessLog = opts.accessLog;
+  }
+
+  /** Serves one HTTP request (HTTP/1.1, or HTTP/2 through the compatibility API). */
+  handleRequest(req: ProxyRequest, res: ProxyResponse, listener: ListenerInfo): void {
+    const ex = new Exchange(this, this.getRuntime(), req, res, listener);
+    try {
+      ex.start();
+    } catch (err) {
+      this.logger.error({ err }, 'request handling failed');
+      ex.fail(toGatehouseError(err));
+    }
+  }
+
+  /** Serves an HTTP/1.1 `Upgrade` request (WebSocket tunnelling). */
+  handleUpgrade(req: ProxyRequest, socket: Duplex, head: Buffer, listener: ListenerInfo): void {
+    tunnelWebSocket(this, this.getRuntime(), req, socket, head, listener);
+  }
+}

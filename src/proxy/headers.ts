@@ -1,0 +1,237 @@
+/**
+ * Header hygiene. Hop-by-hop headers and every header named in `Connection` are removed before any
+ * rewriting runs, so a client cannot strip headers the gateway adds (RFC 9110 7.6.1). Client-sent
+ * `X-Gatehouse-*` headers (also spelled with underscores) never reach an upstream.
+ */
+import { randomBytes } from 'node:crypto';
+import { BlockList, isIP } from 'node:net';
+
+/** Connection-specific headers (RFC 9110 7.6.1, RFC 9113 8.2.2); never forwarded in either direction. */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+  'proxy-authenticate',
+  'proxy-authorization',
+]);
+
+// Set by the gateway itself, so the client's copies are dropped (`expect` is answered by Node).
+const REPLACED_REQUEST = new Set([
+  'host',
+  'expect',
+  'x-request-id',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+]);
+
+const GATEHOUSE_PREFIX = 'x-gatehouse-';
+
+/**
+ * True for names that are `X-Gatehouse-…` after mapping `_` to `-` (some servers treat them alike,
+ * so `X_Gatehouse_User` could otherwise pass as `X-Gatehouse-User`). Expects a lower-case name.
+ */
+export function isGatehouseHeader(lower: string): boolean {
+  if (lower.length < GATEHOUSE_PREFIX.length) return false;
+  for (let i = 0; i < GATEHOUSE_PREFIX.length; i++) {
+    const c = lower.charCodeAt(i);
+    const want = GATEHOUSE_PREFIX.charCodeAt(i);
+    if (c !== want && !(want === 0x2d && c === 0x5f)) return false;
+  }
+  return true;
+}
+
+/** Lower-case tokens of a `Connection` header value; undefined when there is nothing to remove. */
+export function connectionTokens(value: string | string[] | undefined): string[] | undefined {
+  if (value === undefined) return undefined;
+  const text = typeof value === 'string' ? value : value.join(',');
+  let tokens: string[] | undefined;
+  for (const part of text.split(',')) {
+    const t = part.trim().toLowerCase();
+    if (t === '' || t === 'close' || t === 'keep-alive' || t === 'upgrade') continue;
+    tokens ??= [];
+    tokens.push(t);
+  }
+  return tokens;
+}
+
+/** Per-route header edits compiled for the hot path. */
+export interface HeaderEdits {
+  /** Name and value pairs to set, names as configured. */
+  readonly set: ReadonlyArray<readonly [string, string]>;
+  /** Lower-case names that are removed or replaced. */
+  readonly drop: ReadonlySet<string>;
+}
+
+/** Compiles a route's `set`/`remove` lists; undefined when there is nothing to do. */
+export function compileEdits(
+  edits: { set: Record<string, string>; remove: string[] } | undefined,
+): HeaderEdits | undefined {
+  if (edits === undefined) return undefined;
+  const set = Object.entries(edits.set);
+  if (set.length === 0 && edits.remove.length === 0) return undefined;
+  const drop = new Set<string>();
+  for (const name of edits.remove) drop.add(name.toLowerCase());
+  for (const [name] of set) drop.add(name.toLowerCase());
+  return { set, drop };
+}
+
+const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+const ID_PREFIX = randomBytes(6).toString('hex');
+let idCounter = 0;
+
+/** The client's X-Request-Id when it is a sane token, else a new process-unique id. */
+export function requestIdFrom(value: string | string[] | undefined): string {
+  if (typeof value === 'string' && REQUEST_ID_RE.test(value)) return value;
+  idCounter = (idCounter + 1) % Number.MAX_SAFE_INTEGER;
+  return ID_PREFIX + '-' + idCounter.toString(36);
+}
+
+/** Removes the IPv4-mapped IPv6 prefix so `::ffff:10.0.0.1` is logged and matched as `10.0.0.1`. */
+export function clientAddress(remote: string | undefined): string {
+  if (remote === undefined) return '';
+  return remote.startsWith('::ffff:') && remote.includes('.') ? remote.slice(7) : remote;
+}
+
+/** Builds a matcher for `server.trustedProxies`. */
+export function compileTrusted(cidrs: readonly string[]): BlockList | undefined {
+  if (cidrs.length === 0) return undefined;
+  const list = new BlockList();
+  for (const cidr of cidrs) {
+    const [addr, bits] = cidr.split('/') as [string, string | undefined];
+    const family = isIP(addr) === 6 ? 'ipv6' : 'ipv4';
+    if (bits === undefined) list.addAddress(addr, family);
+    else list.addSubnet(addr, Number(bits), family);
+  }
+  return list;
+}
+
+/** True when `ip` is a configured trusted proxy. */
+export function isTrusted(list: BlockList | undefined, ip: string): boolean {
+  if (list === undefined || ip === '') return false;
+  const family = isIP(ip);
+  if (family === 0) return false;
+  return list.check(ip, family === 6 ? 'ipv6' : 'ipv4');
+}
+
+const lowerNamesCache = new WeakMap<ReadonlyArray<readonly [string, string]>, string[]>();
+
+function lowerNames(pairs: ReadonlyArray<readonly [string, string]>): string[] {
+  let names = lowerNamesCache.get(pairs);
+  if (names === undefined) {
+    names = pairs.map((p) => p[0].toLowerCase());
+    lowerNamesCache.set(pairs, names);
+  }
+  return names;
+}
+
+/** Inputs for the forwarded request headers. */
+export interface ForwardInput {
+  /** Flat `[name, value, ...]` as received (`req.rawHeaders`); HTTP/2 pseudo-headers are skipped. */
+  raw: readonly string[];
+  /** The Host value to send (patched per attempt at index 1 when the server's host is used). */
+  host: string;
+  /** The client's Host/:authority value, for X-Forwarded-Host. */
+  originalHost: string;
+  clientIp: string;
+  trustedPeer: boolean;
+  proto: string;
+  requestId: string;
+  edits: HeaderEdits | undefined;
+  inject: ReadonlyArray<readonly [string, string]>;
+}
+
+/**
+ * Builds the upstream request headers in one pass: `['host', host, name, value, ...]`. Order of
+ * precedence: hygiene, forwarded headers, route edits, then injected credentials (which win).
+ */
+export function buildRequestHeaders(input: ForwardInput): string[] {
+  const raw = input.raw;
+  const out: string[] = ['host', input.host];
+  let conn: string[] | undefined;
+  let xff: string | undefined;
+  let xfProto: string | undefined;
+  let xfHost: string | undefined;
+  // Connection tokens must be known before the pass that filters on them.
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 10 && name.toLowerCase() === 'connection') {
+      const t = connectionTokens(raw[i + 1]);
+      if (t) conn = conn ? conn.concat(t) : t;
+    }
+  }
+  const edits = input.edits;
+  const inject = input.inject;
+  const injectLower = inject.length > 0 ? lowerNames(inject) : undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.charCodeAt(0) === 0x3a) continue; // HTTP/2 pseudo-header
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || REPLACED_REQUEST.has(lower)) {
+      if (input.trustedPeer) {
+        if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : xff + ', ' + raw[i + 1];
+        else if (lower === 'x-forwarded-proto') xfProto ??= raw[i + 1];
+        else if (lower === 'x-forwarded-host') xfHost ??= raw[i + 1];
+      }
+      continue;
+    }
+    if (conn?.includes(lower) || isGatehouseHeader(lower)) continue;
+    if (edits?.drop.has(lower) || injectLower?.includes(lower)) continue;
+    out.push(name, raw[i + 1]!);
+  }
+  const drop = edits?.drop;
+  if (!drop?.has('x-forwarded-for')) {
+    out.push('x-forwarded-for', xff === undefined ? input.clientIp : xff + ', ' + input.clientIp);
+  }
+  if (!drop?.has('x-forwarded-proto')) out.push('x-forwarded-proto', xfProto ?? input.proto);
+  if (!drop?.has('x-forwarded-host') && (xfHost ?? input.originalHost) !== '') {
+    out.push('x-forwarded-host', xfHost ?? input.originalHost);
+  }
+  if (!drop?.has('x-request-id')) out.push('x-request-id', input.requestId);
+  if (edits !== undefined) {
+    for (const [name, value] of edits.set) {
+      if (!injectLower?.includes(name.toLowerCase())) out.push(name, value);
+    }
+  }
+  for (const [name, value] of inject) out.push(name, value);
+  return out;
+}
+
+/**
+ * Builds the client response headers from undici's raw response headers: hop-by-hop and
+ * Connection-named headers removed, route edits applied, X-Request-Id echoed, a sticky cookie appended.
+ */
+export function buildResponseHeaders(
+  raw: readonly Buffer[],
+  edits: HeaderEdits | undefined,
+  requestId: string,
+  setCookie: string | undefined,
+): string[] {
+  const out: string[] = [];
+  let conn: string[] | undefined;
+  const drop = edits?.drop;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1');
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower)) {
+      if (lower === 'connection') conn = connectionTokens(raw[i + 1]!.toString('latin1'));
+      continue;
+    }
+    if (lower === 'x-request-id' || drop?.has(lower)) continue;
+    out.push(name, raw[i + 1]!.toString('latin1'));
+  }
+  if (conn !== undefined) {
+    for (let i = out.length - 2; i >= 0; i -= 2) {
+      if (conn.includes(out[i]!.toLowerCase())) out.splice(i, 2);
+    }
+  }
+  if (edits !== undefined) for (const [name, value] of edits.set) out.push(name, value);
+  if (!drop?.has('x-request-id')) out.push('x-request-id', requestId);
+  if (setCookie !== undefined) out.push('set-cookie', setCookie);
+  return out;
+}

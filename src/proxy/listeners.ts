@@ -1,0 +1,407 @@
+/**
+ * Client-facing listeners: plain HTTP (`node:http`), and HTTPS with HTTP/2 and HTTP/1.1 on one port
+ * (`http2.createSecureServer({ allowHTTP1: true })`, ALPN) or HTTPS only. Node's strict parser stays on.
+ * Listeners are reconciled on every reload: unchanged ones keep their sockets, and certificates come
+ * from the current runtime through SNICallback so new certificates apply without a restart.
+ */
+
+import { X509Certificate } from 'node:crypto';
+import * as http from 'node:http';
+import { STATUS_CODES } from 'node:http';
+import * as http2 from 'node:http2';
+import * as https from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
+import { type ListenerConfig, parseBind } from '../config/schema.js';
+import type { AccessEntry, Logger } from '../observe/log.js';
+import { activeConnections } from '../observe/metrics.js';
+import type { ListenerTlsRuntime, Runtime } from '../runtime.js';
+import { ProxyHandler } from './handler.js';
+import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
+
+type AnyServer = http.Server | https.Server | http2.Http2SecureServer;
+
+interface ListenerEntry {
+  readonly key: string;
+  readonly config: ListenerConfig;
+  readonly info: ListenerInfo;
+  readonly server: AnyServer;
+  readonly sockets: Set<Socket>;
+  readonly sessions: Set<http2.Http2Session>;
+  closing: boolean;
+}
+
+/** Options of the listener set. */
+export interface ListenerSetOptions {
+  getRuntime(): Runtime;
+  logger: Logger;
+  accessLog?: (entry: AccessEntry) => void;
+}
+
+function listenerKey(l: ListenerConfig): string {
+  if (l.tls === undefined) return `${l.name}|${l.bind}|plain`;
+  return `${l.name}|${l.bind}|${l.tls.http2 ? 'h2' : 'tls'}|${l.tls.clientCertificate?.mode ?? 'none'}`;
+}
+
+/** Answers malformed requests the way Node does by default, but with our short bodies (431 for big headers). */
+function onClientError(err: NodeJS.ErrnoException, socket: Socket | import('node:stream').Duplex): void {
+  const busy = (socket as { _httpMessage?: unknown })._httpMessage;
+  if (err.code === 'ECONNRESET' || !socket.writable || busy) {
+    socket.destroy();
+    return;
+  }
+  const status =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? 431
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? 408
+        : err.code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW'
+          ? 413
+          : 400;
+  const body = `${status} ${STATUS_CODES[status]} (GH_BAD_REQUEST)\n`;
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+      `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+function ignore(): void {}
+
+/** The set of client-facing listeners of one gateway process. */
+export class ListenerSet {
+  readonly #getRuntime: () => Runtime;
+  readonly #logger: Logger;
+  readonly #handler: ProxyHandler;
+  readonly #entries = new Map<string, ListenerEntry>();
+  readonly #closing = new Set<Promise<void>>();
+
+  constructor(opts: ListenerSetOptions) {
+    this.#getRuntime = opts.getRuntime;
+    this.#logger = opts.logger;
+    this.#handler = new ProxyHandler(opts);
+  }
+
+  /**
+   * Opens, keeps or closes listeners so they match runtime.config.listeners (kept by name + bind +
+   * TLS mode; a kept listener's sockets stay open across reloads; TLS contexts come from the current
+   * runtime via SNICallback so new certificates apply on reload). Rejects when a listener cannot bind.
+   */
+  async apply(runtime: Runtime): Promise<void> {
+    const wanted = new Map<string, ListenerConfig>();
+    for (const l of runtime.config.listeners) wanted.set(listenerKey(l), l);
+    // Close removed listeners first so a listener moved to another name can take over the port.
+    for (const [key, entry] of this.#entries) {
+      if (wanted.has(key)) continue;
+      this.#entries.delete(key);
+      this.#track(this.#drain(entry, runtime.config.server.drainTimeout));
+    }
+    const opened: ListenerEntry[] = [];
+    try {
+      for (const [key, l] of wanted) {
+        const existing = this.#entries.get(key);
+        if (existing !== undefined) {
+          this.#refresh(existing, runtime);
+          continue;
+        }
+        const entry = this.#create(key, l, runtime);
+        await this.#listen(entry);
+        opened.push(entry);
+        this.#entries.set(key, entry);
+      }
+    } catch (err) {
+      for (const entry of opened) {
+        this.#entries.delete(entry.key);
+        this.#track(this.#drain(entry, 0));
+      }
+      throw err;
+    }
+  }
+
+  /** Bound address of a listener by name (port 0 resolved). */
+  address(name: string): AddressInfo | undefined {
+    for (const entry of this.#entries.values()) {
+      if (entry.config.name === name) {
+        const a = entry.server.address();
+        return a !== null && typeof a === 'object' ? a : undefined;
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Stops accepting, closes idle keep-alive connections, lets in-flight requests (and WebSockets up to
+   * the deadline) finish, then destroys what is left after `drainMs`.
+   */
+  async close(drainMs: number): Promise<void> {
+    const entries = [...this.#entries.values()];
+    this.#entries.clear();
+    for (const entry of entries) this.#track(this.#drain(entry, drainMs));
+    await Promise.all([...this.#closing]);
+  }
+
+  #track(p: Promise<void>): void {
+    this.#closing.add(p);
+    void p.finally(() => this.#closing.delete(p));
+  }
+
+  #create(key: string, l: ListenerConfig, runtime: Runtime): ListenerEntry {
+    const s = runtime.config.server;
+    const info: ListenerInfo = { name: l.name, tls: l.tls !== undefined };
+    let server: AnyServer;
+    if (l.tls === undefined) {
+      server = http.createServer({
+        maxHeaderSize: s.maxHeaderSize,
+        requestTimeout: 0,
+        headersTimeout: s.headersTimeout,
+        keepAliveTimeout: s.keepAliveTimeout,
+        insecureHTTPParser: false,
+        noDelay: true,
+      });
+    } else {
+      const name = l.name;
+      const tlsRt = runtime.tls.get(name);
+      if (tlsRt === undefined)
+        throw new Error(`listeners.${name}.tls: no TLS material was built for this listener`);
+      const getRuntime = this.#getRuntime;
+      const logger = this.#logger;
+      const tlsOptions = {
+        ...(tlsRt.defaultOptions as SecureContextOptions),
+        SNICallback(servername: string, cb: (err: Error | null, ctx?: SecureContext) => void): void {
+          try {
+            const current = getRuntime().tls.get(name) ?? tlsRt;
+            cb(null, current.contextFor(servername));
+          } catch (err) {
+            logger.warn({ err, listener: name, servername }, 'TLS context selection failed');
+            cb(err as Error);
+          }
+        },
+        requestCert: l.tls.clientCertificate !== undefined,
+        rejectUnauthorized: l.tls.clientCertificate?.mode === 'require',
+      };
+      if (l.tls.http2) {
+        const h2 = http2.createSecureServer({
+          ...tlsOptions,
+          allowHTTP1: true,
+          maxHeaderListPairs: s.maxHeadersCount + 8,
+          settings: { maxHeaderListSize: s.maxHeaderSize },
+        });
+        // HTTP/1.1 connections on this server use these like an http.Server.
+        Object.assign(h2, {
+          headersTimeout: s.headersTimeout,
+          requestTimeout: 0,
+          keepAliveTimeout: s.keepAliveTimeout,
+          maxHeaderSize: s.maxHeaderSize,
+          maxHeadersCount: s.maxHeadersCount,
+        });
+        server = h2;
+      } else {
+        server = https.createServer({
+          ...tlsOptions,
+          maxHeaderSize: s.maxHeaderSize,
+          requestTimeout: 0,
+          headersTimeout: s.headersTimeout,
+          keepAliveTimeout: s.keepAliveTimeout,
+          insecureHTTPParser: false,
+          noDelay: true,
+        });
+      }
+    }
+    const isH2 = l.tls?.http2 === true;
+    if (!isH2) (server as http.Server).maxHeadersCount = s.maxHeadersCount;
+    const entry: ListenerEntry = {
+      key,
+      config: l,
+      info,
+      server,
+      sockets: new Set(),
+      sessions: new Set(),
+      closing: false,
+    };
+    const handler = this.#handler;
+    const logger = this.#logger;
+    const gauge = activeConnections.labels(l.name);
+    server.on('request', (req: ProxyRequest, res: ProxyResponse) => {
+      // While draining, HTTP/1.1 connections close after their current response.
+      if (entry.closing && req.httpVersionMajor === 1) res.shouldKeepAlive = false;
+      handler.handleRequest(req, res, info);
+    });
+    server.on('upgrade', (req: ProxyRequest, socket: Socket, head: Buffer) => {
+      handler.handleUpgrade(req, socket, head, info);
+    });
+    server.on('clientError', onClientError);
+    server.on('connection', (socket: Socket) => {
+      entry.sockets.add(socket);
+      gauge.inc();
+      socket.once('close', () => {
+        entry.sockets.delete(socket);
+        gauge.dec();
+      });
+    });
+    if (l.tls !== undefined) {
+      server.on('tlsClientError', (err: Error) =>
+        logger.debug({ err, listener: l.name }, 'TLS handshake failed'),
+      );
+    }
+    if (isH2) {
+      server.on('session', (session: http2.Http2Session) => {
+        entry.sessions.add(session);
+        session.on('error', ignore);
+        session.once('close', () => entry.sessions.delete(session));
+        if (entry.closing) session.close();
+      });
+      server.on('sessionError', ignore);
+    }
+    return entry;
+  }
+
+  #refresh(entry: ListenerEntry, runtime: Runtime): void {
+    if (entry.config.tls === undefined) return;
+    const tlsRt: ListenerTlsRuntime | undefined = runtime.tls.get(entry.config.name);
+    if (tlsRt === undefined) return;
+    // Clients without SNI get the default context; replace it so new certificates apply to them too.
+    (entry.server as https.Server).setSecureContext(tlsRt.defaultOptions as SecureContextOptions);
+    const s = runtime.config.server;
+    Object.assign(entry.server, {
+      headersTimeout: s.headersTimeout,
+      keepAliveTimeout: s.keepAliveTimeout,
+      maxHeadersCount: s.maxHeadersCount,
+    });
+  }
+
+  #listen(entry: ListenerEntry): Promise<void> {
+    const bind = parseBind(entry.config.bind);
+    if (bind === undefined)
+      return Promise.reject(new Error(`listeners.${entry.config.name}.bind: invalid address`));
+    const server = entry.server;
+    return new Promise<void>((resolve, reject) => {
+      const onError = (err: Error): void => {
+        reject(
+          new Error(`listeners.${entry.config.name}: cannot listen on ${entry.config.bind}: ${err.message}`, {
+            cause: err,
+          }),
+        );
+      };
+      server.once('error', onError);
+      server.listen(bind.port, bind.host, () => {
+        server.off('error', onError);
+        server.on('error', (err: Error) =>
+          this.#logger.error({ err, listener: entry.config.name }, 'listener error'),
+        );
+        resolve();
+      });
+    });
+  }
+
+  #drain(entry: ListenerEntry, drainMs: number): Promise<void> {
+    entry.closing = true;
+    const server = entry.server;
+    return new Promise<void>((resolve) => {
+      let done = false;
+      const finish = (): void => {
+        if (done) return;
+        done = true;
+        clearInterval(sweep);
+        clearTimeout(deadline);
+        resolve();
+      };
+      // Connections that become idle after their in-flight response are closed by the periodic sweep.
+      const sweep = setInterval(() => (server as http.Server).closeIdleConnections?.(), 100);
+      const deadline = setTimeout(() => {
+        for (const socket of entry.sockets) socket.destroy();
+        for (const session of entry.sessions) session.destroy();
+      }, drainMs);
+      server.close(() => finish());
+      (server as http.Server).closeIdleConnections?.();
+      for (const session of entry.sessions) session.close();
+      if (entry.sockets.size === 0 && !server.listening) setImmediate(finish);
+    });
+  }
+}
+
+interface CertEntry {
+  ctx: SecureContext;
+}
+
+/**
+ * Builds the TLS material of an HTTPS listener: one secure context per certificate, chosen by SNI
+ * against the certificate's DNS subjectAltNames (or its CN when it has none), wildcards matching one
+ * label; the first certificate is the fallback.
+ */
+export function buildListenerTls(
+  listener: ListenerConfig,
+  readSecret: (ref: string) => string,
+): ListenerTlsRuntime {
+  const tls = listener.tls;
+  if (tls === undefined) throw new Error(`listeners.${listener.name}: not a TLS listener`);
+  const exact = new Map<string, CertEntry>();
+  const wildcard = new Map<string, CertEntry>();
+  const ca = tls.clientCertificate ? readSecret(tls.clientCertificate.ca) : undefined;
+  let first: CertEntry | undefined;
+  let firstOptions: ListenerTlsRuntime['defaultOptions'] | undefined;
+  tls.certificates.forEach((c, i) => {
+    const where = `listeners.${listener.name}.tls.certificates.${i}`;
+    const cert = readSecret(c.cert);
+    const key = readSecret(c.key);
+    const options: ListenerTlsRuntime['defaultOptions'] & { ca?: string } = {
+      cert,
+      key,
+      minVersion: tls.minVersion,
+      ...(tls.maxVersion !== undefined ? { maxVersion: tls.maxVersion } : {}),
+      ...(tls.ciphers !== undefined ? { ciphers: tls.ciphers } : {}),
+      ...(ca !== undefined ? { ca } : {}),
+    };
+    let ctx: SecureContext;
+    let x509: X509Certificate;
+    try {
+      x509 = new X509Certificate(cert);
+      ctx = createSecureContext(options as SecureContextOptions);
+    } catch (err) {
+      throw new Error(`${where}: invalid certificate or key: ${(err as Error).message}`, { cause: err });
+    }
+    const entry: CertEntry = { ctx };
+    if (first === undefined) {
+      first = entry;
+      firstOptions = options;
+    }
+    for (const name of certificateNames(x509)) {
+      if (name.startsWith('*.')) {
+        if (!wildcard.has(name.slice(1))) wildcard.set(name.slice(1), entry);
+      } else if (!exact.has(name)) {
+        exact.set(name, entry);
+      }
+    }
+  });
+  const fallback = first!;
+  return {
+    defaultOptions: firstOptions!,
+    contextFor(serverName: string | undefined): SecureContext {
+      if (serverName === undefined || serverName === '') return fallback.ctx;
+      const name = serverName.toLowerCase();
+      const hit = exact.get(name);
+      if (hit !== undefined) return hit.ctx;
+      const dot = name.indexOf('.');
+      if (dot > 0) {
+        const w = wildcard.get(name.slice(dot));
+        if (w !== undefined) return w.ctx;
+      }
+      return fallback.ctx;
+    },
+  };
+}
+
+/** DNS names of a certificate, lower-case: subjectAltName DNS entries, else the subject CN. */
+function certificateNames(x509: X509Certificate): string[] {
+  const names: string[] = [];
+  const san = x509.subjectAltName;
+  if (san) {
+    for (const part of san.split(',')) {
+      const p = part.trim();
+      if (p.startsWith('DNS:')) names.push(p.slice(4).toLowerCase());
+    }
+  }
+  if (names.length === 0) {
+    const cn = /(?:^|\n)CN=([^\n]+)/.exec(x509.subject);
+    if (cn) names.push(cn[1]!.trim().toLowerCase());
+  }
+  return names;
+}
