@@ -29,6 +29,16 @@ export class NoRouteError extends GatehouseError {
   }
 }
 
+/**
+ * The route is protected by a policy that this build cannot evaluate (403). Refusing is the fail-closed
+ * answer: a policy that is not enforced must never let a request through.
+ */
+export class PolicyUnavailableError extends GatehouseError {
+  constructor(route: string) {
+    super('GH_POLICY_UNAVAILABLE', 403, `route ${route} requires a policy decision that is not available`);
+  }
+}
+
 /** The request body is larger than the route allows (413). */
 export class BodyTooLargeError extends GatehouseError {
   constructor(limit: number) {

@@ -215,3 +215,31 @@ test('response headers: hop-by-hop removed, route edits applied, request id echo
   assert.equal(entry.retries, 0);
   assert.equal(typeof entry.upstreamDuration, 'number');
 });
+
+test('a route protected by a policy that cannot be evaluated is refused, never forwarded unchecked', async (t) => {
+  const b = await startBackend(t, 'b');
+  const gw = await startGateway(t, {
+    ...config({ app: { servers: [{ url: b.url }] } }, [
+      { name: 'guarded', match: { path: '/guarded' }, upstream: 'app', policy: 'eng', websocket: true },
+      { name: 'open', match: { path: '/open' }, upstream: 'app', policy: 'eng', public: true },
+    ]),
+    policies: { eng: { allow: [{ groups: ['eng'] }] } },
+  });
+  const denied = await request(gw.url(), { path: '/guarded/x' });
+  assert.equal(denied.status, 403);
+  assert.match(denied.body.toString(), /GH_POLICY_UNAVAILABLE/);
+  const upgrade = await request(gw.url(), {
+    path: '/guarded/ws',
+    headers: {
+      connection: 'upgrade',
+      upgrade: 'websocket',
+      'sec-websocket-version': '13',
+      'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+    },
+  });
+  assert.equal(upgrade.status, 403);
+  assert.equal(b.seen.length, 0);
+  const open = await request(gw.url(), { path: '/open/x' });
+  assert.equal(open.status, 200);
+  assert.equal(b.seen.length, 1);
+});

@@ -28,6 +28,7 @@ import {
   type GatehouseError,
   NoRouteError,
   NoServerAvailableError,
+  PolicyUnavailableError,
   UpstreamConnectError,
 } from '../errors.js';
 import type { AccessEntry, Logger } from '../observe/log.js';
@@ -296,6 +297,7 @@ class Exchange {
       };
       const route = this.runtime.routes.match(facts);
       if (route === undefined) throw new NoRouteError();
+      if (route.requiresPolicy) throw new PolicyUnavailableError(route.name);
       this.route = route;
       const rs = routeState(route);
       this.rs = rs;

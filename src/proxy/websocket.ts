@@ -11,7 +11,12 @@ import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { normalizeHost, normalizePath } from '../core/normalize.js';
 import type { CompiledRoute } from '../core/types.js';
-import { type GatehouseError, NoRouteError, NoServerAvailableError } from '../errors.js';
+import {
+  type GatehouseError,
+  NoRouteError,
+  NoServerAvailableError,
+  PolicyUnavailableError,
+} from '../errors.js';
 import type { AccessEntry } from '../observe/log.js';
 import { activeWebSockets, requestsTotal } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
@@ -115,6 +120,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
         tls: this.listener.tls,
       });
       if (route === undefined) throw new NoRouteError();
+      if (route.requiresPolicy) throw new PolicyUnavailableError(route.name);
       this.route = route;
       if (route.websocketIdleTimeout === undefined) throw new WebSocketNotAllowedError();
       this.idleTimeout = route.websocketIdleTimeout;
