@@ -2,7 +2,8 @@
  * Prometheus instruments, all prefixed `gatehouse_`. One registry per process; the admin listener
  * serves it at `/metrics`. Instruments are created once here so every module records into the same ones.
  */
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { UpstreamStatus } from '../upstream/types.js';
 
 /** The registry `/metrics` renders. */
 export const registry = new Registry();
@@ -59,12 +60,48 @@ export const retriesTotal = new Counter({
   registers: [registry],
 });
 
+/** Where scrape-time gauges read upstream state from; set by the admin listener. */
+let upstreamSource: (() => Iterable<UpstreamStatus>) | undefined;
+
+/**
+ * Sets (or clears with undefined) the function that lists the current upstreams' status at scrape
+ * time, so server gauges always describe the running configuration and drop servers that left it.
+ */
+export function setUpstreamStatusSource(source: (() => Iterable<UpstreamStatus>) | undefined): void {
+  upstreamSource = source;
+}
+
+/** Returns the current status source, so an owner can clear it only if it is still its own. */
+export function getUpstreamStatusSource(): (() => Iterable<UpstreamStatus>) | undefined {
+  return upstreamSource;
+}
+
+function readStatuses(): UpstreamStatus[] | undefined {
+  if (upstreamSource === undefined) return undefined;
+  try {
+    return [...upstreamSource()];
+  } catch {
+    // A scrape must never fail because an upstream is being torn down by a reload.
+    return undefined;
+  }
+}
+
 /** 1 when a server is usable, 0 when down or ejected. */
 export const serverUp = new Gauge({
   name: 'gatehouse_upstream_server_up',
   help: 'Server health (1 up, 0 down or ejected)',
   labelNames: ['upstream', 'server'] as const,
   registers: [registry],
+  collect() {
+    const statuses = readStatuses();
+    if (statuses === undefined) return;
+    this.reset();
+    // A server not yet checked takes traffic, so it counts as up until a check says otherwise.
+    for (const u of statuses) {
+      for (const s of u.servers)
+        this.set({ upstream: u.name, server: s.id }, s.health === 'up' || s.health === 'unknown' ? 1 : 0);
+    }
+  },
 });
 
 /** Health-check results. */
@@ -81,6 +118,14 @@ export const serverActive = new Gauge({
   help: 'Requests in flight per upstream server',
   labelNames: ['upstream', 'server'] as const,
   registers: [registry],
+  collect() {
+    const statuses = readStatuses();
+    if (statuses === undefined) return;
+    this.reset();
+    for (const u of statuses) {
+      for (const s of u.servers) this.set({ upstream: u.name, server: s.id }, s.active);
+    }
+  },
 });
 
 /** Requests waiting in upstream queues. */
@@ -89,6 +134,12 @@ export const queueLength = new Gauge({
   help: 'Requests waiting for a free server slot',
   labelNames: ['upstream'] as const,
   registers: [registry],
+  collect() {
+    const statuses = readStatuses();
+    if (statuses === undefined) return;
+    this.reset();
+    for (const u of statuses) this.set({ upstream: u.name }, u.queued);
+  },
 });
 
 /** Open client connections per listener. */
@@ -121,3 +172,12 @@ export const configGeneration = new Gauge({
   help: 'Generation of the configuration in use',
   registers: [registry],
 });
+
+let processMetricsEnabled = false;
+
+/** Adds the default process metrics (CPU, memory, event loop, GC) as `gatehouse_*`; idempotent. */
+export function enableProcessMetrics(): void {
+  if (processMetricsEnabled) return;
+  processMetricsEnabled = true;
+  collectDefaultMetrics({ register: registry, prefix: 'gatehouse_' });
+}

@@ -1,0 +1,750 @@
+/**
+ * `npm run bench`: the same keep-alive load against Gatehouse, HAProxy, a minimal node:http + undici
+ * proxy and node-http-proxy, in one run on this machine. Reports requests/s, p50/p99 latency and the
+ * proxy's CPU time per request (from /proc), with ratios; then streams a 1 GiB body through Gatehouse
+ * both ways and reports its peak RSS. Results are also written to `.bench/results.json`.
+ *
+ * Usage: node --import tsx bench/run.ts [--duration 10s] [--connections 50] [--warmup 2s]
+ *          [--proxies gatehouse,haproxy,minimal-undici,node-http-proxy] [--memory-size 1GiB]
+ *          [--no-memory | --memory-only]
+ *
+ * CPU placement (two cores): each proxy runs alone on CPU 1; the load generator and the backend share
+ * CPU 0. Every proxy is run the same way, so the CPU-per-request figures are comparable.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { connect, createServer } from 'node:net';
+import { cpus, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
+import { parseDuration, parseSize } from '../src/config/units.js';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+interface Options {
+  durationS: number;
+  warmupS: number;
+  connections: number;
+  proxies: string[];
+  memoryBytes: number;
+  memory: boolean;
+  loadTests: boolean;
+}
+
+const allProxies = ['gatehouse', 'haproxy', 'minimal-undici', 'node-http-proxy'];
+
+function parseArgs(argv: string[]): Options {
+  const opts: Options = {
+    durationS: 10,
+    warmupS: 2,
+    connections: 50,
+    proxies: allProxies,
+    memoryBytes: 1024 ** 3,
+    memory: true,
+    loadTests: true,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    const seconds = (v: string) => {
+      const ms = parseDuration(v) ?? (/^\d+$/.test(v) ? Number(v) * 1000 : undefined);
+      if (ms === undefined || ms < 1000)
+        throw new Error(`${a}: expected a duration of at least 1s, e.g. 10s`);
+      return Math.round(ms / 1000);
+    };
+    if (a === '--duration') opts.durationS = seconds(next());
+    else if (a === '--warmup') {
+      const v = next();
+      opts.warmupS = v === '0' || v === '0s' ? 0 : seconds(v);
+    } else if (a === '--connections') opts.connections = Math.max(1, Number.parseInt(next(), 10) || 0);
+    else if (a === '--proxies') {
+      opts.proxies = next().split(',');
+      for (const p of opts.proxies) if (!allProxies.includes(p)) throw new Error(`unknown proxy ${p}`);
+    } else if (a === '--memory-size') {
+      const bytes = parseSize(next());
+      if (bytes === undefined) throw new Error('--memory-size: expected a size such as 1GiB');
+      opts.memoryBytes = bytes;
+    } else if (a === '--no-memory') opts.memory = false;
+    else if (a === '--memory-only') opts.loadTests = false;
+    else if (a === '--help' || a === '-h') {
+      process.stdout.write(`${readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0]}*/\n`);
+      process.exit(0);
+    } else throw new Error(`unknown argument ${a}`);
+  }
+  if (!Number.isFinite(opts.connections) || opts.connections < 1)
+    throw new Error('--connections must be >= 1');
+  return opts;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: everything started is tracked and stopped, on success, error or signal.
+
+const children = new Set<ChildProcess>();
+const tempDirs: string[] = [];
+
+function haveCommand(cmd: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const canPin = haveCommand('taskset') && cpus().length >= 2;
+
+/** Spawns a command pinned to `cpu` (when taskset is available); its pid is the command's own. */
+function start(name: string, cmd: string, args: string[], cpu: number): ChildProcess {
+  const [file, argv] = canPin ? ['taskset', ['-c', String(cpu), cmd, ...args]] : [cmd, args];
+  const child = spawn(file, argv, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
+  children.add(child);
+  let errTail = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    errTail = (errTail + d.toString()).slice(-4000);
+  });
+  child.stdout?.resume();
+  child.on('exit', (code, signal) => {
+    children.delete(child);
+    if (code !== 0 && signal === null && !stopping.has(child) && ready.has(child)) {
+      process.stderr.write(`bench: ${name} exited with code ${code}\n${errTail}\n`);
+    }
+  });
+  (child as ChildProcess & { errTail: () => string }).errTail = () => errTail;
+  return child;
+}
+
+const stopping = new Set<ChildProcess>();
+/** Children that were up; an exit before that is reported by `waitForPort` instead. */
+const ready = new WeakSet<ChildProcess>();
+
+async function stop(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  stopping.add(child);
+  const exited = new Promise<void>((res) => child.once('exit', () => res()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function stopAll(): Promise<void> {
+  await Promise.all([...children].map((c) => stop(c)));
+  for (const d of tempDirs.splice(0)) rmSync(d, { recursive: true, force: true });
+}
+
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    process.stderr.write(`\nbench: ${sig}, stopping everything\n`);
+    void stopAll().finally(() => process.exit(130));
+  });
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const addr = s.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** Waits until the port accepts connections, or fails after `timeoutMs` or when the child exits. */
+async function waitForPort(
+  port: number,
+  child: ChildProcess,
+  what: string,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      const tail = (child as ChildProcess & { errTail?: () => string }).errTail?.() ?? '';
+      throw new Error(`${what} exited before listening\n${tail}`);
+    }
+    const ok = await new Promise<boolean>((res) => {
+      const sock = connect(port, '127.0.0.1');
+      sock.once('connect', () => {
+        sock.destroy();
+        res(true);
+      });
+      sock.once('error', () => res(false));
+    });
+    if (ok) {
+      ready.add(child);
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} did not listen on port ${port} within ${timeoutMs / 1000} s`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc readings
+
+const clkTck = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+function procStat(pid: number): { ppid: number; ticks: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the parenthesised command name; the name itself may contain spaces.
+    const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    return { ppid: Number(rest[1]), ticks: Number(rest[11]) + Number(rest[12]) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** utime+stime in ticks of `pid` and every live descendant (a proxy may run worker processes). */
+function cpuTicks(pid: number): number {
+  const stats = new Map<number, { ppid: number; ticks: number }>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const s = procStat(Number(entry));
+    if (s) stats.set(Number(entry), s);
+  }
+  let total = 0;
+  const queue = [pid];
+  const seen = new Set<number>();
+  while (queue.length > 0) {
+    const p = queue.pop() as number;
+    if (seen.has(p)) continue;
+    seen.add(p);
+    total += stats.get(p)?.ticks ?? 0;
+    for (const [child, s] of stats) if (s.ppid === p) queue.push(child);
+  }
+  return total;
+}
+
+function statusKiB(pid: number, field: 'VmHWM' | 'VmRSS'): number | undefined {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generation
+
+interface LoadResult {
+  requests: number;
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+  non2xx: number;
+}
+
+function toMs(value: string, unit: string): number {
+  const n = Number(value);
+  switch (unit) {
+    case 'us':
+      return n / 1000;
+    case 'ms':
+      return n;
+    case 's':
+      return n * 1000;
+    case 'm':
+      return n * 60_000;
+    default:
+      return Number.NaN;
+  }
+}
+
+/** Parses wrk's `--latency` report. */
+export function parseWrk(out: string): LoadResult {
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1]);
+  const p = (q: string) => {
+    const m = new RegExp(`^\\s+${q}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, 'm').exec(out);
+    return m ? toMs(m[1] as string, m[2] as string) : Number.NaN;
+  };
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  const errors = sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0;
+  const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
+  if (!Number.isFinite(rps) || !Number.isFinite(requests))
+    throw new Error(`could not parse wrk output:\n${out}`);
+  return { requests, rps, p50Ms: p('50'), p99Ms: p('99'), errors, non2xx };
+}
+
+const haveWrk = haveCommand('wrk');
+
+async function runLoad(url: string, connections: number, durationS: number): Promise<LoadResult> {
+  if (haveWrk) {
+    const child = start(
+      'wrk',
+      'wrk',
+      ['-t1', `-c${connections}`, `-d${durationS}s`, '--latency', '--timeout', '10s', url],
+      0,
+    );
+    let out = '';
+    child.stdout?.removeAllListeners('data');
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    const killer = setTimeout(() => child.kill('SIGKILL'), (durationS + 30) * 1000);
+    const code = await new Promise<number | null>((res) => child.once('exit', (c) => res(c)));
+    clearTimeout(killer);
+    if (code !== 0) throw new Error(`wrk failed (exit ${code}):\n${out}`);
+    return parseWrk(out);
+  }
+  return runAutocannon(url, connections, durationS);
+}
+
+async function runAutocannon(url: string, connections: number, durationS: number): Promise<LoadResult> {
+  const spec = 'autocannon';
+  // Loaded only when wrk is missing; it is not a dependency of the project.
+  const mod = (await import(spec).catch(() => {
+    throw new Error('neither wrk nor autocannon is available: apt-get install wrk');
+  })) as { default: (o: object) => Promise<Record<string, Record<string, number>>> };
+  const r = await mod.default({ url, connections, duration: durationS, pipelining: 1 });
+  return {
+    requests: r.requests?.total ?? 0,
+    rps: r.requests?.average ?? 0,
+    p50Ms: r.latency?.p50 ?? Number.NaN,
+    p99Ms: r.latency?.p99 ?? Number.NaN,
+    errors: (r.errors as unknown as number) ?? 0,
+    non2xx: (r.non2xx as unknown as number) ?? 0,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxies
+
+interface Running {
+  child: ChildProcess;
+  port: number;
+}
+
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'gatehouse-bench-'));
+  tempDirs.push(d);
+  return d;
+}
+
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    newest = Math.max(newest, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+/** How to run the gateway: the built `bin/gatehouse` when `dist/` is current, else the sources via tsx. */
+function gatehouseCommand(): { cmd: string; args: string[]; note: string } {
+  const built = join(root, 'dist/cli/main.js');
+  if (existsSync(built) && statSync(built).mtimeMs >= newestMtime(join(root, 'src'))) {
+    return { cmd: process.execPath, args: [join(root, 'bin/gatehouse')], note: 'bin/gatehouse (dist/)' };
+  }
+  const runTs = join(root, 'src/cli/run.ts');
+  const entry = existsSync(runTs) ? runTs : join(root, 'bench/peers/gatehouse-cli.ts');
+  return {
+    cmd: process.execPath,
+    args: ['--import', 'tsx', entry],
+    note: `${entry.slice(root.length + 1)} via tsx (dist/ missing or older than src/: run npm run build to bench the build)`,
+  };
+}
+
+async function startGatehouse(backendPort: number): Promise<Running & { note: string }> {
+  const port = await freePort();
+  const dir = tempDir();
+  const file = join(dir, 'gatehouse.yaml');
+  writeFileSync(
+    file,
+    [
+      'listeners:',
+      `  - { name: bench, bind: "127.0.0.1:${port}" }`,
+      'server: { keepAliveTimeout: 120s }',
+      'upstreams:',
+      '  backend:',
+      `    servers: [{ url: "http://127.0.0.1:${backendPort}" }]`,
+      'routes:',
+      '  - { name: bench, match: { path: / }, upstream: backend, public: true }',
+      // HAProxy and the peers log nothing per request either.
+      'logging: { level: warn, access: false }',
+      '',
+    ].join('\n'),
+  );
+  const { cmd, args, note } = gatehouseCommand();
+  const child = start('gatehouse', cmd, [...args, 'start', '-c', file], 1);
+  await waitForPort(port, child, 'gatehouse');
+  return { child, port, note };
+}
+
+async function startHaproxy(backendPort: number): Promise<Running> {
+  const port = await freePort();
+  const dir = tempDir();
+  const file = join(dir, 'haproxy.cfg');
+  writeFileSync(
+    file,
+    [
+      'global',
+      '  nbthread 1',
+      '  maxconn 4096',
+      'defaults',
+      '  mode http',
+      '  timeout connect 5s',
+      '  timeout client 120s',
+      '  timeout server 600s',
+      '  option http-keep-alive',
+      'frontend bench',
+      `  bind 127.0.0.1:${port}`,
+      '  default_backend backend',
+      'backend backend',
+      '  http-reuse always',
+      // The same request headers the gateway adds, so every proxy does comparable work.
+      '  option forwardfor',
+      '  http-request set-header X-Forwarded-Proto http',
+      '  http-request set-header X-Forwarded-Host %[req.hdr(host)]',
+      '  http-request set-header X-Request-Id %[uuid]',
+      `  server s1 127.0.0.1:${backendPort} maxconn 1000`,
+      '',
+    ].join('\n'),
+  );
+  const child = start('haproxy', 'haproxy', ['-f', file, '-db'], 1);
+  await waitForPort(port, child, 'haproxy');
+  return { child, port };
+}
+
+async function startPeer(name: string, backendPort: number): Promise<Running> {
+  const port = await freePort();
+  const child = start(
+    name,
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      join(root, `bench/peers/${name}.ts`),
+      '--port',
+      String(port),
+      '--target',
+      `http://127.0.0.1:${backendPort}`,
+    ],
+    1,
+  );
+  await waitForPort(port, child, name);
+  return { child, port };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory check: a large body streamed through the gateway in both directions.
+
+async function streamDownload(url: string, timeoutMs: number): Promise<number> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+  if (res.status !== 200 || !res.body) throw new Error(`download answered ${res.status}`);
+  let bytes = 0;
+  for await (const chunk of res.body) bytes += (chunk as Uint8Array).byteLength;
+  return bytes;
+}
+
+async function streamUpload(port: number, size: number, timeoutMs: number): Promise<number> {
+  const chunk = Buffer.alloc(64 * 1024, 'u');
+  async function* body() {
+    let left = size;
+    while (left > 0) {
+      const n = Math.min(left, chunk.length);
+      left -= n;
+      yield n === chunk.length ? chunk : chunk.subarray(0, n);
+    }
+  }
+  return new Promise<number>((res, rej) => {
+    const req = httpRequest(
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/sink',
+        method: 'POST',
+        headers: { 'content-type': 'application/octet-stream', 'content-length': size },
+        timeout: timeoutMs,
+      },
+      (response) => {
+        let text = '';
+        response.on('data', (d: Buffer) => {
+          text += d.toString();
+        });
+        response.on('end', () => {
+          if (response.statusCode !== 200) rej(new Error(`upload answered ${response.statusCode}: ${text}`));
+          else res((JSON.parse(text) as { bytes: number }).bytes);
+        });
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('upload timed out')));
+    req.on('error', rej);
+    pipeline(Readable.from(body()), req).catch(rej);
+  });
+}
+
+interface MemoryResult {
+  bytes: number;
+  baselineRssMiB: number;
+  peakRssMiB: number;
+  /** Highest RSS seen in the first and in the second half of the transfers. */
+  firstHalfMaxRssMiB: number;
+  secondHalfMaxRssMiB: number;
+  downloadMiBps: number;
+  uploadMiBps: number;
+  /** RSS does not grow with the bytes streamed (second half within 16 MiB of the first). */
+  flat: boolean;
+  /** Peak RSS under 150 MiB. */
+  underLimit: boolean;
+}
+
+/** Samples VmRSS every 100 ms while `work` runs; returns the samples in order. */
+async function sampleRss<T>(pid: number, work: () => Promise<T>): Promise<{ result: T; samples: number[] }> {
+  const samples: number[] = [];
+  const timer = setInterval(() => {
+    const kib = statusKiB(pid, 'VmRSS');
+    if (kib !== undefined) samples.push(kib);
+  }, 100);
+  try {
+    return { result: await work(), samples };
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+async function memoryCheck(backendPort: number, size: number): Promise<MemoryResult> {
+  const gw = await startGatehouse(backendPort);
+  try {
+    const pid = gw.child.pid as number;
+    // Let startup allocations settle, then take the baseline.
+    await streamDownload(`http://127.0.0.1:${gw.port}/small`, 10_000);
+    const baseline = statusKiB(pid, 'VmHWM') ?? 0;
+    const budgetMs = Math.max(60_000, (size / (20 * 1024 * 1024)) * 1000);
+    let t = performance.now();
+    const down = await sampleRss(pid, () =>
+      streamDownload(`http://127.0.0.1:${gw.port}/gen?bytes=${size}`, budgetMs),
+    );
+    const downS = (performance.now() - t) / 1000;
+    if (down.result !== size)
+      throw new Error(`download through gatehouse returned ${down.result} of ${size} bytes`);
+    t = performance.now();
+    const up = await sampleRss(pid, () => streamUpload(gw.port, size, budgetMs));
+    const upS = (performance.now() - t) / 1000;
+    if (up.result !== size)
+      throw new Error(`upload through gatehouse delivered ${up.result} of ${size} bytes`);
+    const peak = statusKiB(pid, 'VmHWM') ?? 0;
+    const halves = [down.samples, up.samples].map((xs) => {
+      const mid = Math.floor(xs.length / 2);
+      return [Math.max(0, ...xs.slice(0, mid)), Math.max(0, ...xs.slice(mid))] as const;
+    });
+    const first = Math.max(...halves.map((h) => h[0]));
+    const second = Math.max(...halves.map((h) => h[1]));
+    return {
+      bytes: size,
+      baselineRssMiB: round(baseline / 1024, 1),
+      peakRssMiB: round(peak / 1024, 1),
+      firstHalfMaxRssMiB: round(first / 1024, 1),
+      secondHalfMaxRssMiB: round(second / 1024, 1),
+      downloadMiBps: round(size / 1048576 / downS, 0),
+      uploadMiBps: round(size / 1048576 / upS, 0),
+      // A streamed body must not be held: memory in the second half may not keep climbing.
+      flat: halves.every(([a, b]) => b <= a + 16 * 1024),
+      underLimit: peak / 1024 < 150,
+    };
+  } finally {
+    await stop(gw.child);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+interface Row extends LoadResult {
+  proxy: string;
+  scenario: 'small' | '1MiB';
+  cpuUsPerRequest: number | undefined;
+  cpuSeconds: number | undefined;
+}
+
+function round(n: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(n * f) / f;
+}
+
+function fmt(n: number | undefined, digits = 1): string {
+  return n === undefined || !Number.isFinite(n) ? '—' : n.toFixed(digits);
+}
+
+function ratio(a: number | undefined, b: number | undefined): string {
+  return a === undefined || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || b === 0
+    ? '—'
+    : `${(a / b).toFixed(2)}x`;
+}
+
+function table(rows: Row[]): string {
+  const lines = [
+    '| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | CPU vs HAProxy | CPU vs node-http-proxy | errors |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of rows) {
+    const peers = rows.filter((x) => x.scenario === r.scenario);
+    const hap = peers.find((x) => x.proxy === 'haproxy')?.cpuUsPerRequest;
+    const nhp = peers.find((x) => x.proxy === 'node-http-proxy')?.cpuUsPerRequest;
+    lines.push(
+      `| ${r.scenario} | ${r.proxy} | ${fmt(r.rps, 0)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.cpuUsPerRequest)} | ${ratio(r.cpuUsPerRequest, hap)} | ${ratio(r.cpuUsPerRequest, nhp)} | ${r.errors + r.non2xx} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const opts = parseArgs(process.argv.slice(2));
+  const notes: string[] = [];
+  if (!canPin) notes.push('taskset or a second CPU is missing: processes are not pinned');
+  if (!haveWrk)
+    notes.push(
+      'wrk is missing (apt-get install wrk): using autocannon, whose own CPU use competes with the proxy',
+    );
+  const proxies = opts.loadTests ? [...opts.proxies] : [];
+  if (proxies.includes('haproxy') && !haveCommand('haproxy')) {
+    process.stderr.write(
+      '\n*** bench: HAProxy is not installed: SKIPPING HAProxy (install it with: apt-get install haproxy) ***\n\n',
+    );
+    notes.push('HAProxy skipped: not installed (apt-get install haproxy)');
+    proxies.splice(proxies.indexOf('haproxy'), 1);
+  }
+
+  process.stdout.write(
+    `bench: ${opts.connections} connections, ${opts.durationS}s per run (+${opts.warmupS}s warm-up), ` +
+      `${cpus().length} CPUs, CLK_TCK ${clkTck}, node ${process.version}\n`,
+  );
+
+  const backendPort = await freePort();
+  const backend = start(
+    'backend',
+    process.execPath,
+    ['--import', 'tsx', join(root, 'bench/backend.ts'), '--port', String(backendPort)],
+    0,
+  );
+  await waitForPort(backendPort, backend, 'backend');
+
+  const rows: Row[] = [];
+  for (const proxy of proxies) {
+    let running: Running | undefined;
+    try {
+      if (proxy === 'gatehouse') {
+        const gw = await startGatehouse(backendPort);
+        if (!notes.includes(`gatehouse ran as ${gw.note}`)) notes.push(`gatehouse ran as ${gw.note}`);
+        running = gw;
+      } else if (proxy === 'haproxy') running = await startHaproxy(backendPort);
+      else running = await startPeer(proxy, backendPort);
+      const pid = running.child.pid as number;
+      for (const scenario of ['small', '1MiB'] as const) {
+        const url = `http://127.0.0.1:${running.port}${scenario === 'small' ? '/small' : '/1m'}`;
+        if (opts.warmupS > 0) await runLoad(url, opts.connections, opts.warmupS);
+        const before = cpuTicks(pid);
+        const load = await runLoad(url, opts.connections, opts.durationS);
+        const cpuSeconds = (cpuTicks(pid) - before) / clkTck;
+        const row: Row = {
+          proxy,
+          scenario,
+          ...load,
+          cpuSeconds: round(cpuSeconds, 2),
+          cpuUsPerRequest: load.requests > 0 ? round((cpuSeconds * 1e6) / load.requests, 1) : undefined,
+        };
+        rows.push(row);
+        process.stdout.write(
+          `  ${proxy.padEnd(16)} ${scenario.padEnd(5)} ${fmt(load.rps, 0).padStart(8)} req/s  p50 ${fmt(load.p50Ms, 2)} ms  p99 ${fmt(load.p99Ms, 2)} ms  CPU ${fmt(row.cpuUsPerRequest)} µs/req\n`,
+        );
+      }
+    } catch (err) {
+      process.stderr.write(`bench: ${proxy} failed: ${(err as Error).message}\n`);
+      notes.push(`${proxy} failed: ${(err as Error).message.split('\n')[0]}`);
+    } finally {
+      await stop(running?.child);
+    }
+  }
+
+  let memory: MemoryResult | undefined;
+  if (opts.memory && opts.proxies.includes('gatehouse')) {
+    process.stdout.write(
+      `  memory: streaming ${(opts.memoryBytes / 1048576).toFixed(0)} MiB through gatehouse, down and up…\n`,
+    );
+    const note = `gatehouse ran as ${gatehouseCommand().note}`;
+    if (!notes.includes(note)) notes.push(note);
+    try {
+      memory = await memoryCheck(backendPort, opts.memoryBytes);
+    } catch (err) {
+      process.stderr.write(`bench: memory check failed: ${(err as Error).message}\n`);
+      notes.push(`memory check failed: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+  await stop(backend);
+
+  let report = rows.length > 0 ? `\n${table(rows)}\n` : '';
+  if (memory) {
+    report +=
+      `\nMemory: ${(memory.bytes / 1048576).toFixed(0)} MiB streamed down (${memory.downloadMiBps} MiB/s) and up ` +
+      `(${memory.uploadMiBps} MiB/s) through gatehouse: peak RSS ${memory.peakRssMiB} MiB ` +
+      `(${memory.underLimit ? 'under' : 'OVER'} 150 MiB; baseline ${memory.baselineRssMiB} MiB), ` +
+      `max RSS in the first half ${memory.firstHalfMaxRssMiB} MiB, in the second half ${memory.secondHalfMaxRssMiB} MiB ` +
+      `— ${memory.flat ? 'flat' : 'NOT flat: memory grows with the body'}\n`;
+  }
+  if (notes.length > 0) report += `\nNotes:\n${notes.map((n) => `- ${n}`).join('\n')}\n`;
+  process.stdout.write(report);
+
+  const outDir = join(root, '.bench');
+  mkdirSync(outDir, { recursive: true });
+  const versions: Record<string, string> = { node: process.version };
+  try {
+    versions.haproxy = execFileSync('haproxy', ['-v'], { encoding: 'utf8' }).split('\n')[0] ?? '';
+  } catch {}
+  writeFileSync(
+    join(outDir, 'results.json'),
+    `${JSON.stringify(
+      {
+        date: new Date().toISOString(),
+        machine: { cpus: cpus().length, model: cpus()[0]?.model, pinned: canPin },
+        versions,
+        loadGenerator: haveWrk ? 'wrk' : 'autocannon',
+        options: { durationS: opts.durationS, warmupS: opts.warmupS, connections: opts.connections },
+        results: rows,
+        memory,
+        notes,
+      },
+      null,
+      2,
+    )}\n`,
+  );
+  process.stdout.write(`\nresults written to .bench/results.json\n`);
+}
+
+main()
+  .catch((err: unknown) => {
+    process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => stopAll());

@@ -1,0 +1,58 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { createAccessLog } from '../src/observe/access-log.js';
+import type { AccessEntry } from '../src/observe/log.js';
+import { LineCollector } from './helpers/observe.js';
+
+test('the access log writes one JSON line per request with every field and nothing else', () => {
+  const out = new LineCollector();
+  const log = createAccessLog(out);
+  const entry: AccessEntry = {
+    time: '2025-01-02T03:04:05.678Z',
+    requestId: 'req-1',
+    client: '127.0.0.1',
+    host: 'airbyte.example.com',
+    method: 'POST',
+    path: '/api/v1/sync',
+    route: 'airbyte-api',
+    upstream: 'airbyte',
+    server: 'airbyte-0',
+    status: 502,
+    bytesIn: 12,
+    bytesOut: 34,
+    duration: 5.5,
+    upstreamDuration: 4.25,
+    retries: 1,
+    error: 'GH_UPSTREAM_CONNECT',
+  };
+  log(entry);
+  log({
+    ...entry,
+    requestId: 'req-2',
+    route: undefined,
+    upstream: undefined,
+    server: undefined,
+    upstreamDuration: undefined,
+    error: undefined,
+    status: 404,
+  });
+  assert.equal(out.lines.length, 2);
+  assert.deepEqual(JSON.parse(out.lines[0] ?? ''), entry);
+  const second = JSON.parse(out.lines[1] ?? '') as Record<string, unknown>;
+  assert.equal(second.requestId, 'req-2');
+  assert.equal(second.status, 404);
+  // Undefined fields are left out of the line rather than written as null.
+  assert.deepEqual(Object.keys(second).sort(), [
+    'bytesIn',
+    'bytesOut',
+    'client',
+    'duration',
+    'host',
+    'method',
+    'path',
+    'requestId',
+    'retries',
+    'status',
+    'time',
+  ]);
+});
