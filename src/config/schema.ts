@@ -190,11 +190,18 @@ const State = z.strictObject({
 const Identity = z.strictObject({
   session: z
     .strictObject({
-      secrets: z.array(SecretRef).min(1),
-      maxAge: Duration.default(12 * 3_600_000),
-      idleTimeout: Duration.default(3_600_000),
-      cookie: z.string().default('_gatehouse'),
-      domain: z.string().optional(),
+      secrets: z
+        .array(SecretRef)
+        .min(1)
+        .meta({ description: 'Cookie sealing secrets: the first seals, any of them unseals (rotation)' }),
+      maxAge: Duration.default(12 * 3_600_000).meta({ description: 'Absolute session lifetime' }),
+      idleTimeout: Duration.default(3_600_000).meta({ description: 'Session ends after this long unused' }),
+      cookie: z.string().default('_gatehouse').meta({ description: 'Session cookie name' }),
+      domain: z.string().optional().meta({ description: 'Cookie Domain attribute (default: host-only)' }),
+      signInHost: z.string().optional().meta({
+        description:
+          'Central sign-in host: the OIDC callback runs there and hands the session to other hosts',
+      }),
     })
     .optional(),
   providers: z
@@ -206,7 +213,8 @@ const Identity = z.strictObject({
         clientId: z.string().min(1),
         clientSecret: SecretRef.optional(),
         scopes: z.array(z.string()).default(['openid', 'email', 'profile']),
-        groupsClaim: z.string().default('groups'),
+        groupsClaim: z.string().default('groups').meta({ description: 'Claim that lists the groups' }),
+        displayName: z.string().optional().meta({ description: 'Shown on the login page' }),
       }),
     )
     .default([]),
@@ -215,9 +223,26 @@ const Identity = z.strictObject({
       z.strictObject({
         issuer: z.url(),
         audiences: z.array(z.string()).min(1),
-        jwksUri: z.url().optional(),
-        algorithms: z.array(z.string()).optional(),
+        jwksUri: z.url().optional().meta({ description: 'Default: discovered from the issuer' }),
+        algorithms: z
+          .array(
+            z.enum([
+              'RS256',
+              'RS384',
+              'RS512',
+              'PS256',
+              'PS384',
+              'PS512',
+              'ES256',
+              'ES384',
+              'ES512',
+              'EdDSA',
+            ]),
+          )
+          .default(['RS256', 'ES256'])
+          .meta({ description: 'Accepted signature algorithms (never none or HMAC)' }),
         groupsClaim: z.string().default('groups'),
+        clockTolerance: Duration.default(30_000),
       }),
     )
     .default([]),
@@ -228,16 +253,26 @@ const Identity = z.strictObject({
         hash: z.string().regex(/^sha256:([0-9a-f]{64}|<hex>)$/, 'must be sha256:<64 hex digits>'),
         subject: z.string().min(1),
         groups: z.array(z.string()).default([]),
-        expires: z.string().optional(),
-        routes: z.array(z.string()).optional(),
+        expires: z.iso
+          .datetime({ offset: true })
+          .or(z.iso.date())
+          .optional()
+          .meta({ description: 'ISO date or date-time after which the key is refused' }),
+        routes: z.array(z.string()).optional().meta({ description: 'Route names the key may be used on' }),
       }),
     )
     .default([]),
+  apiKeyHeader: HeaderName.default('X-Api-Key').meta({
+    description: 'Header that may carry an API key (Authorization: Bearer works too)',
+  }),
   assertion: z
     .strictObject({
-      signingKey: SecretRef.optional(),
+      signingKey: SecretRef.optional().meta({
+        description: 'Private JWK (file:PATH); default: generated and kept in the state store',
+      }),
       ttl: Duration.default(300_000),
       algorithm: z.enum(['ES256', 'RS256', 'EdDSA']).default('ES256'),
+      issuer: z.string().optional().meta({ description: 'iss claim (default: gatehouse)' }),
     })
     .optional(),
 });
@@ -431,7 +466,27 @@ const Route = z.strictObject({
       burst: z.number().int().positive().optional(),
     })
     .optional(),
-  identityHeaders: z.boolean().default(false),
+  identityHeaders: z
+    .boolean()
+    .default(false)
+    .meta({ description: 'Send X-Gatehouse-User/-Email/-Groups upstream (the assertion is always sent)' }),
+  providers: z
+    .array(z.string())
+    .optional()
+    .meta({ description: 'OIDC providers offered for this route (default: all)' }),
+  passCredentials: z.boolean().default(false).meta({
+    description: "Forward the client's own Authorization header and session cookie to the upstream",
+  }),
+  cors: z
+    .strictObject({
+      origins: z.array(z.string()).min(1),
+      methods: z.array(HttpMethod).default(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE']),
+      headers: z.array(z.string()).default(['Authorization', 'Content-Type']),
+      credentials: z.boolean().default(false),
+      maxAge: Duration.default(600_000),
+    })
+    .optional()
+    .meta({ description: 'Answer CORS preflight requests for these origins without a login' }),
   websocket: z
     .union([z.boolean(), z.strictObject({ idleTimeout: Duration.default(3_600_000) })])
     .default(false)
