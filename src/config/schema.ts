@@ -479,11 +479,17 @@ const Route = z.strictObject({
   }),
   cors: z
     .strictObject({
-      origins: z.array(z.string()).min(1),
-      methods: z.array(HttpMethod).default(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE']),
-      headers: z.array(z.string()).default(['Authorization', 'Content-Type']),
-      credentials: z.boolean().default(false),
-      maxAge: Duration.default(600_000),
+      origins: z.array(z.string()).min(1).meta({ description: 'Allowed origins, or ["*"]' }),
+      methods: z
+        .array(HttpMethod)
+        .default(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'])
+        .meta({ description: 'Access-Control-Allow-Methods' }),
+      headers: z
+        .array(z.string())
+        .default(['Authorization', 'Content-Type'])
+        .meta({ description: 'Access-Control-Allow-Headers' }),
+      credentials: z.boolean().default(false).meta({ description: 'Access-Control-Allow-Credentials' }),
+      maxAge: Duration.default(600_000).meta({ description: 'How long browsers may cache the preflight' }),
     })
     .optional()
     .meta({ description: 'Answer CORS preflight requests for these origins without a login' }),
