@@ -40,6 +40,15 @@ export interface GatewayOptions {
   accessLog?: (entry: AccessEntry) => void;
   /** Debounce of file-change reloads in ms (default 200). */
   watchDebounceMs?: number;
+  /**
+   * Run the admin listener when the config has `admin:` (default true). A cluster worker sets false:
+   * the primary owns the one admin listener and asks the workers over IPC.
+   */
+  admin?: boolean;
+  /** Fields added to every operational log line, e.g. a cluster worker's id and pid. */
+  logBindings?: Record<string, unknown>;
+  /** Texts of the config and its includes to use instead of reading them (see `LoadOptions.sources`). */
+  sources?: Readonly<Record<string, string>>;
 }
 
 function problem(file: string, message: string): ConfigProblem {
@@ -58,8 +67,10 @@ export class Gateway {
   #admin: AdminServer | undefined;
   #adminAddress: AddressInfo | undefined;
   #adminKey: string | undefined;
+  #adminEnabled = true;
   #watcher: FileWatcher | undefined;
   #reloading: Promise<ReloadResult> | undefined;
+  #sources: Readonly<Record<string, string>> | undefined;
   #queued: Promise<ReloadResult> | undefined;
   #closing: Promise<void> | undefined;
   readonly #retiring = new Set<Promise<void>>();
@@ -79,14 +90,19 @@ export class Gateway {
    */
   static async start(opts: GatewayOptions): Promise<Gateway> {
     const env = opts.env ?? process.env;
-    const loaded = await loadConfig(opts.configFile, env);
+    const loaded = await loadConfig(opts.configFile, env, { sources: opts.sources });
     if (!loaded.ok) throw new ConfigError(loaded.problems);
-    const logger = opts.logger ?? createLogger(loaded.config.logging.level);
+    let logger = opts.logger;
+    if (logger === undefined) {
+      logger = createLogger(loaded.config.logging.level);
+      if (opts.logBindings) logger = logger.child(opts.logBindings);
+    }
     logWarnings(logger, loaded.warnings);
 
     const built = await buildRuntime(loaded, undefined, logger);
     const gw = new Gateway(opts.configFile, logger, env, built.runtime);
     gw.#ownsLogger = opts.logger === undefined;
+    gw.#adminEnabled = opts.admin !== false;
     const sink = opts.accessLog ?? createAccessLog();
     gw.#listeners = new ListenerSet({
       getRuntime: () => gw.#runtime,
@@ -147,8 +163,11 @@ export class Gateway {
   /**
    * Loads the configuration again and swaps it in when it is valid. Reloads run one at a time; calls
    * made while one runs share a single follow-up reload, which sees every change made until it starts.
+   * With `sources`, the config and its includes are taken from them instead of the files (the latest
+   * sources given win).
    */
-  reload(): Promise<ReloadResult> {
+  reload(sources?: Readonly<Record<string, string>>): Promise<ReloadResult> {
+    if (sources !== undefined) this.#sources = sources;
     if (this.#reloading === undefined) {
       this.#reloading = this.#reloadOnce().finally(() => {
         this.#reloading = undefined;
@@ -194,8 +213,10 @@ export class Gateway {
     const file = this.#configFile;
     if (this.#closing) return this.#reject([problem(file, 'the gateway is shutting down')], 'shutdown');
     let loaded: LoadResult;
+    const sources = this.#sources;
+    this.#sources = undefined;
     try {
-      loaded = await loadConfig(file, this.#env);
+      loaded = await loadConfig(file, this.#env, { sources });
     } catch (err) {
       return this.#reject([problem(file, `cannot load: ${(err as Error).message}`)], 'error');
     }
@@ -266,6 +287,7 @@ export class Gateway {
 
   /** Starts, restarts or stops the admin listener when its bind address or token changed. */
   async #syncAdmin(loaded: LoadedConfig): Promise<void> {
+    if (!this.#adminEnabled) return;
     const admin = loaded.config.admin;
     const token = admin?.token !== undefined ? loaded.secrets.resolveSecret(admin.token) : undefined;
     const key = admin ? JSON.stringify([admin.bind, token ?? null]) : undefined;

@@ -36,6 +36,33 @@ export interface AdminServerOptions {
   ready?(): boolean;
   /** Bound address of a data-plane listener, shown in the status. */
   listenerAddress?(name: string): AddressInfo | undefined;
+  /**
+   * Renders `/metrics` instead of this process's registry: a cluster primary aggregates its workers'.
+   */
+  metrics?(): Promise<{ contentType: string; text: string }>;
+  /**
+   * Builds `/api/v1/status` instead of reading `getRuntime()`: a cluster primary asks its workers.
+   * Undefined means no report can be given yet (503).
+   */
+  status?(): Promise<StatusReport | undefined>;
+}
+
+/** One worker process in `/api/v1/status` when the instance runs several (`server.workers`). */
+export interface WorkerStatus {
+  /** Position among the configured workers (0 to workers - 1); a restarted worker keeps its slot. */
+  slot: number;
+  /** Cluster worker id (a new one for every restart). */
+  id: number;
+  pid: number | undefined;
+  /** True once its listeners are bound and until it starts draining. */
+  ready: boolean;
+  /** Generation of the instance's configuration this worker runs. */
+  generation: number | undefined;
+  /** Requests this worker answered since it started. */
+  requests: number | undefined;
+  startedAt: string;
+  /** How many times this slot's worker was restarted after exiting unexpectedly. */
+  restarts: number;
 }
 
 /** `/api/v1/status` body. */
@@ -56,6 +83,8 @@ export interface StatusReport {
     websocket: boolean;
   }>;
   upstreams: UpstreamStatus[];
+  /** Present in multi-process mode: every worker process; upstreams above are one worker's view. */
+  workers?: WorkerStatus[];
 }
 
 const jsonType = 'application/json; charset=utf-8';
@@ -167,12 +196,12 @@ export class AdminServer {
       if (!this.#authorized(req, res)) return;
       if (path === '/api/v1/status') {
         if (!allow(method, res, 'GET, HEAD')) return;
-        const runtime = this.#runtime();
-        if (runtime === undefined) {
+        const report = await this.#status();
+        if (report === undefined) {
           sendError(res, 503, 'GH_NOT_READY', 'no configuration loaded yet');
           return;
         }
-        sendJson(res, 200, this.#status(runtime));
+        sendJson(res, 200, report);
         return;
       }
       if (path === '/api/v1/reload') {
@@ -187,8 +216,10 @@ export class AdminServer {
     switch (path) {
       case '/metrics': {
         if (!allow(method, res, 'GET, HEAD')) return;
-        const text = await registry.metrics();
-        res.writeHead(200, { 'content-type': registry.contentType });
+        const { contentType, text } = this.#opts.metrics
+          ? await this.#opts.metrics()
+          : { contentType: registry.contentType, text: await registry.metrics() };
+        res.writeHead(200, { 'content-type': contentType });
         res.end(text);
         return;
       }
@@ -264,41 +295,53 @@ export class AdminServer {
     sendJson(res, result.ok ? 200 : 422, result);
   }
 
-  #status(runtime: Runtime): StatusReport {
-    const config = runtime.config;
-    return {
-      generation: runtime.generation,
-      configFile: runtime.file,
-      startedAt: this.#startedAt.toISOString(),
-      uptime: Math.round(process.uptime() * 1000) / 1000,
-      listeners: config.listeners.map((l) => {
-        const addr = this.#opts.listenerAddress?.(l.name);
-        const entry: StatusReport['listeners'][number] = {
-          name: l.name,
-          bind: l.bind,
-          tls: l.tls !== undefined,
-        };
-        if (addr)
-          entry.address =
-            addr.family === 'IPv6' ? `[${addr.address}]:${addr.port}` : `${addr.address}:${addr.port}`;
-        return entry;
-      }),
-      routes: config.routes.map((r) => {
-        const entry: StatusReport['routes'][number] = {
-          name: r.name,
-          match: r.match,
-          public: r.public,
-          websocket: r.websocket !== false,
-        };
-        if (r.upstream !== undefined) entry.upstream = r.upstream;
-        if (r.split !== undefined) entry.split = r.split;
-        if (typeof r.policy === 'string') entry.policy = r.policy;
-        else if (r.policy !== undefined) entry.policy = '(inline)';
-        return entry;
-      }),
-      upstreams: Array.from(runtime.upstreams.values(), (u) => safeStatus(u.name, u.status.bind(u))),
-    };
+  async #status(): Promise<StatusReport | undefined> {
+    if (this.#opts.status) return await this.#opts.status();
+    const runtime = this.#runtime();
+    if (runtime === undefined) return undefined;
+    return buildStatusReport(runtime, this.#startedAt, (name) => this.#opts.listenerAddress?.(name));
   }
+}
+
+/** The `/api/v1/status` report of one process's runtime. */
+export function buildStatusReport(
+  runtime: Runtime,
+  startedAt: Date,
+  listenerAddress?: (name: string) => AddressInfo | undefined,
+): StatusReport {
+  const config = runtime.config;
+  return {
+    generation: runtime.generation,
+    configFile: runtime.file,
+    startedAt: startedAt.toISOString(),
+    uptime: Math.round(process.uptime() * 1000) / 1000,
+    listeners: config.listeners.map((l) => {
+      const addr = listenerAddress?.(l.name);
+      const entry: StatusReport['listeners'][number] = {
+        name: l.name,
+        bind: l.bind,
+        tls: l.tls !== undefined,
+      };
+      if (addr)
+        entry.address =
+          addr.family === 'IPv6' ? `[${addr.address}]:${addr.port}` : `${addr.address}:${addr.port}`;
+      return entry;
+    }),
+    routes: config.routes.map((r) => {
+      const entry: StatusReport['routes'][number] = {
+        name: r.name,
+        match: r.match,
+        public: r.public,
+        websocket: r.websocket !== false,
+      };
+      if (r.upstream !== undefined) entry.upstream = r.upstream;
+      if (r.split !== undefined) entry.split = r.split;
+      if (typeof r.policy === 'string') entry.policy = r.policy;
+      else if (r.policy !== undefined) entry.policy = '(inline)';
+      return entry;
+    }),
+    upstreams: Array.from(runtime.upstreams.values(), (u) => safeStatus(u.name, u.status.bind(u))),
+  };
 }
 
 function safeStatus(name: string, status: () => UpstreamStatus): UpstreamStatus {

@@ -139,9 +139,24 @@ function printWarnings(io: CliIo, warnings: readonly ConfigProblem[]): void {
 async function start(p: Parsed, io: CliIo): Promise<number> {
   const file = requireConfig(p, 'start');
   if (p.positional.length > 0) throw new UsageError(`unexpected argument ${p.positional[0]}`);
+  const { ClusterPrimary, isClusterWorker, resolveWorkers } = await import('../cluster.js');
+  if (isClusterWorker()) {
+    // Forked by a cluster primary with this same command line: run the data plane only.
+    const { runWorker } = await import('../cluster-worker.js');
+    return await runWorker(file);
+  }
+  const { loadConfig } = await import('../config/load.js');
+  const loaded = await loadConfig(file);
+  const workers = loaded.ok ? resolveWorkers(loaded.config.server.workers) : 1;
   const { Gateway } = await import('../gateway.js');
   try {
-    // The gateway exits the process itself on SIGTERM/SIGINT once drained.
+    if (loaded.ok && workers > 1) {
+      // The primary exits the process itself on SIGTERM/SIGINT once every worker drained.
+      await ClusterPrimary.start({ configFile: file, loaded, workers });
+      return await new Promise<number>(() => {});
+    }
+    // The gateway exits the process itself on SIGTERM/SIGINT once drained. An invalid configuration is
+    // reported by Gateway.start (ConfigError, below).
     await Gateway.start({ configFile: file, signals: true });
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;

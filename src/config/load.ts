@@ -22,6 +22,8 @@ export type LoadResult =
       config: Config;
       /** Absolute paths of the config, its includes and every file secret it read. */
       files: string[];
+      /** The text of the config file and of each include as read, by absolute path. */
+      sources: Record<string, string>;
       secrets: SecretResolver;
       warnings: ConfigProblem[];
     }
@@ -40,6 +42,11 @@ export interface LoadOptions {
    * only route (`explain`) turn it off so that a config can be explained without its secrets.
    */
   checkSecrets?: boolean;
+  /**
+   * Texts of the config file and its includes by absolute path, used instead of reading those files:
+   * a cluster primary hands its workers exactly what it validated. Secret files are still read.
+   */
+  sources?: Readonly<Record<string, string>>;
 }
 
 // Top-level keys whose lists are concatenated and whose maps are merged across included files.
@@ -91,7 +98,19 @@ class Collector {
   readonly warnings: ConfigProblem[] = [];
   /** Set when a file could not be parsed: validating the rest would only report follow-on errors. */
   unparsable = false;
-  constructor(readonly origins: Origins) {}
+  /** Texts of the config and its includes, as read. */
+  readonly sources: Record<string, string> = {};
+  constructor(
+    readonly origins: Origins,
+    readonly given: Readonly<Record<string, string>> | undefined,
+  ) {}
+
+  /** Reads a config or include file (or takes it from the given sources) and keeps its text. */
+  async source(abs: string): Promise<string | { code: string }> {
+    const text = this.given?.[abs] ?? (await readText(abs));
+    if (typeof text === 'string') this.sources[abs] = text;
+    return text;
+  }
 
   /** A problem at a path of the merged document. */
   at(p: Path, message: string): void {
@@ -118,11 +137,11 @@ export async function loadConfig(
 ): Promise<LoadResult> {
   const rootAbs = path.resolve(file);
   const origins = new Origins(file);
-  const out = new Collector(origins);
+  const out = new Collector(origins, options.sources);
   const merged: Raw = {};
   const read: string[] = [];
 
-  const rootText = await readText(rootAbs);
+  const rootText = await out.source(rootAbs);
   if (typeof rootText !== 'string') {
     out.inFile(file, '', `cannot read file (${rootText.code})`);
     return { ok: false, problems: out.problems, warnings: out.warnings, files: [rootAbs] };
@@ -141,7 +160,15 @@ export async function loadConfig(
   if (out.problems.length > 0 || !parsed.success) {
     return { ok: false, problems: out.problems, warnings: out.warnings, files };
   }
-  return { ok: true, file: rootAbs, config: parsed.data, files, secrets, warnings: out.warnings };
+  return {
+    ok: true,
+    file: rootAbs,
+    config: parsed.data,
+    files,
+    sources: out.sources,
+    secrets,
+    warnings: out.warnings,
+  };
 }
 
 async function readText(abs: string): Promise<string | { code: string }> {
@@ -260,7 +287,7 @@ async function collect(
       continue;
     }
     includedFrom.set(childAbs, display);
-    const childText = await readText(childAbs);
+    const childText = await out.source(childAbs);
     if (typeof childText !== 'string') {
       read.push(childAbs);
       out.inFile(display, `include.${i}`, `cannot read file ${ref} (${childText.code})`);
@@ -471,11 +498,6 @@ function semanticChecks(data: Raw, out: Collector, secrets: SecretResolver, chec
   if (isPlainObject(data.identity)) {
     out.warnAt(['identity'], 'identity is not yet supported: the section is validated but not enforced');
   }
-  const workers = obj(data.server).workers;
-  if (workers !== undefined && workers !== 1) {
-    out.warnAt(['server', 'workers'], 'several workers are not yet supported; running one process');
-  }
-
   if (checkSecrets) checkSecretRefs(data, out, secrets);
 }
 

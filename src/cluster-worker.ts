@@ -1,0 +1,155 @@
+/**
+ * A cluster worker: runs the data plane (a Gateway with its listeners; the primary shares the listening
+ * sockets) and answers the primary's requests for reloads, status and metrics. It opens no admin
+ * listener, watches no files and leaves SIGHUP to the primary, which owns what must exist once.
+ */
+import cluster from 'node:cluster';
+import { buildStatusReport } from './admin/server.js';
+import type {
+  ConfigSources,
+  PrimaryMessage,
+  RequestKind,
+  WorkerMessage,
+  WorkerReplies,
+} from './cluster-ipc.js';
+import { isPrimaryMessage } from './cluster-ipc.js';
+import { ConfigError } from './errors.js';
+import { Gateway } from './gateway.js';
+import { enableProcessMetrics, registry, requestsTotal, setUpstreamStatusSource } from './observe/metrics.js';
+
+function send(message: WorkerMessage): Promise<void> {
+  return new Promise((resolve) => {
+    if (!process.connected || process.send === undefined) {
+      resolve();
+      return;
+    }
+    process.send(message, undefined, {}, () => resolve());
+  });
+}
+
+function formatAddress(a: { address: string; family: string; port: number } | undefined): string | undefined {
+  if (!a) return undefined;
+  return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+}
+
+/**
+ * Runs this process as a cluster worker of `configFile` until the primary tells it to stop (or goes
+ * away); never resolves, the process exits.
+ */
+export async function runWorker(configFile: string): Promise<never> {
+  const id = cluster.worker?.id ?? 0;
+  // A terminal hang-up reaches the whole process group; reloads are the primary's to coordinate.
+  process.on('SIGHUP', () => {});
+  // Per-process CPU and memory, summed by the primary into the instance's `/metrics`.
+  enableProcessMetrics();
+
+  let gateway: Gateway | undefined;
+  let startedAt = new Date();
+  // A stop can arrive while the gateway is still starting; it is honoured as soon as it started.
+  let stopRequested = false;
+  // Before the configuration arrived nothing was started, so there is nothing to drain.
+  let waiting = true;
+  let draining = false;
+  const drain = (): void => {
+    stopRequested = true;
+    if (waiting) process.exit(0);
+    if (draining || gateway === undefined) return;
+    draining = true;
+    gateway.shutdown().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+
+  const answer = async <K extends RequestKind>(
+    kind: K,
+    sources?: ConfigSources,
+  ): Promise<WorkerReplies[K]> => {
+    const gw = gateway;
+    if (gw === undefined) throw new Error('the worker is still starting');
+    switch (kind) {
+      case 'reload':
+        return (await gw.reload(sources)) as WorkerReplies[K];
+      case 'status': {
+        const counted = await requestsTotal.get();
+        const requests = counted.values.reduce((n, v) => n + v.value, 0);
+        const report = buildStatusReport(gw.runtime, startedAt, (name) => gw.address(name));
+        return { ...report, requests } as WorkerReplies[K];
+      }
+      case 'metrics':
+        return (await registry.getMetricsAsJSON()) as WorkerReplies[K];
+      default:
+        throw new Error(`unknown request ${String(kind)}`);
+    }
+  };
+
+  let startWith: (sources: ConfigSources) => void = () => {};
+  const initial = new Promise<ConfigSources>((resolve) => {
+    startWith = resolve;
+  });
+  process.on('message', (message: unknown) => {
+    if (!isPrimaryMessage(message)) return;
+    const m: PrimaryMessage = message;
+    if (m.gatehouse === 'shutdown') {
+      drain();
+      return;
+    }
+    if (m.gatehouse === 'config') {
+      startWith(m.sources);
+      return;
+    }
+    answer(m.kind, m.sources).then(
+      (value) => send({ gatehouse: 'reply', id: m.id, ok: true, value }),
+      (err: unknown) =>
+        send({
+          gatehouse: 'reply',
+          id: m.id,
+          ok: false,
+          error: err instanceof Error ? err.message : String(err),
+        }),
+    );
+  });
+  // SIGTERM/SIGINT may reach a worker directly (Ctrl-C reaches the process group): drain as asked.
+  process.on('SIGTERM', drain);
+  process.on('SIGINT', drain);
+  // Without the primary no new connection can reach this worker; finish what is in flight and leave.
+  process.on('disconnect', drain);
+
+  // Start with the configuration the primary validated and runs, not with whatever the file holds now.
+  await send({ gatehouse: 'hello' });
+  const sources = await initial;
+  waiting = false;
+  try {
+    gateway = await Gateway.start({
+      configFile,
+      sources,
+      watch: false,
+      signals: false,
+      admin: false,
+      logBindings: { worker: id, pid: process.pid },
+    });
+  } catch (err) {
+    const failed: WorkerMessage =
+      err instanceof ConfigError
+        ? { gatehouse: 'failed', message: err.message, problems: err.problems }
+        : { gatehouse: 'failed', message: err instanceof Error ? err.message : String(err) };
+    await send(failed);
+    process.exit(1);
+  }
+  const gw = gateway;
+  startedAt = new Date();
+  // Without the admin listener nothing else would feed the scrape-time upstream gauges.
+  setUpstreamStatusSource(() => Array.from(gw.runtime.upstreams.values(), (u) => u.status()));
+  if (stopRequested) {
+    drain();
+    return await new Promise<never>(() => {});
+  }
+  await send({
+    gatehouse: 'ready',
+    listeners: gw.runtime.config.listeners.map((l) => ({
+      name: l.name,
+      address: formatAddress(gw.address(l.name)),
+    })),
+  });
+  return await new Promise<never>(() => {});
+}
