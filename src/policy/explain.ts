@@ -1,0 +1,109 @@
+/**
+ * `gatehouse explain`: what the gateway would do with one request, offline, as lines of text: the
+ * normalized path, the identity, the route and upstream, every rule of the policy with whether it
+ * matched, the deciding rule, the reason code and the decision.
+ */
+import type { Config } from '../config/schema.js';
+import { type Decision, describeDecision } from '../core/decide.js';
+import type { Identity } from '../identity/types.js';
+import { evaluateOffline, offlineContext, type Rejection } from './offline.js';
+
+/** Optional facts of the explained request. */
+export interface ExplainOptions {
+  /** Request headers; without `accept` the request is taken as a browser's. */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** Client address (default 127.0.0.1). */
+  readonly sourceIp?: string;
+  /** Evaluation time in ms since the epoch (default now), for time-of-day rules. */
+  readonly now?: number;
+}
+
+/** The explanation: printable lines and the outcome they describe. */
+export interface Explanation {
+  readonly lines: string[];
+  readonly decision: Decision | Rejection;
+}
+
+function describeIdentity(id: Identity): string {
+  const parts = [`subject ${id.subject}`];
+  if (id.user !== id.subject) parts.push(`user ${id.user}`);
+  parts.push(`groups [${id.groups.join(', ')}]`, `authMethod ${id.authMethod}`);
+  return `${id.email ?? id.user} (${parts.join(', ')})`;
+}
+
+/**
+ * Explains `METHOD URL` sent by the identity `as` (the `--as` shape of `gatehouse explain`: `email`,
+ * `groups`, `user`, `subject`, `authMethod`, other keys are claims; undefined = anonymous). Throws
+ * `TestInputError` for an unusable identity or source address, and `PolicyConfigError` for policies
+ * that cannot be compiled. Never contacts an identity provider or an upstream.
+ */
+export function explainRequest(
+  config: Config,
+  method: string,
+  url: string,
+  as: Readonly<Record<string, unknown>> | undefined,
+  opts: ExplainOptions = {},
+): Explanation {
+  const ctx = offlineContext(config);
+  const r = evaluateOffline(ctx, {
+    method,
+    url,
+    as,
+    headers: opts.headers,
+    sourceIp: opts.sourceIp,
+    now: opts.now ?? Date.now(),
+  });
+  const lines: string[] = [`request: ${method.toUpperCase()} ${url}`];
+  if (r.path !== undefined && r.path !== r.rawPath)
+    lines.push(`path: ${r.path} (normalized from ${r.rawPath})`);
+  const outcome = r.outcome;
+  if (!('outcome' in outcome) && outcome.status === 400) {
+    lines.push(`decision: reject (400): ${outcome.message}`, `reason: ${outcome.reason}`);
+    return { lines, decision: outcome };
+  }
+  lines.push(`identity: ${r.identity === undefined ? 'anonymous' : describeIdentity(r.identity)}`);
+  if (opts.sourceIp !== undefined) lines.push(`source: ${opts.sourceIp}`);
+  const route = r.route;
+  if (route === undefined) {
+    lines.push('route: none', `decision: ${outcome.status} (${'message' in outcome ? outcome.message : ''})`);
+    return { lines, decision: outcome };
+  }
+  const rc = route.config;
+  lines.push(`route: ${route.name}`);
+  if (rc.split) {
+    const total = rc.split.targets.reduce((n, t) => n + t.weight, 0);
+    const parts = rc.split.targets.map(
+      (t) => `${t.upstream} (${total > 0 ? Math.round((t.weight / total) * 100) : 0}%)`,
+    );
+    lines.push(`upstream: split between ${parts.join(', ')}`);
+    if (rc.split.pinHeader) lines.push(`pin header: ${rc.split.pinHeader}`);
+  } else {
+    const upstream = rc.upstream ?? '';
+    const servers = config.upstreams[upstream]?.servers.map((s) => s.url).join(', ');
+    lines.push(`upstream: ${upstream}${servers ? ` (${servers})` : ''}`);
+  }
+  if (!rc.public) {
+    const policy = r.policy;
+    if (policy === undefined) lines.push('policy: no policy (any signed-in identity is allowed)');
+    else {
+      lines.push(`policy: ${policy.inline ? 'inline policy' : `policy "${policy.name}"`}`);
+      const decidingRule = 'outcome' in outcome ? outcome.rule : undefined;
+      for (const t of r.request ? policy.trace(r.identity, r.request) : []) {
+        const verdict = t.matched
+          ? t.name === decidingRule
+            ? 'match, decides'
+            : 'match'
+          : `no match (${t.mismatch === 'identity' ? 'needs a signed-in identity' : t.mismatch})`;
+        lines.push(`  ${t.effect.padEnd(5)} ${t.name}: ${t.summary} -> ${verdict}`);
+      }
+    }
+    if (r.loginProviders.length > 0) lines.push(`login providers: ${r.loginProviders.join(', ')}`);
+  }
+  if ('outcome' in outcome) {
+    if (outcome.rule !== undefined) lines.push(`rule: ${outcome.rule}`);
+    lines.push(`reason: ${outcome.reason}`, `decision: ${describeDecision(outcome)}`);
+  } else {
+    lines.push(`reason: ${outcome.reason}`, `decision: ${outcome.status} (${outcome.message})`);
+  }
+  return { lines, decision: outcome };
+}

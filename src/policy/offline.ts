@@ -1,0 +1,209 @@
+/**
+ * Offline evaluation of one request description, shared by the config `tests:` runner and `explain`.
+ * It takes the same steps as the gateway (normalize the path once, route, decide) without any network:
+ * no identity provider, no upstream. The identity is described, not authenticated.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+import { isIP } from 'node:net';
+import type { Config } from '../config/schema.js';
+import { type Decision, decideAccess, isBrowserNavigation, loginProviders } from '../core/decide.js';
+import { normalizeHost, normalizePath } from '../core/normalize.js';
+import { compileRoutes } from '../core/routes.js';
+import type { CompiledRoute, RouteTable } from '../core/types.js';
+import { GatehouseError } from '../errors.js';
+import type { AuthMethod, AuthResult, Identity } from '../identity/types.js';
+import { compilePolicies } from './compile.js';
+import type { CompiledPolicy, PolicyRequest, PolicySet } from './types.js';
+
+/** A test or `explain` input that cannot describe a request (bad `as`, bad source address). */
+export class TestInputError extends GatehouseError {
+  constructor(message: string) {
+    super('GH_TEST_INPUT', 400, message);
+  }
+}
+
+/** A request refused before any access decision: 400 (bad path or host) or 404 (no route). */
+export interface Rejection {
+  readonly status: number;
+  /** The error code, e.g. `GH_BAD_PATH`, `GH_NO_ROUTE`. */
+  readonly reason: string;
+  readonly message: string;
+}
+
+/** Routes and policies compiled once for a batch of offline evaluations. */
+export interface OfflineContext {
+  readonly config: Config;
+  readonly routes: RouteTable;
+  readonly policies: PolicySet;
+}
+
+/** Compiles a configuration for offline evaluation. Throws `PolicyConfigError` for invalid policies. */
+export function offlineContext(config: Config): OfflineContext {
+  return { config, routes: compileRoutes(config), policies: compilePolicies(config) };
+}
+
+/** One request as a test or `explain` describes it. */
+export interface OfflineRequest {
+  readonly method: string;
+  readonly url: string;
+  /** The identity (`as:` of a test, `--as` of explain); undefined for an anonymous request. */
+  readonly as?: Readonly<Record<string, unknown>> | undefined;
+  /** Request headers; without `accept`, the request is taken as a browser's (`text/html`). */
+  readonly headers?: Readonly<Record<string, string>> | undefined;
+  /** Client address (default 127.0.0.1). */
+  readonly sourceIp?: string | undefined;
+  readonly now: number;
+}
+
+/** What the gateway would do with an `OfflineRequest`, with every intermediate step. */
+export interface OfflineResult {
+  /** The path as sent, without the query. */
+  readonly rawPath: string;
+  /** The normalized path, when normalization succeeded. */
+  readonly path: string | undefined;
+  readonly route: CompiledRoute | undefined;
+  readonly policy: CompiledPolicy | undefined;
+  readonly identity: Identity | undefined;
+  readonly request: PolicyRequest | undefined;
+  readonly loginProviders: readonly string[];
+  readonly outcome: Decision | Rejection;
+}
+
+const AUTH_METHODS: readonly AuthMethod[] = ['session', 'bearer', 'apiKey', 'mtls'];
+const IDENTITY_KEYS = new Set([
+  'email',
+  'groups',
+  'user',
+  'subject',
+  'sub',
+  'claims',
+  'authMethod',
+  'source',
+]);
+// The target as a client sends it: WHATWG URL parsing would already resolve `..` and `%2e%2e`.
+const RAW_TARGET = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*([^#]*)/i;
+
+/**
+ * Builds the identity a test or `explain` describes: `email`, `groups` (a name or a list), `user`,
+ * `subject` (or `sub`), `claims` (an object), `authMethod` (default `session`), `source` (default
+ * `test`); any other key is a top-level claim (the shape `gatehouse explain --as` produces). The
+ * subject defaults to the user, then the email; the user to the subject. Throws `TestInputError`.
+ */
+export function identityFromSpec(as: Readonly<Record<string, unknown>>): Identity {
+  const text = (key: string): string | undefined => {
+    const v = as[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || v === '') throw new TestInputError(`as.${key}: must be a non-empty string`);
+    return v;
+  };
+  const email = text('email');
+  const userName = text('user');
+  const subject = text('subject') ?? text('sub') ?? userName ?? email ?? 'test-user';
+  const source = text('source') ?? 'test';
+  const rawGroups = as.groups;
+  let groups: string[];
+  if (rawGroups === undefined) groups = [];
+  else if (typeof rawGroups === 'string') groups = [rawGroups];
+  else if (Array.isArray(rawGroups) && rawGroups.every((g) => typeof g === 'string')) groups = rawGroups;
+  else throw new TestInputError('as.groups: must be a group name or a list of group names');
+  const method = text('authMethod') ?? 'session';
+  if (!(AUTH_METHODS as readonly string[]).includes(method)) {
+    throw new TestInputError(`as.authMethod: must be one of ${AUTH_METHODS.join(', ')}`);
+  }
+  const extra = as.claims;
+  if (extra !== undefined && (extra === null || typeof extra !== 'object' || Array.isArray(extra))) {
+    throw new TestInputError('as.claims: must be a map of claim names to values');
+  }
+  const claims: Record<string, unknown> = { sub: subject, groups };
+  if (email !== undefined) claims.email = email;
+  if (userName !== undefined) claims.preferred_username = userName;
+  for (const [key, value] of Object.entries(as)) if (!IDENTITY_KEYS.has(key)) claims[key] = value;
+  if (extra !== undefined) Object.assign(claims, extra);
+  return Object.freeze({
+    subject,
+    user: userName ?? subject,
+    email,
+    groups: Object.freeze([...groups]),
+    claims: Object.freeze(claims),
+    authMethod: method as AuthMethod,
+    source,
+    expiresAt: undefined,
+  });
+}
+
+function rejection(err: unknown): Rejection {
+  if (err instanceof GatehouseError) return { status: err.status, reason: err.code, message: err.message };
+  return { status: 400, reason: 'GH_BAD_REQUEST', message: (err as Error)?.message ?? String(err) };
+}
+
+/**
+ * Evaluates one request description as the gateway would: normalize, route, build the identity, decide.
+ * Throws `TestInputError` for an unusable `as` or `sourceIp`; every outcome of the request itself
+ * (400, 404, a decision) is returned.
+ */
+export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): OfflineResult {
+  const method = req.method.toUpperCase();
+  const clientIp = req.sourceIp ?? '127.0.0.1';
+  if (isIP(clientIp) === 0) throw new TestInputError(`sourceIp: "${clientIp}" is not an IP address`);
+  const identity = req.as === undefined ? undefined : identityFromSpec(req.as);
+  const raw = (RAW_TARGET.exec(req.url)?.[1] ?? '') || '/';
+  const target = raw.startsWith('/') ? raw : `/${raw}`;
+  const q = target.indexOf('?');
+  const rawPath = q === -1 ? target : target.slice(0, q);
+  const empty = {
+    rawPath,
+    path: undefined,
+    route: undefined,
+    policy: undefined,
+    identity,
+    request: undefined,
+    loginProviders: [],
+  };
+
+  let path: string;
+  let query: string;
+  let host: string;
+  let authority: string;
+  try {
+    authority = URL.canParse(req.url) ? new URL(req.url).host : '';
+    host = normalizeHost(authority);
+    ({ path, query } = normalizePath(target, method));
+  } catch (err) {
+    return { ...empty, outcome: rejection(err) };
+  }
+  const headers: IncomingHttpHeaders = {};
+  for (const [name, value] of Object.entries(req.headers ?? {})) headers[name.toLowerCase()] = value;
+  headers.host = authority;
+  // Described requests come from a browser unless they say otherwise with their own Accept header.
+  headers.accept ??= 'text/html';
+  const tls = req.url.toLowerCase().startsWith('https:');
+  const route = ctx.routes.match({ method, host, path, query, headers, clientIp, tls });
+  if (route === undefined) {
+    return {
+      ...empty,
+      path,
+      outcome: { status: 404, reason: 'GH_NO_ROUTE', message: 'no route matches this request' },
+    };
+  }
+  const request: PolicyRequest = { method, host, path, clientIp, now: req.now };
+  const providers = loginProviders(ctx.config, route.config);
+  const auth: AuthResult = identity === undefined ? { kind: 'none' } : { kind: 'ok', identity };
+  let policy: CompiledPolicy | undefined;
+  let outcome: Decision | Rejection;
+  try {
+    policy = route.config.public ? undefined : ctx.policies.forRoute(route.config);
+    outcome = decideAccess(
+      {
+        route,
+        auth,
+        request,
+        browser: isBrowserNavigation(method, headers),
+        loginAvailable: providers.length > 0,
+      },
+      ctx.policies,
+    );
+  } catch (err) {
+    outcome = rejection(err);
+  }
+  return { rawPath, path, route, policy, identity, request, loginProviders: providers, outcome };
+}
