@@ -1,0 +1,1102 @@
+/**
+ * People login: the reserved `/.gatehouse/` endpoints and the session check of the request path.
+ *
+ *   GET  /.gatehouse/login?rd=<return>[&provider=p][&providers=a,b]   one provider: to the IdP; several: picker
+ *   GET  /.gatehouse/callback?code&state                              ends sign-in, sets the session cookie
+ *   GET  /.gatehouse/handoff?code                                     session hand-off from the sign-in host
+ *   GET|POST /.gatehouse/logout[?everywhere=1]                        ends the session (and at the IdP)
+ *   GET  /.gatehouse/signed-out                                       page after logout
+ *   GET  /.gatehouse/userinfo                                         the current identity as JSON, or 401
+ *
+ * Sign-in state (`state`, `nonce`, PKCE verifier, return address) is one-time, lives in the state store
+ * for a few minutes and is bound to the browser by a short-lived login cookie, so a callback URL opened
+ * in another browser (login CSRF) gets 400 and never a session. The return address must be on a host
+ * this gateway serves (`isServedHost`); anything else is refused: never an open redirect.
+ *
+ * With `session.signInHost`, sign-in for host A runs on the sign-in host S: A sets its login cookie and
+ * sends the browser to S with the cookie's hash; after the callback on S (or at once when S already has
+ * a session), S stores a one-time hand-off code (seconds, bound to A and to that hash) and sends the
+ * browser to A's `/.gatehouse/handoff`, which sets A's cookie for the same server-side session.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Config } from '../config/schema.js';
+import { parseBind } from '../config/schema.js';
+import type { RequestFacts } from '../core/types.js';
+import { GatehouseError } from '../errors.js';
+import type { Logger } from '../observe/log.js';
+import { type StateStore, StateStoreError } from '../state/types.js';
+import { OidcClient, type OidcClientOptions, OidcError, type OidcProviderSettings } from './oidc.js';
+import {
+  appendSetCookie,
+  errorPage,
+  forbiddenPage,
+  PAGE_HEADERS,
+  pickerPage,
+  sendPage,
+  signedOutPage,
+  unauthorizedPage,
+} from './pages.js';
+import {
+  cookieValues,
+  identityOf,
+  removeCookies,
+  SessionConfigError,
+  SessionManager,
+  type SessionManagerOptions,
+  type SessionRecord,
+  type SessionSettings,
+  serializeCookie,
+} from './session.js';
+import type { AuthResult, Identity, ReasonCode } from './types.js';
+
+/** What the login endpoints need of a request (a subset of `RequestFacts`). */
+export type LoginFacts = Pick<RequestFacts, 'host' | 'path' | 'query' | 'tls' | 'clientIp'>;
+
+/** The part of a route the login flow looks at (a `CompiledRoute` fits). */
+export interface LoginRoute {
+  readonly config: { readonly providers?: readonly string[] | undefined };
+}
+
+/**
+ * Whether a return address may point at this host: true when a route or listener of the gateway serves
+ * `hostname` on `port`. Injected by the integrator (see `servedHostChecker`).
+ */
+export type ServedHostCheck = (hostname: string, port: number, scheme: 'http' | 'https') => boolean;
+
+/** `authenticateSession`'s answer: an `AuthResult`, plus a cookie to send when it must change. */
+export type SessionAuthResult = AuthResult & {
+  /** Set-Cookie to add to the response: clears a dead session cookie, or re-seals after secret rotation. */
+  readonly setCookie?: string | undefined;
+};
+
+/** Everything a LoginService needs; secrets already resolved. */
+export interface LoginServiceOptions {
+  readonly store: StateStore;
+  readonly logger: Logger;
+  readonly session: SessionSettings;
+  /** Providers in configuration order (settings, or ready clients). */
+  readonly providers: readonly (OidcProviderSettings | OidcClient)[];
+  readonly isServedHost: ServedHostCheck;
+  /** Central sign-in host (`host` or `host:port`). */
+  readonly signInHost?: string | undefined;
+  /** Clock in ms since the epoch (tests freeze it). */
+  readonly now?: () => number;
+  /** Refresh the access token this long before it expires, in ms (default 60 s). */
+  readonly refreshSkew?: number;
+  /** Lifetime of sign-in state and of the login cookie, in ms (default 10 min). */
+  readonly loginTtl?: number;
+  /** Lifetime of a hand-off code, in ms (default 30 s). */
+  readonly handoffTtl?: number;
+  readonly oidc?: OidcClientOptions;
+  readonly sessionOptions?: Omit<SessionManagerOptions, 'now'>;
+}
+
+/** The reserved prefix on every host. */
+export const GATEHOUSE_PREFIX = '/.gatehouse/';
+const PATHS = new Set(
+  ['login', 'callback', 'handoff', 'logout', 'signed-out', 'userinfo'].map((p) => GATEHOUSE_PREFIX + p),
+);
+const RANDOM43 = /^[A-Za-z0-9_-]{43}$/;
+const STATE_RE = /^[A-Za-z0-9_-]{16,128}$/;
+const MAX_RD = 4096;
+
+/** Where the request arrived: scheme and the Host header's authority, checked against `facts.host`. */
+interface Here {
+  readonly scheme: 'http' | 'https';
+  /** `host[:port]` as in the Host header (lower case). */
+  readonly authority: string;
+  readonly hostname: string;
+  readonly port: number;
+  readonly origin: string;
+}
+
+interface LoginState {
+  v: 1;
+  provider: string;
+  verifier: string;
+  nonce: string;
+  redirectUri: string;
+  target: string;
+  /** sha256 of the login cookie of the browser that started sign-in here. */
+  binding: string;
+  /** sha256 of the login cookie on the target host (sign-in host flow). */
+  hb?: string | undefined;
+}
+
+interface Handoff {
+  v: 1;
+  sid: string;
+  origin: string;
+  target: string;
+  hb: string;
+}
+
+type RefreshOutcome = { record: SessionRecord; identity: Identity } | 'ended' | undefined;
+
+/** The OIDC login endpoints and the session authenticator; see the module comment. */
+export class LoginService {
+  /** The sessions (create, look up, revoke, revoke a subject). */
+  readonly sessions: SessionManager;
+  readonly #store: StateStore;
+  readonly #logger: Logger;
+  readonly #providers = new Map<string, OidcClient>();
+  readonly #isServedHost: ServedHostCheck;
+  readonly #signIn: { hostname: string; authority: string } | undefined;
+  readonly #now: () => number;
+  readonly #refreshSkew: number;
+  readonly #loginTtl: number;
+  readonly #handoffTtl: number;
+  readonly #loginCookie: string;
+  readonly #loginCookiePath: string;
+  readonly #ownCookies: ReadonlySet<string>;
+  readonly #refreshing = new Map<string, Promise<RefreshOutcome>>();
+  readonly #retryAt = new Map<string, number>();
+  // One frozen `ok` answer per identity object, so the hot path allocates nothing on a cache hit.
+  readonly #okResults = new WeakMap<Identity, SessionAuthResult>();
+
+  constructor(options: LoginServiceOptions) {
+    this.#store = options.store;
+    this.#logger = options.logger;
+    this.#now = options.now ?? Date.now;
+    this.sessions = new SessionManager(options.store, options.session, {
+      ...options.sessionOptions,
+      now: this.#now,
+    });
+    for (const p of options.providers) {
+      const c =
+        p instanceof OidcClient ? p : new OidcClient(p, options.logger, { now: this.#now, ...options.oidc });
+      if (this.#providers.has(c.name))
+        throw new SessionConfigError(`identity.providers: duplicate provider ${c.name}`);
+      this.#providers.set(c.name, c);
+    }
+    this.#isServedHost = options.isServedHost;
+    if (options.signInHost !== undefined) {
+      const u = URL.parse(`http://${options.signInHost}/`);
+      if (u === null || u.pathname !== '/' || u.username !== '' || u.search !== '') {
+        throw new SessionConfigError(
+          `identity.session.signInHost: "${options.signInHost}" is not host or host:port`,
+        );
+      }
+      this.#signIn = { hostname: stripDot(u.hostname), authority: options.signInHost.toLowerCase() };
+    }
+    this.#refreshSkew = options.refreshSkew ?? 60_000;
+    this.#loginTtl = options.loginTtl ?? 600_000;
+    this.#handoffTtl = options.handoffTtl ?? 30_000;
+    this.#loginCookie = `${options.session.cookie}_login`;
+    this.#ownCookies = new Set([options.session.cookie, this.#loginCookie]);
+    // A __Host- cookie must have Path=/; otherwise the login cookie stays on the reserved prefix.
+    this.#loginCookiePath = options.session.cookie.startsWith('__Host-') ? '/' : '/.gatehouse/';
+  }
+
+  /**
+   * Builds the service from the configuration, or returns undefined when no OIDC provider is configured.
+   * `resolve` turns `env:`/`file:` references into values (e.g. `SecretResolver.resolveSecret`).
+   * Throws `SessionConfigError`/`OidcError` for settings that cannot work.
+   */
+  static fromConfig(
+    config: Config,
+    resolve: (ref: string) => string,
+    deps: {
+      store: StateStore;
+      logger: Logger;
+      isServedHost?: ServedHostCheck;
+      now?: () => number;
+    },
+  ): LoginService | undefined {
+    const identity = config.identity;
+    if (identity === undefined || identity.providers.length === 0) return undefined;
+    const session = identity.session;
+    if (session === undefined) {
+      throw new SessionConfigError(
+        'identity.session: required when identity.providers is set (secrets for the cookie)',
+      );
+    }
+    return new LoginService({
+      store: deps.store,
+      logger: deps.logger,
+      now: deps.now,
+      isServedHost: deps.isServedHost ?? servedHostChecker(config),
+      signInHost: session.signInHost,
+      session: {
+        secrets: session.secrets.map(resolve),
+        maxAge: session.maxAge,
+        idleTimeout: session.idleTimeout,
+        cookie: session.cookie,
+        domain: session.domain,
+      },
+      providers: identity.providers.map((p) => ({
+        name: p.name,
+        displayName: p.displayName,
+        issuer: p.issuer,
+        clientId: p.clientId,
+        clientSecret: p.clientSecret === undefined ? undefined : resolve(p.clientSecret),
+        scopes: p.scopes,
+        groupsClaim: p.groupsClaim,
+      })),
+    });
+  }
+
+  /** The configured providers, in order. */
+  get providers(): readonly OidcClient[] {
+    return [...this.#providers.values()];
+  }
+
+  /** True for the paths `handle` answers (login, callback, handoff, logout, signed-out, userinfo). */
+  handles(path: string): boolean {
+    return PATHS.has(path);
+  }
+
+  /**
+   * Answers a `/.gatehouse/*` request completely (never throws): the login endpoints above, 404 for
+   * other paths under the prefix, 405 for other methods. Store or provider failures become error pages
+   * (503/502) and nothing is half-done: no session without a fully validated callback.
+   */
+  async handle(req: IncomingMessage, res: ServerResponse, facts: LoginFacts): Promise<void> {
+    const method = req.method ?? 'GET';
+    try {
+      if (!PATHS.has(facts.path)) {
+        this.#fail(res, method, 404, 'GH_NOT_FOUND', 'Not found', 'There is nothing here.');
+        return;
+      }
+      const logout = facts.path === `${GATEHOUSE_PREFIX}logout`;
+      if (!(method === 'GET' || method === 'HEAD' || (logout && method === 'POST'))) {
+        res.setHeader('allow', logout ? 'GET, HEAD, POST' : 'GET, HEAD');
+        this.#fail(
+          res,
+          method,
+          405,
+          'GH_METHOD_NOT_ALLOWED',
+          'Method not allowed',
+          `${method} is not allowed here.`,
+        );
+        return;
+      }
+      const here = hereOf(req, facts);
+      if (here === undefined) {
+        this.#fail(
+          res,
+          method,
+          400,
+          'GH_BAD_HOST',
+          'Bad request',
+          'The Host header is missing or does not match.',
+        );
+        return;
+      }
+      const params = new URLSearchParams(facts.query);
+      switch (facts.path.slice(GATEHOUSE_PREFIX.length)) {
+        case 'login':
+          return await this.#login(req, res, facts, here, params);
+        case 'callback':
+          return await this.#callback(req, res, facts, here, params);
+        case 'handoff':
+          return await this.#handoff(req, res, facts, here, params);
+        case 'logout':
+          return await this.#logout(req, res, facts, here, params);
+        case 'signed-out':
+          sendPage(res, 200, signedOutPage({ signInHref: `${GATEHOUSE_PREFIX}login?rd=%2F` }), {}, method);
+          return;
+        case 'userinfo':
+          return await this.#userinfo(req, res, facts);
+      }
+    } catch (err) {
+      this.#failFromError(res, method, err, facts);
+    }
+  }
+
+  /**
+   * The session authenticator of the request path. `none` without a session cookie (or when the route
+   * offers only other providers), `ok` with the identity, `invalid` with `session-invalid` (forged cookie,
+   * unknown secret) or `session-expired` (ended, revoked, idle, refresh refused). Refreshes the access
+   * token shortly before it expires. `setCookie`, when present, must be added to the response. Throws
+   * `StateStoreError` (503) when the store cannot answer: fail closed.
+   */
+  async authenticateSession(
+    cookieHeader: string | undefined,
+    facts: Pick<LoginFacts, 'tls'>,
+    route?: LoginRoute,
+  ): Promise<SessionAuthResult> {
+    const found = await this.sessions.lookup(cookieHeader);
+    if (found.kind === 'none') return NONE;
+    if (found.kind === 'invalid') {
+      return {
+        kind: 'invalid',
+        reason: found.reason,
+        message: found.message,
+        setCookie: this.sessions.clearCookie(facts.tls),
+      };
+    }
+    let record = found.record;
+    let identity = found.identity;
+    if (this.#refreshDue(found.id, record)) {
+      const outcome = await this.#refresh(found.id, record);
+      if (outcome === 'ended') {
+        return {
+          kind: 'invalid',
+          reason: 'session-expired',
+          message: 'the session ended: its tokens could not be refreshed',
+          setCookie: this.sessions.clearCookie(facts.tls),
+        };
+      }
+      if (outcome !== undefined) {
+        record = outcome.record;
+        identity = outcome.identity;
+      }
+    }
+    const allowed = route?.config.providers;
+    if (allowed !== undefined && !allowed.includes(record.provider)) return NONE;
+    if (found.reseal)
+      return { kind: 'ok', identity, setCookie: this.sessions.setCookie(found.id, record, facts.tls) };
+    let ok = this.#okResults.get(identity);
+    if (ok === undefined) {
+      ok = Object.freeze({ kind: 'ok', identity });
+      this.#okResults.set(identity, ok);
+    }
+    return ok;
+  }
+
+  /**
+   * 302 to `/.gatehouse/login` on this host with the current path as the return address (and the route's
+   * providers). Clears a session cookie the request carried, since only a dead session gets here.
+   */
+  loginRedirect(req: IncomingMessage, res: ServerResponse, facts: LoginFacts, route?: LoginRoute): void {
+    const params = new URLSearchParams({ rd: facts.path + facts.query });
+    const providers = route?.config.providers;
+    if (providers !== undefined) params.set('providers', providers.join(','));
+    const cookies =
+      cookieValues(req.headers.cookie, this.sessions.settings.cookie).length > 0
+        ? [this.sessions.clearCookie(facts.tls)]
+        : [];
+    redirect(res, `${GATEHOUSE_PREFIX}login?${params}`, cookies, req.method);
+  }
+
+  /**
+   * 401 with `WWW-Authenticate`: an HTML page with a sign-in link for browsers, else JSON
+   * `{ error, reason, message }`. `setCookie` is the value from `authenticateSession`, if any.
+   */
+  sendUnauthorized(
+    req: IncomingMessage,
+    res: ServerResponse,
+    facts: LoginFacts,
+    p: { reason: ReasonCode; reasonText?: string; setCookie?: string | undefined; route?: LoginRoute },
+  ): void {
+    res.setHeader('www-authenticate', 'Bearer realm="gatehouse"');
+    if (p.setCookie !== undefined) appendSetCookie(res, p.setCookie);
+    if (!acceptsHtml(req)) {
+      sendJson(
+        res,
+        401,
+        { error: 'unauthenticated', reason: p.reason, message: p.reasonText ?? p.reason },
+        req.method,
+      );
+      return;
+    }
+    const params = new URLSearchParams({ rd: facts.path + facts.query });
+    const providers = p.route?.config.providers;
+    if (providers !== undefined) params.set('providers', providers.join(','));
+    sendPage(
+      res,
+      401,
+      unauthorizedPage({
+        reason: p.reason,
+        reasonText: p.reasonText,
+        signInHref: `${GATEHOUSE_PREFIX}login?${params}`,
+      }),
+      {},
+      req.method,
+    );
+  }
+
+  /**
+   * 403 for a known caller who is not allowed: an HTML page naming the identity and the reason with a
+   * sign-out link (never a redirect, so never a loop), or JSON for non-HTML clients.
+   */
+  sendForbidden(
+    req: IncomingMessage,
+    res: ServerResponse,
+    p: { identity: Identity | undefined; reason: ReasonCode; reasonText?: string },
+  ): void {
+    if (!acceptsHtml(req)) {
+      sendJson(
+        res,
+        403,
+        { error: 'forbidden', reason: p.reason, message: p.reasonText ?? p.reason },
+        req.method,
+      );
+      return;
+    }
+    const who =
+      p.identity === undefined
+        ? undefined
+        : { user: p.identity.user, email: p.identity.email, source: p.identity.source };
+    const signOutHref = p.identity?.authMethod === 'session' ? `${GATEHOUSE_PREFIX}logout` : undefined;
+    sendPage(
+      res,
+      403,
+      forbiddenPage({ who, reason: p.reason, reasonText: p.reasonText, signOutHref }),
+      {},
+      req.method,
+    );
+  }
+
+  /**
+   * The Cookie header to send upstream: without the session and login cookies (undefined when nothing
+   * is left). Use it unless the route sets `passCredentials`.
+   */
+  stripCookies(cookieHeader: string | undefined): string | undefined {
+    return removeCookies(cookieHeader, this.#ownCookies);
+  }
+
+  /** Ends one session by id (admin action). */
+  revokeSession(id: string): Promise<void> {
+    return this.sessions.revoke(id);
+  }
+
+  /** Ends every session of a subject at a provider; returns how many ended. */
+  revokeSubject(provider: string, subject: string): Promise<number> {
+    return this.sessions.revokeSubject(provider, subject);
+  }
+
+  // ------------------------------------------------------------------------------------------------
+
+  async #login(
+    req: IncomingMessage,
+    res: ServerResponse,
+    facts: LoginFacts,
+    here: Here,
+    params: URLSearchParams,
+  ) {
+    const method = req.method;
+    const target = resolveReturnTo(params.get('rd') ?? undefined, here, this.#isServedHost);
+    if (target === undefined) {
+      this.#logger.warn(
+        { host: facts.host, client: facts.clientIp },
+        'login refused: return address not on a served host',
+      );
+      this.#fail(
+        res,
+        method,
+        400,
+        'GH_BAD_RETURN_URL',
+        'Bad return address',
+        'The return address is not on a site this gateway serves.',
+      );
+      return;
+    }
+    const onTarget = target.origin === here.origin;
+    const hb = params.get('hb') ?? undefined;
+    const atSignIn = this.#signIn !== undefined && this.#isSignInHost(here);
+    const forward = new URLSearchParams({ rd: target.href });
+    for (const k of ['provider', 'providers']) {
+      const v = params.get(k);
+      if (v !== null) forward.set(k, v);
+    }
+    // Sign-in for another host starts on that host, which binds its browser before anything else.
+    if (!onTarget && !(atSignIn && hb !== undefined && RANDOM43.test(hb))) {
+      redirect(res, `${target.origin}${GATEHOUSE_PREFIX}login?${forward}`, [], method);
+      return;
+    }
+    if (this.#signIn !== undefined && !atSignIn) {
+      const { value, cookie } = this.#binding(req, facts);
+      forward.set('hb', sha256(value));
+      redirect(
+        res,
+        `${here.scheme}://${this.#signIn.authority}${GATEHOUSE_PREFIX}login?${forward}`,
+        [cookie],
+        method,
+      );
+      return;
+    }
+    const candidates = this.#candidates(params.get('providers'));
+    const wanted = params.get('provider');
+    const current = await this.sessions.lookup(req.headers.cookie);
+    if (
+      current.kind === 'ok' &&
+      candidates.some((c) => c.name === current.record.provider) &&
+      (wanted === null || wanted === current.record.provider)
+    ) {
+      // Already signed in here: no need to see the provider again.
+      if (onTarget) redirect(res, localPart(target), [], method);
+      else await this.#handOff(res, method, current.id, target, hb!, []);
+      return;
+    }
+    if (candidates.length === 0) {
+      this.#fail(
+        res,
+        method,
+        400,
+        'GH_NO_PROVIDER',
+        'Sign-in unavailable',
+        'No identity provider is configured for this page.',
+      );
+      return;
+    }
+    let provider: OidcClient | undefined;
+    if (wanted !== null) {
+      provider = candidates.find((c) => c.name === wanted);
+      if (provider === undefined) {
+        this.#fail(
+          res,
+          method,
+          400,
+          'GH_UNKNOWN_PROVIDER',
+          'Unknown identity provider',
+          'That identity provider is not offered here.',
+        );
+        return;
+      }
+    } else if (candidates.length === 1) {
+      provider = candidates[0];
+    } else {
+      const entries = candidates.map((c) => {
+        const q = new URLSearchParams(params);
+        q.set('provider', c.name);
+        return { displayName: c.displayName, href: `${GATEHOUSE_PREFIX}login?${q}` };
+      });
+      sendPage(res, 200, pickerPage(entries), {}, method);
+      return;
+    }
+    const p = provider!;
+    const { value, cookie } = this.#binding(req, facts);
+    const state = randomBytes(32).toString('base64url');
+    const redirectUri = `${here.origin}${GATEHOUSE_PREFIX}callback`;
+    const login: LoginState = {
+      v: 1,
+      provider: p.name,
+      verifier: randomBytes(32).toString('base64url'),
+      nonce: randomBytes(32).toString('base64url'),
+      redirectUri,
+      target: target.href,
+      binding: sha256(value),
+      hb: onTarget ? undefined : hb,
+    };
+    const url = await p.authorizationUrl({
+      redirectUri,
+      state,
+      nonce: login.nonce,
+      codeVerifier: login.verifier,
+    });
+    await this.#store.set(`login:${state}`, JSON.stringify(login), this.#loginTtl);
+    redirect(res, url.href, [cookie], method);
+  }
+
+  async #callback(
+    req: IncomingMessage,
+    res: ServerResponse,
+    facts: LoginFacts,
+    here: Here,
+    params: URLSearchParams,
+  ) {
+    const method = req.method;
+    const retry = `${GATEHOUSE_PREFIX}login?rd=%2F`;
+    const state = params.get('state');
+    const raw = state !== null && STATE_RE.test(state) ? await this.#store.take(`login:${state}`) : undefined;
+    const login = raw === undefined ? undefined : parseJson<LoginState>(raw);
+    if (state === null || login === undefined || login.v !== 1) {
+      this.#logger.warn(
+        { host: facts.host, client: facts.clientIp },
+        'sign-in callback with an unknown, used or expired state',
+      );
+      this.#fail(
+        res,
+        method,
+        400,
+        'GH_LOGIN_STATE',
+        'Sign-in not recognised',
+        'This sign-in request is unknown, expired or already used. Please start again.',
+        retry,
+      );
+      return;
+    }
+    // The browser that started sign-in holds the login cookie; any other browser is refused (login CSRF).
+    const bound = cookieValues(req.headers.cookie, this.#loginCookie).some(
+      (v) => RANDOM43.test(v) && sameHash(sha256(v), login.binding),
+    );
+    if (!bound || login.redirectUri !== `${here.origin}${GATEHOUSE_PREFIX}callback`) {
+      this.#logger.warn(
+        { host: facts.host, client: facts.clientIp },
+        'sign-in callback from a browser that did not start it',
+      );
+      this.#fail(
+        res,
+        method,
+        400,
+        'GH_LOGIN_STATE',
+        'Sign-in not recognised',
+        'This sign-in was started in another browser or on another site. Please start again.',
+        retry,
+      );
+      return;
+    }
+    const provider = this.#providers.get(login.provider);
+    if (provider === undefined) {
+      this.#fail(
+        res,
+        method,
+        400,
+        'GH_UNKNOWN_PROVIDER',
+        'Unknown identity provider',
+        'That identity provider is no longer configured.',
+        retry,
+      );
+      return;
+    }
+    const callbackUrl = new URL(login.redirectUri + facts.query);
+    const result = await provider.completeLogin(callbackUrl, {
+      state,
+      nonce: login.nonce,
+      codeVerifier: login.verifier,
+    });
+    const { id, record } = await this.sessions.create(result.profile, result.tokens);
+    this.#logger.info(
+      {
+        provider: provider.name,
+        subject: record.subject,
+        user: record.user,
+        host: facts.host,
+        client: facts.clientIp,
+      },
+      'signed in',
+    );
+    const target = new URL(login.target);
+    const cookie = this.sessions.setCookie(id, record, facts.tls);
+    if (target.origin === here.origin || login.hb === undefined) {
+      redirect(res, target.origin === here.origin ? localPart(target) : `${here.origin}/`, [cookie], method);
+      return;
+    }
+    await this.#handOff(res, method, id, target, login.hb, [cookie]);
+  }
+
+  async #handOff(
+    res: ServerResponse,
+    method: string | undefined,
+    sid: string,
+    target: URL,
+    hb: string,
+    cookies: string[],
+  ) {
+    const code = randomBytes(32).toString('base64url');
+    const handoff: Handoff = { v: 1, sid, origin: target.origin, target: target.href, hb };
+    await this.#store.set(`handoff:${code}`, JSON.stringify(handoff), this.#handoffTtl);
+    redirect(res, `${target.origin}${GATEHOUSE_PREFIX}handoff?code=${code}`, cookies, method);
+  }
+
+  async #handoff(
+    req: IncomingMessage,
+    res: ServerResponse,
+    facts: LoginFacts,
+    here: Here,
+    params: URLSearchParams,
+  ) {
+    const method = req.method;
+    const code = params.get('code');
+    const raw = code !== null && RANDOM43.test(code) ? await this.#store.take(`handoff:${code}`) : undefined;
+    const h = raw === undefined ? undefined : parseJson<Handoff>(raw);
+    const retry = `${GATEHOUSE_PREFIX}login?rd=%2F`;
+    const bound =
+      h !== undefined &&
+      cookieValues(req.headers.cookie, this.#loginCookie).some(
+        (v) => RANDOM43.test(v) && sameHash(sha256(v), h.hb),
+      );
+    if (h === undefined || h.v !== 1 || h.origin !== here.origin || !bound) {
+      this.#logger.warn(
+        { host: facts.host, client: facts.clientIp },
+        'session hand-off refused (unknown, used, expired, other host or other browser)',
+      );
+      this.#fail(
+        res,
+        method,
+        400,
+        'GH_HANDOFF',
+        'Sign-in not recognised',
+        'This sign-in link is unknown, expired, already used or meant for another browser.',
+        retry,
+      );
+      return;
+    }
+    const record = await this.sessions.get(h.sid);
+    if (record === undefined) {
+      this.#fail(
+        res,
+        method,
+        400,
+        'GH_HANDOFF',
+        'Session ended',
+        'The session ended before it reached this site. Please sign in again.',
+        retry,
+      );
+      return;
+    }
+    redirect(res, localPart(new URL(h.target)), [this.sessions.setCookie(h.sid, record, facts.tls)], method);
+  }
+
+  async #logout(
+    req: IncomingMessage,
+    res: ServerResponse,
+    facts: LoginFacts,
+    here: Here,
+    params: URLSearchParams,
+  ) {
+    const method = req.method;
+    const found = await this.sessions.lookup(req.headers.cookie);
+    const cookies = [this.sessions.clearCookie(facts.tls)];
+    let endSession: URL | undefined;
+    if (found.kind === 'ok') {
+      const { record } = found;
+      if (params.get('everywhere') === '1')
+        await this.sessions.revokeSubject(record.provider, record.subject);
+      else await this.sessions.revoke(found.id);
+      this.#logger.info(
+        { provider: record.provider, subject: record.subject, host: facts.host, client: facts.clientIp },
+        'signed out',
+      );
+      endSession = await this.#providers
+        .get(record.provider)
+        ?.endSessionUrl(record.tokens.idToken, `${here.origin}${GATEHOUSE_PREFIX}signed-out`);
+    }
+    if (endSession !== undefined) {
+      redirect(res, endSession.href, cookies, method);
+      return;
+    }
+    sendPage(
+      res,
+      200,
+      signedOutPage({ signInHref: `${GATEHOUSE_PREFIX}login?rd=%2F` }),
+      { 'set-cookie': cookies },
+      method,
+    );
+  }
+
+  async #userinfo(req: IncomingMessage, res: ServerResponse, facts: LoginFacts) {
+    const auth = await this.authenticateSession(req.headers.cookie, facts);
+    if (auth.setCookie !== undefined) appendSetCookie(res, auth.setCookie);
+    if (auth.kind !== 'ok') {
+      res.setHeader('www-authenticate', 'Bearer realm="gatehouse"');
+      const reason = auth.kind === 'invalid' ? auth.reason : 'user-unauthenticated';
+      sendJson(res, 401, { error: 'unauthenticated', reason }, req.method);
+      return;
+    }
+    const i = auth.identity;
+    sendJson(
+      res,
+      200,
+      {
+        subject: i.subject,
+        user: i.user,
+        email: i.email ?? null,
+        groups: i.groups,
+        provider: i.source,
+        authMethod: i.authMethod,
+        expiresAt: i.expiresAt ?? null,
+      },
+      req.method,
+    );
+  }
+
+  #candidates(list: string | null): OidcClient[] {
+    const all = [...this.#providers.values()];
+    if (list === null) return all;
+    const names = new Set(list.split(','));
+    return all.filter((c) => names.has(c.name));
+  }
+
+  #isSignInHost(here: Here): boolean {
+    const s = this.#signIn!;
+    return here.authority === s.authority || (here.hostname === s.hostname && !s.authority.includes(':'));
+  }
+
+  /** The browser's login cookie value (reused so parallel sign-ins in several tabs share it) and its Set-Cookie. */
+  #binding(req: IncomingMessage, facts: LoginFacts): { value: string; cookie: string } {
+    const existing = cookieValues(req.headers.cookie, this.#loginCookie).find((v) => RANDOM43.test(v));
+    const value = existing ?? randomBytes(32).toString('base64url');
+    const cookie = serializeCookie(this.#loginCookie, value, {
+      maxAge: Math.floor(this.#loginTtl / 1000),
+      path: this.#loginCookiePath,
+      tls: facts.tls,
+    });
+    return { value, cookie };
+  }
+
+  #refreshDue(id: string, record: SessionRecord): boolean {
+    const t = record.tokens;
+    if (t.refreshToken === undefined || t.expiresAt === undefined) return false;
+    const now = this.#now();
+    if (now < t.expiresAt - this.#refreshSkew) return false;
+    const retryAt = this.#retryAt.get(id);
+    return retryAt === undefined || now >= retryAt;
+  }
+
+  /** One refresh per session at a time: in this process (shared promise) and across instances (a store lock). */
+  #refresh(id: string, record: SessionRecord): Promise<RefreshOutcome> {
+    const running = this.#refreshing.get(id);
+    if (running !== undefined) return running;
+    const p = this.#doRefresh(id, record).finally(() => this.#refreshing.delete(id));
+    this.#refreshing.set(id, p);
+    return p;
+  }
+
+  async #doRefresh(id: string, record: SessionRecord): Promise<RefreshOutcome> {
+    const lock = `refresh-lock:${id}`;
+    if (!(await this.#store.add(lock, '1', 30_000))) {
+      // Another instance is refreshing: use what the store holds now (its result, or the still valid session).
+      const fresh = await this.sessions.get(id);
+      return fresh === undefined ? 'ended' : { record: fresh, identity: identityOf(fresh) };
+    }
+    try {
+      const provider = this.#providers.get(record.provider);
+      if (provider === undefined)
+        throw new OidcError(
+          'GH_OIDC_REFRESH_REJECTED',
+          401,
+          `provider ${record.provider} is no longer configured`,
+        );
+      const result = await provider.refresh(record);
+      const updated: SessionRecord = {
+        ...record,
+        user: result.profile.user,
+        email: result.profile.email,
+        groups: result.profile.groups,
+        claims: result.profile.claims,
+        tokens: result.tokens,
+      };
+      await this.sessions.update(id, updated);
+      this.#retryAt.delete(id);
+      this.#logger.debug({ provider: record.provider, subject: record.subject }, 'session tokens refreshed');
+      return { record: updated, identity: identityOf(updated) };
+    } catch (err) {
+      if (err instanceof StateStoreError) throw err;
+      const now = this.#now();
+      const unreachable = err instanceof OidcError && err.code === 'GH_OIDC_UNAVAILABLE';
+      const expiresAt = record.tokens.expiresAt ?? 0;
+      if (unreachable && now < expiresAt) {
+        // The provider is down but the access token still holds: keep the session, try again shortly.
+        if (this.#retryAt.size > 10_000) this.#retryAt.clear();
+        this.#retryAt.set(id, now + 10_000);
+        this.#logger.warn(
+          { provider: record.provider, subject: record.subject, err: messageOf(err) },
+          'token refresh failed; retrying later',
+        );
+        return undefined;
+      }
+      // Refused, or unreachable with an expired token: the session ends (fail closed), cleanly.
+      this.#retryAt.delete(id);
+      await this.sessions.revoke(id);
+      this.#logger.info(
+        { provider: record.provider, subject: record.subject, err: messageOf(err) },
+        'session ended: token refresh failed',
+      );
+      return 'ended';
+    } finally {
+      await this.#store.delete(lock).catch(() => undefined);
+    }
+  }
+
+  #fail(
+    res: ServerResponse,
+    method: string | undefined,
+    status: number,
+    code: string,
+    title: string,
+    message: string,
+    retryHref?: string,
+  ) {
+    sendPage(res, status, errorPage({ title, message, code, retryHref }), {}, method);
+  }
+
+  #failFromError(res: ServerResponse, method: string | undefined, err: unknown, facts: LoginFacts): void {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const retry = `${GATEHOUSE_PREFIX}login?rd=%2F`;
+    if (err instanceof OidcError) {
+      const denied = err.code === 'GH_OIDC_DENIED';
+      this.#logger.warn(
+        { code: err.code, host: facts.host, client: facts.clientIp, err: err.message },
+        'sign-in failed',
+      );
+      const status = err.status >= 400 ? err.status : 502;
+      const message = denied
+        ? `The identity provider did not sign you in (${err.oauthError ?? 'error'}).`
+        : err.code === 'GH_OIDC_UNAVAILABLE'
+          ? 'The identity provider cannot be reached right now.'
+          : 'The identity provider sent an answer that could not be accepted.';
+      this.#fail(res, method, status, err.code, 'Sign-in failed', message, retry);
+      return;
+    }
+    if (err instanceof StateStoreError) {
+      this.#fail(
+        res,
+        method,
+        503,
+        err.code,
+        'Service unavailable',
+        'Sign-in is unavailable right now. Please try again shortly.',
+        retry,
+      );
+      return;
+    }
+    const code = err instanceof GatehouseError ? err.code : 'GH_LOGIN_FAILED';
+    this.#logger.error(
+      { code, host: facts.host, client: facts.clientIp, err: messageOf(err) },
+      'login endpoint failed',
+    );
+    this.#fail(res, method, 500, code, 'Something went wrong', 'The request could not be completed.', retry);
+  }
+}
+
+const NONE: SessionAuthResult = Object.freeze({ kind: 'none' });
+
+/**
+ * The return address after sign-in, or undefined when it is not acceptable. Accepted: a path on this
+ * host (`/x`, never `//x` or `/\x`), or an absolute http(s) URL without userinfo whose host this gateway
+ * serves. Control characters and backslashes are refused anywhere (browsers ignore or rewrite them).
+ * An absent or empty `rd` means `/` on this host.
+ */
+export function resolveReturnTo(
+  rd: string | undefined,
+  here: Pick<Here, 'origin' | 'hostname' | 'port' | 'scheme'>,
+  isServedHost: ServedHostCheck,
+): URL | undefined {
+  if (rd === undefined || rd === '') return new URL('/', here.origin);
+  if (rd.length > MAX_RD || /[\u0000-\u0020\u007f\\]/.test(rd)) return undefined;
+  if (rd.startsWith('/')) {
+    if (rd.startsWith('//')) return undefined;
+    const url = URL.parse(rd, here.origin);
+    return url !== null && url.origin === here.origin ? url : undefined;
+  }
+  const m = /^(https?):\/\/([^/?#]*)/i.exec(rd);
+  if (m === null || m[2]!.includes('@')) return undefined;
+  const url = URL.parse(rd);
+  if (url === null || url.username !== '' || url.password !== '') return undefined;
+  const scheme = url.protocol === 'https:' ? 'https' : 'http';
+  const port = url.port === '' ? (scheme === 'https' ? 443 : 80) : Number(url.port);
+  const hostname = stripDot(url.hostname);
+  if (url.origin === here.origin) return url;
+  return isServedHost(hostname, port, scheme) ? url : undefined;
+}
+
+/**
+ * A `ServedHostCheck` from the configuration: the exact and `*.suffix` hosts of the routes, the hosts
+ * of listeners bound to a specific address, and the sign-in host, on a listener port or 80/443 (a
+ * balancer in front may map ports). Routes without a host do not make every host "served".
+ */
+export function servedHostChecker(config: Config): ServedHostCheck {
+  const exact = new Set<string>();
+  const suffixes: string[] = [];
+  const ports = new Set<number>([80, 443]);
+  for (const l of config.listeners) {
+    const b = parseBind(l.bind);
+    if (b === undefined) continue;
+    ports.add(b.port);
+    if (b.host !== '0.0.0.0' && b.host !== '::' && b.host !== '')
+      exact.add(b.host.includes(':') ? `[${b.host}]` : b.host.toLowerCase());
+  }
+  for (const r of config.routes) {
+    const hosts =
+      r.match.host === undefined ? [] : Array.isArray(r.match.host) ? r.match.host : [r.match.host];
+    for (const h of hosts) {
+      const key = hostPattern(h);
+      if (key === '' || key === '*') continue;
+      if (key.startsWith('*.')) suffixes.push(key.slice(1));
+      else exact.add(key);
+    }
+  }
+  const signIn = config.identity?.session?.signInHost;
+  if (signIn !== undefined) {
+    const u = URL.parse(`http://${signIn}/`);
+    if (u !== null) {
+      exact.add(stripDot(u.hostname));
+      if (u.port !== '') ports.add(Number(u.port));
+    }
+  }
+  return (hostname, port) => {
+    if (!ports.has(port)) return false;
+    const h = stripDot(hostname.toLowerCase());
+    return exact.has(h) || suffixes.some((s) => h.length > s.length && h.endsWith(s));
+  };
+}
+
+function hostPattern(pattern: string): string {
+  let h = pattern.trim().toLowerCase();
+  if (!h.startsWith('[')) {
+    const colon = h.lastIndexOf(':');
+    if (colon !== -1) h = h.slice(0, colon);
+  }
+  return stripDot(h);
+}
+
+function stripDot(h: string): string {
+  return h.endsWith('.') ? h.slice(0, -1) : h;
+}
+
+function hereOf(req: IncomingMessage, facts: Pick<LoginFacts, 'host' | 'tls'>): Here | undefined {
+  const raw = req.headers.host ?? (req.headers[':authority'] as string | undefined);
+  if (raw === undefined || raw === '' || /[\s/\\@?#]/.test(raw)) return undefined;
+  const scheme = facts.tls ? 'https' : 'http';
+  const u = URL.parse(`${scheme}://${raw}/`);
+  if (u === null || u.pathname !== '/') return undefined;
+  const hostname = stripDot(u.hostname);
+  if (hostname !== facts.host) return undefined;
+  const port = u.port === '' ? (facts.tls ? 443 : 80) : Number(u.port);
+  return { scheme, authority: u.host, hostname, port, origin: u.origin };
+}
+
+function localPart(url: URL): string {
+  return `${url.pathname}${url.search}`;
+}
+
+function sha256(value: string): string {
+  return createHash('sha256').update(value).digest('base64url');
+}
+
+function sameHash(a: string, b: string | undefined): boolean {
+  if (typeof b !== 'string' || a.length !== b.length) return false;
+  return timingSafeEqual(Buffer.from(a), Buffer.from(b));
+}
+
+function parseJson<T>(raw: string): T | undefined {
+  try {
+    const v = JSON.parse(raw) as unknown;
+    return typeof v === 'object' && v !== null ? (v as T) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function acceptsHtml(req: IncomingMessage): boolean {
+  const accept = req.headers.accept;
+  return typeof accept === 'string' && /text\/html/i.test(accept);
+}
+
+function redirect(
+  res: ServerResponse,
+  location: string,
+  cookies: string[],
+  method: string | undefined,
+): void {
+  appendSetCookie(res, cookies);
+  res.statusCode = 302;
+  res.setHeader('location', location);
+  res.setHeader('cache-control', 'no-store');
+  // Codes and state in these URLs must not leak to other sites through Referer.
+  res.setHeader('referrer-policy', 'no-referrer');
+  res.setHeader('content-type', 'text/plain; charset=utf-8');
+  const body = Buffer.from('Redirecting\n');
+  res.setHeader('content-length', body.length);
+  res.end(method === 'HEAD' ? undefined : body);
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, method: string | undefined): void {
+  const buf = Buffer.from(JSON.stringify(body));
+  res.statusCode = status;
+  res.setHeader('content-type', 'application/json');
+  res.setHeader('cache-control', PAGE_HEADERS['cache-control']!);
+  res.setHeader('content-length', buf.length);
+  res.end(method === 'HEAD' ? undefined : buf);
+}

@@ -1,0 +1,95 @@
+/**
+ * A real Redis for tests: `REDIS_URL` when set, else the one on 127.0.0.1:6379 when it answers, else a
+ * `redis-server` started on a free port (set GATEHOUSE_TEST_OWN_REDIS=1 to always start one). A missing
+ * `redis-server` fails loudly: tests never skip silently.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import net from 'node:net';
+
+/** Answers true when a Redis at host:port replies to PING within `timeoutMs`. */
+export function pingRedis(host: string, port: number, timeoutMs = 500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    let data = '';
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    socket.on('connect', () => socket.write('PING\r\n'));
+    socket.on('data', (chunk) => {
+      data += chunk.toString();
+      if (data.includes('\r\n')) done(data.startsWith('+PONG'));
+    });
+    socket.on('error', () => done(false));
+  });
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+let shared: Promise<string> | undefined;
+let child: ChildProcess | undefined;
+
+async function startOwnRedis(): Promise<string> {
+  const port = await freePort();
+  const proc = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    {
+      stdio: 'ignore',
+    },
+  );
+  child = proc;
+  // Unreferenced so the test process can exit; it is killed when the process exits.
+  proc.unref();
+  const spawnError = new Promise<never>((_resolve, reject) => {
+    proc.once('error', (err: NodeJS.ErrnoException) => {
+      reject(
+        err.code === 'ENOENT'
+          ? new Error(
+              'redis-server not found: install Redis (e.g. `apt-get install redis-server`) or set REDIS_URL to a running Redis',
+            )
+          : err,
+      );
+    });
+    proc.once('exit', (code) => reject(new Error(`redis-server exited early with code ${code}`)));
+  });
+  spawnError.catch(() => undefined);
+  process.once('exit', () => proc.kill('SIGKILL'));
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const up = await Promise.race([pingRedis('127.0.0.1', port, 200), spawnError]);
+    if (up) return `redis://127.0.0.1:${port}`;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  proc.kill('SIGKILL');
+  throw new Error(`redis-server on port ${port} did not answer PING within 10 s`);
+}
+
+/** The URL of a Redis for this test file (started once per test process, killed when it exits). */
+export function redisUrl(): Promise<string> {
+  shared ??= (async () => {
+    const fromEnv = process.env.REDIS_URL;
+    if (fromEnv) return fromEnv;
+    if (process.env.GATEHOUSE_TEST_OWN_REDIS !== '1' && (await pingRedis('127.0.0.1', 6379))) {
+      return 'redis://127.0.0.1:6379';
+    }
+    return startOwnRedis();
+  })();
+  return shared;
+}
+
+/** True when this file started its own redis-server (for diagnostics). */
+export function ownsRedis(): boolean {
+  return child !== undefined;
+}
