@@ -1,11 +1,13 @@
 /**
- * The `gatehouse` command: start, check, explain, demo, version, help. User errors (an invalid or
- * missing configuration, bad arguments) print a clear message without a stack trace.
- * Exit codes: 0 success, 1 invalid configuration or failure, 2 usage error.
+ * The `gatehouse` command: start, check, explain, apikey, demo, version, help. User errors (an invalid
+ * or missing configuration, bad arguments) print a clear message without a stack trace.
+ * Exit codes: 0 success, 1 invalid configuration, failing policy test or failure, 2 usage error.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import type { LoadResult } from '../config/load.js';
 import type { ConfigProblem } from '../errors.js';
-import { ConfigError, formatProblem } from '../errors.js';
+import { ConfigError, formatProblem, GatehouseError } from '../errors.js';
 
 /** Where the command writes; replaceable for tests. */
 export interface CliIo {
@@ -22,10 +24,15 @@ const USAGE = `Usage: gatehouse <command> [options]
 
 Commands:
   start -c FILE                     run the gateway with the configuration FILE
-  check -c FILE                     validate FILE and run its policy tests (exit 0 valid, 1 invalid)
-  explain -c FILE [--as 'email=alice@example.com,groups=data-eng'] METHOD URL
-                                    show which route and upstream a request would take (offline)
-  demo [--port N]                   start a self-contained demo with sample backends
+  check -c FILE [--verbose]         validate FILE and run its policy tests (exit 0 valid and passing,
+                                    1 invalid or a test failed; --verbose lists every test)
+  explain -c FILE [--as 'email=alice@example.com,groups=data-eng'] [--source-ip IP]
+          [--header 'Name: value']... [--at DATE-TIME] METHOD URL
+                                    show the route, upstream, identity, deciding rule and reason for
+                                    a request (offline: no identity provider, no upstream)
+  apikey create --id ID --subject S [--groups a,b] [--expires DATE] [--routes a,b]
+                                    create an API key and print its identity.apiKeys entry
+  demo [--port N]                   start a self-contained demo: identity provider, backends, gateway
   version                           print the version
   help                              print this help
 
@@ -40,11 +47,24 @@ class UsageError extends Error {}
 interface Parsed {
   config: string | undefined;
   as: string | undefined;
+  sourceIp: string | undefined;
+  /** `--header` values as given (`Name: value`), in order. */
+  headers: string[];
+  at: string | undefined;
+  verbose: boolean;
   positional: string[];
 }
 
 function parseArgs(args: string[], allowed: ReadonlySet<string>): Parsed {
-  const parsed: Parsed = { config: undefined, as: undefined, positional: [] };
+  const parsed: Parsed = {
+    config: undefined,
+    as: undefined,
+    sourceIp: undefined,
+    headers: [],
+    at: undefined,
+    verbose: false,
+    positional: [],
+  };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
     const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
@@ -62,6 +82,10 @@ function parseArgs(args: string[], allowed: ReadonlySet<string>): Parsed {
     }
     if ((name === '-c' || name === '--config') && allowed.has('config')) parsed.config = value();
     else if (name === '--as' && allowed.has('as')) parsed.as = value();
+    else if (name === '--source-ip' && allowed.has('source-ip')) parsed.sourceIp = value();
+    else if ((name === '--header' || name === '-H') && allowed.has('header')) parsed.headers.push(value());
+    else if (name === '--at' && allowed.has('at')) parsed.at = value();
+    else if (arg === '--verbose' && allowed.has('verbose')) parsed.verbose = true;
     else if (arg.startsWith('-') && arg.length > 1) throw new UsageError(`unknown option ${arg}`);
     else parsed.positional.push(arg);
   }
@@ -89,9 +113,13 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
       case 'start':
         return await start(parseArgs(rest, new Set(['config'])), io);
       case 'check':
-        return await check(parseArgs(rest, new Set(['config'])), io);
+        return await check(parseArgs(rest, new Set(['config', 'verbose'])), io);
       case 'explain':
-        return await explain(parseArgs(rest, new Set(['config', 'as'])), io);
+        return await explain(parseArgs(rest, new Set(['config', 'as', 'source-ip', 'header', 'at'])), io);
+      case 'apikey': {
+        const { runApiKeyCommand } = await import('../identity/apikey-command.js');
+        return await runApiKeyCommand(rest, io);
+      }
       case 'demo': {
         const { runDemo } = await import('../demo/index.js');
         return await runDemo(rest);
@@ -167,6 +195,33 @@ async function start(p: Parsed, io: CliIo): Promise<number> {
   return await new Promise<number>(() => {});
 }
 
+/** Maps a path of the merged configuration to the file it was written in and its path there. */
+type Locate = (path: ReadonlyArray<string | number>) => { file: string; path: string };
+
+/**
+ * Where a value of the merged configuration came from: the loader's origins when it exposes them
+ * (`include:` files keep their own names and indexes), else the main file with the merged path.
+ */
+function locator(loaded: Extract<LoadResult, { ok: true }>, file: string): Locate {
+  const origins = 'origins' in loaded ? (loaded.origins as { locate?: unknown } | undefined) : undefined;
+  const locate = origins?.locate;
+  if (typeof locate === 'function') {
+    return (p) => (locate as Locate).call(origins, p);
+  }
+  return (p) => ({ file, path: p.join('.') });
+}
+
+/** Reports a `PolicyConfigError` (policies that cannot be compiled) as standard problems; else rethrows. */
+async function policyProblemsOf(err: unknown, locate: Locate): Promise<ConfigProblem[]> {
+  const { PolicyConfigError } = await import('../policy/compile.js');
+  if (!(err instanceof PolicyConfigError)) throw err;
+  return err.problems.map((p) => ({ ...locate(p.path), message: p.message }));
+}
+
+function plural(n: number, one: string, many: string): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
 async function check(p: Parsed, io: CliIo): Promise<number> {
   const file = requireConfig(p, 'check');
   if (p.positional.length > 0) throw new UsageError(`unexpected argument ${p.positional[0]}`);
@@ -186,16 +241,33 @@ async function check(p: Parsed, io: CliIo): Promise<number> {
     return 1;
   }
   const { config } = loaded;
-  if (config.tests.length > 0) {
-    printWarnings(io, [
-      {
-        file,
-        path: 'tests',
-        message: `${config.tests.length} policy test(s) not run: policy evaluation is not yet supported`,
-      },
-    ]);
+  const locate = locator(loaded, file);
+  const { runConfigTests, formatTestResult } = await import('../policy/tests.js');
+  let results: ReturnType<typeof runConfigTests>;
+  try {
+    // The same steps the gateway takes (normalize, route, decide), offline and at the current time.
+    results = runConfigTests(config);
+  } catch (err) {
+    const problems = await policyProblemsOf(err, locate);
+    printProblems(io, problems);
+    io.err(`${file}: ${problems.length} problem(s) found\n`);
+    return 1;
+  }
+  if (p.verbose) for (const r of results) io.out(`${formatTestResult(r)}\n`);
+  const failed = results.filter((r) => !r.ok);
+  for (const r of failed) {
+    const at = locate(['tests', r.index]);
+    io.err(`${at.file}: ${at.path}: test "${r.name}" failed: ${r.detail}\n`);
+  }
+  if (failed.length > 0) {
+    io.err(
+      `${file}: ${plural(failed.length, 'policy test', 'policy tests')} failed, ${results.length - failed.length} passed\n`,
+    );
+    return 1;
   }
   io.out(`${file}: ok (${config.routes.length} routes, ${Object.keys(config.upstreams).length} upstreams)\n`);
+  if (results.length > 0)
+    io.out(`${file}: ${plural(results.length, 'policy test', 'policy tests')} passed\n`);
   return 0;
 }
 
@@ -223,6 +295,21 @@ export function parseIdentity(text: string): Record<string, string | string[]> {
   return claims;
 }
 
+// An explicit offset keeps `--at` independent of the machine's time zone.
+const DATE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/;
+
+/** Parses `--header 'Name: value'` into a header name (lower case) and value. */
+function parseHeader(text: string): [string, string] {
+  const colon = text.indexOf(':');
+  const name = colon > 0 ? text.slice(0, colon).trim() : '';
+  if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) {
+    throw new UsageError(`--header: expected 'Name: value', got "${text}"`);
+  }
+  const value = text.slice(colon + 1).trim();
+  if (/[\r\n\0]/.test(value)) throw new UsageError(`--header ${name}: the value contains a line break`);
+  return [name.toLowerCase(), value];
+}
+
 async function explain(p: Parsed, io: CliIo): Promise<number> {
   const file = requireConfig(p, 'explain');
   const [methodArg, url, extra] = p.positional;
@@ -230,66 +317,48 @@ async function explain(p: Parsed, io: CliIo): Promise<number> {
   if (extra !== undefined) throw new UsageError(`unexpected argument ${extra}`);
   const method = methodArg.toUpperCase();
   if (!/^[A-Z]+$/.test(method)) throw new UsageError(`invalid method "${methodArg}"`);
-  if (!URL.canParse(url)) throw new UsageError(`invalid URL "${url}" (expected e.g. https://host/path)`);
+  if (!/^https?:\/\//i.test(url) || !URL.canParse(url)) {
+    throw new UsageError(`invalid URL "${url}" (expected e.g. https://host/path)`);
+  }
   const claims = p.as !== undefined ? parseIdentity(p.as) : undefined;
+  if (p.sourceIp !== undefined && isIP(p.sourceIp) === 0) {
+    throw new UsageError(`--source-ip: "${p.sourceIp}" is not an IP address`);
+  }
+  const headers: Record<string, string> = {};
+  for (const h of p.headers) {
+    const [name, value] = parseHeader(h);
+    // Repeated headers are joined as a proxy would see them (RFC 9110 §5.3).
+    headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
+  }
+  let now: number | undefined;
+  if (p.at !== undefined) {
+    now = DATE_TIME.test(p.at) ? Date.parse(p.at) : Number.NaN;
+    if (Number.isNaN(now)) {
+      throw new UsageError(`--at: "${p.at}" is not an ISO date-time such as 2026-01-05T09:30:00Z`);
+    }
+  }
 
   const { loadConfig } = await import('../config/load.js');
-  // Routing does not need secrets: a config can be explained without its certificates and tokens.
+  // Deciding does not need secrets: a config can be explained without its certificates and tokens.
   const loaded = await loadConfig(file, process.env, { checkSecrets: false });
   if (!loaded.ok) {
     printProblems(io, loaded.problems);
     return 1;
   }
-  const { compileRoutes } = await import('../core/routes.js');
-  const { normalizeHost, normalizePath } = await import('../core/normalize.js');
-  const target = new URL(url);
-  const lines: string[] = [`request: ${method} ${url}`];
-  let normalized: { path: string; query: string };
+  const { explainRequest } = await import('../policy/explain.js');
+  let lines: string[];
   try {
-    // The raw target as a client would send it: WHATWG URL parsing would already resolve `%2e%2e`.
-    const raw = (/^[a-z][a-z0-9+.-]*:\/\/[^/?#]*([^#]*)/i.exec(url)?.[1] ?? '') || '/';
-    normalized = normalizePath(raw.startsWith('/') ? raw : `/${raw}`, method);
+    lines = explainRequest(loaded.config, method, url, claims, {
+      headers,
+      ...(p.sourceIp !== undefined ? { sourceIp: p.sourceIp } : {}),
+      ...(now !== undefined ? { now } : {}),
+    }).lines;
   } catch (err) {
-    io.out(`${lines[0]}\ndecision: reject (400): ${(err as Error).message}\n`);
-    return 0;
-  }
-  const table = compileRoutes(loaded.config);
-  const route = table.match({
-    method,
-    host: normalizeHost(target.host),
-    path: normalized.path,
-    query: normalized.query,
-    headers: { host: target.host },
-    clientIp: '127.0.0.1',
-    tls: target.protocol === 'https:',
-  });
-  if (claims) lines.push(`identity: ${JSON.stringify(claims)}`);
-  if (!route) {
-    lines.push('route: none', 'decision: 404 (no route matches this request)');
-    io.out(`${lines.join('\n')}\n`);
-    return 0;
-  }
-  const rc = route.config;
-  lines.push(`route: ${route.name}`);
-  if (rc.split) {
-    const total = rc.split.targets.reduce((n, t) => n + t.weight, 0);
-    const parts = rc.split.targets.map(
-      (t) => `${t.upstream} (${total > 0 ? Math.round((t.weight / total) * 100) : 0}%)`,
-    );
-    lines.push(`upstream: split between ${parts.join(', ')}`);
-    if (rc.split.pinHeader) lines.push(`pin header: ${rc.split.pinHeader}`);
-  } else {
-    const upstream = rc.upstream ?? '';
-    const servers = loaded.config.upstreams[upstream]?.servers.map((s) => s.url).join(', ');
-    lines.push(`upstream: ${upstream}${servers ? ` (${servers})` : ''}`);
-  }
-  if (rc.public) {
-    lines.push('decision: allow (public route)');
-  } else {
-    const policy =
-      typeof rc.policy === 'string' ? `policy "${rc.policy}"` : rc.policy ? 'inline policy' : 'no policy';
-    lines.push(`policy: ${policy}`);
-    lines.push('identity decision: not yet supported (identity and policies are not enforced yet)');
+    // An identity that cannot be described (e.g. an unknown authMethod) is bad input, like a bad option.
+    if (err instanceof GatehouseError && err.code === 'GH_TEST_INPUT')
+      throw new UsageError(`--as: ${err.message}`);
+    printProblems(io, await policyProblemsOf(err, locator(loaded, file)));
+    return 1;
   }
   io.out(`${lines.join('\n')}\n`);
   return 0;
