@@ -4,18 +4,28 @@
  * proxy's CPU time per request (from /proc), with ratios; then streams a 1 GiB body through Gatehouse
  * both ways and reports its peak RSS. Results are also written to `.bench/results.json`.
  *
- * Usage: node --import tsx bench/run.ts [--duration 10s] [--connections 50] [--warmup 2s]
- *          [--proxies gatehouse,haproxy,minimal-undici,node-http-proxy] [--memory-size 1GiB]
+ * Gatehouse runs twice: without the access log (`gatehouse`; HAProxy and the peers log nothing per
+ * request either) and with it (`gatehouse+log`: the default `logging.access: true`, stdout going to
+ * /dev/null), so that the cost of the default is reported next to the rest.
+ *
+ * Usage: node --import tsx bench/run.ts [--duration 10s] [--connections 50] [--warmup 2s] [--rounds 1]
+ *          [--proxies gatehouse,gatehouse+log,haproxy,minimal-undici,node-http-proxy]
+ *          [--memory-size 1GiB]
  *          [--no-memory | --memory-only]
  *
  * CPU placement (two cores): each proxy runs alone on CPU 1; the load generator and the backend share
  * CPU 0. Every proxy is run the same way, so the CPU-per-request figures are comparable.
+ *
+ * With `--rounds N` every proxy is run N times, each round in a rotated order so that a busy phase of
+ * the machine does not always hit the same proxy; the report shows the median and the range.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import {
+  closeSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readdirSync,
   readFileSync,
   rmSync,
@@ -44,9 +54,10 @@ interface Options {
   memoryBytes: number;
   memory: boolean;
   loadTests: boolean;
+  rounds: number;
 }
 
-const allProxies = ['gatehouse', 'haproxy', 'minimal-undici', 'node-http-proxy'];
+const allProxies = ['gatehouse', 'gatehouse+log', 'haproxy', 'minimal-undici', 'node-http-proxy'];
 
 function parseArgs(argv: string[]): Options {
   const opts: Options = {
@@ -57,6 +68,7 @@ function parseArgs(argv: string[]): Options {
     memoryBytes: 1024 ** 3,
     memory: true,
     loadTests: true,
+    rounds: 1,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -76,7 +88,10 @@ function parseArgs(argv: string[]): Options {
       const v = next();
       opts.warmupS = v === '0' || v === '0s' ? 0 : seconds(v);
     } else if (a === '--connections') opts.connections = Math.max(1, Number.parseInt(next(), 10) || 0);
-    else if (a === '--proxies') {
+    else if (a === '--rounds') {
+      opts.rounds = Number.parseInt(next(), 10);
+      if (!Number.isSafeInteger(opts.rounds) || opts.rounds < 1) throw new Error('--rounds must be >= 1');
+    } else if (a === '--proxies') {
       opts.proxies = next().split(',');
       for (const p of opts.proxies) if (!allProxies.includes(p)) throw new Error(`unknown proxy ${p}`);
     } else if (a === '--memory-size') {
@@ -112,10 +127,20 @@ function haveCommand(cmd: string): boolean {
 
 const canPin = haveCommand('taskset') && cpus().length >= 2;
 
-/** Spawns a command pinned to `cpu` (when taskset is available); its pid is the command's own. */
-function start(name: string, cmd: string, args: string[], cpu: number): ChildProcess {
+/**
+ * Spawns a command pinned to `cpu` (when taskset is available); its pid is the command's own. With
+ * `stdoutToNull` its stdout goes to /dev/null, so a process that logs per request pays only its own
+ * writes, not a pipe read by this process.
+ */
+function start(name: string, cmd: string, args: string[], cpu: number, stdoutToNull = false): ChildProcess {
   const [file, argv] = canPin ? ['taskset', ['-c', String(cpu), cmd, ...args]] : [cmd, args];
-  const child = spawn(file, argv, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
+  const devNull = stdoutToNull ? openSync('/dev/null', 'w') : undefined;
+  const child = spawn(file, argv, {
+    cwd: root,
+    stdio: ['ignore', devNull ?? 'pipe', 'pipe'],
+    env: { ...process.env },
+  });
+  if (devNull !== undefined) closeSync(devNull);
   children.add(child);
   let errTail = '';
   child.stderr?.on('data', (d: Buffer) => {
@@ -375,7 +400,7 @@ function gatehouseCommand(): { cmd: string; args: string[]; note: string } {
   };
 }
 
-async function startGatehouse(backendPort: number): Promise<Running & { note: string }> {
+async function startGatehouse(backendPort: number, accessLog = false): Promise<Running & { note: string }> {
   const port = await freePort();
   const dir = tempDir();
   const file = join(dir, 'gatehouse.yaml');
@@ -390,14 +415,15 @@ async function startGatehouse(backendPort: number): Promise<Running & { note: st
       `    servers: [{ url: "http://127.0.0.1:${backendPort}" }]`,
       'routes:',
       '  - { name: bench, match: { path: / }, upstream: backend, public: true }',
-      // HAProxy and the peers log nothing per request either.
-      'logging: { level: warn, access: false }',
+      // HAProxy and the peers log nothing per request either; `gatehouse+log` shows the default's cost.
+      `logging: { level: warn, access: ${accessLog} }`,
       '',
     ].join('\n'),
   );
   const { cmd, args, note } = gatehouseCommand();
-  const child = start('gatehouse', cmd, [...args, 'start', '-c', file], 1);
-  await waitForPort(port, child, 'gatehouse');
+  const name = accessLog ? 'gatehouse+log' : 'gatehouse';
+  const child = start(name, cmd, [...args, 'start', '-c', file], 1, accessLog);
+  await waitForPort(port, child, name);
   return { child, port, note };
 }
 
@@ -587,6 +613,45 @@ interface Row extends LoadResult {
   cpuSeconds: number | undefined;
 }
 
+/** A proxy and scenario over all rounds: medians, with the CPU range and every sample. */
+interface Summary extends Row {
+  rounds: number;
+  cpuUsPerRequestMin: number | undefined;
+  cpuUsPerRequestMax: number | undefined;
+  samples: Row[];
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+function summarize(samples: Row[]): Summary {
+  const first = samples[0]!;
+  const cpu = samples.flatMap((r) => (r.cpuUsPerRequest === undefined ? [] : [r.cpuUsPerRequest]));
+  const med = (pick: (r: Row) => number) => median(samples.map(pick));
+  return {
+    proxy: first.proxy,
+    scenario: first.scenario,
+    rounds: samples.length,
+    requests: med((r) => r.requests),
+    rps: med((r) => r.rps),
+    p50Ms: med((r) => r.p50Ms),
+    p99Ms: med((r) => r.p99Ms),
+    errors: samples.reduce((a, r) => a + r.errors, 0),
+    non2xx: samples.reduce((a, r) => a + r.non2xx, 0),
+    cpuSeconds: round(
+      med((r) => r.cpuSeconds ?? Number.NaN),
+      2,
+    ),
+    cpuUsPerRequest: cpu.length > 0 ? round(median(cpu), 1) : undefined,
+    cpuUsPerRequestMin: cpu.length > 0 ? Math.min(...cpu) : undefined,
+    cpuUsPerRequestMax: cpu.length > 0 ? Math.max(...cpu) : undefined,
+    samples,
+  };
+}
+
 function round(n: number, digits: number): number {
   const f = 10 ** digits;
   return Math.round(n * f) / f;
@@ -602,17 +667,20 @@ function ratio(a: number | undefined, b: number | undefined): string {
     : `${(a / b).toFixed(2)}x`;
 }
 
-function table(rows: Row[]): string {
+/** The markdown table; with several rounds, figures are medians and the CPU range is shown. */
+function table(rows: Summary[]): string {
+  const multi = rows.some((r) => r.rounds > 1);
   const lines = [
-    '| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | CPU vs HAProxy | CPU vs node-http-proxy | errors |',
-    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
+    `| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req${multi ? ' | CPU range' : ''} | CPU vs HAProxy | CPU vs node-http-proxy | errors |`,
+    `|---|---|---:|---:|---:|---:${multi ? '|---:' : ''}|---:|---:|---:|`,
   ];
   for (const r of rows) {
     const peers = rows.filter((x) => x.scenario === r.scenario);
     const hap = peers.find((x) => x.proxy === 'haproxy')?.cpuUsPerRequest;
     const nhp = peers.find((x) => x.proxy === 'node-http-proxy')?.cpuUsPerRequest;
+    const range = multi ? ` | ${fmt(r.cpuUsPerRequestMin)}–${fmt(r.cpuUsPerRequestMax)}` : '';
     lines.push(
-      `| ${r.scenario} | ${r.proxy} | ${fmt(r.rps, 0)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.cpuUsPerRequest)} | ${ratio(r.cpuUsPerRequest, hap)} | ${ratio(r.cpuUsPerRequest, nhp)} | ${r.errors + r.non2xx} |`,
+      `| ${r.scenario} | ${r.proxy} | ${fmt(r.rps, 0)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.cpuUsPerRequest)}${range} | ${ratio(r.cpuUsPerRequest, hap)} | ${ratio(r.cpuUsPerRequest, nhp)} | ${r.errors + r.non2xx} |`,
     );
   }
   return lines.join('\n');
@@ -639,6 +707,7 @@ async function main(): Promise<void> {
 
   process.stdout.write(
     `bench: ${opts.connections} connections, ${opts.durationS}s per run (+${opts.warmupS}s warm-up), ` +
+      `${opts.rounds} round${opts.rounds === 1 ? '' : 's'}, ` +
       `${cpus().length} CPUs, CLK_TCK ${clkTck}, node ${process.version}\n`,
   );
 
@@ -650,13 +719,21 @@ async function main(): Promise<void> {
     0,
   );
   await waitForPort(backendPort, backend, 'backend');
+  // Warm the backend's JIT on both paths first: a cold backend serves the first proxy's run more
+  // slowly, and a proxy that gets fewer requests per wake-up spends more CPU on each.
+  if (opts.warmupS > 0 && proxies.length > 0) {
+    for (const path of ['/small', '/1m']) {
+      await runLoad(`http://127.0.0.1:${backendPort}${path}`, opts.connections, opts.warmupS);
+    }
+  }
 
   const rows: Row[] = [];
-  for (const proxy of proxies) {
+  const failed = new Set<string>();
+  async function benchProxy(proxy: string): Promise<void> {
     let running: Running | undefined;
     try {
-      if (proxy === 'gatehouse') {
-        const gw = await startGatehouse(backendPort);
+      if (proxy === 'gatehouse' || proxy === 'gatehouse+log') {
+        const gw = await startGatehouse(backendPort, proxy === 'gatehouse+log');
         if (!notes.includes(`gatehouse ran as ${gw.note}`)) notes.push(`gatehouse ran as ${gw.note}`);
         running = gw;
       } else if (proxy === 'haproxy') running = await startHaproxy(backendPort);
@@ -683,8 +760,26 @@ async function main(): Promise<void> {
     } catch (err) {
       process.stderr.write(`bench: ${proxy} failed: ${(err as Error).message}\n`);
       notes.push(`${proxy} failed: ${(err as Error).message.split('\n')[0]}`);
+      failed.add(proxy);
     } finally {
       await stop(running?.child);
+    }
+  }
+  for (let r = 0; r < opts.rounds; r++) {
+    if (opts.rounds > 1) process.stdout.write(`  round ${r + 1} of ${opts.rounds}\n`);
+    // Rotated each round, so that no proxy always runs first or always after the same neighbour.
+    const shift = proxies.length > 0 ? r % proxies.length : 0;
+    for (const proxy of [...proxies.slice(shift), ...proxies.slice(0, shift)]) {
+      if (!failed.has(proxy)) await benchProxy(proxy);
+    }
+  }
+
+  // One summary per proxy and scenario, in the order proxies were given.
+  const summaries: Summary[] = [];
+  for (const proxy of proxies) {
+    for (const scenario of ['small', '1MiB'] as const) {
+      const samples = rows.filter((x) => x.proxy === proxy && x.scenario === scenario);
+      if (samples.length > 0) summaries.push(summarize(samples));
     }
   }
 
@@ -704,7 +799,7 @@ async function main(): Promise<void> {
   }
   await stop(backend);
 
-  let report = rows.length > 0 ? `\n${table(rows)}\n` : '';
+  let report = summaries.length > 0 ? `\n${table(summaries)}\n` : '';
   if (memory) {
     report +=
       `\nMemory: ${(memory.bytes / 1048576).toFixed(0)} MiB streamed down (${memory.downloadMiBps} MiB/s) and up ` +
@@ -730,8 +825,14 @@ async function main(): Promise<void> {
         machine: { cpus: cpus().length, model: cpus()[0]?.model, pinned: canPin },
         versions,
         loadGenerator: haveWrk ? 'wrk' : 'autocannon',
-        options: { durationS: opts.durationS, warmupS: opts.warmupS, connections: opts.connections },
-        results: rows,
+        options: {
+          durationS: opts.durationS,
+          warmupS: opts.warmupS,
+          connections: opts.connections,
+          rounds: opts.rounds,
+        },
+        // Medians over the rounds (one round: the run itself); every run is in `samples`.
+        results: summaries,
         memory,
         notes,
       },

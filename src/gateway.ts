@@ -2,7 +2,9 @@
  * The gateway process: loads the configuration, builds the runtime, runs the listeners and the admin
  * listener, and replaces the runtime atomically on reload (SIGHUP or a watched file changing). A new
  * runtime is swapped in only after it was fully built; a configuration that fails is logged and the
- * running one stays. Requests keep the runtime they started with, so nothing in flight is lost.
+ * running one stays. Requests keep the runtime they started with, so nothing in flight is lost. The
+ * state store (sessions, login state, assertion keys) lives as long as the process: reloads keep it,
+ * and only a changed `state.store` replaces it (the old one is closed after the swap).
  */
 import type { AddressInfo } from 'node:net';
 import { AdminServer, type ReloadResult } from './admin/server.js';
@@ -17,10 +19,17 @@ import type { Runtime } from './runtime.js';
 import {
   type BuiltRuntime,
   buildRuntime,
+  closeStore,
   closeUpstreams,
   type LoadedConfig,
+  retireStore,
   retireUpstreams,
 } from './runtime-build.js';
+
+/** How often generated assertion keys are re-read from a shared (Redis) store to pick up rotations. */
+const ASSERTION_SYNC_MS = 60_000;
+/** How long a state store replaced by a reload stays open for requests that still use it. */
+const STORE_GRACE_MS = 5_000;
 
 export type { ReloadResult };
 
@@ -76,6 +85,7 @@ export class Gateway {
   readonly #retiring = new Set<Promise<void>>();
   readonly #retireAbort = new AbortController();
   readonly #signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
+  #assertionSync: NodeJS.Timeout | undefined;
 
   private constructor(configFile: string, logger: Logger, env: NodeJS.ProcessEnv, runtime: Runtime) {
     this.#configFile = configFile;
@@ -99,6 +109,7 @@ export class Gateway {
     }
     logWarnings(logger, loaded.warnings);
 
+    // Identity or policy settings that cannot be built throw ConfigError here, like any invalid config.
     const built = await buildRuntime(loaded, undefined, logger);
     const gw = new Gateway(opts.configFile, logger, env, built.runtime);
     gw.#ownsLogger = opts.logger === undefined;
@@ -120,8 +131,10 @@ export class Gateway {
       await gw.#listeners.close(0).catch(() => {});
       await gw.#admin?.close().catch(() => {});
       await closeUpstreams(built.runtime.upstreams.values(), logger);
+      await closeStore(built.runtime.store, logger);
       throw err;
     }
+    gw.#startAssertionSync();
     configGeneration.set(built.runtime.generation);
     if (opts.watch !== false) {
       gw.#watcher = new FileWatcher(() => {
@@ -204,6 +217,8 @@ export class Gateway {
     await Promise.all(this.#retiring);
     await this.#admin?.close().catch((err: unknown) => this.#logger.warn({ err }, 'closing admin failed'));
     await closeUpstreams(this.#runtime.upstreams.values(), this.#logger);
+    clearInterval(this.#assertionSync);
+    await closeStore(this.#runtime.store, this.#logger);
     for (const [signal, handler] of this.#signalHandlers) process.off(signal, handler);
     this.#signalHandlers.length = 0;
     this.#logger.info('gateway stopped');
@@ -232,12 +247,14 @@ export class Gateway {
     try {
       built = await buildRuntime(loaded, this.#runtime, this.#logger);
     } catch (err) {
+      if (err instanceof ConfigError) return this.#reject(err.problems, 'invalid');
       return this.#reject([problem(file, `cannot build the runtime: ${(err as Error).message}`)], 'error');
     }
     try {
       await this.#listeners.apply(built.runtime);
     } catch (err) {
       await closeUpstreams(built.created, this.#logger);
+      await closeStore(built.createdStore, this.#logger);
       return this.#reject([problem(file, `cannot apply listeners: ${(err as Error).message}`)], 'error');
     }
 
@@ -256,6 +273,13 @@ export class Gateway {
       this.#retireAbort.signal,
     ).finally(() => this.#retiring.delete(retiring));
     this.#retiring.add(retiring);
+    if (built.retiredStore !== undefined) {
+      const store = built.retiredStore;
+      const closing = retireStore(store, STORE_GRACE_MS, this.#logger, this.#retireAbort.signal).finally(() =>
+        this.#retiring.delete(closing),
+      );
+      this.#retiring.add(closing);
+    }
     try {
       await this.#syncAdmin(loaded);
     } catch (err) {
@@ -309,6 +333,21 @@ export class Gateway {
     });
     this.#adminAddress = await server.listen(admin.bind);
     this.#admin = server;
+  }
+
+  /**
+   * With a shared store, another instance may rotate the generated assertion key: re-read it about every
+   * minute so this instance signs with, and publishes, the same keys.
+   */
+  #startAssertionSync(): void {
+    this.#assertionSync = setInterval(() => {
+      const runtime = this.#runtime;
+      if (runtime.store.kind !== 'redis' || this.#closing !== undefined) return;
+      runtime.identity.assertion.sync().catch((err: unknown) => {
+        this.#logger.warn({ err }, 'assertion keys could not be re-read from the state store');
+      });
+    }, ASSERTION_SYNC_MS);
+    this.#assertionSync.unref();
   }
 
   #installSignals(): void {

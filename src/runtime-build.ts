@@ -1,13 +1,19 @@
 /**
- * Builds the runtime form of a loaded configuration: the compiled route table, the upstream pools
- * (reusing unchanged ones from the running runtime) and the TLS material of every HTTPS listener.
- * Nothing is swapped here: the caller swaps only after the whole build succeeded.
+ * Builds the runtime form of a loaded configuration: the compiled route table and policies, the
+ * identity runtime (authenticators, login service, assertion signer), the upstream pools (reusing
+ * unchanged ones from the running runtime) and the TLS material of every HTTPS listener. Nothing is
+ * swapped here: the caller swaps only after the whole build succeeded.
  */
 import type { LoadResult } from './config/load.js';
 import { compileRoutes } from './core/routes.js';
+import { ConfigError, type ConfigProblem, GatehouseError } from './errors.js';
+import { buildIdentity } from './identity/index.js';
 import type { Logger } from './observe/log.js';
+import { compilePolicies, PolicyConfigError } from './policy/compile.js';
 import { buildListenerTls } from './proxy/listeners.js';
 import type { ListenerTlsRuntime, Runtime } from './runtime.js';
+import { createStateStore } from './state/index.js';
+import { type StateStore, StateStoreError } from './state/types.js';
 import { reconcileUpstreams } from './upstream/index.js';
 import type { Upstream } from './upstream/types.js';
 
@@ -21,19 +27,38 @@ export interface BuiltRuntime {
   retired: Upstream[];
   /** Upstreams created by this build (to `start()` after the swap, or `close()` if the swap is abandoned). */
   created: Upstream[];
+  /** The state store this build created (`state.store` changed): to close if the swap is abandoned. */
+  createdStore?: StateStore | undefined;
+  /** The previous runtime's store, replaced by `createdStore`: to close once the new runtime is in use. */
+  retiredStore?: StateStore | undefined;
+}
+
+/** Options of `buildRuntime`. */
+export interface BuildOptions {
+  /** Clock for the identity modules (ms since the epoch); tests freeze it. */
+  now?: () => number;
 }
 
 /**
  * Builds a runtime from a loaded configuration. Steps with side effects come last, so a failure leaves
- * the running runtime untouched; upstreams created before a failure are closed before rethrowing.
+ * the running runtime untouched; upstreams and a state store created before a failure are closed before
+ * rethrowing. Policies and identity settings that cannot work are thrown as `ConfigError`, with each
+ * problem at its configuration path, so the configuration is rejected like any other invalid one.
  */
 export async function buildRuntime(
   loaded: LoadedConfig,
   previous: Runtime | undefined,
   logger: Logger,
+  options: BuildOptions = {},
 ): Promise<BuiltRuntime> {
   const { config, secrets } = loaded;
   const routes = compileRoutes(config);
+  let policies: Runtime['policies'];
+  try {
+    policies = compilePolicies(config);
+  } catch (err) {
+    throw asConfigError(err, loaded.file);
+  }
   const tls = new Map<string, ListenerTlsRuntime>();
   for (const listener of config.listeners) {
     if (listener.tls)
@@ -42,12 +67,32 @@ export async function buildRuntime(
         buildListenerTls(listener, (ref) => secrets.resolveSecret(ref)),
       );
   }
-  const { upstreams, retired } = await reconcileUpstreams(
-    previous?.upstreams,
-    config.upstreams,
-    secrets,
-    logger,
-  );
+  // One store per process: kept across reloads, replaced only when its URL changes.
+  const keepStore = previous !== undefined && previous.config.state.store === config.state.store;
+  const store = keepStore ? previous.store : createStateStore(config.state.store, logger);
+  const createdStore = keepStore ? undefined : store;
+  let identity: Runtime['identity'];
+  try {
+    identity = await buildIdentity(config, {
+      resolveSecret: (ref) => secrets.resolveSecret(ref),
+      expand: (text) => secrets.expand(text),
+      store,
+      logger,
+      previous: previous?.identity,
+      now: options.now,
+    });
+  } catch (err) {
+    await closeStore(createdStore, logger);
+    throw asConfigError(err, loaded.file);
+  }
+  let reconciled: Awaited<ReturnType<typeof reconcileUpstreams>>;
+  try {
+    reconciled = await reconcileUpstreams(previous?.upstreams, config.upstreams, secrets, logger);
+  } catch (err) {
+    await closeStore(createdStore, logger);
+    throw err;
+  }
+  const { upstreams, retired } = reconciled;
   const kept = new Set(previous?.upstreams.values() ?? []);
   const created = [...upstreams.values()].filter((u) => !kept.has(u));
   const runtime: Runtime = {
@@ -55,11 +100,82 @@ export async function buildRuntime(
     file: loaded.file,
     config,
     routes,
+    policies,
+    identity,
+    store,
     upstreams,
     tls,
     watchedFiles: loaded.files,
   };
-  return { runtime, retired, created };
+  return {
+    runtime,
+    retired,
+    created,
+    createdStore,
+    retiredStore: createdStore !== undefined ? previous?.store : undefined,
+  };
+}
+
+/**
+ * Turns a build failure caused by the configuration into a `ConfigError`: policy problems at their
+ * paths, identity errors at the path their message starts with, an unreachable store at `state.store`.
+ * Anything else is rethrown unchanged.
+ */
+function asConfigError(err: unknown, file: string): unknown {
+  if (err instanceof PolicyConfigError) {
+    return new ConfigError(err.problems.map((p) => ({ file, path: p.path.join('.'), message: p.message })));
+  }
+  if (err instanceof StateStoreError) {
+    return new ConfigError([
+      { file, path: 'state.store', message: `the state store cannot be used: ${err.message}` },
+    ]);
+  }
+  // The identity modules raise configuration errors with status 0, the message starting with the path.
+  if (err instanceof GatehouseError && err.status === 0 && !(err instanceof ConfigError)) {
+    return new ConfigError([problemFromMessage(file, err.message)]);
+  }
+  return err;
+}
+
+function problemFromMessage(file: string, message: string): ConfigProblem {
+  const m = /^(identity(?:\.[A-Za-z0-9_-]+)*): (.*)$/s.exec(message);
+  if (m === null) return { file, path: 'identity', message };
+  return { file, path: m[1]!, message: m[2]! };
+}
+
+/** Closes a state store, logging instead of throwing. */
+export async function closeStore(store: StateStore | undefined, logger: Logger): Promise<void> {
+  if (store === undefined) return;
+  try {
+    await store.close();
+  } catch (err) {
+    logger.warn({ err }, 'closing the state store failed');
+  }
+}
+
+/**
+ * Closes the state store a reload replaced after a short grace period, so requests that were reading
+ * a session from it when the swap happened can finish (bounded; `signal` ends the wait at shutdown).
+ */
+export async function retireStore(
+  store: StateStore,
+  graceMs: number,
+  logger: Logger,
+  signal?: AbortSignal,
+): Promise<void> {
+  if (!signal?.aborted) {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, graceMs);
+      timer.unref();
+      function done(): void {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', done);
+        resolve();
+      }
+      signal?.addEventListener('abort', done, { once: true });
+    });
+  }
+  await closeStore(store, logger);
 }
 
 /** Closes upstreams without letting one failure stop the others. */

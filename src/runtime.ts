@@ -5,6 +5,9 @@
 import type { SecureContext } from 'node:tls';
 import type { Config } from './config/schema.js';
 import type { RouteTable } from './core/types.js';
+import type { IdentityRuntime } from './identity/index.js';
+import type { PolicySet } from './policy/types.js';
+import type { StateStore } from './state/types.js';
 import type { Upstream } from './upstream/types.js';
 
 /** TLS material of one HTTPS listener, with the certificate to use for each SNI name. */
@@ -21,11 +24,21 @@ export interface ListenerTlsRuntime {
   };
 }
 
+/** Everything one configuration needs at run time; see the module comment. */
 export interface Runtime {
   readonly generation: number;
   readonly file: string;
   readonly config: Config;
   readonly routes: RouteTable;
+  /** Every policy, compiled with the routes and swapped together with them. */
+  readonly policies: PolicySet;
+  /** Authenticators, login service and assertion signer of this configuration. */
+  readonly identity: IdentityRuntime;
+  /**
+   * The process's state store (sessions, login state, assertion keys): kept across reloads and
+   * replaced only when `state.store` changes.
+   */
+  readonly store: StateStore;
   readonly upstreams: ReadonlyMap<string, Upstream>;
   /** Per HTTPS listener name. */
   readonly tls: ReadonlyMap<string, ListenerTlsRuntime>;

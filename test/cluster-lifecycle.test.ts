@@ -26,7 +26,7 @@ logging: { access: false }
 upstreams:
   app: { servers: [{ url: "${backend.url}" }] }
 routes:
-  - { name: all, upstream: app }
+  - { name: all, upstream: app, public: true }
 `;
 }
 

@@ -30,7 +30,18 @@ test('a valid configuration loads with defaults filled in', async (t) => {
   assert.equal(r.config.upstreams.app?.timeouts.connect, 5000);
   assert.equal(r.config.routes[0]?.match.path, '/');
   assert.deepEqual(r.files, [path.resolve(file)]);
-  assert.deepEqual(r.warnings, []);
+  // The route is protected but nothing can authenticate: valid (it fails closed), with a warning.
+  assert.deepEqual(
+    r.warnings.map((w) => w.path),
+    ['routes.0'],
+  );
+  assert.match(r.warnings[0]?.message ?? '', /every request gets 401; set public: true/);
+  const open = await loadConfig(
+    d.write('open.yaml', BASE.replace('upstream: app }', 'upstream: app, public: true }')),
+    {},
+  );
+  assert.ok(open.ok);
+  assert.deepEqual(open.warnings, []);
 });
 
 test('every problem is reported at once with its file and dotted path', async (t) => {
@@ -270,7 +281,7 @@ test('a missing file and a non-mapping document are problems, not exceptions', a
   assert.deepEqual(await problemsOf(empty), [`${empty}: listeners: is required`]);
 });
 
-test('identity keys are accepted with a warning', async (t) => {
+test('identity keys are accepted without warnings', async (t) => {
   const d = tempDir();
   t.after(() => d.remove());
   const file = d.write(
@@ -282,9 +293,7 @@ identity:
   );
   const r = await loadConfig(file, {});
   assert.ok(r.ok);
-  assert.deepEqual(r.warnings.map(formatProblem), [
-    `${file}: identity: identity is not yet supported: the section is validated but not enforced`,
-  ]);
+  assert.deepEqual(r.warnings.map(formatProblem), []);
 });
 
 test('secret files are resolved relative to the main configuration file, also from includes', async (t) => {

@@ -29,7 +29,8 @@ function config(
     .join('\n');
   const rs = routes
     .map(
-      ([name, path, upstream]) => `  - { name: ${name}, match: { path: "${path}" }, upstream: ${upstream} }`,
+      ([name, path, upstream]) =>
+        `  - { name: ${name}, match: { path: "${path}" }, upstream: ${upstream}, public: true }`,
     )
     .join('\n');
   return `listeners: [{ name: plain, bind: 127.0.0.1:0 }]

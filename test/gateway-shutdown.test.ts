@@ -12,7 +12,7 @@ logging: { access: false }
 upstreams:
   app: { servers: [{ url: "${url}" }] }
 routes:
-  - { name: all, upstream: app }
+  - { name: all, upstream: app, public: true }
 `;
 }
 

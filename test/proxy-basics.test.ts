@@ -216,7 +216,7 @@ test('response headers: hop-by-hop removed, route edits applied, request id echo
   assert.equal(typeof entry.upstreamDuration, 'number');
 });
 
-test('a route protected by a policy that cannot be evaluated is refused, never forwarded unchecked', async (t) => {
+test('a route protected by a policy is enforced, never forwarded unchecked', async (t) => {
   const b = await startBackend(t, 'b');
   const gw = await startGateway(t, {
     ...config({ app: { servers: [{ url: b.url }] } }, [
@@ -226,8 +226,8 @@ test('a route protected by a policy that cannot be evaluated is refused, never f
     policies: { eng: { allow: [{ groups: ['eng'] }] } },
   });
   const denied = await request(gw.url(), { path: '/guarded/x' });
-  assert.equal(denied.status, 403);
-  assert.match(denied.body.toString(), /GH_POLICY_UNAVAILABLE/);
+  assert.equal(denied.status, 401);
+  assert.match(denied.body.toString(), /GH_UNAUTHENTICATED/);
   const upgrade = await request(gw.url(), {
     path: '/guarded/ws',
     headers: {
@@ -237,7 +237,7 @@ test('a route protected by a policy that cannot be evaluated is refused, never f
       'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
     },
   });
-  assert.equal(upgrade.status, 403);
+  assert.equal(upgrade.status, 401);
   assert.equal(b.seen.length, 0);
   const open = await request(gw.url(), { path: '/open/x' });
   assert.equal(open.status, 200);

@@ -49,7 +49,7 @@ const DESCRIPTIONS: Record<string, string> = {
   'admin.bind': 'host:port of the admin listener (keep it on loopback)',
   state: 'Where shared state (sessions, counters, stickiness) lives',
   'state.store': 'memory (one instance) or a redis:// or rediss:// URL (shared by instances)',
-  identity: 'Authentication settings (validated; enforcement is not yet supported)',
+  identity: 'Authentication settings: sessions, OIDC providers, bearer issuers, API keys, assertion',
   'identity.session': 'Browser sessions after an OIDC login',
   'identity.session.secrets': 'Secrets that sign session cookies; the first signs, all verify (rotation)',
   'identity.session.maxAge': 'Longest lifetime of a session',

@@ -1,15 +1,18 @@
 /**
  * Loads a configuration file: YAML parsing, `include:` merging with the origin of every value kept,
  * schema validation, then semantic checks (references between sections, duplicates, secret files and
- * certificates). Every problem is collected and reported at once as `FILE: path.to.key: message`,
- * where FILE is the file the offending value was written in.
+ * certificates, policies, identity settings). Every problem is collected and reported at once as
+ * `FILE: path.to.key: message`, where FILE is the file the offending value was written in.
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import type { ConfigProblem } from '../errors.js';
+import { identityProblems } from '../identity/index.js';
+import { policyProblems } from '../policy/compile.js';
 import { type Config, ConfigSchema, parseBind } from './schema.js';
 import { SecretError, SecretResolver } from './secrets.js';
 
@@ -154,7 +157,8 @@ export async function loadConfig(
   if (!parsed.success) {
     for (const issue of parsed.error.issues) issueToProblems(issue, [], merged, out);
   }
-  semanticChecks(merged, out, secrets, options.checkSecrets !== false);
+  const resolved = semanticChecks(merged, out, secrets, options.checkSecrets !== false);
+  if (parsed.success) configChecks(parsed.data, out, resolved);
 
   const files = [...new Set([...read, ...secrets.files])];
   if (out.problems.length > 0 || !parsed.success) {
@@ -408,9 +412,21 @@ function str(v: unknown): string | undefined {
   return typeof v === 'string' ? v : undefined;
 }
 
-function semanticChecks(data: Raw, out: Collector, secrets: SecretResolver, checkSecrets: boolean): void {
+/** Secrets resolved by the semantic checks that later checks look at. */
+interface Resolved {
+  /** `identity.session.secrets`, when every one of them could be resolved. */
+  sessionSecrets?: string[] | undefined;
+}
+
+function semanticChecks(data: Raw, out: Collector, secrets: SecretResolver, checkSecrets: boolean): Resolved {
   const upstreams = obj(data.upstreams);
   const policies = obj(data.policies);
+  const identity = obj(data.identity);
+  const providerNames = new Set(
+    list(identity.providers)
+      .map((p) => str(obj(p).name))
+      .filter((n) => n !== undefined),
+  );
 
   // Listeners: unique names and bind addresses (port 0 means "any free port" and never conflicts).
   const listenerNames = new Map<string, number>();
@@ -478,9 +494,16 @@ function semanticChecks(data: Raw, out: Collector, secrets: SecretResolver, chec
     if (policy !== undefined && !Object.hasOwn(policies, policy)) {
       out.at(['routes', i, 'policy'], unknownName('policy', policy, policies));
     }
-    if (route.policy !== undefined && route.public !== true) {
-      out.warnAt(['routes', i, 'policy'], 'policies are not yet enforced (not yet supported)');
-    }
+    list(route.providers).forEach((p, j) => {
+      const name = str(p);
+      if (name !== undefined && !providerNames.has(name)) {
+        out.at(
+          ['routes', i, 'providers', j],
+          `unknown provider "${name}"` +
+            (providerNames.size > 0 ? ` (defined: ${[...providerNames].join(', ')})` : ' (none defined)'),
+        );
+      }
+    });
   });
 
   for (const [name, u] of Object.entries(upstreams)) {
@@ -495,10 +518,95 @@ function semanticChecks(data: Raw, out: Collector, secrets: SecretResolver, chec
     }
   }
 
-  if (isPlainObject(data.identity)) {
-    out.warnAt(['identity'], 'identity is not yet supported: the section is validated but not enforced');
+  identityChecks(data, out);
+  return checkSecrets ? checkSecretRefs(data, out, secrets) : {};
+}
+
+/** Identity settings that only make sense together with the rest of the configuration. */
+function identityChecks(data: Raw, out: Collector): void {
+  if (!isPlainObject(data.identity)) return;
+  const identity = data.identity;
+  const providers = list(identity.providers);
+  if (providers.length > 0 && identity.session === undefined) {
+    out.at(
+      ['identity', 'session'],
+      'is required when identity.providers is set (secrets for the session cookie)',
+    );
   }
-  if (checkSecrets) checkSecretRefs(data, out, secrets);
+  // Sign-in state and sessions live in the state store; in memory, each worker would see only its own.
+  const workers = obj(data.server).workers ?? 1;
+  const several =
+    (typeof workers === 'number' && workers > 1) || (workers === 'auto' && availableParallelism() > 1);
+  const store = obj(data.state).store ?? 'memory';
+  if (several && store === 'memory' && providers.length > 0) {
+    out.at(
+      ['state', 'store'],
+      'sessions need a shared store with several workers: set state.store to a redis:// URL',
+    );
+  } else if (several && store === 'memory' && obj(identity.assertion).signingKey === undefined) {
+    // Each worker would generate its own key: a backend could verify only some of the assertions.
+    out.warnAt(
+      ['identity', 'assertion'],
+      'with several workers and state.store memory, each worker signs assertions with its own generated key: ' +
+        'set identity.assertion.signingKey or a redis:// state store',
+    );
+  }
+  const signIn = str(obj(identity.session).signInHost);
+  if (signIn !== undefined) {
+    const problem = signInHostProblem(signIn, data);
+    if (problem !== undefined) out.at(['identity', 'session', 'signInHost'], problem);
+  }
+}
+
+/**
+ * Why the central sign-in host is not one this gateway serves, or undefined when it is: its name must
+ * match a route's host (exact or `*.suffix`) or a listener's bind address, or a route without a host
+ * must exist; a port must be one a listener binds (or 80/443, which a balancer in front may map).
+ */
+function signInHostProblem(signIn: string, data: Raw): string | undefined {
+  const u = URL.parse(`http://${signIn}/`);
+  if (u === null || u.pathname !== '/' || u.username !== '' || u.search !== '' || u.hash !== '') {
+    return `"${signIn}" is not host or host:port`;
+  }
+  const hostname = u.hostname.toLowerCase().replace(/\.$/, '');
+  const ports = new Set([80, 443]);
+  const hosts = new Set<string>();
+  const suffixes: string[] = [];
+  let catchAll = false;
+  for (const l of list(data.listeners)) {
+    const b = parseBind(str(obj(l).bind) ?? '');
+    if (b === undefined) continue;
+    ports.add(b.port);
+    hosts.add(b.host.includes(':') ? `[${b.host}]` : b.host.toLowerCase());
+  }
+  for (const r of list(data.routes)) {
+    const host = obj(obj(r).match).host;
+    const patterns = typeof host === 'string' ? [host] : Array.isArray(host) ? host : [];
+    if (patterns.length === 0) catchAll = true;
+    for (const p of patterns) {
+      if (typeof p !== 'string') continue;
+      const h = p.trim().toLowerCase().replace(/:\d+$/, '').replace(/\.$/, '');
+      if (h === '*') catchAll = true;
+      else if (h.startsWith('*.')) suffixes.push(h.slice(1));
+      else hosts.add(h);
+    }
+  }
+  if (u.port !== '' && !ports.has(Number(u.port))) {
+    return `port ${u.port} is not a port this gateway listens on (${[...ports].join(', ')})`;
+  }
+  const served =
+    catchAll ||
+    hosts.has(hostname) ||
+    suffixes.some((s) => hostname.length > s.length && hostname.endsWith(s));
+  return served ? undefined : `${hostname} is not a host this gateway serves (no route or listener has it)`;
+}
+
+/** Checks that need the validated configuration: policies and the identity modules' own rules. */
+function configChecks(config: Config, out: Collector, resolved: Resolved): void {
+  for (const p of policyProblems(config)) out.at(p.path, p.message);
+  const identity = identityProblems(config, resolved.sessionSecrets);
+  for (const p of identity.problems) out.at(p.path, p.message);
+  for (const w of identity.warnings) out.warnAt(w.path, w.message);
 }
 
 function duplicate(kind: string, name: string, first: number, out: Collector): string {
@@ -514,7 +622,7 @@ function unknownName(kind: string, name: string, defined: Raw): string {
 }
 
 /** Resolves every secret reference the running gateway will need, and parses certificates and keys. */
-function checkSecretRefs(data: Raw, out: Collector, secrets: SecretResolver): void {
+function checkSecretRefs(data: Raw, out: Collector, secrets: SecretResolver): Resolved {
   const resolve = (p: Path, value: unknown): string | undefined => {
     const ref = str(value);
     if (ref === undefined) return undefined;
@@ -578,4 +686,44 @@ function checkSecretRefs(data: Raw, out: Collector, secrets: SecretResolver): vo
 
   const admin = obj(data.admin);
   if (admin.token !== undefined) resolve(['admin', 'token'], admin.token);
+
+  const identity = obj(data.identity);
+  const sessionRefs = list(obj(identity.session).secrets);
+  const sessionSecrets = sessionRefs.map((ref, i) => resolve(['identity', 'session', 'secrets', i], ref));
+  list(identity.providers).forEach((p, i) => {
+    const secret = obj(p).clientSecret;
+    if (secret !== undefined) resolve(['identity', 'providers', i, 'clientSecret'], secret);
+  });
+  const signingKey = obj(identity.assertion).signingKey;
+  if (signingKey !== undefined) {
+    const text = resolve(['identity', 'assertion', 'signingKey'], signingKey);
+    if (text !== undefined && !looksLikePrivateKey(text)) {
+      out.at(
+        ['identity', 'assertion', 'signingKey'],
+        'expected a private JWK (JSON), a JWK set or a PEM private key',
+      );
+    }
+  }
+  return {
+    sessionSecrets: sessionSecrets.every((s) => s !== undefined) ? (sessionSecrets as string[]) : undefined,
+  };
+}
+
+/** A PEM private key, or JSON holding a JWK or a JWK set (the assertion module checks the details). */
+function looksLikePrivateKey(text: string): boolean {
+  const t = text.trim();
+  if (t.startsWith('-----BEGIN')) {
+    try {
+      createPrivateKey(t);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+  try {
+    const doc = JSON.parse(t) as unknown;
+    return isPlainObject(doc) && (typeof doc.kty === 'string' || Array.isArray(doc.keys));
+  } catch {
+    return false;
+  }
 }

@@ -185,7 +185,29 @@ const State = z.strictObject({
 });
 
 // ---------------------------------------------------------------------------------------------
-// Identity (validated now; enforced by the identity subsystem)
+// Identity
+
+/** True for `localhost`, `*.localhost`, 127.0.0.0/8 and ::1 (also IPv4-mapped loopback). */
+function isLoopbackHostname(hostname: string): boolean {
+  const host = hostname.startsWith('[') && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname;
+  const lower = host.toLowerCase();
+  if (lower === 'localhost' || lower.endsWith('.localhost')) return true;
+  const family = isIP(lower);
+  if (family === 4) return lower.startsWith('127.');
+  if (family === 6) return lower === '::1' || lower === '::ffff:7f00:1' || lower.startsWith('::ffff:127.');
+  return false;
+}
+
+/** An identity provider URL: `https:`, or `http:` on a loopback address only (development and tests). */
+const IdpUrl = z.url().refine(
+  (s) => {
+    const u = URL.parse(s);
+    // Not a URL at all: z.url() reports it.
+    if (u === null) return true;
+    return u.protocol === 'https:' || (u.protocol === 'http:' && isLoopbackHostname(u.hostname));
+  },
+  { message: 'must be an https:// URL (http:// is accepted only on loopback addresses)' },
+);
 
 const Identity = z.strictObject({
   session: z
@@ -209,7 +231,7 @@ const Identity = z.strictObject({
       z.strictObject({
         name: Name,
         type: z.literal('oidc'),
-        issuer: z.url(),
+        issuer: IdpUrl,
         clientId: z.string().min(1),
         clientSecret: SecretRef.optional(),
         scopes: z.array(z.string()).default(['openid', 'email', 'profile']),
@@ -221,9 +243,9 @@ const Identity = z.strictObject({
   bearer: z
     .array(
       z.strictObject({
-        issuer: z.url(),
+        issuer: IdpUrl,
         audiences: z.array(z.string()).min(1),
-        jwksUri: z.url().optional().meta({ description: 'Default: discovered from the issuer' }),
+        jwksUri: IdpUrl.optional().meta({ description: 'Default: discovered from the issuer' }),
         algorithms: z
           .array(
             z.enum([
@@ -386,7 +408,7 @@ const Upstream = z.strictObject({
 });
 
 // ---------------------------------------------------------------------------------------------
-// Policies (validated now; enforced by the identity subsystem)
+// Policies
 
 const Rule = z.strictObject({
   email: z.array(z.string()).optional(),

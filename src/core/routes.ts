@@ -35,7 +35,6 @@ class Route implements CompiledRoute {
   readonly pathPrefix: string;
   readonly websocketIdleTimeout: number | undefined;
   readonly upstreamNames: readonly string[];
-  readonly requiresPolicy: boolean;
   readonly #single: string | undefined;
   readonly #targets: ReadonlyArray<{ upstream: string; cumulative: number }>;
   readonly #total: number;
@@ -46,7 +45,6 @@ class Route implements CompiledRoute {
     this.config = config;
     this.maxBodySize = config.maxBodySize ?? serverMaxBody;
     this.pathPrefix = normalizePrefix(config.match.path);
-    this.requiresPolicy = !config.public && config.policy !== undefined;
     const ws = config.websocket;
     this.websocketIdleTimeout = ws === false ? undefined : ws === true ? 3_600_000 : ws.idleTimeout;
     let cumulative = 0;

@@ -33,11 +33,6 @@ export interface CompiledRoute {
   readonly websocketIdleTimeout: number | undefined;
   /** Every upstream name the route may send to (one, or the split's targets). */
   readonly upstreamNames: readonly string[];
-  /**
-   * True when the route names a policy that the decision core must enforce. Until identity-aware
-   * access is available such routes are refused (fail closed) rather than forwarded unchecked.
-   */
-  readonly requiresPolicy: boolean;
 }
 
 /** Finds the most specific route for a request, deterministically. */

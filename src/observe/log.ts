@@ -25,6 +25,14 @@ export interface AccessEntry {
   /** Stable error code when the gateway answered with an error itself. */
   error?: string;
   protocol?: string;
+  /** Subject of the verified identity, when the request carried one. */
+  identity?: string;
+  /** How the identity was established: session, bearer, apiKey or mtls. */
+  authMethod?: string;
+  /** Reason code of the access decision (`policy-allow:<rule>`, `user-unauthenticated`, ...). */
+  reason?: string;
+  /** The policy rule that decided, if one did. */
+  rule?: string;
 }
 
 /** Creates the process logger (JSON lines to stdout, or to `destination`). */

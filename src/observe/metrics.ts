@@ -1,8 +1,12 @@
 /**
  * Prometheus instruments, all prefixed `gatehouse_`. One registry per process; the admin listener
  * serves it at `/metrics`. Instruments are created once here so every module records into the same ones.
+ *
+ * The per-request instruments keep their numbers in plain pre-resolved series objects (`series()`): the
+ * hot path does an addition, and the numbers are handed to prom-client only when a scrape reads them.
+ * prom-client's own `labels()` hashes and validates the label set on every call.
  */
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from 'prom-client';
 import type { UpstreamStatus } from '../upstream/types.js';
 
 /** The registry `/metrics` renders. */
@@ -10,8 +14,295 @@ export const registry = new Registry();
 
 const durationBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
+type LabelArgs = Array<string | number> | [Record<string, string | number | undefined>];
+
+/** Label values in `labelNames` order, from either calling form of prom-client (values or an object). */
+function labelValues(labelNames: readonly string[], args: LabelArgs): string[] {
+  const first = args[0];
+  if (typeof first === 'object' && first !== null) {
+    return labelNames.map((n) => String((first as Record<string, unknown>)[n] ?? ''));
+  }
+  if (args.length !== labelNames.length) {
+    throw new Error(
+      `expected ${labelNames.length} label values (${labelNames.join(', ')}), got ${args.length}`,
+    );
+  }
+  return (args as Array<string | number>).map(String);
+}
+
+/** Series objects of one metric by label values, in creation order; looked up off the hot path. */
+class SeriesTable<S> {
+  private readonly byKey = new Map<string, S>();
+  constructor(
+    private readonly labelNames: readonly string[],
+    private readonly make: (labels: Record<string, string>) => S,
+  ) {}
+
+  get(args: LabelArgs): S {
+    const values = labelValues(this.labelNames, args);
+    const key = JSON.stringify(values);
+    let s = this.byKey.get(key);
+    if (s === undefined) {
+      const labels: Record<string, string> = {};
+      this.labelNames.forEach((n, i) => {
+        labels[n] = values[i]!;
+      });
+      s = this.make(labels);
+      this.byKey.set(key, s);
+    }
+    return s;
+  }
+
+  delete(args: LabelArgs): void {
+    this.byKey.delete(JSON.stringify(labelValues(this.labelNames, args)));
+  }
+
+  values(): IterableIterator<S> {
+    return this.byKey.values();
+  }
+}
+
+// prom-client's typings leave out the label names its metrics keep.
+function labelNamesOf(metric: Counter<string> | Gauge<string>): readonly string[] {
+  return (metric as unknown as { labelNames: readonly string[] }).labelNames;
+}
+
+/** One counter series; `inc` is a plain addition, moved into the counter when it is read. */
+export class CounterSeries {
+  pending = 0;
+  constructor(readonly labels: Readonly<Record<string, string>>) {}
+  inc(value = 1): void {
+    this.pending += value;
+  }
+}
+
+/** A prom-client Counter whose hot-path series are pre-resolved `CounterSeries`. */
+export class FastCounter<T extends string> extends Counter<T> {
+  // No initialiser: the base constructor calls reset() before field initialisers run.
+  private table: SeriesTable<CounterSeries> | undefined;
+
+  /** The series of these label values (created on first use, kept until removed). */
+  series(...values: string[]): CounterSeries {
+    this.table ??= new SeriesTable(labelNamesOf(this), (labels) => new CounterSeries(labels));
+    return this.table.get(values);
+  }
+
+  override async get(): ReturnType<Counter<T>['get']> {
+    if (this.table !== undefined) {
+      for (const s of this.table.values()) {
+        if (s.pending === 0) continue;
+        const n = s.pending;
+        s.pending = 0;
+        this.inc(s.labels as Partial<Record<T, string>>, n);
+      }
+    }
+    return super.get();
+  }
+
+  override reset(): void {
+    super.reset();
+    if (this.table !== undefined) for (const s of this.table.values()) s.pending = 0;
+  }
+
+  override remove(...args: LabelArgs): void {
+    this.table?.delete(args);
+    (super.remove as (...a: LabelArgs) => void)(...args);
+  }
+}
+
+/** One gauge series holding its current value; published when the gauge is read. */
+export class GaugeSeries {
+  value = 0;
+  /** Set at least once: like prom-client, a series is shown from its first update on. */
+  touched = false;
+  constructor(readonly labels: Readonly<Record<string, string>>) {}
+  set(value: number): void {
+    this.value = value;
+    this.touched = true;
+  }
+  inc(value = 1): void {
+    this.value += value;
+    this.touched = true;
+  }
+  dec(value = 1): void {
+    this.value -= value;
+    this.touched = true;
+  }
+}
+
+/**
+ * A prom-client Gauge whose hot-path series are pre-resolved `GaugeSeries`. Their values are set on
+ * the gauge before its `collect()` runs, so a collect that rebuilds the gauge still has the last word.
+ */
+export class FastGauge<T extends string> extends Gauge<T> {
+  // No initialiser: the base constructor calls reset() before field initialisers run.
+  private table: SeriesTable<GaugeSeries> | undefined;
+
+  /** The series of these label values (created on first use, kept until removed). */
+  series(...values: string[]): GaugeSeries {
+    this.table ??= new SeriesTable(labelNamesOf(this), (labels) => new GaugeSeries(labels));
+    return this.table.get(values);
+  }
+
+  override async get(): ReturnType<Gauge<T>['get']> {
+    if (this.table !== undefined) {
+      for (const s of this.table.values()) {
+        if (s.touched) this.set(s.labels as Partial<Record<T, string>>, s.value);
+      }
+    }
+    return super.get();
+  }
+
+  override remove(...args: LabelArgs): void {
+    this.table?.delete(args);
+    (super.remove as (...a: LabelArgs) => void)(...args);
+  }
+}
+
+/** One histogram series: bucket counts in a typed array, found by a scan of the (few) bounds. Values are finite. */
+export class HistogramSeries {
+  readonly counts: Float64Array;
+  sum = 0;
+  count = 0;
+  constructor(
+    readonly labels: Readonly<Record<string, string>>,
+    private readonly bounds: readonly number[],
+  ) {
+    this.counts = new Float64Array(bounds.length);
+  }
+  observe(value: number): void {
+    const b = this.bounds;
+    let i = 0;
+    while (i < b.length && value > b[i]!) i++;
+    if (i < b.length) this.counts[i]!++;
+    this.sum += value;
+    this.count++;
+  }
+}
+
+interface HistogramValue {
+  labels: Record<string, string | number>;
+  sharedLabels?: Record<string, string>;
+  value: number;
+  metricName: string;
+  exemplar?: null;
+}
+
+/**
+ * A histogram with prom-client's interface to the registry (`get`, `getForPromString`, `reset`,
+ * `remove`) and the same output as prom-client's Histogram (`_bucket` with `le`, `_sum`, `_count`,
+ * aggregated as a sum across cluster workers), whose series record with no per-call label work.
+ */
+export class FastHistogram<T extends string> {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  readonly name: string;
+  readonly help: string;
+  readonly labelNames: readonly T[];
+  readonly upperBounds: readonly number[];
+  private readonly table: SeriesTable<HistogramSeries>;
+
+  constructor(config: {
+    name: string;
+    help: string;
+    labelNames: readonly T[];
+    buckets: readonly number[];
+    registers: Registry[];
+  }) {
+    this.name = config.name;
+    this.help = config.help;
+    this.labelNames = config.labelNames;
+    this.upperBounds = [...config.buckets].sort((a, b) => a - b);
+    this.table = new SeriesTable(
+      config.labelNames,
+      (labels) => new HistogramSeries(labels, this.upperBounds),
+    );
+    // The registry only calls get/getForPromString/reset and reads name, type and aggregator.
+    for (const r of config.registers) r.registerMetric(this as unknown as Metric);
+  }
+
+  /** The series of these label values (created on first use, kept until removed). */
+  series(...values: string[]): HistogramSeries {
+    return this.table.get(values);
+  }
+
+  /** prom-client's calling form: `labels(...values).observe(v)`. */
+  labels(...values: string[]): HistogramSeries {
+    return this.series(...values);
+  }
+
+  observe(labels: Partial<Record<T, string | number>>, value: number): void {
+    this.table.get([labels as Record<string, string | number>]).observe(value);
+  }
+
+  remove(...args: LabelArgs): void {
+    this.table.delete(args);
+  }
+
+  reset(): void {
+    for (const s of this.table.values()) {
+      s.counts.fill(0);
+      s.sum = 0;
+      s.count = 0;
+    }
+  }
+
+  /** Values in prom-client's text form: `le` per bucket, the series labels shared. */
+  async getForPromString(): Promise<{
+    name: string;
+    help: string;
+    type: string;
+    values: HistogramValue[];
+    aggregator: string;
+  }> {
+    const bucket = `${this.name}_bucket`;
+    const values: HistogramValue[] = [];
+    for (const s of this.table.values()) {
+      let acc = 0;
+      for (let i = 0; i < this.upperBounds.length; i++) {
+        acc += s.counts[i]!;
+        values.push({
+          labels: { le: this.upperBounds[i]! },
+          sharedLabels: s.labels,
+          value: acc,
+          metricName: bucket,
+          exemplar: null,
+        });
+      }
+      values.push({
+        labels: { le: '+Inf' },
+        sharedLabels: s.labels,
+        value: s.count,
+        metricName: bucket,
+        exemplar: null,
+      });
+      values.push({ labels: {}, sharedLabels: s.labels, value: s.sum, metricName: `${this.name}_sum` });
+      values.push({ labels: {}, sharedLabels: s.labels, value: s.count, metricName: `${this.name}_count` });
+    }
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
+  }
+
+  /** Values with every label on each value, as prom-client's `Histogram.get()` returns them. */
+  async get(): Promise<{
+    name: string;
+    help: string;
+    type: string;
+    values: HistogramValue[];
+    aggregator: string;
+  }> {
+    const data = await this.getForPromString();
+    data.values = data.values.map((v) => ({
+      value: v.value,
+      metricName: v.metricName,
+      exemplar: v.exemplar,
+      labels: { ...v.labels, ...v.sharedLabels },
+    }));
+    return data;
+  }
+}
+
 /** Requests answered, by route, method class and status. */
-export const requestsTotal = new Counter({
+export const requestsTotal = new FastCounter({
   name: 'gatehouse_requests_total',
   help: 'Requests answered by the gateway',
   labelNames: ['route', 'method', 'status'] as const,
@@ -19,7 +310,7 @@ export const requestsTotal = new Counter({
 });
 
 /** Whole-request duration per route. */
-export const requestDuration = new Histogram({
+export const requestDuration = new FastHistogram({
   name: 'gatehouse_request_duration_seconds',
   help: 'Time from request start to response end, per route',
   labelNames: ['route'] as const,
@@ -28,7 +319,7 @@ export const requestDuration = new Histogram({
 });
 
 /** Bytes received from clients and sent to them, per route. */
-export const bytesTotal = new Counter({
+export const bytesTotal = new FastCounter({
   name: 'gatehouse_bytes_total',
   help: 'Body bytes per route and direction (in = from client, out = to client)',
   labelNames: ['route', 'direction'] as const,
@@ -36,7 +327,7 @@ export const bytesTotal = new Counter({
 });
 
 /** Attempts sent to upstream servers, by outcome. */
-export const upstreamRequestsTotal = new Counter({
+export const upstreamRequestsTotal = new FastCounter({
   name: 'gatehouse_upstream_requests_total',
   help: 'Attempts sent to upstream servers, by outcome',
   labelNames: ['upstream', 'server', 'outcome'] as const,
@@ -44,7 +335,7 @@ export const upstreamRequestsTotal = new Counter({
 });
 
 /** Time to response headers from upstream servers. */
-export const upstreamDuration = new Histogram({
+export const upstreamDuration = new FastHistogram({
   name: 'gatehouse_upstream_response_seconds',
   help: 'Time until an upstream server sent response headers',
   labelNames: ['upstream'] as const,
@@ -87,7 +378,7 @@ function readStatuses(): UpstreamStatus[] | undefined {
 }
 
 /** 1 when a server is usable, 0 when down or ejected. */
-export const serverUp = new Gauge({
+export const serverUp = new FastGauge({
   name: 'gatehouse_upstream_server_up',
   help: 'Server health (1 up, 0 down or ejected)',
   labelNames: ['upstream', 'server'] as const,
@@ -113,7 +404,7 @@ export const healthChecksTotal = new Counter({
 });
 
 /** Requests in flight on each server. */
-export const serverActive = new Gauge({
+export const serverActive = new FastGauge({
   name: 'gatehouse_upstream_server_active_requests',
   help: 'Requests in flight per upstream server',
   labelNames: ['upstream', 'server'] as const,
@@ -129,7 +420,7 @@ export const serverActive = new Gauge({
 });
 
 /** Requests waiting in upstream queues. */
-export const queueLength = new Gauge({
+export const queueLength = new FastGauge({
   name: 'gatehouse_upstream_queue_length',
   help: 'Requests waiting for a free server slot',
   labelNames: ['upstream'] as const,
@@ -143,7 +434,7 @@ export const queueLength = new Gauge({
 });
 
 /** Open client connections per listener. */
-export const activeConnections = new Gauge({
+export const activeConnections = new FastGauge({
   name: 'gatehouse_active_connections',
   help: 'Open client connections per listener',
   labelNames: ['listener'] as const,

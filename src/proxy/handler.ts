@@ -3,7 +3,9 @@
  *
  *   runtime = getRuntime()            captured once; a reload mid-request does not affect this request
  *   normalize path and host           400 GH_BAD_PATH / GH_BAD_HOST
+ *   /.gatehouse/*, CORS preflight     answered by the gateway (access.ts), on every host
  *   match route                       404 GH_NO_ROUTE
+ *   access (identity + policy)        302 login / 401 / 403 / 503 GH_STATE_UNAVAILABLE (access.ts)
  *   body size (Content-Length)        413 GH_BODY_TOO_LARGE (streamed bytes are counted too)
  *   pick upstream                     503 GH_NO_SERVER
  *   retry loop: acquire lease         503 GH_NO_SERVER / GH_QUEUE_TIMEOUT / GH_QUEUE_FULL
@@ -28,9 +30,9 @@ import {
   type GatehouseError,
   NoRouteError,
   NoServerAvailableError,
-  PolicyUnavailableError,
   UpstreamConnectError,
 } from '../errors.js';
+import { isoTime } from '../observe/access-log.js';
 import type { AccessEntry, Logger } from '../observe/log.js';
 import {
   bytesTotal,
@@ -41,6 +43,14 @@ import {
 } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
 import type { Lease, SelectInput, Upstream } from '../upstream/types.js';
+import {
+  type AccessGrant,
+  addResponseHeaders,
+  admit,
+  forwardIdentity,
+  logAccess,
+  serveBeforeRouting,
+} from './access.js';
 import { classify, type FailureKind, sendError, toGatehouseError } from './errors.js';
 import {
   buildRequestHeaders,
@@ -87,9 +97,9 @@ function makeRouteState(name: string, route: CompiledRoute | undefined): RouteSt
     name,
     requestEdits: compileEdits(route?.config.headers?.request),
     responseEdits: compileEdits(route?.config.headers?.response),
-    duration: requestDuration.labels(name),
-    bytesIn: bytesTotal.labels(name, 'in'),
-    bytesOut: bytesTotal.labels(name, 'out'),
+    duration: requestDuration.series(name),
+    bytesIn: bytesTotal.series(name, 'in'),
+    bytesOut: bytesTotal.series(name, 'out'),
     requests: new Map(),
   };
 }
@@ -112,7 +122,7 @@ function countRequest(rs: RouteState, method: string, status: number): void {
   const key = status * 16 + m;
   let child = rs.requests.get(key);
   if (child === undefined) {
-    child = requestsTotal.labels(rs.name, METHODS[m] ?? 'OTHER', String(status));
+    child = requestsTotal.series(rs.name, METHODS[m] ?? 'OTHER', String(status));
     rs.requests.set(key, child);
   }
   child.inc();
@@ -123,7 +133,7 @@ const upstreamHist = new Map<string, HistChild>();
 function observeUpstream(name: string, seconds: number): void {
   let h = upstreamHist.get(name);
   if (h === undefined) {
-    h = upstreamDuration.labels(name);
+    h = upstreamDuration.series(name);
     upstreamHist.set(name, h);
   }
   h.observe(seconds);
@@ -215,7 +225,6 @@ class Exchange {
   readonly res: TaggedResponse;
   readonly listener: ListenerInfo;
   readonly t0: number;
-  readonly startedAt: number;
   readonly method: string;
   requestId = '';
   clientIp: string;
@@ -244,6 +253,11 @@ class Exchange {
   /** A retryable 5xx is being read and discarded before the retry. */
   discarding = false;
   responseStarted = false;
+  /** The response was ended with its last body chunk (see `onData`). */
+  responseEnded = false;
+  /** Content-Length of the response, -1 when it has none. */
+  contentLength = -1;
+  drainHooked = false;
   finished = false;
   upstreamStart = 0;
   upstreamMs: number | undefined;
@@ -251,6 +265,9 @@ class Exchange {
   bytesOut = 0;
   status = 0;
   errorCode: string | undefined;
+  /** The access stage's verdict (identity, reason, rule; what to forward). */
+  access: AccessGrant | undefined;
+  originalHost = '';
   /** Status of a retryable 5xx being discarded. */
   retryStatus = 0;
 
@@ -267,7 +284,6 @@ class Exchange {
     this.res = res;
     this.listener = listener;
     this.t0 = performance.now();
-    this.startedAt = Date.now();
     this.method = req.method ?? 'GET';
     this.clientIp = clientAddress(req.socket?.remoteAddress);
   }
@@ -277,15 +293,14 @@ class Exchange {
     const res = this.res;
     res[kExchange] = this;
     res.on('close', onResponseClose);
-    res.on('drain', onResponseDrain);
     res.on('error', ignoreError);
     this.requestId = requestIdFrom(req.headers['x-request-id']);
     try {
       const target = normalizePath(req.url ?? '', this.method);
       this.path = target.path;
       this.query = target.query;
-      const originalHost = target.authority ?? hostHeaderOf(req) ?? '';
-      this.host = normalizeHost(originalHost);
+      this.originalHost = target.authority ?? hostHeaderOf(req) ?? '';
+      this.host = normalizeHost(this.originalHost);
       const facts: RequestFacts = {
         method: this.method,
         host: this.host,
@@ -295,12 +310,39 @@ class Exchange {
         clientIp: this.clientIp,
         tls: this.listener.tls,
       };
+      if (serveBeforeRouting(this, facts)) return;
       const route = this.runtime.routes.match(facts);
       if (route === undefined) throw new NoRouteError();
-      if (route.requiresPolicy) throw new PolicyUnavailableError(route.name);
       this.route = route;
-      const rs = routeState(route);
-      this.rs = rs;
+      this.rs = routeState(route);
+      // Synchronous unless a credential needs I/O (a token not yet verified, a session lookup).
+      const admitted = admit(this, facts, route);
+      if (admitted !== true) {
+        if (admitted !== false) {
+          admitted.then(
+            (ok) => {
+              if (ok) this.proceed();
+            },
+            (err: unknown) => this.fail(toGatehouseError(err)),
+          );
+        }
+        return;
+      }
+    } catch (err) {
+      this.fail(toGatehouseError(err));
+      return;
+    }
+    this.proceed();
+  }
+
+  /** After the access stage allowed the request: body limit, upstream, headers, then the retry loop. */
+  proceed(): void {
+    if (this.finished) return;
+    const req = this.req;
+    const route = this.route!;
+    const rs = this.rs!;
+    const originalHost = this.originalHost;
+    try {
       this.hasBody = requestHasBody(req);
       const limit = route.maxBodySize;
       if (limit !== undefined && this.hasBody) {
@@ -329,6 +371,8 @@ class Exchange {
         edits: rs.requestEdits,
         inject: up.injectHeaders,
       });
+      if (this.access !== undefined)
+        forwardIdentity(this.headers, this.access, rs.requestEdits, up.injectHeaders);
     } catch (err) {
       this.fail(toGatehouseError(err));
       return;
@@ -466,6 +510,7 @@ class Exchange {
       this.requestId,
       this.lease?.setCookie,
     );
+    if (this.access !== undefined) addResponseHeaders(headers, this.access);
     try {
       res.writeHead(statusCode, headers);
     } catch (err) {
@@ -478,14 +523,28 @@ class Exchange {
     this.responseStarted = true;
     this.resumeFn = resume;
     // Streams (SSE, chunked) get their headers at once; sized responses send them with the first chunk.
-    if (!hasContentLength(headers)) res.flushHeaders();
+    this.contentLength = contentLengthOf(headers);
+    if (this.contentLength === -1) res.flushHeaders();
     return true;
   }
 
   onData(chunk: Buffer): boolean {
     if (this.discarding) return true;
+    const res = this.res;
     this.bytesOut += chunk.length;
-    return this.res.write(chunk);
+    // The last chunk of a sized body ends the response at once (for a small body, headers and body
+    // then leave in one write) instead of a write followed by an empty end() on completion.
+    if (this.bytesOut === this.contentLength) {
+      this.responseEnded = true;
+      res.end(chunk);
+      return true;
+    }
+    if (res.write(chunk)) return true;
+    if (!this.drainHooked) {
+      this.drainHooked = true;
+      res.on('drain', onResponseDrain);
+    }
+    return false;
   }
 
   onComplete(_trailers: string[] | null): void {
@@ -498,7 +557,7 @@ class Exchange {
     }
     const s = this.status;
     this.releaseLease(s === 502 || s === 503 || s === 504 ? 'http-5xx' : 'success');
-    this.res.end();
+    if (!this.responseEnded) this.res.end();
   }
 
   onError(err: Error): void {
@@ -581,9 +640,11 @@ class Exchange {
     if (this.bytesIn > 0) rs.bytesIn.inc(this.bytesIn);
     if (this.bytesOut > 0) rs.bytesOut.inc(this.bytesOut);
     const log = this.handler.accessLog;
-    if (log !== undefined) {
+    // The gateway's sink checks the flag too (a reload may flip it); this saves building the entry.
+    if (log !== undefined && this.runtime.config.logging.access) {
       const entry: AccessEntry = {
-        time: new Date(this.startedAt).toISOString(),
+        // Wall-clock start, derived here so requests that are not logged never read the clock.
+        time: isoTime(Date.now() - durationMs),
         requestId: this.requestId,
         client: this.clientIp,
         host: this.host,
@@ -602,6 +663,7 @@ class Exchange {
         protocol: 'HTTP/' + this.req.httpVersion,
       };
       if (this.errorCode !== undefined) entry.error = this.errorCode;
+      if (this.access !== undefined) logAccess(entry, this.access);
       try {
         log(entry);
       } catch (err) {
@@ -611,12 +673,16 @@ class Exchange {
   }
 }
 
-function hasContentLength(flat: readonly string[]): boolean {
+/** The Content-Length of flat response headers, -1 when absent or not a plain number. */
+function contentLengthOf(flat: readonly string[]): number {
   for (let i = 0; i < flat.length; i += 2) {
     const name = flat[i]!;
-    if (name.length === 14 && name.toLowerCase() === 'content-length') return true;
+    if (name.length === 14 && name.toLowerCase() === 'content-length') {
+      const n = Number(flat[i + 1]);
+      return Number.isSafeInteger(n) && n >= 0 ? n : -1;
+    }
   }
-  return false;
+  return -1;
 }
 
 /** Handles requests and upgrades of every listener; one instance per ListenerSet. */

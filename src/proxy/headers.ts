@@ -50,6 +50,11 @@ export function isGatehouseHeader(lower: string): boolean {
 export function connectionTokens(value: string | string[] | undefined): string[] | undefined {
   if (value === undefined) return undefined;
   const text = typeof value === 'string' ? value : value.join(',');
+  // Nearly every message says just `keep-alive` or `close`: answer those without splitting.
+  if (text.length <= 10) {
+    const t = text.trim().toLowerCase();
+    if (t === 'keep-alive' || t === 'close' || t === 'upgrade' || t === '') return undefined;
+  }
   let tokens: string[] | undefined;
   for (const part of text.split(',')) {
     const t = part.trim().toLowerCase();

@@ -21,6 +21,14 @@ import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 
 type AnyServer = http.Server | https.Server | http2.Http2SecureServer;
 
+/**
+ * Buffer limit of client connections (HTTP/1.x listeners), which is also what a slow client can hold in
+ * the gateway before the upstream is paused. Above one upstream socket read (64 KiB), so a full chunk is
+ * passed on without a pause and 'drain' each time; at Node 20's 16 KiB default, 1 MiB responses took
+ * twice the write calls.
+ */
+const CLIENT_HIGH_WATER_MARK = 128 * 1024;
+
 interface ListenerEntry {
   readonly key: string;
   readonly config: ListenerConfig;
@@ -156,6 +164,7 @@ export class ListenerSet {
         keepAliveTimeout: s.keepAliveTimeout,
         insecureHTTPParser: false,
         noDelay: true,
+        highWaterMark: CLIENT_HIGH_WATER_MARK,
       });
     } else {
       const name = l.name;
@@ -203,6 +212,7 @@ export class ListenerSet {
           keepAliveTimeout: s.keepAliveTimeout,
           insecureHTTPParser: false,
           noDelay: true,
+          highWaterMark: CLIENT_HIGH_WATER_MARK,
         });
       }
     }
@@ -219,7 +229,7 @@ export class ListenerSet {
     };
     const handler = this.#handler;
     const logger = this.#logger;
-    const gauge = activeConnections.labels(l.name);
+    const gauge = activeConnections.series(l.name);
     server.on('request', (req: ProxyRequest, res: ProxyResponse) => {
       // While draining, HTTP/1.1 connections close after their current response.
       if (entry.closing && req.httpVersionMajor === 1) res.shouldKeepAlive = false;

@@ -2,7 +2,9 @@
  * WebSocket tunnelling (HTTP/1.1 Upgrade, RFC 6455). The handshake goes through the same normalization,
  * routing and header hygiene as any request and through the server's undici pool (so upstream TLS
  * settings apply); after the 101 both sockets are piped to each other until either side closes or
- * the route's idle timeout passes. The lease is held for the tunnel's lifetime.
+ * the route's idle timeout passes. The lease is held for the tunnel's lifetime. The handshake passes the
+ * same access stage as a request (`access.ts`): refused with 401/403 (never redirected to login), and
+ * forwarded with the identity headers and the assertion. Nothing under `/.gatehouse/` is upgraded.
  */
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
@@ -10,17 +12,21 @@ import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { normalizeHost, normalizePath } from '../core/normalize.js';
-import type { CompiledRoute } from '../core/types.js';
-import {
-  type GatehouseError,
-  NoRouteError,
-  NoServerAvailableError,
-  PolicyUnavailableError,
-} from '../errors.js';
+import type { CompiledRoute, RequestFacts } from '../core/types.js';
+import { GatehouseError, NoRouteError, NoServerAvailableError } from '../errors.js';
+import { GATEHOUSE_PREFIX } from '../identity/login.js';
 import type { AccessEntry } from '../observe/log.js';
 import { activeWebSockets, requestsTotal } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
 import type { Lease, Upstream } from '../upstream/types.js';
+import {
+  type AccessGrant,
+  authorize,
+  forwardIdentity,
+  logAccess,
+  refusalOf,
+  wwwAuthenticate,
+} from './access.js';
 import { classify, toGatehouseError, UnsupportedUpgradeError, WebSocketNotAllowedError } from './errors.js';
 import type { ProxyHandler } from './handler.js';
 import { acquireLease, forwardPath, hostHeaderOf, routeState, trustedOf } from './handler.js';
@@ -37,7 +43,7 @@ export interface Tunnel {
 function ignoreError(): void {}
 
 /** Writes a complete HTTP/1.1 error response on a raw socket and closes it. */
-function writeRawError(socket: Duplex, err: GatehouseError, requestId: string): void {
+function writeRawError(socket: Duplex, err: GatehouseError, requestId: string, extraHeaders = ''): void {
   if (socket.destroyed) return;
   const status = err.status >= 400 && err.status <= 599 ? err.status : 500;
   const body = `${status} ${STATUS_CODES[status] ?? 'Error'}: ${err.message} (${err.code})\n`;
@@ -46,6 +52,7 @@ function writeRawError(socket: Duplex, err: GatehouseError, requestId: string): 
       'Content-Type: text/plain; charset=utf-8\r\n' +
       `Content-Length: ${Buffer.byteLength(body)}\r\n` +
       'Connection: close\r\n' +
+      extraHeaders +
       `X-Request-Id: ${requestId}\r\n\r\n` +
       body,
   );
@@ -67,7 +74,10 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   up: Upstream | undefined;
   lease: Lease | undefined;
   serverId: string | undefined;
+  /** The access stage's verdict. */
+  access: AccessGrant | undefined;
   host = '';
+  originalHost = '';
   path = '';
   idleTimeout = 3_600_000;
   abortUpstream: ((err?: Error) => void) | undefined;
@@ -100,17 +110,20 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     client.on('error', ignoreError);
     client.on('close', () => this.close());
     this.handler.tunnels.add(this);
-    let headers: string[];
-    let target: string;
+    let facts: RequestFacts;
+    let route: CompiledRoute;
     try {
       const upgrade = req.headers.upgrade;
       if (typeof upgrade !== 'string' || upgrade.toLowerCase() !== 'websocket')
         throw new UnsupportedUpgradeError();
       const t = normalizePath(req.url ?? '', req.method);
       this.path = t.path;
-      const originalHost = t.authority ?? hostHeaderOf(req) ?? '';
-      this.host = normalizeHost(originalHost);
-      const route = runtime.routes.match({
+      this.originalHost = t.authority ?? hostHeaderOf(req) ?? '';
+      this.host = normalizeHost(this.originalHost);
+      if (t.path.startsWith(GATEHOUSE_PREFIX)) {
+        throw new GatehouseError('GH_NOT_FOUND', 404, 'nothing under /.gatehouse/ accepts an upgrade');
+      }
+      facts = {
         method: req.method ?? 'GET',
         host: this.host,
         path: t.path,
@@ -118,28 +131,55 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
         headers: req.headers,
         clientIp: this.clientIp,
         tls: this.listener.tls,
-      });
-      if (route === undefined) throw new NoRouteError();
-      if (route.requiresPolicy) throw new PolicyUnavailableError(route.name);
+      };
+      const matched = runtime.routes.match(facts);
+      if (matched === undefined) throw new NoRouteError();
+      route = matched;
       this.route = route;
+      const grant = authorize(runtime, req, this.listener, facts, route);
+      if (grant instanceof Promise) {
+        grant.then(
+          (g) => this.admitted(runtime, facts, route, g),
+          (err: unknown) => this.fail(toGatehouseError(err)),
+        );
+        return;
+      }
+      this.admitted(runtime, facts, route, grant);
+    } catch (err) {
+      this.fail(toGatehouseError(err));
+    }
+  }
+
+  /** After the access stage: refuse, or pick the upstream, build the headers and acquire a lease. */
+  admitted(runtime: Runtime, facts: RequestFacts, route: CompiledRoute, grant: AccessGrant): void {
+    if (this.closed) return;
+    const req = this.req;
+    this.access = grant;
+    let headers: string[];
+    let target: string;
+    try {
+      const refusal = refusalOf(grant);
+      if (refusal !== undefined) throw refusal;
       if (route.websocketIdleTimeout === undefined) throw new WebSocketNotAllowedError();
       this.idleTimeout = route.websocketIdleTimeout;
       const name = route.pickUpstream(req.headers);
       const up = runtime.upstreams.get(name);
       if (up === undefined) throw new NoServerAvailableError(name);
       this.up = up;
-      target = forwardPath(route, t.path, t.query);
+      target = forwardPath(route, facts.path, facts.query);
+      const edits = routeState(route).requestEdits;
       headers = buildRequestHeaders({
         raw: req.rawHeaders,
-        host: originalHost,
-        originalHost,
+        host: this.originalHost,
+        originalHost: this.originalHost,
         clientIp: this.clientIp,
         trustedPeer: isTrusted(trustedOf(runtime.config), this.clientIp),
         proto: this.listener.tls ? 'https' : 'http',
         requestId: this.requestId,
-        edits: routeState(route).requestEdits,
+        edits,
         inject: up.injectHeaders,
       });
+      forwardIdentity(headers, grant, edits, up.injectHeaders);
     } catch (err) {
       this.fail(toGatehouseError(err));
       return;
@@ -188,7 +228,11 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   fail(err: GatehouseError): void {
     this.status = err.status;
     this.errorCode = err.code;
-    writeRawError(this.client, err, this.requestId);
+    const extra =
+      err.status === 401 && this.access !== undefined
+        ? `WWW-Authenticate: ${wwwAuthenticate(this.access.decision.reason)}\r\n`
+        : '';
+    writeRawError(this.client, err, this.requestId, extra);
   }
 
   release(outcome: Parameters<Lease['release']>[0]): void {
@@ -226,6 +270,10 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     }
     const cookie = this.lease?.setCookie;
     if (cookie !== undefined) head += `Set-Cookie: ${cookie}\r\n`;
+    // The session layer's cookie (refresh, re-seal) and the CORS answer.
+    const extra = this.access?.responseHeaders;
+    if (extra !== undefined)
+      for (let i = 0; i < extra.length; i += 2) head += `${extra[i]}: ${extra[i + 1]}\r\n`;
     head += `X-Request-Id: ${this.requestId}\r\n\r\n`;
     client.write(head);
     if (this.head.length > 0) socket.write(this.head);
@@ -327,6 +375,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       protocol: 'websocket',
     };
     if (this.errorCode !== undefined) entry.error = this.errorCode;
+    if (this.access !== undefined) logAccess(entry, this.access);
     try {
       log(entry);
     } catch (err) {

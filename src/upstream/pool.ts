@@ -127,7 +127,7 @@ export class UpstreamPool implements Upstream {
     this.retryBudget = new SlidingRetryBudget(def.retries.budget);
     this.selector = createSelector(def);
     this.sticky = def.sticky ? new StickyCookie(def.sticky) : undefined;
-    const gauge = queueLength.labels(name);
+    const gauge = queueLength.series(name);
     gauge.set(0);
     this.queue = new WaitQueue(name, def.queue.max, def.queue.timeout, (n) => gauge.set(n));
     this.health = def.healthCheck

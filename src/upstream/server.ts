@@ -97,9 +97,9 @@ export class Endpoint implements UpstreamServer {
     this.checkState = init.checked ? 'unknown' : 'up';
     this.seriesKey = `${init.upstream}\0${init.id}`;
     seriesOwners.set(this.seriesKey, this);
-    this.activeGauge = serverActive.labels(init.upstream, init.id);
-    this.upGauge = serverUp.labels(init.upstream, init.id);
-    const counter = (outcome: Outcome) => upstreamRequestsTotal.labels(init.upstream, init.id, outcome);
+    this.activeGauge = serverActive.series(init.upstream, init.id);
+    this.upGauge = serverUp.series(init.upstream, init.id);
+    const counter = (outcome: Outcome) => upstreamRequestsTotal.series(init.upstream, init.id, outcome);
     this.outcomes = {
       success: counter('success'),
       'http-5xx': counter('http-5xx'),

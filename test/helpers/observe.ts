@@ -84,5 +84,5 @@ export function staticRuntime(
     upstreams,
     tls: new Map(),
     watchedFiles: [],
-  };
+  } as unknown as Runtime;
 }

@@ -7,9 +7,12 @@ import type { TestContext } from 'node:test';
 import { ConfigSchema } from '../../src/config/schema.js';
 import { SecretResolver } from '../../src/config/secrets.js';
 import { compileRoutes } from '../../src/core/routes.js';
+import { buildIdentity } from '../../src/identity/index.js';
 import { type AccessEntry, createLogger, type Logger } from '../../src/observe/log.js';
+import { compilePolicies } from '../../src/policy/compile.js';
 import { buildListenerTls, ListenerSet } from '../../src/proxy/listeners.js';
 import type { ListenerTlsRuntime, Runtime } from '../../src/runtime.js';
+import { createStateStore } from '../../src/state/index.js';
 import { createUpstream } from '../../src/upstream/index.js';
 import type { Upstream } from '../../src/upstream/types.js';
 
@@ -111,14 +114,31 @@ export async function startBackend(
   return backend;
 }
 
-/** Builds a Runtime from a config object, the way the gateway does (without file loading). */
+/**
+ * Builds a Runtime from a config object, the way the gateway does (without file loading): routes,
+ * policies, identity (authenticators, login, assertion signer) and upstreams. The state store of
+ * `previous` is kept when `state.store` did not change, as the gateway does; close new stores yourself.
+ */
 export async function buildTestRuntime(
   raw: unknown,
   logger: Logger,
-  opts: { baseDir?: string; generation?: number } = {},
+  opts: { baseDir?: string; generation?: number; previous?: Runtime; env?: NodeJS.ProcessEnv } = {},
 ): Promise<Runtime> {
   const config = ConfigSchema.parse(raw);
-  const secrets = new SecretResolver(opts.baseDir ?? process.cwd());
+  const secrets = new SecretResolver(opts.baseDir ?? process.cwd(), opts.env);
+  const previous = opts.previous;
+  const store =
+    previous !== undefined && previous.config.state.store === config.state.store
+      ? previous.store
+      : createStateStore(config.state.store, logger);
+  const policies = compilePolicies(config);
+  const identity = await buildIdentity(config, {
+    resolveSecret: (ref) => secrets.resolveSecret(ref),
+    expand: (text) => secrets.expand(text),
+    store,
+    logger,
+    previous: previous?.identity,
+  });
   const upstreams = new Map<string, Upstream>();
   for (const [name, def] of Object.entries(config.upstreams)) {
     const up = await createUpstream(name, def, secrets, logger);
@@ -138,6 +158,9 @@ export async function buildTestRuntime(
     file: '(test)',
     config,
     routes: compileRoutes(config),
+    policies,
+    identity,
+    store,
     upstreams,
     tls,
     watchedFiles: [],
@@ -163,7 +186,7 @@ export interface TestGateway {
 export async function startGateway(
   t: TestContext,
   raw: unknown,
-  opts: { baseDir?: string } = {},
+  opts: { baseDir?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<TestGateway> {
   const { logger, lines } = memoryLogger();
   const access: AccessEntry[] = [];
@@ -186,7 +209,11 @@ export async function startGateway(
       return gw.listeners.address(listener)!.port;
     },
     async reload(next) {
-      const rt = await buildTestRuntime(next, logger, { ...opts, generation: gw.runtime.generation + 1 });
+      const rt = await buildTestRuntime(next, logger, {
+        ...opts,
+        generation: gw.runtime.generation + 1,
+        previous: gw.runtime,
+      });
       runtimes.push(rt);
       gw.runtime = rt;
       await gw.listeners.apply(rt);
@@ -195,6 +222,7 @@ export async function startGateway(
     async close() {
       await gw.listeners.close(500);
       for (const rt of runtimes) for (const up of rt.upstreams.values()) await up.close();
+      for (const store of new Set(runtimes.map((rt) => rt.store))) await store.close();
     },
   };
   await gw.listeners.apply(first);
@@ -202,7 +230,11 @@ export async function startGateway(
   return gw;
 }
 
-/** A minimal config: one plain listener `web` and the given upstreams and routes. */
+/**
+ * A minimal config: one plain listener `web` and the given upstreams and routes. Every route that is
+ * not `public: true` requires an identity; data-plane tests are not about identity, so a route that
+ * sets neither `public` nor `policy` is made public here.
+ */
 export function config(
   upstreams: Record<string, unknown>,
   routes: unknown[],
@@ -211,7 +243,10 @@ export function config(
   return {
     listeners: [{ name: 'web', bind: '127.0.0.1:0' }],
     upstreams,
-    routes,
+    routes: routes.map((r) => {
+      const route = r as Record<string, unknown>;
+      return route.public === undefined && route.policy === undefined ? { ...route, public: true } : route;
+    }),
     logging: { level: 'warn' },
     ...extra,
   };
