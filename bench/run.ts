@@ -6,11 +6,17 @@
  *
  * Gatehouse runs twice: without the access log (`gatehouse`; HAProxy and the peers log nothing per
  * request either) and with it (`gatehouse+log`: the default `logging.access: true`, stdout going to
- * /dev/null), so that the cost of the default is reported next to the rest.
+ * /dev/null), so that the cost of the default is reported next to the rest. A third variant,
+ * `gatehouse+jwt`, serves the same route behind identity: a bearer JWT from an issuer the bench serves
+ * itself (RS256, discovery and JWKS on loopback), a policy with a deny and an allow rule, and identity
+ * headers plus the signed assertion upstream. wrk sends one long-lived token, so after the first request
+ * every request is a token-cache hit. Token-cache misses are measured after the load phases in a bounded
+ * phase where every request carries a different token (signature checks/s and CPU per check, confirmed
+ * against the gateway's `gatehouse_token_verifications_total`).
  *
  * Usage: node --import tsx bench/run.ts [--duration 10s] [--connections 50] [--warmup 2s] [--rounds 1]
- *          [--proxies gatehouse,gatehouse+log,haproxy,minimal-undici,node-http-proxy]
- *          [--memory-size 1GiB]
+ *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,haproxy,minimal-undici,node-http-proxy]
+ *          [--memory-size 1GiB] [--miss-tokens 2000]
  *          [--no-memory | --memory-only]
  *
  * CPU placement (two cores): each proxy runs alone on CPU 1; the load generator and the backend share
@@ -40,6 +46,14 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { parseDuration, parseSize } from '../src/config/units.js';
+import {
+  BENCH_ALG,
+  type BenchIssuer,
+  jwtConfigLines,
+  sendTokens,
+  startBenchIssuer,
+  tokenVerifications,
+} from './identity.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -55,9 +69,17 @@ interface Options {
   memory: boolean;
   loadTests: boolean;
   rounds: number;
+  missTokens: number;
 }
 
-const allProxies = ['gatehouse', 'gatehouse+log', 'haproxy', 'minimal-undici', 'node-http-proxy'];
+const allProxies = [
+  'gatehouse',
+  'gatehouse+log',
+  'gatehouse+jwt',
+  'haproxy',
+  'minimal-undici',
+  'node-http-proxy',
+];
 
 function parseArgs(argv: string[]): Options {
   const opts: Options = {
@@ -69,6 +91,7 @@ function parseArgs(argv: string[]): Options {
     memory: true,
     loadTests: true,
     rounds: 1,
+    missTokens: 2000,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -98,6 +121,10 @@ function parseArgs(argv: string[]): Options {
       const bytes = parseSize(next());
       if (bytes === undefined) throw new Error('--memory-size: expected a size such as 1GiB');
       opts.memoryBytes = bytes;
+    } else if (a === '--miss-tokens') {
+      opts.missTokens = Number.parseInt(next(), 10);
+      if (!Number.isSafeInteger(opts.missTokens) || opts.missTokens < 0)
+        throw new Error('--miss-tokens must be >= 0');
     } else if (a === '--no-memory') opts.memory = false;
     else if (a === '--memory-only') opts.loadTests = false;
     else if (a === '--help' || a === '-h') {
@@ -323,12 +350,18 @@ export function parseWrk(out: string): LoadResult {
 
 const haveWrk = haveCommand('wrk');
 
-async function runLoad(url: string, connections: number, durationS: number): Promise<LoadResult> {
+async function runLoad(
+  url: string,
+  connections: number,
+  durationS: number,
+  headers: Record<string, string> = {},
+): Promise<LoadResult> {
   if (haveWrk) {
+    const h = Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
     const child = start(
       'wrk',
       'wrk',
-      ['-t1', `-c${connections}`, `-d${durationS}s`, '--latency', '--timeout', '10s', url],
+      ['-t1', `-c${connections}`, `-d${durationS}s`, '--latency', '--timeout', '10s', ...h, url],
       0,
     );
     let out = '';
@@ -342,16 +375,21 @@ async function runLoad(url: string, connections: number, durationS: number): Pro
     if (code !== 0) throw new Error(`wrk failed (exit ${code}):\n${out}`);
     return parseWrk(out);
   }
-  return runAutocannon(url, connections, durationS);
+  return runAutocannon(url, connections, durationS, headers);
 }
 
-async function runAutocannon(url: string, connections: number, durationS: number): Promise<LoadResult> {
+async function runAutocannon(
+  url: string,
+  connections: number,
+  durationS: number,
+  headers: Record<string, string>,
+): Promise<LoadResult> {
   const spec = 'autocannon';
   // Loaded only when wrk is missing; it is not a dependency of the project.
   const mod = (await import(spec).catch(() => {
     throw new Error('neither wrk nor autocannon is available: apt-get install wrk');
   })) as { default: (o: object) => Promise<Record<string, Record<string, number>>> };
-  const r = await mod.default({ url, connections, duration: durationS, pipelining: 1 });
+  const r = await mod.default({ url, connections, duration: durationS, pipelining: 1, headers });
   return {
     requests: r.requests?.total ?? 0,
     rps: r.requests?.average ?? 0,
@@ -400,7 +438,12 @@ function gatehouseCommand(): { cmd: string; args: string[]; note: string } {
   };
 }
 
-async function startGatehouse(backendPort: number, accessLog = false): Promise<Running & { note: string }> {
+/** With `jwt`, the `gatehouse+jwt` variant: the bench route requires a bearer JWT from `jwt.issuer`. */
+async function startGatehouse(
+  backendPort: number,
+  accessLog = false,
+  jwt?: { issuer: string; adminPort: number },
+): Promise<Running & { note: string }> {
   const port = await freePort();
   const dir = tempDir();
   const file = join(dir, 'gatehouse.yaml');
@@ -413,15 +456,18 @@ async function startGatehouse(backendPort: number, accessLog = false): Promise<R
       'upstreams:',
       '  backend:',
       `    servers: [{ url: "http://127.0.0.1:${backendPort}" }]`,
+      ...(jwt ? jwtConfigLines(jwt.issuer, jwt.adminPort) : []),
       'routes:',
-      '  - { name: bench, match: { path: / }, upstream: backend, public: true }',
+      jwt
+        ? '  - { name: bench, match: { path: / }, upstream: backend, policy: bench, identityHeaders: true }'
+        : '  - { name: bench, match: { path: / }, upstream: backend, public: true }',
       // HAProxy and the peers log nothing per request either; `gatehouse+log` shows the default's cost.
       `logging: { level: warn, access: ${accessLog} }`,
       '',
     ].join('\n'),
   );
   const { cmd, args, note } = gatehouseCommand();
-  const name = accessLog ? 'gatehouse+log' : 'gatehouse';
+  const name = jwt ? 'gatehouse+jwt' : accessLog ? 'gatehouse+log' : 'gatehouse';
   const child = start(name, cmd, [...args, 'start', '-c', file], 1, accessLog);
   await waitForPort(port, child, name);
   return { child, port, note };
@@ -604,6 +650,92 @@ async function memoryCheck(backendPort: number, size: number): Promise<MemoryRes
 }
 
 // ---------------------------------------------------------------------------------------------
+// Token-cache misses: every request a different token, so every one is a signature check.
+
+interface MissResult {
+  algorithm: string;
+  tokens: number;
+  concurrency: number;
+  ok: number;
+  failed: number;
+  statuses: Record<string, number>;
+  seconds: number;
+  /** Increase of gatehouse_token_verifications_total during the phase (all results, and `ok`). */
+  verifications: number;
+  verificationsOk: number;
+  /** Verifications equal the number of distinct tokens. */
+  verificationsMatch: boolean;
+  signatureChecksPerSecond: number;
+  cpuSeconds: number;
+  cpuUsPerRequest: number;
+  /** The same requests and client with one cached token: the hit baseline in identical conditions. */
+  hitCpuUsPerRequest: number;
+  /** Miss minus hit, per verification: the CPU of one signature check and its cache entry. */
+  cpuUsPerVerification: number;
+}
+
+const MISS_CONCURRENCY = 8;
+
+async function missPhase(backendPort: number, issuer: BenchIssuer, n: number): Promise<MissResult> {
+  // The sender runs in this process: keep it off the gateway's CPU.
+  if (canPin) execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
+  const adminPort = await freePort();
+  const gw = await startGatehouse(backendPort, false, { issuer: issuer.issuer, adminPort });
+  try {
+    await waitForPort(adminPort, gw.child, 'gatehouse+jwt admin');
+    const pid = gw.child.pid as number;
+    const url = `http://127.0.0.1:${gw.port}/small`;
+    // Tokens are made before the phase, so signing costs nothing during it.
+    const warm = await Promise.all(
+      Array.from({ length: Math.min(n, 300) }, (_, i) => issuer.sign(`warm-${i}`)),
+    );
+    const tokens = await Promise.all(Array.from({ length: n }, (_, i) => issuer.sign(`miss-${i}`)));
+    const cached = await issuer.sign('cached');
+    // Warm-up: the JWKS fetch, and the JIT on both the miss and the hit paths.
+    await sendTokens(url, warm, MISS_CONCURRENCY);
+    await sendTokens(url, Array(Math.min(n, 300)).fill(cached), MISS_CONCURRENCY);
+
+    let c0 = cpuTicks(pid);
+    const hit = await sendTokens(url, Array(n).fill(cached), MISS_CONCURRENCY);
+    const hitCpuS = (cpuTicks(pid) - c0) / clkTck;
+    if (hit.failed > 0) throw new Error(`cached-token requests failed: ${JSON.stringify(hit.statuses)}`);
+
+    const m0 = await tokenVerifications(adminPort);
+    c0 = cpuTicks(pid);
+    const t0 = performance.now();
+    const miss = await sendTokens(url, tokens, MISS_CONCURRENCY);
+    const seconds = (performance.now() - t0) / 1000;
+    const cpuSeconds = (cpuTicks(pid) - c0) / clkTck;
+    const m1 = await tokenVerifications(adminPort);
+    const verifications = m1.total - m0.total;
+    const cpuUsPerRequest = (cpuSeconds * 1e6) / n;
+    const hitCpuUsPerRequest = (hitCpuS * 1e6) / n;
+    return {
+      algorithm: BENCH_ALG,
+      tokens: n,
+      concurrency: MISS_CONCURRENCY,
+      ok: miss.ok,
+      failed: miss.failed,
+      statuses: miss.statuses,
+      seconds: round(seconds, 2),
+      verifications,
+      verificationsOk: m1.ok - m0.ok,
+      verificationsMatch: verifications === n,
+      signatureChecksPerSecond: round(verifications / seconds, 0),
+      cpuSeconds: round(cpuSeconds, 2),
+      cpuUsPerRequest: round(cpuUsPerRequest, 1),
+      hitCpuUsPerRequest: round(hitCpuUsPerRequest, 1),
+      cpuUsPerVerification:
+        verifications > 0
+          ? round(((cpuUsPerRequest - hitCpuUsPerRequest) * n) / verifications, 1)
+          : Number.NaN,
+    };
+  } finally {
+    await stop(gw.child);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
 
 interface Row extends LoadResult {
@@ -727,23 +859,36 @@ async function main(): Promise<void> {
     }
   }
 
+  // The token issuer of `gatehouse+jwt`, and the one long-lived token wrk sends.
+  let issuer: BenchIssuer | undefined;
+  let bearer: Record<string, string> = {};
+  if (proxies.includes('gatehouse+jwt')) {
+    issuer = await startBenchIssuer();
+    bearer = { Authorization: `Bearer ${await issuer.sign('wrk')}` };
+  }
+
   const rows: Row[] = [];
   const failed = new Set<string>();
   async function benchProxy(proxy: string): Promise<void> {
     let running: Running | undefined;
     try {
-      if (proxy === 'gatehouse' || proxy === 'gatehouse+log') {
-        const gw = await startGatehouse(backendPort, proxy === 'gatehouse+log');
+      if (proxy === 'gatehouse' || proxy === 'gatehouse+log' || proxy === 'gatehouse+jwt') {
+        const jwt =
+          proxy === 'gatehouse+jwt' && issuer
+            ? { issuer: issuer.issuer, adminPort: await freePort() }
+            : undefined;
+        const gw = await startGatehouse(backendPort, proxy === 'gatehouse+log', jwt);
         if (!notes.includes(`gatehouse ran as ${gw.note}`)) notes.push(`gatehouse ran as ${gw.note}`);
         running = gw;
       } else if (proxy === 'haproxy') running = await startHaproxy(backendPort);
       else running = await startPeer(proxy, backendPort);
       const pid = running.child.pid as number;
+      const headers = proxy === 'gatehouse+jwt' ? bearer : {};
       for (const scenario of ['small', '1MiB'] as const) {
         const url = `http://127.0.0.1:${running.port}${scenario === 'small' ? '/small' : '/1m'}`;
-        if (opts.warmupS > 0) await runLoad(url, opts.connections, opts.warmupS);
+        if (opts.warmupS > 0) await runLoad(url, opts.connections, opts.warmupS, headers);
         const before = cpuTicks(pid);
-        const load = await runLoad(url, opts.connections, opts.durationS);
+        const load = await runLoad(url, opts.connections, opts.durationS, headers);
         const cpuSeconds = (cpuTicks(pid) - before) / clkTck;
         const row: Row = {
           proxy,
@@ -783,6 +928,20 @@ async function main(): Promise<void> {
     }
   }
 
+  let miss: MissResult | undefined;
+  if (issuer && opts.missTokens > 0 && !failed.has('gatehouse+jwt')) {
+    process.stdout.write(
+      `  token-cache misses: ${opts.missTokens} distinct tokens through gatehouse+jwt, concurrency ${MISS_CONCURRENCY}…\n`,
+    );
+    try {
+      miss = await missPhase(backendPort, issuer, opts.missTokens);
+    } catch (err) {
+      process.stderr.write(`bench: token-cache miss phase failed: ${(err as Error).message}\n`);
+      notes.push(`token-cache miss phase failed: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+  await issuer?.close();
+
   let memory: MemoryResult | undefined;
   if (opts.memory && opts.proxies.includes('gatehouse')) {
     process.stdout.write(
@@ -800,6 +959,29 @@ async function main(): Promise<void> {
   await stop(backend);
 
   let report = summaries.length > 0 ? `\n${table(summaries)}\n` : '';
+  const cpuOf = (proxy: string) =>
+    summaries.find((x) => x.proxy === proxy && x.scenario === 'small')?.cpuUsPerRequest;
+  const jwtCpu = cpuOf('gatehouse+jwt');
+  const identity =
+    jwtCpu === undefined
+      ? undefined
+      : {
+          vsGatehouse: cpuOf('gatehouse') === undefined ? undefined : round(jwtCpu / cpuOf('gatehouse')!, 2),
+          vsHaproxy: cpuOf('haproxy') === undefined ? undefined : round(jwtCpu / cpuOf('haproxy')!, 2),
+        };
+  if (identity) {
+    report += `\nidentity overhead: gatehouse+jwt CPU / gatehouse CPU = ${fmt(identity.vsGatehouse, 2)} (target ≤ 1.2)\n`;
+    report += `identity vs HAProxy: gatehouse+jwt CPU / haproxy CPU = ${fmt(identity.vsHaproxy, 2)} (target ≤ 2.5)\n`;
+  }
+  if (miss) {
+    report +=
+      `\nToken-cache misses: ${miss.tokens} distinct ${miss.algorithm} tokens, concurrency ${miss.concurrency}, ` +
+      `${miss.seconds} s: ${miss.verifications} signature checks (${miss.verificationsOk} ok; ` +
+      `${miss.verificationsMatch ? '= the number of distinct tokens' : `EXPECTED ${miss.tokens}`}), ` +
+      `${miss.signatureChecksPerSecond} signature checks/s; CPU ${fmt(miss.cpuUsPerRequest)} µs/request ` +
+      `vs ${fmt(miss.hitCpuUsPerRequest)} µs/request with one cached token → ${fmt(miss.cpuUsPerVerification)} µs CPU ` +
+      `per verification; ${miss.failed} errors/non-2xx\n`;
+  }
   if (memory) {
     report +=
       `\nMemory: ${(memory.bytes / 1048576).toFixed(0)} MiB streamed down (${memory.downloadMiBps} MiB/s) and up ` +
@@ -833,6 +1015,8 @@ async function main(): Promise<void> {
         },
         // Medians over the rounds (one round: the run itself); every run is in `samples`.
         results: summaries,
+        identity,
+        tokenCacheMisses: miss,
         memory,
         notes,
       },
