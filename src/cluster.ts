@@ -26,6 +26,7 @@ import { ConfigError, type ConfigProblem, formatProblem } from './errors.js';
 import { createLogger, type Logger } from './observe/log.js';
 import { configGeneration, registry, reloadsTotal } from './observe/metrics.js';
 import type { LoadedConfig } from './runtime-build.js';
+import { Coalescer } from './util/coalesce.js';
 
 /** How long the primary waits for a worker to answer a status or metrics request. */
 const QUERY_TIMEOUT_MS = 5_000;
@@ -118,8 +119,7 @@ export class ClusterPrimary {
   #adminAddress: string | undefined;
   #adminKey: string | undefined;
   #watcher: FileWatcher | undefined;
-  #reloading: Promise<ReloadResult> | undefined;
-  #queued: Promise<ReloadResult> | undefined;
+  readonly #reloads = new Coalescer<ReloadResult>(() => this.#reloadOnce());
   #closing: Promise<number> | undefined;
   #allExited: (() => void) | undefined;
   readonly #signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
@@ -217,17 +217,7 @@ export class ClusterPrimary {
    * every worker did. Reloads run one at a time; calls made meanwhile share one follow-up reload.
    */
   reload(): Promise<ReloadResult> {
-    if (this.#reloading === undefined) {
-      this.#reloading = this.#reloadOnce().finally(() => {
-        this.#reloading = undefined;
-      });
-      return this.#reloading;
-    }
-    this.#queued ??= this.#reloading.then(() => {
-      this.#queued = undefined;
-      return this.reload();
-    });
-    return this.#queued;
+    return this.#reloads.run();
   }
 
   /**
@@ -248,7 +238,7 @@ export class ClusterPrimary {
       clearTimeout(slot.timer);
       slot.timer = undefined;
     }
-    await this.#reloading?.catch(() => undefined);
+    await this.#reloads.idle();
     const exited = new Promise<void>((resolve) => {
       this.#allExited = resolve;
     });

@@ -25,6 +25,7 @@ import {
   retireStore,
   retireUpstreams,
 } from './runtime-build.js';
+import { Coalescer } from './util/coalesce.js';
 
 /** How often generated assertion keys are re-read from a shared (Redis) store to pick up rotations. */
 const ASSERTION_SYNC_MS = 60_000;
@@ -78,9 +79,8 @@ export class Gateway {
   #adminKey: string | undefined;
   #adminEnabled = true;
   #watcher: FileWatcher | undefined;
-  #reloading: Promise<ReloadResult> | undefined;
+  readonly #reloads = new Coalescer<ReloadResult>(() => this.#reloadOnce());
   #sources: Readonly<Record<string, string>> | undefined;
-  #queued: Promise<ReloadResult> | undefined;
   #closing: Promise<void> | undefined;
   readonly #retiring = new Set<Promise<void>>();
   readonly #retireAbort = new AbortController();
@@ -181,17 +181,7 @@ export class Gateway {
    */
   reload(sources?: Readonly<Record<string, string>>): Promise<ReloadResult> {
     if (sources !== undefined) this.#sources = sources;
-    if (this.#reloading === undefined) {
-      this.#reloading = this.#reloadOnce().finally(() => {
-        this.#reloading = undefined;
-      });
-      return this.#reloading;
-    }
-    this.#queued ??= this.#reloading.then(() => {
-      this.#queued = undefined;
-      return this.reload();
-    });
-    return this.#queued;
+    return this.#reloads.run();
   }
 
   /**
@@ -211,7 +201,7 @@ export class Gateway {
       if (signal === 'SIGHUP') process.off(signal, handler);
     }
     // A reload that is building must finish first, so that its upstreams are closed below too.
-    await this.#reloading?.catch(() => undefined);
+    await this.#reloads.idle();
     await this.#listeners.close(this.#runtime.config.server.drainTimeout);
     this.#retireAbort.abort();
     await Promise.all(this.#retiring);
