@@ -185,6 +185,8 @@ export class ListenerSet {
           }
         },
         requestCert: l.tls.clientCertificate !== undefined,
+        // `mode: request` lets an untrusted client certificate through the handshake on purpose: the
+        // access stage then refuses it (certificate-invalid, 401) instead of failing the connection.
         rejectUnauthorized: l.tls.clientCertificate?.mode === 'require',
       };
       if (l.tls.http2) {
