@@ -243,3 +243,25 @@ test('a route protected by a policy is enforced, never forwarded unchecked', asy
   assert.equal(open.status, 200);
   assert.equal(b.seen.length, 1);
 });
+
+test('an error the gateway answers after the access stage keeps its CORS headers', async (t) => {
+  const gw = await startGateway(
+    t,
+    config({ dead: { servers: [{ url: 'http://127.0.0.1:9' }], retries: { attempts: 0 } } }, [
+      {
+        name: 'api',
+        match: { path: '/api' },
+        upstream: 'dead',
+        public: true,
+        cors: { origins: ['https://app.example.com'] },
+      },
+    ]),
+  );
+  const r = await request(gw.url(), { path: '/api/x', headers: { origin: 'https://app.example.com' } });
+  assert.equal(r.status, 502);
+  assert.match(r.body.toString(), /GH_UPSTREAM_CONNECT/);
+  assert.equal(r.headers['access-control-allow-origin'], 'https://app.example.com');
+  const other = await request(gw.url(), { path: '/api/x', headers: { origin: 'https://evil.example' } });
+  assert.equal(other.status, 502);
+  assert.equal(other.headers['access-control-allow-origin'], undefined);
+});

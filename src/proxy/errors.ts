@@ -143,7 +143,8 @@ function wantsJson(accept: string | string[] | undefined): boolean {
 /**
  * Writes a short error response (plain text, or JSON when the client accepts only JSON). When the
  * response has already started, the client stream is destroyed instead. `close` asks an HTTP/1.1
- * client to close the connection (used when an unread request body would otherwise follow).
+ * client to close the connection (used when an unread request body would otherwise follow); `extra`
+ * holds further header name/value pairs (a flat list).
  */
 export function sendError(
   req: ProxyRequest,
@@ -151,6 +152,7 @@ export function sendError(
   err: GatehouseError,
   requestId: string,
   close = false,
+  extra?: readonly string[],
 ): void {
   if (res.headersSent || res.destroyed) {
     res.destroy();
@@ -178,6 +180,7 @@ export function sendError(
     requestId,
   ];
   if (close && req.httpVersionMajor === 1) headers.push('connection', 'close');
+  if (extra !== undefined) headers.push(...extra);
   res.writeHead(status, headers);
   res.end(req.method === 'HEAD' ? undefined : body);
 }

@@ -616,7 +616,9 @@ class Exchange {
     this.errorCode = err.code;
     // An unread request body would follow on this connection: close it after the answer.
     const close = requestHasBody(this.req) && !this.req.complete;
-    sendError(this.req, this.res, err, this.requestId, close);
+    // After the access stage the answer still carries its headers (a refreshed or cleared session
+    // cookie, CORS), so a 502/503/504 neither loses a session update nor looks like a CORS failure.
+    sendError(this.req, this.res, err, this.requestId, close, this.access?.responseHeaders);
   }
 
   /** Runs once when the client response closes (finished or aborted): log and metrics. */
