@@ -5,6 +5,7 @@
  */
 import cluster from 'node:cluster';
 import { buildStatusReport } from './admin/server.js';
+import { formatAddress } from './admin/slot.js';
 import type {
   ConfigSources,
   PrimaryMessage,
@@ -25,11 +26,6 @@ function send(message: WorkerMessage): Promise<void> {
     }
     process.send(message, undefined, {}, () => resolve());
   });
-}
-
-function formatAddress(a: { address: string; family: string; port: number } | undefined): string | undefined {
-  if (!a) return undefined;
-  return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
 }
 
 /**

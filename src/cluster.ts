@@ -18,6 +18,7 @@ import {
   Registry,
 } from 'prom-client';
 import { AdminServer, type ReloadResult, type StatusReport, type WorkerStatus } from './admin/server.js';
+import { AdminSlot, formatAddress } from './admin/slot.js';
 import { isWorkerMessage, type ListenerAddress, PendingRequests, type WorkerMessage } from './cluster-ipc.js';
 import { type LoadResult, loadConfig } from './config/load.js';
 import { FileWatcher } from './config/watch.js';
@@ -115,9 +116,18 @@ export class ClusterPrimary {
   #started = false;
   #startup: { resolve(): void; reject(err: Error): void } | undefined;
   #startError: Error | undefined;
-  #admin: AdminServer | undefined;
-  #adminAddress: string | undefined;
-  #adminKey: string | undefined;
+  readonly #admin = new AdminSlot(
+    (token) =>
+      new AdminServer({
+        getRuntime: () => undefined,
+        logger: this.#logger,
+        reload: () => this.reload(),
+        token,
+        ready: () => this.#ready(),
+        metrics: () => this.#aggregateMetrics(),
+        status: () => this.#status(),
+      }),
+  );
   #watcher: FileWatcher | undefined;
   readonly #reloads = new Coalescer<ReloadResult>(() => this.#reloadOnce());
   #closing: Promise<number> | undefined;
@@ -200,7 +210,7 @@ export class ClusterPrimary {
         generation: primary.#generation,
         workers: primary.#slots.map((s) => s.worker?.process.pid),
         listeners: primary.#slots[0]?.listeners ?? [],
-        admin: primary.#adminAddress,
+        admin: formatAddress(primary.#admin.address),
       },
       'gateway started',
     );
@@ -209,7 +219,7 @@ export class ClusterPrimary {
 
   /** Bound admin address (`host:port`), when an admin listener is configured. */
   adminAddress(): string | undefined {
-    return this.#adminAddress;
+    return formatAddress(this.#admin.address);
   }
 
   /**
@@ -259,7 +269,7 @@ export class ClusterPrimary {
       await within(exited, 5_000);
       code = 1;
     }
-    await this.#admin?.close().catch((err: unknown) => this.#logger.warn({ err }, 'closing admin failed'));
+    await this.#admin.close().catch((err: unknown) => this.#logger.warn({ err }, 'closing admin failed'));
     this.#removeSignals();
     this.#logger.info('gateway stopped');
     return code;
@@ -543,31 +553,9 @@ export class ClusterPrimary {
     return this.#started && this.#closing === undefined && this.#slots.every((s) => s.ready);
   }
 
-  /** Starts, restarts or stops the admin listener when its bind address or token changed. */
-  async #syncAdmin(loaded: LoadedConfig): Promise<void> {
-    const admin = loaded.config.admin;
-    const token = admin?.token !== undefined ? loaded.secrets.resolveSecret(admin.token) : undefined;
-    const key = admin ? JSON.stringify([admin.bind, token ?? null]) : undefined;
-    if (key === this.#adminKey) return;
-    if (this.#admin) {
-      await this.#admin.close();
-      this.#admin = undefined;
-      this.#adminAddress = undefined;
-    }
-    this.#adminKey = key;
-    if (!admin) return;
-    const server = new AdminServer({
-      getRuntime: () => undefined,
-      logger: this.#logger,
-      reload: () => this.reload(),
-      token,
-      ready: () => this.#ready(),
-      metrics: () => this.#aggregateMetrics(),
-      status: () => this.#status(),
-    });
-    const a = await server.listen(admin.bind);
-    this.#adminAddress = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
-    this.#admin = server;
+  /** Keeps the admin listener in step with the configuration. */
+  #syncAdmin(loaded: LoadedConfig): Promise<void> {
+    return this.#admin.sync(loaded);
   }
 
   #installSignals(): void {

@@ -8,6 +8,7 @@
  */
 import type { AddressInfo } from 'node:net';
 import { AdminServer, type ReloadResult } from './admin/server.js';
+import { AdminSlot, formatAddress } from './admin/slot.js';
 import { type LoadResult, loadConfig } from './config/load.js';
 import { FileWatcher } from './config/watch.js';
 import { ConfigError, type ConfigProblem, formatProblem } from './errors.js';
@@ -74,9 +75,17 @@ export class Gateway {
   #ownsLogger = false;
   #runtime: Runtime;
   #listeners!: ListenerSet;
-  #admin: AdminServer | undefined;
-  #adminAddress: AddressInfo | undefined;
-  #adminKey: string | undefined;
+  readonly #admin = new AdminSlot(
+    (token) =>
+      new AdminServer({
+        getRuntime: () => this.#runtime,
+        logger: this.#logger,
+        reload: () => this.reload(),
+        token,
+        ready: () => this.#closing === undefined,
+        listenerAddress: (name) => this.address(name),
+      }),
+  );
   #adminEnabled = true;
   #watcher: FileWatcher | undefined;
   readonly #reloads = new Coalescer<ReloadResult>(() => this.#reloadOnce());
@@ -129,7 +138,7 @@ export class Gateway {
       await gw.#syncAdmin(loaded);
     } catch (err) {
       await gw.#listeners.close(0).catch(() => {});
-      await gw.#admin?.close().catch(() => {});
+      await gw.#admin.close().catch(() => {});
       await closeUpstreams(built.runtime.upstreams.values(), logger);
       await closeStore(built.runtime.store, logger);
       throw err;
@@ -151,7 +160,7 @@ export class Gateway {
           name: l.name,
           address: formatAddress(gw.address(l.name)),
         })),
-        admin: formatAddress(gw.#adminAddress),
+        admin: formatAddress(gw.#admin.address),
       },
       'gateway started',
     );
@@ -170,7 +179,7 @@ export class Gateway {
 
   /** Bound address of the admin listener, when one is configured. */
   adminAddress(): AddressInfo | undefined {
-    return this.#adminAddress;
+    return this.#admin.address;
   }
 
   /**
@@ -205,7 +214,7 @@ export class Gateway {
     await this.#listeners.close(this.#runtime.config.server.drainTimeout);
     this.#retireAbort.abort();
     await Promise.all(this.#retiring);
-    await this.#admin?.close().catch((err: unknown) => this.#logger.warn({ err }, 'closing admin failed'));
+    await this.#admin.close().catch((err: unknown) => this.#logger.warn({ err }, 'closing admin failed'));
     await closeUpstreams(this.#runtime.upstreams.values(), this.#logger);
     clearInterval(this.#assertionSync);
     await closeStore(this.#runtime.store, this.#logger);
@@ -299,30 +308,9 @@ export class Gateway {
     return { ok: false, problems };
   }
 
-  /** Starts, restarts or stops the admin listener when its bind address or token changed. */
+  /** Keeps the admin listener in step with the configuration (not in cluster workers). */
   async #syncAdmin(loaded: LoadedConfig): Promise<void> {
-    if (!this.#adminEnabled) return;
-    const admin = loaded.config.admin;
-    const token = admin?.token !== undefined ? loaded.secrets.resolveSecret(admin.token) : undefined;
-    const key = admin ? JSON.stringify([admin.bind, token ?? null]) : undefined;
-    if (key === this.#adminKey) return;
-    if (this.#admin) {
-      await this.#admin.close();
-      this.#admin = undefined;
-      this.#adminAddress = undefined;
-    }
-    this.#adminKey = key;
-    if (!admin) return;
-    const server = new AdminServer({
-      getRuntime: () => this.#runtime,
-      logger: this.#logger,
-      reload: () => this.reload(),
-      token,
-      ready: () => this.#closing === undefined,
-      listenerAddress: (name) => this.address(name),
-    });
-    this.#adminAddress = await server.listen(admin.bind);
-    this.#admin = server;
+    if (this.#adminEnabled) await this.#admin.sync(loaded);
   }
 
   /**
@@ -374,9 +362,4 @@ export class Gateway {
 
 function logWarnings(logger: Logger, warnings: readonly ConfigProblem[]): void {
   for (const w of warnings) logger.warn({ file: w.file, path: w.path }, formatProblem(w));
-}
-
-function formatAddress(a: AddressInfo | undefined): string | undefined {
-  if (!a) return undefined;
-  return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
 }
