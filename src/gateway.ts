@@ -123,7 +123,9 @@ export class Gateway {
     const gw = new Gateway(opts.configFile, logger, env, built.runtime);
     gw.#ownsLogger = opts.logger === undefined;
     gw.#adminEnabled = opts.admin !== false;
-    const sink = opts.accessLog ?? createAccessLog();
+    // A cluster worker's lines say which worker served the request, like its other log lines.
+    const worker = opts.logBindings?.worker;
+    const sink = opts.accessLog ?? createAccessLog(undefined, worker === undefined ? undefined : { worker });
     gw.#listeners = new ListenerSet({
       getRuntime: () => gw.#runtime,
       logger,

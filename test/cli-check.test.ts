@@ -538,3 +538,57 @@ test('apikey: usage and bad input exit 2', async () => {
     assert.equal(r.out, '');
   }
 });
+
+test('check --at runs the policy tests at that time (weekday rules), and rejects a bad date-time', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    `
+listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+identity:
+  apiKeys: [{ id: k, hash: "sha256:${'0'.repeat(64)}", subject: agent, groups: [eng] }]
+upstreams:
+  app: { servers: [{ url: http://127.0.0.1:9001 }] }
+policies:
+  weekdays:
+    allow: [{ groups: [eng] }]
+    deny: [{ name: no-weekends, time: { days: [sat, sun], timezone: Europe/Paris } }]
+routes:
+  - { name: batch, match: { path: /batch/ }, upstream: app, policy: weekdays }
+tests:
+  - { name: eng runs batches, as: { groups: [eng] }, request: { url: "https://x.example.com/batch/run" }, expect: allow }
+`,
+  );
+  // 2026-01-05 is a Monday, 2026-01-10 a Saturday (in Paris as in UTC at noon).
+  const monday = await run(['check', '-c', file, '--at', '2026-01-05T12:00:00Z']);
+  assert.equal(monday.code, 0, monday.err);
+  assert.match(monday.out, /1 policy test passed/);
+  const saturday = await run(['check', '-c', file, '--at', '2026-01-10T12:00:00+01:00']);
+  assert.equal(saturday.code, 1);
+  assert.match(
+    saturday.err,
+    /tests\.0: test "eng runs batches" failed: expected allow, got forbidden \(403\).*\[policy-deny:no-weekends\]/,
+  );
+  const bad = await run(['check', '-c', file, '--at', 'next saturday']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.err, /--at: "next saturday" is not an ISO date-time/);
+});
+
+test('check: a route rate limit is accepted but reported as not enforced', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    `
+listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+upstreams:
+  app: { servers: [{ url: http://127.0.0.1:9001 }] }
+routes:
+  - { name: web, match: { path: / }, upstream: app, public: true, rateLimit: { rate: 10/s } }
+`,
+  );
+  const r = await run(['check', '-c', file]);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.err, /gh\.yaml: routes\.0\.rateLimit: warning: rate limits are not enforced yet/);
+});

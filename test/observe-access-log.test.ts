@@ -56,3 +56,28 @@ test('the access log writes one JSON line per request with every field and nothi
     'time',
   ]);
 });
+
+test('fields given to the access log (a cluster worker number) lead every line', () => {
+  const out = new LineCollector();
+  const log = createAccessLog(out, { worker: 3 });
+  log({
+    time: '2025-01-02T03:04:05.678Z',
+    requestId: 'req-9',
+    client: '127.0.0.1',
+    host: 'h',
+    method: 'GET',
+    path: '/',
+    route: 'r',
+    upstream: undefined,
+    server: undefined,
+    status: 200,
+    bytesIn: 0,
+    bytesOut: 2,
+    duration: 1,
+    upstreamDuration: undefined,
+    retries: 0,
+  });
+  assert.equal(out.lines.length, 1);
+  assert.match(out.lines[0] ?? '', /^\{"worker":3,"time":"2025-01-02T03:04:05.678Z","requestId":"req-9",/);
+  assert.equal(JSON.parse(out.lines[0] ?? '').worker, 3);
+});

@@ -24,8 +24,10 @@ const USAGE = `Usage: gatehouse <command> [options]
 
 Commands:
   start -c FILE                     run the gateway with the configuration FILE
-  check -c FILE [--verbose]         validate FILE and run its policy tests (exit 0 valid and passing,
-                                    1 invalid or a test failed; --verbose lists every test)
+  check -c FILE [--verbose] [--at DATE-TIME]
+                                    validate FILE and run its policy tests (exit 0 valid and passing,
+                                    1 invalid or a test failed; --verbose lists every test; --at runs
+                                    them at that time instead of now, for time-of-day rules)
   explain -c FILE [--as 'email=alice@example.com,groups=data-eng'] [--source-ip IP]
           [--header 'Name: value']... [--at DATE-TIME] METHOD URL
                                     show the route, upstream, identity, deciding rule and reason for
@@ -113,7 +115,7 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
       case 'start':
         return await start(parseArgs(rest, new Set(['config'])), io);
       case 'check':
-        return await check(parseArgs(rest, new Set(['config', 'verbose'])), io);
+        return await check(parseArgs(rest, new Set(['config', 'verbose', 'at'])), io);
       case 'explain':
         return await explain(parseArgs(rest, new Set(['config', 'as', 'source-ip', 'header', 'at'])), io);
       case 'apikey': {
@@ -225,6 +227,7 @@ function plural(n: number, one: string, many: string): string {
 async function check(p: Parsed, io: CliIo): Promise<number> {
   const file = requireConfig(p, 'check');
   if (p.positional.length > 0) throw new UsageError(`unexpected argument ${p.positional[0]}`);
+  const now = p.at === undefined ? Date.now() : parseAt(p.at);
   const { loadConfig } = await import('../config/load.js');
   const loaded = await loadConfig(file);
   printWarnings(io, loaded.warnings);
@@ -245,8 +248,8 @@ async function check(p: Parsed, io: CliIo): Promise<number> {
   const { runConfigTests, formatTestResult } = await import('../policy/tests.js');
   let results: ReturnType<typeof runConfigTests>;
   try {
-    // The same steps the gateway takes (normalize, route, decide), offline and at the current time.
-    results = runConfigTests(config);
+    // The same steps the gateway takes (normalize, route, decide), offline, now or at `--at`.
+    results = runConfigTests(config, now);
   } catch (err) {
     const problems = await policyProblemsOf(err, locate);
     printProblems(io, problems);
@@ -298,6 +301,15 @@ export function parseIdentity(text: string): Record<string, string | string[]> {
 // An explicit offset keeps `--at` independent of the machine's time zone.
 const DATE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/;
 
+/** `--at DATE-TIME` in ms since the epoch. */
+function parseAt(text: string): number {
+  const ms = DATE_TIME.test(text) ? Date.parse(text) : Number.NaN;
+  if (Number.isNaN(ms)) {
+    throw new UsageError(`--at: "${text}" is not an ISO date-time such as 2026-01-05T09:30:00Z`);
+  }
+  return ms;
+}
+
 /** Parses `--header 'Name: value'` into a header name (lower case) and value. */
 function parseHeader(text: string): [string, string] {
   const colon = text.indexOf(':');
@@ -330,13 +342,7 @@ async function explain(p: Parsed, io: CliIo): Promise<number> {
     // Repeated headers are joined as a proxy would see them (RFC 9110 §5.3).
     headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
   }
-  let now: number | undefined;
-  if (p.at !== undefined) {
-    now = DATE_TIME.test(p.at) ? Date.parse(p.at) : Number.NaN;
-    if (Number.isNaN(now)) {
-      throw new UsageError(`--at: "${p.at}" is not an ISO date-time such as 2026-01-05T09:30:00Z`);
-    }
-  }
+  const now = p.at === undefined ? undefined : parseAt(p.at);
 
   const { loadConfig } = await import('../config/load.js');
   // Deciding does not need secrets: a config can be explained without its certificates and tokens.

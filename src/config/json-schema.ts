@@ -150,7 +150,8 @@ const DESCRIPTIONS: Record<string, string> = {
   'routes[].policy.allow': 'Rules of which one must match for access',
   'routes[].policy.deny': 'Rules of which any match refuses access, before allow',
   'routes[].public': 'Serve without authentication',
-  'routes[].rateLimit': 'Requests allowed per identity or client address',
+  'routes[].rateLimit':
+    'Requests allowed per identity or client address (accepted, not enforced yet: a warning says so)',
   'routes[].rateLimit.key': 'Count per identity or per client address',
   'routes[].rateLimit.rate': 'Sustained rate',
   'routes[].rateLimit.burst': 'Requests allowed at once above the rate',

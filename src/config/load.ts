@@ -607,6 +607,15 @@ function configChecks(config: Config, out: Collector, resolved: Resolved): void 
   const identity = identityProblems(config, resolved.sessionSecrets);
   for (const p of identity.problems) out.at(p.path, p.message);
   for (const w of identity.warnings) out.warnAt(w.path, w.message);
+  // Accepted so that configurations written for a later release load today, but never silently.
+  config.routes.forEach((r, i) => {
+    if (r.rateLimit !== undefined) {
+      out.warnAt(
+        ['routes', i, 'rateLimit'],
+        'rate limits are not enforced yet: this route is not limited; the setting is accepted for forward compatibility',
+      );
+    }
+  });
 }
 
 function duplicate(kind: string, name: string, first: number, out: Collector): string {

@@ -44,17 +44,22 @@ function sharedStdout(): ReturnType<typeof pino.destination> {
  * Creates an access logger. Without `destination` it writes asynchronously to stdout, the lines of
  * one event-loop turn in one write (a write per line costs more than the rest of the log together);
  * with a stream (tests, files) it writes each line synchronously to that stream. Undefined fields are
- * left out of the line.
+ * left out of the line. `fields` (such as `{ worker: 2 }` in a cluster worker) lead every line.
  */
-export function createAccessLog(destination?: NodeJS.WritableStream): AccessLog {
+export function createAccessLog(destination?: NodeJS.WritableStream, fields?: object): AccessLog {
+  const lead = fields === undefined ? '' : JSON.stringify(fields).slice(1, -1);
+  const line =
+    lead === ''
+      ? (entry: AccessEntry) => `${JSON.stringify(entry)}\n`
+      : (entry: AccessEntry) => `{${lead},${JSON.stringify(entry).slice(1)}\n`;
   if (destination !== undefined) {
     return (entry) => {
-      destination.write(`${JSON.stringify(entry)}\n`);
+      destination.write(line(entry));
     };
   }
   sharedStdout();
   return (entry) => {
-    pending += `${JSON.stringify(entry)}\n`;
+    pending += line(entry);
     if (!flushScheduled) {
       flushScheduled = true;
       setImmediate(flushPending);
