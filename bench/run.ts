@@ -10,12 +10,14 @@
  * `gatehouse+jwt`, serves the same route behind identity: a bearer JWT from an issuer the bench serves
  * itself (RS256, discovery and JWKS on loopback), a policy with a deny and an allow rule, and identity
  * headers plus the signed assertion upstream. wrk sends one long-lived token, so after the first request
- * every request is a token-cache hit. Token-cache misses are measured after the load phases in a bounded
+ * every request is a token-cache hit. `haproxy+bearer` is HAProxy sent the very same requests (the token
+ * passed through unchecked, as HAProxy does no identity), so that the identity variant is also compared
+ * with HAProxy on identical traffic. Token-cache misses are measured after the load phases in a bounded
  * phase where every request carries a different token (signature checks/s and CPU per check, confirmed
  * against the gateway's `gatehouse_token_verifications_total`).
  *
  * Usage: node --import tsx bench/run.ts [--duration 10s] [--connections 50] [--warmup 2s] [--rounds 1]
- *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,haproxy,minimal-undici,node-http-proxy]
+ *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,haproxy,haproxy+bearer,minimal-undici,node-http-proxy]
  *          [--memory-size 1GiB] [--miss-tokens 2000]
  *          [--no-memory | --memory-only]
  *
@@ -77,6 +79,7 @@ const allProxies = [
   'gatehouse+log',
   'gatehouse+jwt',
   'haproxy',
+  'haproxy+bearer',
   'minimal-undici',
   'node-http-proxy',
 ];
@@ -829,12 +832,13 @@ async function main(): Promise<void> {
       'wrk is missing (apt-get install wrk): using autocannon, whose own CPU use competes with the proxy',
     );
   const proxies = opts.loadTests ? [...opts.proxies] : [];
-  if (proxies.includes('haproxy') && !haveCommand('haproxy')) {
+  if (proxies.some((p) => p.startsWith('haproxy')) && !haveCommand('haproxy')) {
     process.stderr.write(
       '\n*** bench: HAProxy is not installed: SKIPPING HAProxy (install it with: apt-get install haproxy) ***\n\n',
     );
     notes.push('HAProxy skipped: not installed (apt-get install haproxy)');
-    proxies.splice(proxies.indexOf('haproxy'), 1);
+    for (const p of ['haproxy', 'haproxy+bearer'])
+      if (proxies.includes(p)) proxies.splice(proxies.indexOf(p), 1);
   }
 
   process.stdout.write(
@@ -859,10 +863,10 @@ async function main(): Promise<void> {
     }
   }
 
-  // The token issuer of `gatehouse+jwt`, and the one long-lived token wrk sends.
+  // The token issuer of `gatehouse+jwt`, and the one long-lived token wrk sends (to `haproxy+bearer` too).
   let issuer: BenchIssuer | undefined;
   let bearer: Record<string, string> = {};
-  if (proxies.includes('gatehouse+jwt')) {
+  if (proxies.includes('gatehouse+jwt') || proxies.includes('haproxy+bearer')) {
     issuer = await startBenchIssuer();
     bearer = { Authorization: `Bearer ${await issuer.sign('wrk')}` };
   }
@@ -880,10 +884,10 @@ async function main(): Promise<void> {
         const gw = await startGatehouse(backendPort, proxy === 'gatehouse+log', jwt);
         if (!notes.includes(`gatehouse ran as ${gw.note}`)) notes.push(`gatehouse ran as ${gw.note}`);
         running = gw;
-      } else if (proxy === 'haproxy') running = await startHaproxy(backendPort);
+      } else if (proxy === 'haproxy' || proxy === 'haproxy+bearer') running = await startHaproxy(backendPort);
       else running = await startPeer(proxy, backendPort);
       const pid = running.child.pid as number;
-      const headers = proxy === 'gatehouse+jwt' ? bearer : {};
+      const headers = proxy === 'gatehouse+jwt' || proxy === 'haproxy+bearer' ? bearer : {};
       for (const scenario of ['small', '1MiB'] as const) {
         const url = `http://127.0.0.1:${running.port}${scenario === 'small' ? '/small' : '/1m'}`;
         if (opts.warmupS > 0) await runLoad(url, opts.connections, opts.warmupS, headers);
@@ -968,10 +972,13 @@ async function main(): Promise<void> {
       : {
           vsGatehouse: cpuOf('gatehouse') === undefined ? undefined : round(jwtCpu / cpuOf('gatehouse')!, 2),
           vsHaproxy: cpuOf('haproxy') === undefined ? undefined : round(jwtCpu / cpuOf('haproxy')!, 2),
+          vsHaproxySameRequests:
+            cpuOf('haproxy+bearer') === undefined ? undefined : round(jwtCpu / cpuOf('haproxy+bearer')!, 2),
         };
   if (identity) {
     report += `\nidentity overhead: gatehouse+jwt CPU / gatehouse CPU = ${fmt(identity.vsGatehouse, 2)} (target ≤ 1.2)\n`;
     report += `identity vs HAProxy: gatehouse+jwt CPU / haproxy CPU = ${fmt(identity.vsHaproxy, 2)} (target ≤ 2.5)\n`;
+    report += `identity vs HAProxy on the same requests (token passed through): gatehouse+jwt CPU / haproxy+bearer CPU = ${fmt(identity.vsHaproxySameRequests, 2)} (target ≤ 2.5)\n`;
   }
   if (miss) {
     report +=
