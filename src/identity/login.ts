@@ -17,6 +17,13 @@
  * sends the browser to S with the cookie's hash; after the callback on S (or at once when S already has
  * a session), S stores a one-time hand-off code (seconds, bound to A and to that hash) and sends the
  * browser to A's `/.gatehouse/handoff`, which sets A's cookie for the same server-side session.
+ *
+ * Login starts are rate-limited per client address, because each one stores sign-in state that anyone
+ * could otherwise pile up in the store: a fixed-window counter `loginrl:<address>:<window>` (default 30
+ * per minute; IPv6 counted per /64). Over the limit `/.gatehouse/login` answers 429
+ * `GH_LOGIN_RATE_LIMITED` with `Retry-After` and stores nothing. The address is `facts.clientIp`, the
+ * connection's peer (as for `sourceIp` rules): clients behind one proxy or NAT share a counter.
+ * Callback and hand-off are not limited (they only consume state a login start made), nor is logout.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -25,6 +32,7 @@ import { parseBind } from '../config/schema.js';
 import type { RequestFacts } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
+import { parseIPv6 } from '../policy/cidr.js';
 import { type StateStore, StateStoreError } from '../state/types.js';
 import { OidcClient, type OidcClientOptions, OidcError, type OidcProviderSettings } from './oidc.js';
 import {
@@ -70,6 +78,14 @@ export type SessionAuthResult = AuthResult & {
   readonly setCookie?: string | undefined;
 };
 
+/** How many login starts one client address may make per fixed window. */
+export interface LoginRateLimit {
+  /** Login starts allowed per address and window (a positive integer). */
+  readonly max: number;
+  /** Window length in ms; windows are aligned to the epoch, so every instance counts in the same one. */
+  readonly windowMs: number;
+}
+
 /** Everything a LoginService needs; secrets already resolved. */
 export interface LoginServiceOptions {
   readonly store: StateStore;
@@ -88,6 +104,8 @@ export interface LoginServiceOptions {
   readonly loginTtl?: number;
   /** Lifetime of a hand-off code, in ms (default 30 s). */
   readonly handoffTtl?: number;
+  /** Login starts per client address (IPv6: per /64) and window (default 30 per minute). */
+  readonly loginRateLimit?: LoginRateLimit;
   readonly oidc?: OidcClientOptions;
   readonly sessionOptions?: Omit<SessionManagerOptions, 'now'>;
 }
@@ -100,6 +118,7 @@ const PATHS = new Set(
 const RANDOM43 = /^[A-Za-z0-9_-]{43}$/;
 const STATE_RE = /^[A-Za-z0-9_-]{16,128}$/;
 const MAX_RD = 4096;
+const DEFAULT_LOGIN_RATE_LIMIT: LoginRateLimit = Object.freeze({ max: 30, windowMs: 60_000 });
 
 /** Where the request arrived: scheme and the Host header's authority, checked against `facts.host`. */
 interface Here {
@@ -147,6 +166,7 @@ export class LoginService {
   readonly #refreshSkew: number;
   readonly #loginTtl: number;
   readonly #handoffTtl: number;
+  readonly #loginRate: LoginRateLimit;
   readonly #loginCookie: string;
   readonly #loginCookiePath: string;
   readonly #ownCookies: ReadonlySet<string>;
@@ -183,6 +203,7 @@ export class LoginService {
     this.#refreshSkew = options.refreshSkew ?? 60_000;
     this.#loginTtl = options.loginTtl ?? 600_000;
     this.#handoffTtl = options.handoffTtl ?? 30_000;
+    this.#loginRate = checkLoginRateLimit(options.loginRateLimit ?? DEFAULT_LOGIN_RATE_LIMIT);
     this.#loginCookie = `${options.session.cookie}_login`;
     this.#ownCookies = new Set([options.session.cookie, this.#loginCookie]);
     // A __Host- cookie must have Path=/; otherwise the login cookie stays on the reserved prefix.
@@ -249,8 +270,9 @@ export class LoginService {
 
   /**
    * Answers a `/.gatehouse/*` request completely (never throws): the login endpoints above, 404 for
-   * other paths under the prefix, 405 for other methods. Store or provider failures become error pages
-   * (503/502) and nothing is half-done: no session without a fully validated callback.
+   * other paths under the prefix, 405 for other methods, 429 for login starts over the per-address
+   * limit. Store or provider failures become error pages (503/502) and nothing is half-done: no session
+   * without a fully validated callback.
    */
   async handle(req: IncomingMessage, res: ServerResponse, facts: LoginFacts): Promise<void> {
     const method = req.method ?? 'GET';
@@ -460,6 +482,12 @@ export class LoginService {
 
   // ------------------------------------------------------------------------------------------------
 
+  /**
+   * `/.gatehouse/login`: checks the return address, sends sign-in for another host to that host (or to
+   * the sign-in host), short-cuts a browser that is already signed in, shows the picker, and otherwise
+   * starts sign-in: stores the state, sets the login cookie and redirects to the provider. Only that
+   * last step counts against the per-address limit (`#admitLoginStart`).
+   */
   async #login(
     req: IncomingMessage,
     res: ServerResponse,
@@ -558,6 +586,9 @@ export class LoginService {
       return;
     }
     const p = provider!;
+    // Counted only here, just before the state and the login cookie are made: the exits above (400,
+    // redirects elsewhere, the picker, an existing session) store no new state, so they cost no slot.
+    if (!(await this.#admitLoginStart(res, method, facts))) return;
     const { value, cookie } = this.#binding(req, facts);
     const state = randomBytes(32).toString('base64url');
     const redirectUri = `${here.origin}${GATEHOUSE_PREFIX}callback`;
@@ -579,6 +610,44 @@ export class LoginService {
     });
     await this.#store.set(`login:${state}`, JSON.stringify(login), this.#loginTtl);
     redirect(res, url.href, [cookie], method);
+  }
+
+  /**
+   * Counts a login start of this client address in the current fixed window: true when within the
+   * limit, else answers 429 with `Retry-After` (seconds to the window's end). A store error is thrown
+   * and becomes 503, like every other store error of the login endpoints: fail closed.
+   */
+  async #admitLoginStart(
+    res: ServerResponse,
+    method: string | undefined,
+    facts: LoginFacts,
+  ): Promise<boolean> {
+    const { max, windowMs } = this.#loginRate;
+    const now = this.#now();
+    const slot = Math.floor(now / windowMs);
+    const address = rateLimitAddress(facts.clientIp);
+    // Created at or after the window's start, the counter outlives the window (by less than one more),
+    // so instances whose clocks differ a little still count in the same key.
+    const count = await this.#store.incr(`loginrl:${address}:${slot}`, 1, windowMs);
+    if (count <= max) return true;
+    const retryAfter = Math.max(1, Math.ceil(((slot + 1) * windowMs - now) / 1000));
+    // Exactly one request per address and window takes the counter to max + 1, even across instances.
+    if (count === max + 1) {
+      this.#logger.warn(
+        { host: facts.host, client: facts.clientIp, address, max, windowMs },
+        'login starts rate-limited for this client address',
+      );
+    }
+    res.setHeader('retry-after', String(retryAfter));
+    this.#fail(
+      res,
+      method,
+      429,
+      'GH_LOGIN_RATE_LIMITED',
+      'Too many sign-in attempts',
+      `Too many sign-ins were started from your network. Please try again in ${retryAfter} seconds.`,
+    );
+    return false;
   }
 
   async #callback(
@@ -947,6 +1016,33 @@ export class LoginService {
 }
 
 const NONE: SessionAuthResult = Object.freeze({ kind: 'none' });
+
+/** A copy of `rate`; throws a TypeError unless both numbers are positive integers (a programming error). */
+function checkLoginRateLimit(rate: LoginRateLimit): LoginRateLimit {
+  const { max, windowMs } = rate;
+  if (!Number.isSafeInteger(max) || max <= 0 || !Number.isSafeInteger(windowMs) || windowMs <= 0)
+    throw new TypeError(
+      `loginRateLimit: max and windowMs must be positive integers, got ${max}, ${windowMs}`,
+    );
+  return { max, windowMs };
+}
+
+/**
+ * The address a login start is counted under: IPv4 as is; IPv6 by its /64 (`2001:db8:1:2::/64`), since
+ * a host picks its own interface identifier inside its /64 (RFC 4291 2.5.1, temporary addresses of
+ * RFC 8981) and could use a fresh address per request; IPv4-mapped IPv6 as the IPv4 address. The zone
+ * of a link-local address is ignored.
+ */
+function rateLimitAddress(ip: string): string {
+  if (ip === '') return 'unknown';
+  if (!ip.includes(':')) return ip.slice(0, 64);
+  const zone = ip.indexOf('%');
+  const w = new Uint16Array(8);
+  if (!parseIPv6(ip, zone === -1 ? ip.length : zone, w)) return ip.slice(0, 64);
+  if (w[0] === 0 && w[1] === 0 && w[2] === 0 && w[3] === 0 && w[4] === 0 && w[5] === 0xffff)
+    return `${w[6]! >>> 8}.${w[6]! & 255}.${w[7]! >>> 8}.${w[7]! & 255}`;
+  return `${w[0]!.toString(16)}:${w[1]!.toString(16)}:${w[2]!.toString(16)}:${w[3]!.toString(16)}::/64`;
+}
 
 /**
  * The return address after sign-in, or undefined when it is not acceptable. Accepted: a path on this
