@@ -19,13 +19,17 @@
  * Usage: node --import tsx bench/run.ts [--duration 10s] [--connections 50] [--warmup 2s] [--rounds 1]
  *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,haproxy,haproxy+bearer,minimal-undici,node-http-proxy]
  *          [--memory-size 1GiB] [--miss-tokens 2000]
- *          [--no-memory | --memory-only]
+ *          [--no-memory | --memory-only] [--instructions [N] | --instructions-only]
  *
  * CPU placement (two cores): each proxy runs alone on CPU 1; the load generator and the backend share
  * CPU 0. Every proxy is run the same way, so the CPU-per-request figures are comparable.
  *
  * With `--rounds N` every proxy is run N times, each round in a rotated order so that a busy phase of
  * the machine does not always hit the same proxy; the report shows the median and the range.
+ *
+ * `--instructions [N]` (default 3000) adds a slow phase that counts each proxy's user-space instructions
+ * per small request under valgrind's callgrind (bench/instructions.ts): a figure that, unlike CPU time,
+ * does not move with the machine's load. `--instructions-only` runs that phase alone.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import {
@@ -56,6 +60,7 @@ import {
   startBenchIssuer,
   tokenVerifications,
 } from './identity.js';
+import { callgrindPrefix, haveCallgrind, instructionsPerRequest } from './instructions.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -72,6 +77,8 @@ interface Options {
   loadTests: boolean;
   rounds: number;
   missTokens: number;
+  /** Requests measured per proxy by the instruction-count phase; 0: phase off. */
+  instructions: number;
 }
 
 const allProxies = [
@@ -95,6 +102,7 @@ function parseArgs(argv: string[]): Options {
     loadTests: true,
     rounds: 1,
     missTokens: 2000,
+    instructions: 0,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -130,7 +138,16 @@ function parseArgs(argv: string[]): Options {
         throw new Error('--miss-tokens must be >= 0');
     } else if (a === '--no-memory') opts.memory = false;
     else if (a === '--memory-only') opts.loadTests = false;
-    else if (a === '--help' || a === '-h') {
+    else if (a === '--instructions') {
+      const v = argv[i + 1];
+      opts.instructions = v !== undefined && /^\d+$/.test(v) ? Number(argv[++i]) : 3000;
+      if (opts.instructions < 1) throw new Error('--instructions needs at least 1 request');
+    } else if (a === '--instructions-only') {
+      opts.instructions ||= 3000;
+      opts.loadTests = false;
+      opts.memory = false;
+      opts.missTokens = 0;
+    } else if (a === '--help' || a === '-h') {
       process.stdout.write(`${readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0]}*/\n`);
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
@@ -162,8 +179,18 @@ const canPin = haveCommand('taskset') && cpus().length >= 2;
  * `stdoutToNull` its stdout goes to /dev/null, so a process that logs per request pays only its own
  * writes, not a pipe read by this process.
  */
-function start(name: string, cmd: string, args: string[], cpu: number, stdoutToNull = false): ChildProcess {
-  const [file, argv] = canPin ? ['taskset', ['-c', String(cpu), cmd, ...args]] : [cmd, args];
+function start(
+  name: string,
+  cmd: string,
+  args: string[],
+  cpu: number,
+  stdoutToNull = false,
+  wrap: readonly string[] = [],
+): ChildProcess {
+  const full = [...wrap, cmd, ...args];
+  const [file, argv] = canPin
+    ? ['taskset', ['-c', String(cpu), ...full]]
+    : [full[0] as string, full.slice(1)];
   const devNull = stdoutToNull ? openSync('/dev/null', 'w') : undefined;
   const child = spawn(file, argv, {
     cwd: root,
@@ -411,6 +438,12 @@ interface Running {
   port: number;
 }
 
+/** A command the proxy is started under (valgrind for the instruction counts), and its start timeout. */
+interface Wrap {
+  prefix: readonly string[];
+  startTimeoutMs: number;
+}
+
 function tempDir(): string {
   const d = mkdtempSync(join(tmpdir(), 'gatehouse-bench-'));
   tempDirs.push(d);
@@ -446,6 +479,7 @@ async function startGatehouse(
   backendPort: number,
   accessLog = false,
   jwt?: { issuer: string; adminPort: number },
+  wrap?: Wrap,
 ): Promise<Running & { note: string }> {
   const port = await freePort();
   const dir = tempDir();
@@ -471,12 +505,12 @@ async function startGatehouse(
   );
   const { cmd, args, note } = gatehouseCommand();
   const name = jwt ? 'gatehouse+jwt' : accessLog ? 'gatehouse+log' : 'gatehouse';
-  const child = start(name, cmd, [...args, 'start', '-c', file], 1, accessLog);
-  await waitForPort(port, child, name);
+  const child = start(name, cmd, [...args, 'start', '-c', file], 1, accessLog, wrap?.prefix);
+  await waitForPort(port, child, name, wrap?.startTimeoutMs);
   return { child, port, note };
 }
 
-async function startHaproxy(backendPort: number): Promise<Running> {
+async function startHaproxy(backendPort: number, wrap?: Wrap): Promise<Running> {
   const port = await freePort();
   const dir = tempDir();
   const file = join(dir, 'haproxy.cfg');
@@ -506,12 +540,12 @@ async function startHaproxy(backendPort: number): Promise<Running> {
       '',
     ].join('\n'),
   );
-  const child = start('haproxy', 'haproxy', ['-f', file, '-db'], 1);
-  await waitForPort(port, child, 'haproxy');
+  const child = start('haproxy', 'haproxy', ['-f', file, '-db'], 1, false, wrap?.prefix);
+  await waitForPort(port, child, 'haproxy', wrap?.startTimeoutMs);
   return { child, port };
 }
 
-async function startPeer(name: string, backendPort: number): Promise<Running> {
+async function startPeer(name: string, backendPort: number, wrap?: Wrap): Promise<Running> {
   const port = await freePort();
   const child = start(
     name,
@@ -526,8 +560,10 @@ async function startPeer(name: string, backendPort: number): Promise<Running> {
       `http://127.0.0.1:${backendPort}`,
     ],
     1,
+    false,
+    wrap?.prefix,
   );
-  await waitForPort(port, child, name);
+  await waitForPort(port, child, name, wrap?.startTimeoutMs);
   return { child, port };
 }
 
@@ -831,15 +867,20 @@ async function main(): Promise<void> {
     notes.push(
       'wrk is missing (apt-get install wrk): using autocannon, whose own CPU use competes with the proxy',
     );
-  const proxies = opts.loadTests ? [...opts.proxies] : [];
-  if (proxies.some((p) => p.startsWith('haproxy')) && !haveCommand('haproxy')) {
+  const wanted = [...opts.proxies];
+  if (wanted.some((p) => p.startsWith('haproxy')) && !haveCommand('haproxy')) {
     process.stderr.write(
       '\n*** bench: HAProxy is not installed: SKIPPING HAProxy (install it with: apt-get install haproxy) ***\n\n',
     );
     notes.push('HAProxy skipped: not installed (apt-get install haproxy)');
     for (const p of ['haproxy', 'haproxy+bearer'])
-      if (proxies.includes(p)) proxies.splice(proxies.indexOf(p), 1);
+      if (wanted.includes(p)) wanted.splice(wanted.indexOf(p), 1);
   }
+  const proxies = opts.loadTests ? wanted : [];
+  if (opts.instructions > 0 && !haveCallgrind()) {
+    throw new Error('--instructions needs valgrind (apt-get install valgrind)');
+  }
+  const counted = opts.instructions > 0 ? wanted : [];
 
   process.stdout.write(
     `bench: ${opts.connections} connections, ${opts.durationS}s per run (+${opts.warmupS}s warm-up), ` +
@@ -866,26 +907,30 @@ async function main(): Promise<void> {
   // The token issuer of `gatehouse+jwt`, and the one long-lived token wrk sends (to `haproxy+bearer` too).
   let issuer: BenchIssuer | undefined;
   let bearer: Record<string, string> = {};
-  if (proxies.includes('gatehouse+jwt') || proxies.includes('haproxy+bearer')) {
+  if ([...proxies, ...counted].some((p) => p === 'gatehouse+jwt' || p === 'haproxy+bearer')) {
     issuer = await startBenchIssuer();
     bearer = { Authorization: `Bearer ${await issuer.sign('wrk')}` };
   }
 
   const rows: Row[] = [];
   const failed = new Set<string>();
+  async function startProxy(proxy: string, wrap?: Wrap): Promise<Running> {
+    if (proxy === 'gatehouse' || proxy === 'gatehouse+log' || proxy === 'gatehouse+jwt') {
+      const jwt =
+        proxy === 'gatehouse+jwt' && issuer
+          ? { issuer: issuer.issuer, adminPort: await freePort() }
+          : undefined;
+      const gw = await startGatehouse(backendPort, proxy === 'gatehouse+log', jwt, wrap);
+      if (!notes.includes(`gatehouse ran as ${gw.note}`)) notes.push(`gatehouse ran as ${gw.note}`);
+      return gw;
+    }
+    if (proxy === 'haproxy' || proxy === 'haproxy+bearer') return startHaproxy(backendPort, wrap);
+    return startPeer(proxy, backendPort, wrap);
+  }
   async function benchProxy(proxy: string): Promise<void> {
     let running: Running | undefined;
     try {
-      if (proxy === 'gatehouse' || proxy === 'gatehouse+log' || proxy === 'gatehouse+jwt') {
-        const jwt =
-          proxy === 'gatehouse+jwt' && issuer
-            ? { issuer: issuer.issuer, adminPort: await freePort() }
-            : undefined;
-        const gw = await startGatehouse(backendPort, proxy === 'gatehouse+log', jwt);
-        if (!notes.includes(`gatehouse ran as ${gw.note}`)) notes.push(`gatehouse ran as ${gw.note}`);
-        running = gw;
-      } else if (proxy === 'haproxy' || proxy === 'haproxy+bearer') running = await startHaproxy(backendPort);
-      else running = await startPeer(proxy, backendPort);
+      running = await startProxy(proxy);
       const pid = running.child.pid as number;
       const headers = proxy === 'gatehouse+jwt' || proxy === 'haproxy+bearer' ? bearer : {};
       for (const scenario of ['small', '1MiB'] as const) {
@@ -944,8 +989,6 @@ async function main(): Promise<void> {
       notes.push(`token-cache miss phase failed: ${(err as Error).message.split('\n')[0]}`);
     }
   }
-  await issuer?.close();
-
   let memory: MemoryResult | undefined;
   if (opts.memory && opts.proxies.includes('gatehouse')) {
     process.stdout.write(
@@ -960,6 +1003,34 @@ async function main(): Promise<void> {
       notes.push(`memory check failed: ${(err as Error).message.split('\n')[0]}`);
     }
   }
+  // Instruction counts: the proxies one after the other under callgrind, small responses only.
+  const instructions: { proxy: string; perRequest: number }[] = [];
+  for (const proxy of counted) {
+    process.stdout.write(
+      `  instructions: ${proxy} under callgrind, ${opts.instructions} requests after ${2 * opts.instructions} warm-up…\n`,
+    );
+    const dir = tempDir();
+    let running: Running | undefined;
+    try {
+      running = await startProxy(proxy, { prefix: callgrindPrefix(dir), startTimeoutMs: 180_000 });
+      const headers = proxy === 'gatehouse+jwt' || proxy === 'haproxy+bearer' ? bearer : {};
+      const perRequest = await instructionsPerRequest(
+        running.child.pid as number,
+        dir,
+        `http://127.0.0.1:${running.port}/small`,
+        headers,
+        opts.instructions,
+      );
+      instructions.push({ proxy, perRequest });
+      process.stdout.write(`  instructions: ${proxy} ${perRequest.toLocaleString('en-US')} per request\n`);
+    } catch (err) {
+      process.stderr.write(`bench: instruction count of ${proxy} failed: ${(err as Error).message}\n`);
+      notes.push(`instruction count of ${proxy} failed: ${(err as Error).message.split('\n')[0]}`);
+    } finally {
+      await stop(running?.child);
+    }
+  }
+  await issuer?.close();
   await stop(backend);
 
   let report = summaries.length > 0 ? `\n${table(summaries)}\n` : '';
@@ -997,6 +1068,14 @@ async function main(): Promise<void> {
       `max RSS in the first half ${memory.firstHalfMaxRssMiB} MiB, in the second half ${memory.secondHalfMaxRssMiB} MiB ` +
       `— ${memory.flat ? 'flat' : 'NOT flat: memory grows with the body'}\n`;
   }
+  if (instructions.length > 0) {
+    const of = (p: string) => instructions.find((x) => x.proxy === p)?.perRequest;
+    report += `\nUser-space instructions per request (callgrind, small responses, ${opts.instructions} requests):\n`;
+    report += '| proxy | instructions/req | vs HAProxy | vs node-http-proxy |\n|---|---:|---:|---:|\n';
+    for (const x of instructions) {
+      report += `| ${x.proxy} | ${x.perRequest.toLocaleString('en-US')} | ${ratio(x.perRequest, of('haproxy'))} | ${ratio(x.perRequest, of('node-http-proxy'))} |\n`;
+    }
+  }
   if (notes.length > 0) report += `\nNotes:\n${notes.map((n) => `- ${n}`).join('\n')}\n`;
   process.stdout.write(report);
 
@@ -1025,6 +1104,8 @@ async function main(): Promise<void> {
         identity,
         tokenCacheMisses: miss,
         memory,
+        instructions:
+          instructions.length > 0 ? { requests: opts.instructions, perRequest: instructions } : undefined,
         notes,
       },
       null,
