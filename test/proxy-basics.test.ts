@@ -166,6 +166,92 @@ test('X-Forwarded-For is appended for a trusted proxy; Host rewritten when prese
   assert.equal(h['x-forwarded-host'], 'public.example.com');
 });
 
+test('behind trusted proxies the client is the rightmost untrusted X-Forwarded-For address, for policy and log', async (t) => {
+  const b = await startBackend(t, 'b');
+  const gw = await startGateway(
+    t,
+    config(
+      { app: { servers: [{ url: b.url }] } },
+      [
+        {
+          name: 'guarded',
+          match: { path: '/guarded/' },
+          upstream: 'app',
+          policy: {
+            deny: [{ name: 'blocked-net', sourceIp: ['203.0.113.0/24'] }],
+            allow: [{ groups: ['x'] }],
+          },
+        },
+        { name: 'all', upstream: 'app' },
+      ],
+      { server: { trustedProxies: ['127.0.0.0/8', '10.0.0.0/8'] } },
+    ),
+  );
+  const entryOf = (id: string) => gw.access.find((e) => e.requestId === id);
+  // One trusted hop (the peer) and one more (10.1.2.3): the client is the address before them.
+  const r1 = await request(gw.url(), {
+    path: '/guarded/x',
+    headers: { 'x-request-id': 'xff-1', 'x-forwarded-for': '198.51.100.9, 203.0.113.7, 10.1.2.3' },
+  });
+  assert.equal(r1.status, 403, 'the forwarded client is in the denied network');
+  assert.match(r1.body.toString(), /policy-deny/);
+  assert.equal(entryOf('xff-1')?.client, '203.0.113.7', "the address left of it is the client's own claim");
+  assert.equal(entryOf('xff-1')?.peer, '127.0.0.1');
+  // An address the client wrote itself cannot hide it: 203.0.113.7 is the rightmost untrusted entry.
+  const r2 = await request(gw.url(), {
+    path: '/',
+    headers: { 'x-request-id': 'xff-2', 'x-forwarded-for': '192.0.2.1, 203.0.113.7' },
+  });
+  assert.equal(r2.status, 200);
+  assert.equal(entryOf('xff-2')?.client, '203.0.113.7');
+  assert.equal(
+    seenOf(r2.body).headers['x-forwarded-for'],
+    '192.0.2.1, 203.0.113.7, 127.0.0.1',
+    'peer appended',
+  );
+  // An entry that is not an address ends the walk at the last trusted hop.
+  const r3 = await request(gw.url(), {
+    path: '/guarded/x',
+    headers: { 'x-request-id': 'xff-3', 'x-forwarded-for': '203.0.113.7, not-an-ip' },
+  });
+  assert.equal(r3.status, 401, 'not the denied network: anonymous, so 401');
+  assert.equal(entryOf('xff-3')?.client, '127.0.0.1');
+  assert.equal(entryOf('xff-3')?.peer, undefined);
+  // Bracketed IPv6 with a port, and IPv4 with a port, as some proxies write them.
+  await request(gw.url(), {
+    path: '/',
+    headers: { 'x-request-id': 'xff-4', 'x-forwarded-for': '[2001:db8::7]:443' },
+  });
+  assert.equal(entryOf('xff-4')?.client, '2001:db8::7');
+  await request(gw.url(), {
+    path: '/',
+    headers: { 'x-request-id': 'xff-5', 'x-forwarded-for': '192.0.2.5:5678' },
+  });
+  assert.equal(entryOf('xff-5')?.client, '192.0.2.5');
+});
+
+test('an untrusted peer cannot choose its address with X-Forwarded-For', async (t) => {
+  const b = await startBackend(t, 'b');
+  const gw = await startGateway(
+    t,
+    config({ app: { servers: [{ url: b.url }] } }, [
+      {
+        name: 'guarded',
+        upstream: 'app',
+        policy: { deny: [{ name: 'blocked-net', sourceIp: ['127.0.0.0/8'] }], allow: [{ groups: ['x'] }] },
+      },
+    ]),
+  );
+  const r = await request(gw.url(), {
+    path: '/',
+    headers: { 'x-request-id': 'spoof-1', 'x-forwarded-for': '198.51.100.1' },
+  });
+  assert.equal(r.status, 403, 'still the peer address, which is denied');
+  const e = gw.access.find((x) => x.requestId === 'spoof-1');
+  assert.equal(e?.client, '127.0.0.1');
+  assert.equal(e?.peer, undefined);
+});
+
 test('response headers: hop-by-hop removed, route edits applied, request id echoed', async (t) => {
   const b = await startBackend(t, 'b', (_req, res) => {
     res.writeHead(201, [

@@ -139,10 +139,10 @@ const Listener = z.strictObject({
 
 const Server = z
   .strictObject({
-    trustedProxies: z
-      .array(Cidr)
-      .default([])
-      .meta({ description: 'Peers whose X-Forwarded-For is kept and extended; others are replaced' }),
+    trustedProxies: z.array(Cidr).default([]).meta({
+      description:
+        'Proxies whose X-Forwarded-For is kept and extended (others are replaced); behind them the client is the rightmost untrusted address in it',
+    }),
     headersTimeout: Duration.default(20_000).meta({
       description: 'Time a client has to send complete request headers (slowloris guard)',
     }),

@@ -8,6 +8,8 @@ export interface AccessEntry {
   time: string;
   requestId: string;
   client: string;
+  /** The peer that connected, when it is a trusted proxy that forwarded for `client`. */
+  peer?: string | undefined;
   host: string;
   method: string;
   path: string;

@@ -58,6 +58,7 @@ import {
   clientAddress,
   compileEdits,
   compileTrusted,
+  effectiveClient,
   type HeaderEdits,
   isTrusted,
   requestIdFrom,
@@ -227,7 +228,10 @@ class Exchange {
   readonly t0: number;
   readonly method: string;
   requestId = '';
+  /** The client's address: the peer, or the address a trusted proxy forwarded for (`effectiveClient`). */
   clientIp: string;
+  /** The address that connected. */
+  readonly peerIp: string;
   host = '';
   path = '';
   query = '';
@@ -285,7 +289,12 @@ class Exchange {
     this.listener = listener;
     this.t0 = performance.now();
     this.method = req.method ?? 'GET';
-    this.clientIp = clientAddress(req.socket?.remoteAddress);
+    this.peerIp = clientAddress(req.socket?.remoteAddress);
+    const trusted = trustedOf(runtime.config);
+    this.clientIp =
+      trusted === undefined
+        ? this.peerIp
+        : effectiveClient(this.peerIp, trusted, req.headers['x-forwarded-for']);
   }
 
   start(): void {
@@ -364,8 +373,8 @@ class Exchange {
         raw: req.rawHeaders,
         host: originalHost,
         originalHost,
-        clientIp: this.clientIp,
-        trustedPeer: isTrusted(trustedOf(this.runtime.config), this.clientIp),
+        peerIp: this.peerIp,
+        trustedPeer: isTrusted(trustedOf(this.runtime.config), this.peerIp),
         proto: this.listener.tls ? 'https' : 'http',
         requestId: this.requestId,
         edits: rs.requestEdits,
@@ -649,6 +658,7 @@ class Exchange {
         time: isoTime(Date.now() - durationMs),
         requestId: this.requestId,
         client: this.clientIp,
+        peer: this.peerIp === this.clientIp ? undefined : this.peerIp,
         host: this.host,
         method: this.method,
         path: this.path,

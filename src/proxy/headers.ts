@@ -103,6 +103,44 @@ export function clientAddress(remote: string | undefined): string {
   return remote.startsWith('::ffff:') && remote.includes('.') ? remote.slice(7) : remote;
 }
 
+/** One X-Forwarded-For entry as an address: brackets and a port removed; undefined when it is not one. */
+function forwardedAddress(entry: string): string | undefined {
+  let a = entry.trim();
+  if (a.charCodeAt(0) === 0x5b) {
+    // [2001:db8::1] or [2001:db8::1]:443
+    const end = a.indexOf(']');
+    a = end === -1 ? '' : a.slice(1, end);
+  } else if (a.indexOf(':') !== -1 && a.indexOf(':') === a.lastIndexOf(':')) {
+    a = a.slice(0, a.indexOf(':')); // 192.0.2.1:5678
+  }
+  return isIP(a) === 0 ? undefined : clientAddress(a);
+}
+
+/**
+ * The client's address as policies, rate limits, hashing and the access log see it: the peer, unless the
+ * peer is a trusted proxy (`server.trustedProxies`) that says in X-Forwarded-For whom it got the request
+ * from. The list is read from the right, skipping further trusted proxies, and the first address that is
+ * not one is the client ("rightmost untrusted", like nginx's `real_ip_recursive`): entries to the left of
+ * it were written by whoever the client is, so they are never believed. An entry that is not an address
+ * ends the walk at the last trusted hop, and a list of trusted hops only gives its leftmost one.
+ */
+export function effectiveClient(
+  peer: string,
+  trusted: BlockList | undefined,
+  forwardedFor: string | string[] | undefined,
+): string {
+  if (forwardedFor === undefined || !isTrusted(trusted, peer)) return peer;
+  const entries = (typeof forwardedFor === 'string' ? forwardedFor : forwardedFor.join(',')).split(',');
+  let client = peer;
+  for (let i = entries.length - 1; i >= 0; i--) {
+    const address = forwardedAddress(entries[i]!);
+    if (address === undefined) return client;
+    client = address;
+    if (!isTrusted(trusted, address)) return address;
+  }
+  return client;
+}
+
 /** Builds a matcher for `server.trustedProxies`. */
 export function compileTrusted(cidrs: readonly string[]): BlockList | undefined {
   if (cidrs.length === 0) return undefined;
@@ -143,7 +181,9 @@ export interface ForwardInput {
   host: string;
   /** The client's Host/:authority value, for X-Forwarded-Host. */
   originalHost: string;
-  clientIp: string;
+  /** The address that connected to the gateway: appended to X-Forwarded-For. */
+  peerIp: string;
+  /** The peer is a trusted proxy: its X-Forwarded-* values are kept (and extended). */
   trustedPeer: boolean;
   proto: string;
   requestId: string;
@@ -191,7 +231,7 @@ export function buildRequestHeaders(input: ForwardInput): string[] {
   }
   const drop = edits?.drop;
   if (!drop?.has('x-forwarded-for')) {
-    out.push('x-forwarded-for', xff === undefined ? input.clientIp : xff + ', ' + input.clientIp);
+    out.push('x-forwarded-for', xff === undefined ? input.peerIp : xff + ', ' + input.peerIp);
   }
   if (!drop?.has('x-forwarded-proto')) out.push('x-forwarded-proto', xfProto ?? input.proto);
   if (!drop?.has('x-forwarded-host') && (xfHost ?? input.originalHost) !== '') {

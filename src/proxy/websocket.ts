@@ -30,7 +30,14 @@ import {
 import { classify, toGatehouseError, UnsupportedUpgradeError, WebSocketNotAllowedError } from './errors.js';
 import type { ProxyHandler } from './handler.js';
 import { acquireLease, forwardPath, hostHeaderOf, routeState, trustedOf } from './handler.js';
-import { buildRequestHeaders, clientAddress, HOP_BY_HOP, isTrusted, requestIdFrom } from './headers.js';
+import {
+  buildRequestHeaders,
+  clientAddress,
+  effectiveClient,
+  HOP_BY_HOP,
+  isTrusted,
+  requestIdFrom,
+} from './headers.js';
 import type { ListenerInfo, ProxyRequest } from './types.js';
 
 /** An open (or opening) tunnel, tracked so that shutdown can wait for it and then close it. */
@@ -68,7 +75,10 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   readonly t0 = performance.now();
   readonly startedAt = Date.now();
   readonly requestId: string;
-  readonly clientIp: string;
+  /** The client's address (`effectiveClient`: the peer, or whom a trusted proxy forwarded for). */
+  clientIp: string;
+  /** The address that connected. */
+  readonly peerIp: string;
   upstream: Duplex | undefined;
   route: CompiledRoute | undefined;
   up: Upstream | undefined;
@@ -101,11 +111,13 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     this.head = head;
     this.listener = listener;
     this.requestId = requestIdFrom(req.headers['x-request-id']);
-    this.clientIp = clientAddress(req.socket?.remoteAddress);
+    this.peerIp = clientAddress(req.socket?.remoteAddress);
+    this.clientIp = this.peerIp;
   }
 
   start(runtime: Runtime): void {
     const req = this.req;
+    this.clientIp = effectiveClient(this.peerIp, trustedOf(runtime.config), req.headers['x-forwarded-for']);
     const client = this.client;
     client.on('error', ignoreError);
     client.on('close', () => this.close());
@@ -172,8 +184,8 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
         raw: req.rawHeaders,
         host: this.originalHost,
         originalHost: this.originalHost,
-        clientIp: this.clientIp,
-        trustedPeer: isTrusted(trustedOf(runtime.config), this.clientIp),
+        peerIp: this.peerIp,
+        trustedPeer: isTrusted(trustedOf(runtime.config), this.peerIp),
         proto: this.listener.tls ? 'https' : 'http',
         requestId: this.requestId,
         edits,
@@ -360,6 +372,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       time: new Date(this.startedAt).toISOString(),
       requestId: this.requestId,
       client: this.clientIp,
+      peer: this.peerIp === this.clientIp ? undefined : this.peerIp,
       host: this.host,
       method: this.req.method ?? 'GET',
       path: this.path,
