@@ -1,7 +1,8 @@
 /**
- * The messages a cluster primary and its workers exchange over the IPC channel, and the primary's
- * request/reply bookkeeping. Every message carries a `gatehouse` tag so that messages of other
- * libraries on the same channel are ignored.
+ * The messages a cluster primary and its workers exchange over the IPC channel, and the request/reply
+ * bookkeeping of both directions: the primary asking workers (reload, status, metrics) and a worker
+ * calling the primary's state store (`state.store: memory`, see `state/ipc.ts`). Every message carries a
+ * `gatehouse` tag so that messages of other libraries on the same channel are ignored.
  */
 import type { Worker } from 'node:cluster';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
@@ -30,7 +31,8 @@ export type PrimaryMessage =
   | { gatehouse: 'config'; sources: ConfigSources }
   | { gatehouse: 'request'; id: number; kind: RequestKind; sources?: ConfigSources }
   /** Stop accepting, drain (`server.drainTimeout`), exit 0. */
-  | { gatehouse: 'shutdown' };
+  | { gatehouse: 'shutdown' }
+  | StoreReply;
 
 /** A listener's bound address as a worker reports it (`host:port`). */
 export interface ListenerAddress {
@@ -47,7 +49,48 @@ export type WorkerMessage =
   /** The worker could not start; it exits right after. */
   | { gatehouse: 'failed'; message: string; problems?: ConfigProblem[] }
   | { gatehouse: 'reply'; id: number; ok: true; value: unknown }
-  | { gatehouse: 'reply'; id: number; ok: false; error: string };
+  | { gatehouse: 'reply'; id: number; ok: false; error: string }
+  | StoreRequest;
+
+/** The state store operations a worker runs on the primary's store (`close` stays the worker's own). */
+export const STORE_OPS = [
+  'get',
+  'set',
+  'add',
+  'take',
+  'delete',
+  'incr',
+  'setAdd',
+  'setRemove',
+  'setMembers',
+] as const;
+
+/** One of `STORE_OPS`. */
+export type StoreOp = (typeof STORE_OPS)[number];
+
+/** A worker's call of a `StateStore` method on the primary's store; fields as the method's arguments. */
+export interface StoreRequest {
+  gatehouse: 'store';
+  id: number;
+  op: StoreOp;
+  key: string;
+  /** The value (`set`, `add`) or the member (`setAdd`, `setRemove`). */
+  value?: string;
+  /** The step of `incr`. */
+  by?: number;
+  ttlMs?: number;
+}
+
+/** What a store operation returns over the channel (`undefined` travels as an absent `value`). */
+export type StoreValue = string | number | boolean | string[];
+
+/**
+ * The primary's answer to a `StoreRequest`. `badRequest` marks a request the primary could not run as
+ * sent (unknown operation, bad argument: a TypeError in the worker), apart from a store failure.
+ */
+export type StoreReply =
+  | { gatehouse: 'store-reply'; id: number; ok: true; value?: StoreValue }
+  | { gatehouse: 'store-reply'; id: number; ok: false; error: string; badRequest: boolean };
 
 function tagged(message: unknown): message is { gatehouse: unknown } {
   return typeof message === 'object' && message !== null && 'gatehouse' in message;
@@ -57,8 +100,16 @@ function tagged(message: unknown): message is { gatehouse: unknown } {
 export function isPrimaryMessage(message: unknown): message is PrimaryMessage {
   return (
     tagged(message) &&
-    (message.gatehouse === 'config' || message.gatehouse === 'request' || message.gatehouse === 'shutdown')
+    (message.gatehouse === 'config' ||
+      message.gatehouse === 'request' ||
+      message.gatehouse === 'shutdown' ||
+      message.gatehouse === 'store-reply')
   );
+}
+
+/** True for the primary's answer to a state store call (checked by the worker's `IpcStore`). */
+export function isStoreReply(message: unknown): message is StoreReply {
+  return tagged(message) && message.gatehouse === 'store-reply';
 }
 
 /** True for a message a worker sent (checked in the primary). */
@@ -68,7 +119,8 @@ export function isWorkerMessage(message: unknown): message is WorkerMessage {
     (message.gatehouse === 'hello' ||
       message.gatehouse === 'ready' ||
       message.gatehouse === 'failed' ||
-      message.gatehouse === 'reply')
+      message.gatehouse === 'reply' ||
+      message.gatehouse === 'store')
   );
 }
 
@@ -82,11 +134,67 @@ export class WorkerRequestError extends Error {
   }
 }
 
-interface Pending {
-  workerId: number;
+// Unique in the process, so two tables listening on one channel never settle each other's requests.
+let nextRequestId = 1;
+
+interface Waiter {
+  peer: number;
   resolve(value: unknown): void;
   reject(err: Error): void;
   timer: NodeJS.Timeout;
+}
+
+/**
+ * Requests sent over an IPC channel and waiting for their reply. Each ends exactly once: with the
+ * reply, at its timeout, or when its peer goes away, so that nothing waits on a dead process. The
+ * primary uses one for its requests to workers, a worker's `IpcStore` one for its store calls.
+ */
+export class ReplyTable {
+  readonly #waiting = new Map<number, Waiter>();
+
+  /** Requests still waiting. */
+  get size(): number {
+    return this.#waiting.size;
+  }
+
+  /**
+   * Registers a request to `peer` and calls `send(id)` to transmit it; resolves with the reply's value,
+   * rejects with `timedOut()` after `timeoutMs`. `send` may settle the request at once (a failed send);
+   * a throwing `send` rejects it with that error.
+   */
+  wait(peer: number, timeoutMs: number, timedOut: () => Error, send: (id: number) => void): Promise<unknown> {
+    const id = nextRequestId++;
+    return new Promise<unknown>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiting.delete(id);
+        reject(timedOut());
+      }, timeoutMs);
+      this.#waiting.set(id, { peer, resolve, reject, timer });
+      try {
+        send(id);
+      } catch (err) {
+        this.settle(id, peer, err instanceof Error ? err : new Error(String(err)));
+      }
+    });
+  }
+
+  /**
+   * Ends request `id` with `err`, else with `value`. Ignored when it already ended, and when `peer` is
+   * not the one asked: a reply from another process than the one asked must not answer for it.
+   */
+  settle(id: number, peer: number, err: Error | undefined, value?: unknown): void {
+    const waiter = this.#waiting.get(id);
+    if (waiter === undefined || waiter.peer !== peer) return;
+    this.#waiting.delete(id);
+    clearTimeout(waiter.timer);
+    if (err) waiter.reject(err);
+    else waiter.resolve(value);
+  }
+
+  /** Fails every request still waiting on `peer`, each with its own `error()`. */
+  fail(peer: number, error: () => Error): void {
+    for (const [id, waiter] of this.#waiting) if (waiter.peer === peer) this.settle(id, peer, error());
+  }
 }
 
 /**
@@ -94,8 +202,7 @@ interface Pending {
  * reply, at its timeout, or when the worker exits, so that no admin request waits on a dead worker.
  */
 export class PendingRequests {
-  #next = 1;
-  readonly #pending = new Map<number, Pending>();
+  readonly #table = new ReplyTable();
 
   /** Sends a request to a worker; rejects with a WorkerRequestError after `timeoutMs`. */
   request<K extends RequestKind>(
@@ -104,55 +211,30 @@ export class PendingRequests {
     timeoutMs: number,
     sources?: ConfigSources,
   ): Promise<WorkerReplies[K]> {
-    const id = this.#next++;
-    return new Promise<WorkerReplies[K]>((resolve, reject) => {
-      if (!worker.isConnected()) {
-        reject(new WorkerRequestError('GH_WORKER_GONE', `worker ${worker.id} is not connected`));
-        return;
-      }
-      const timer = setTimeout(() => {
-        this.#pending.delete(id);
-        reject(new WorkerRequestError('GH_WORKER_TIMEOUT', `worker ${worker.id} did not answer ${kind}`));
-      }, timeoutMs);
-      this.#pending.set(id, {
-        workerId: worker.id,
-        resolve: resolve as (value: unknown) => void,
-        reject,
-        timer,
-      });
+    if (!worker.isConnected()) {
+      return Promise.reject(new WorkerRequestError('GH_WORKER_GONE', `worker ${worker.id} is not connected`));
+    }
+    const timedOut = (): Error =>
+      new WorkerRequestError('GH_WORKER_TIMEOUT', `worker ${worker.id} did not answer ${kind}`);
+    return this.#table.wait(worker.id, timeoutMs, timedOut, (id) => {
       const message: PrimaryMessage =
         sources === undefined
           ? { gatehouse: 'request', id, kind }
           : { gatehouse: 'request', id, kind, sources };
       worker.send(message, undefined, (err) => {
-        if (err) this.#settle(id, new WorkerRequestError('GH_WORKER_GONE', err.message));
+        if (err) this.#table.settle(id, worker.id, new WorkerRequestError('GH_WORKER_GONE', err.message));
       });
-    });
+    }) as Promise<WorkerReplies[K]>;
   }
 
   /** Hands a worker's reply to the request waiting for it. */
   reply(workerId: number, message: Extract<WorkerMessage, { gatehouse: 'reply' }>): void {
-    const pending = this.#pending.get(message.id);
-    // A reply from another worker than the one asked would be a bug; it must not answer for it.
-    if (pending === undefined || pending.workerId !== workerId) return;
-    if (message.ok) this.#settle(message.id, undefined, message.value);
-    else this.#settle(message.id, new WorkerRequestError('GH_WORKER_ERROR', message.error));
+    if (message.ok) this.#table.settle(message.id, workerId, undefined, message.value);
+    else this.#table.settle(message.id, workerId, new WorkerRequestError('GH_WORKER_ERROR', message.error));
   }
 
   /** Fails every request still waiting on a worker that exited. */
   workerGone(workerId: number): void {
-    for (const [id, pending] of this.#pending) {
-      if (pending.workerId === workerId)
-        this.#settle(id, new WorkerRequestError('GH_WORKER_GONE', `worker ${workerId} exited`));
-    }
-  }
-
-  #settle(id: number, err: Error | undefined, value?: unknown): void {
-    const pending = this.#pending.get(id);
-    if (pending === undefined) return;
-    this.#pending.delete(id);
-    clearTimeout(pending.timer);
-    if (err) pending.reject(err);
-    else pending.resolve(value);
+    this.#table.fail(workerId, () => new WorkerRequestError('GH_WORKER_GONE', `worker ${workerId} exited`));
   }
 }

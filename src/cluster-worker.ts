@@ -1,7 +1,8 @@
 /**
  * A cluster worker: runs the data plane (a Gateway with its listeners; the primary shares the listening
  * sockets) and answers the primary's requests for reloads, status and metrics. It opens no admin
- * listener, watches no files and leaves SIGHUP to the primary, which owns what must exist once.
+ * listener, watches no files and leaves SIGHUP to the primary, which owns what must exist once, the
+ * memory state store included: with `state.store: memory` the worker uses the primary's over IPC.
  */
 import cluster from 'node:cluster';
 import { buildStatusReport } from './admin/server.js';
@@ -17,6 +18,8 @@ import { isPrimaryMessage } from './cluster-ipc.js';
 import { ConfigError } from './errors.js';
 import { Gateway } from './gateway.js';
 import { enableProcessMetrics, registry, requestsTotal, setUpstreamStatusSource } from './observe/metrics.js';
+import { createStateStore } from './state/index.js';
+import { IpcStore } from './state/ipc.js';
 
 function send(message: WorkerMessage): Promise<void> {
   return new Promise((resolve) => {
@@ -94,6 +97,8 @@ export async function runWorker(configFile: string): Promise<never> {
       startWith(m.sources);
       return;
     }
+    // Answers to state store calls go to the IpcStore, which listens on the channel itself.
+    if (m.gatehouse === 'store-reply') return;
     answer(m.kind, m.sources).then(
       (value) => send({ gatehouse: 'reply', id: m.id, ok: true, value }),
       (err: unknown) =>
@@ -123,6 +128,9 @@ export async function runWorker(configFile: string): Promise<never> {
       signals: false,
       admin: false,
       logBindings: { worker: id, pid: process.pid },
+      // One memory store per instance, held by the primary, so that every worker sees the same sessions.
+      createStore: (url, logger) =>
+        url === 'memory' ? new IpcStore(process) : createStateStore(url, logger),
     });
   } catch (err) {
     const failed: WorkerMessage =

@@ -4,7 +4,9 @@
  * listener (metrics aggregated across workers), file watching and SIGHUP (it validates a config before
  * any worker sees it), SIGTERM/SIGINT (every worker drains, then the primary exits), and restarting a
  * worker that crashed, with backoff. Workers load the config and include texts the primary validated
- * (not the files, which may have changed since), so every worker runs the same configuration.
+ * (not the files, which may have changed since), so every worker runs the same configuration. With
+ * `state.store: memory` the primary also holds the instance's one memory store, which the workers use
+ * over IPC (`state/ipc.ts`); it outlives reloads and worker restarts and is closed after the workers.
  */
 import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
@@ -24,9 +26,12 @@ import { type LoadResult, loadConfig } from './config/load.js';
 import { FileWatcher } from './config/watch.js';
 import { compileRoutes } from './core/routes.js';
 import { ConfigError, type ConfigProblem, formatProblem } from './errors.js';
+import { AssertionSigner } from './identity/assertion.js';
 import { createLogger, type Logger } from './observe/log.js';
 import { configGeneration, registry, reloadsTotal } from './observe/metrics.js';
 import type { LoadedConfig } from './runtime-build.js';
+import { serveStoreRequest } from './state/ipc.js';
+import { MemoryStore } from './state/memory.js';
 import { Coalescer } from './util/coalesce.js';
 
 /** How long the primary waits for a worker to answer a status or metrics request. */
@@ -129,6 +134,8 @@ export class ClusterPrimary {
       }),
   );
   #watcher: FileWatcher | undefined;
+  /** The memory store the workers share, created when first needed (`#sharedStore`). */
+  #store: MemoryStore | undefined;
   readonly #reloads = new Coalescer<ReloadResult>(() => this.#reloadOnce());
   #closing: Promise<number> | undefined;
   #allExited: (() => void) | undefined;
@@ -185,6 +192,7 @@ export class ClusterPrimary {
       logger = createLogger(opts.loaded.config.logging.level).child({ role: 'primary', pid: process.pid });
     const primary = new ClusterPrimary(opts, logger);
     logWarnings(logger, opts.loaded.warnings);
+    await primary.#prepareStore(opts.loaded);
     await primary.#syncAdmin(opts.loaded);
     primary.#installSignals();
     const started = new Promise<void>((resolve, reject) => {
@@ -269,6 +277,8 @@ export class ClusterPrimary {
       await within(exited, 5_000);
       code = 1;
     }
+    // Last: no worker is left to use it.
+    await this.#store?.close();
     await this.#admin.close().catch((err: unknown) => this.#logger.warn({ err }, 'closing admin failed'));
     this.#removeSignals();
     this.#logger.info('gateway stopped');
@@ -314,6 +324,9 @@ export class ClusterPrimary {
     switch (message.gatehouse) {
       case 'reply':
         this.#pending.reply(worker.id, message);
+        return;
+      case 'store':
+        void serveStoreRequest(worker, this.#sharedStore(), message);
         return;
       case 'hello':
         // Whatever the file holds now, a new worker starts with the configuration the others run.
@@ -428,6 +441,7 @@ export class ClusterPrimary {
     } catch (err) {
       return this.#reject([problem(file, (err as Error).message)], 'invalid');
     }
+    await this.#prepareStore(loaded);
     const configured = resolveWorkers(loaded.config.server.workers);
     if (configured !== this.#slots.length) {
       // Forking or retiring workers on reload is not done: the count is fixed for the process's life.
@@ -547,6 +561,31 @@ export class ClusterPrimary {
       uptime: Math.round(process.uptime() * 1000) / 1000,
       workers,
     };
+  }
+
+  /** The memory store of the instance; kept for the life of the process, whatever reloads change. */
+  #sharedStore(): MemoryStore {
+    this.#store ??= new MemoryStore({}, this.#logger);
+    return this.#store;
+  }
+
+  /**
+   * With `state.store: memory`, creates the generated assertion key in the shared store before any
+   * worker builds its signer. Workers starting together would otherwise each find no key and store
+   * their own (the signer writes with `set` and reads back), leaving them signing with different keys;
+   * this way each worker only reads the key. A failure is left to the workers, which report it.
+   */
+  async #prepareStore(loaded: LoadedConfig): Promise<void> {
+    const { config, secrets } = loaded;
+    if (config.state.store !== 'memory' || config.identity?.assertion?.signingKey !== undefined) return;
+    try {
+      await AssertionSigner.create(config.identity?.assertion, {
+        readSecret: (ref) => secrets.resolveSecret(ref),
+        keyStore: this.#sharedStore(),
+      });
+    } catch (err) {
+      this.#logger.warn({ err }, 'the generated assertion key could not be prepared for the workers');
+    }
   }
 
   #ready(): boolean {

@@ -25,6 +25,7 @@ import {
   type LoadedConfig,
   retireStore,
   retireUpstreams,
+  type StateStoreFactory,
 } from './runtime-build.js';
 import { Coalescer } from './util/coalesce.js';
 
@@ -60,6 +61,11 @@ export interface GatewayOptions {
   logBindings?: Record<string, unknown>;
   /** Texts of the config and its includes to use instead of reading them (see `LoadOptions.sources`). */
   sources?: Readonly<Record<string, string>>;
+  /**
+   * Creates the state store for `state.store` (default `createStateStore`). A cluster worker passes one
+   * that uses the primary's memory store over IPC, so that all workers share one.
+   */
+  createStore?: StateStoreFactory;
 }
 
 function problem(file: string, message: string): ConfigProblem {
@@ -95,6 +101,7 @@ export class Gateway {
   readonly #retireAbort = new AbortController();
   readonly #signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
   #assertionSync: NodeJS.Timeout | undefined;
+  #createStore: StateStoreFactory | undefined;
 
   private constructor(configFile: string, logger: Logger, env: NodeJS.ProcessEnv, runtime: Runtime) {
     this.#configFile = configFile;
@@ -119,8 +126,9 @@ export class Gateway {
     logWarnings(logger, loaded.warnings);
 
     // Identity or policy settings that cannot be built throw ConfigError here, like any invalid config.
-    const built = await buildRuntime(loaded, undefined, logger);
+    const built = await buildRuntime(loaded, undefined, logger, { createStore: opts.createStore });
     const gw = new Gateway(opts.configFile, logger, env, built.runtime);
+    gw.#createStore = opts.createStore;
     gw.#ownsLogger = opts.logger === undefined;
     gw.#adminEnabled = opts.admin !== false;
     // A cluster worker's lines say which worker served the request, like its other log lines.
@@ -246,7 +254,7 @@ export class Gateway {
 
     let built: BuiltRuntime;
     try {
-      built = await buildRuntime(loaded, this.#runtime, this.#logger);
+      built = await buildRuntime(loaded, this.#runtime, this.#logger, { createStore: this.#createStore });
     } catch (err) {
       if (err instanceof ConfigError) return this.#reject(err.problems, 'invalid');
       return this.#reject([problem(file, `cannot build the runtime: ${(err as Error).message}`)], 'error');

@@ -33,10 +33,18 @@ export interface BuiltRuntime {
   retiredStore?: StateStore | undefined;
 }
 
+/** Creates the state store for a `state.store` setting (see `createStateStore`). */
+export type StateStoreFactory = (url: string, logger: Logger) => StateStore;
+
 /** Options of `buildRuntime`. */
 export interface BuildOptions {
   /** Clock for the identity modules (ms since the epoch); tests freeze it. */
   now?: () => number;
+  /**
+   * Creates the store when `state.store` is new or changed (default `createStateStore`). A cluster
+   * worker passes one that reaches the primary's memory store over IPC.
+   */
+  createStore?: StateStoreFactory;
 }
 
 /**
@@ -69,7 +77,9 @@ export async function buildRuntime(
   }
   // One store per process: kept across reloads, replaced only when its URL changes.
   const keepStore = previous !== undefined && previous.config.state.store === config.state.store;
-  const store = keepStore ? previous.store : createStateStore(config.state.store, logger);
+  const store = keepStore
+    ? previous.store
+    : (options.createStore ?? createStateStore)(config.state.store, logger);
   const createdStore = keepStore ? undefined : store;
   let identity: Runtime['identity'];
   try {

@@ -6,7 +6,6 @@
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
@@ -531,24 +530,6 @@ function identityChecks(data: Raw, out: Collector): void {
     out.at(
       ['identity', 'session'],
       'is required when identity.providers is set (secrets for the session cookie)',
-    );
-  }
-  // Sign-in state and sessions live in the state store; in memory, each worker would see only its own.
-  const workers = obj(data.server).workers ?? 1;
-  const several =
-    (typeof workers === 'number' && workers > 1) || (workers === 'auto' && availableParallelism() > 1);
-  const store = obj(data.state).store ?? 'memory';
-  if (several && store === 'memory' && providers.length > 0) {
-    out.at(
-      ['state', 'store'],
-      'sessions need a shared store with several workers: set state.store to a redis:// URL',
-    );
-  } else if (several && store === 'memory' && obj(identity.assertion).signingKey === undefined) {
-    // Each worker would generate its own key: a backend could verify only some of the assertions.
-    out.warnAt(
-      ['identity', 'assertion'],
-      'with several workers and state.store memory, each worker signs assertions with its own generated key: ' +
-        'set identity.assertion.signingKey or a redis:// state store',
     );
   }
   const signIn = str(obj(identity.session).signInHost);

@@ -1,0 +1,262 @@
+/**
+ * The memory store shared by the workers of one instance (`server.workers` above 1 with `state.store:
+ * memory`): the cluster primary holds the one `MemoryStore`, and each worker's `IpcStore` runs every
+ * operation on it over the cluster IPC channel. A session, a sign-in state or the generated assertion
+ * key is then the same whichever worker a request reaches, and `add`, `take` and `incr` stay atomic
+ * because the primary runs one operation at a time. A call the primary does not answer in time, or any
+ * call once the channel is closed, fails with `StateStoreError`, on which callers fail closed (503).
+ */
+import {
+  isStoreReply,
+  ReplyTable,
+  STORE_OPS,
+  type StoreOp,
+  type StoreReply,
+  type StoreRequest,
+  type StoreValue,
+} from '../cluster-ipc.js';
+import { checkKeyAndTtl, type StateStore, StateStoreError } from './types.js';
+
+/** How long a worker waits for the primary to answer one store call. */
+export const STORE_CALL_TIMEOUT_MS = 5_000;
+
+/** The peer id of the primary in a worker's reply table (a worker has one peer). */
+const PRIMARY = 0;
+
+/**
+ * The worker's end of the IPC channel: `process` in a cluster worker (a `ChildProcess` works too, which
+ * the tests use to play the worker against a forked primary).
+ */
+export interface IpcChannel {
+  readonly connected: boolean;
+  send?(
+    message: StoreRequest,
+    sendHandle: undefined,
+    options: object,
+    callback: (err: Error | null) => void,
+  ): boolean;
+  on(event: 'message', listener: (message: unknown) => void): unknown;
+  on(event: 'disconnect', listener: () => void): unknown;
+  off(event: 'message', listener: (message: unknown) => void): unknown;
+  off(event: 'disconnect', listener: () => void): unknown;
+}
+
+/** Options of `IpcStore`. */
+export interface IpcStoreOptions {
+  /** Per-call timeout in ms (default `STORE_CALL_TIMEOUT_MS`). */
+  timeoutMs?: number;
+}
+
+type Call = Omit<StoreRequest, 'gatehouse' | 'id'>;
+
+/** A worker's state store: the primary's memory store, reached over IPC. */
+export class IpcStore implements StateStore {
+  /** What `state.store` says: the data lives in (the primary's) memory, gone when the instance stops. */
+  readonly kind = 'memory' as const;
+  readonly #channel: IpcChannel;
+  readonly #timeoutMs: number;
+  readonly #waiting = new ReplyTable();
+  #closed = false;
+  #disconnected = false;
+
+  readonly #onMessage = (message: unknown): void => {
+    if (!isStoreReply(message)) return;
+    if (message.ok) this.#waiting.settle(message.id, PRIMARY, undefined, message.value);
+    else this.#waiting.settle(message.id, PRIMARY, replyError(message));
+  };
+
+  readonly #onDisconnect = (): void => {
+    this.#disconnected = true;
+    this.#waiting.fail(
+      PRIMARY,
+      () => new StateStoreError('the cluster primary is gone (IPC channel closed)'),
+    );
+  };
+
+  constructor(channel: IpcChannel = process, options: IpcStoreOptions = {}) {
+    this.#channel = channel;
+    this.#timeoutMs = options.timeoutMs ?? STORE_CALL_TIMEOUT_MS;
+    channel.on('message', this.#onMessage);
+    channel.on('disconnect', this.#onDisconnect);
+  }
+
+  /** Calls still waiting for the primary's answer. */
+  get pending(): number {
+    return this.#waiting.size;
+  }
+
+  async get(key: string): Promise<string | undefined> {
+    checkKeyAndTtl(key);
+    return (await this.#call({ op: 'get', key })) as string | undefined;
+  }
+
+  async set(key: string, value: string, ttlMs?: number): Promise<void> {
+    checkKeyAndTtl(key, ttlMs);
+    await this.#call({ op: 'set', key, value: String(value), ttlMs });
+  }
+
+  async add(key: string, value: string, ttlMs?: number): Promise<boolean> {
+    checkKeyAndTtl(key, ttlMs);
+    return (await this.#call({ op: 'add', key, value: String(value), ttlMs })) === true;
+  }
+
+  async take(key: string): Promise<string | undefined> {
+    checkKeyAndTtl(key);
+    return (await this.#call({ op: 'take', key })) as string | undefined;
+  }
+
+  async delete(key: string): Promise<void> {
+    checkKeyAndTtl(key);
+    await this.#call({ op: 'delete', key });
+  }
+
+  async incr(key: string, by = 1, ttlMs?: number): Promise<number> {
+    checkKeyAndTtl(key, ttlMs);
+    if (!Number.isSafeInteger(by)) throw new TypeError(`incr step must be an integer, got ${by}`);
+    return (await this.#call({ op: 'incr', key, by, ttlMs })) as number;
+  }
+
+  async setAdd(key: string, member: string, ttlMs?: number): Promise<void> {
+    checkKeyAndTtl(key, ttlMs);
+    await this.#call({ op: 'setAdd', key, value: String(member), ttlMs });
+  }
+
+  async setRemove(key: string, member: string): Promise<void> {
+    checkKeyAndTtl(key);
+    await this.#call({ op: 'setRemove', key, value: String(member) });
+  }
+
+  async setMembers(key: string): Promise<string[]> {
+    checkKeyAndTtl(key);
+    return (await this.#call({ op: 'setMembers', key })) as string[];
+  }
+
+  /** Stops listening and fails the calls still waiting; the primary's store itself stays open. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#channel.off('message', this.#onMessage);
+    this.#channel.off('disconnect', this.#onDisconnect);
+    this.#waiting.fail(PRIMARY, () => new StateStoreError('state store is closed'));
+  }
+
+  #call(call: Call): Promise<unknown> {
+    if (this.#closed) return Promise.reject(new StateStoreError('state store is closed'));
+    const channel = this.#channel;
+    if (this.#disconnected || !channel.connected || channel.send === undefined) {
+      return Promise.reject(new StateStoreError('the cluster primary is not reachable (IPC channel closed)'));
+    }
+    const timedOut = (): Error =>
+      new StateStoreError(`the cluster primary did not answer ${call.op} within ${this.#timeoutMs} ms`);
+    return this.#waiting.wait(PRIMARY, this.#timeoutMs, timedOut, (id) => {
+      const message: StoreRequest = { gatehouse: 'store', id, ...call };
+      channel.send?.(message, undefined, {}, (err) => {
+        if (err) {
+          const failed = new StateStoreError(`the cluster primary is not reachable: ${err.message}`, err);
+          this.#waiting.settle(id, PRIMARY, failed);
+        }
+      });
+    });
+  }
+}
+
+/** The worker-side error for an error reply: a TypeError for a request the primary could not run. */
+function replyError(reply: Extract<StoreReply, { ok: false }>): Error {
+  const message = String(reply.error);
+  return reply.badRequest ? new TypeError(message) : new StateStoreError(message);
+}
+
+/** The primary's end of a worker's channel: a cluster `Worker` (a `ChildProcess` in the tests). */
+export interface StorePeer {
+  send(message: StoreReply, sendHandle: undefined, callback: (err: Error | null) => void): boolean;
+}
+
+const OPS: ReadonlySet<string> = new Set(STORE_OPS);
+
+/**
+ * Runs a worker's store request on the primary's `store` and builds the reply. Never rejects: an
+ * unknown operation, a bad argument or a failing store becomes an error reply, never a crash of the
+ * primary. The request came over IPC, so every field is checked before use.
+ */
+export async function answerStoreRequest(store: StateStore, request: StoreRequest): Promise<StoreReply> {
+  const id = request.id;
+  try {
+    const value = await run(store, request);
+    return value === undefined
+      ? { gatehouse: 'store-reply', id, ok: true }
+      : { gatehouse: 'store-reply', id, ok: true, value };
+  } catch (err) {
+    return {
+      gatehouse: 'store-reply',
+      id,
+      ok: false,
+      error: err instanceof Error ? err.message : String(err),
+      badRequest: err instanceof TypeError,
+    };
+  }
+}
+
+/**
+ * Answers a worker's store request over its channel. A reply to a worker that went away meanwhile is
+ * dropped: the worker's calls failed when its channel closed.
+ */
+export async function serveStoreRequest(
+  peer: StorePeer,
+  store: StateStore,
+  request: StoreRequest,
+): Promise<void> {
+  const reply = await answerStoreRequest(store, request);
+  await new Promise<void>((resolve) => {
+    try {
+      peer.send(reply, undefined, () => resolve());
+    } catch {
+      resolve();
+    }
+  });
+}
+
+async function run(store: StateStore, r: StoreRequest): Promise<StoreValue | undefined> {
+  const op: unknown = r.op;
+  if (typeof op !== 'string' || !OPS.has(op)) {
+    throw new TypeError(`unknown state store operation ${JSON.stringify(op) ?? String(op)}`);
+  }
+  const ttlMs = optionalNumber(r.ttlMs, 'ttlMs');
+  checkKeyAndTtl(r.key, ttlMs);
+  const key = r.key;
+  switch (op as StoreOp) {
+    case 'get':
+      return await store.get(key);
+    case 'set':
+      await store.set(key, text(r.value), ttlMs);
+      return undefined;
+    case 'add':
+      return await store.add(key, text(r.value), ttlMs);
+    case 'take':
+      return await store.take(key);
+    case 'delete':
+      await store.delete(key);
+      return undefined;
+    case 'incr':
+      return await store.incr(key, optionalNumber(r.by, 'by'), ttlMs);
+    case 'setAdd':
+      await store.setAdd(key, text(r.value), ttlMs);
+      return undefined;
+    case 'setRemove':
+      await store.setRemove(key, text(r.value));
+      return undefined;
+    case 'setMembers':
+      return await store.setMembers(key);
+  }
+}
+
+function text(value: unknown): string {
+  if (typeof value !== 'string') throw new TypeError('state store value must be a string');
+  return value;
+}
+
+function optionalNumber(value: unknown, name: string): number | undefined {
+  if (value !== undefined && typeof value !== 'number') {
+    throw new TypeError(`state store ${name} must be a number`);
+  }
+  return value;
+}
