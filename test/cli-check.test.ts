@@ -179,7 +179,7 @@ test('check: the design example passes, policy tests included, once its files an
     },
   });
   assert.equal(r.code, 0, r.stderr);
-  assert.equal(r.stdout, `${file}: ok (2 routes, 1 upstreams)\n${file}: 2 policy tests passed\n`);
+  assert.equal(r.stdout, `${file}: ok (2 routes, 1 upstream)\n${file}: 2 policy tests passed\n`);
 });
 
 test('check: the demo configuration passes as written', async () => {

@@ -185,7 +185,7 @@ routes:
     );
     const r = await runCli(['check', '-c', file]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /^\S+: ok \(1 routes?, 1 upstreams?\)\n$/);
+    assert.match(r.stdout, /^\S+: ok \(1 route, 1 upstream\)\n$/);
     assert.equal(r.stderr, '');
   });
 });

@@ -50,6 +50,27 @@ async function verify(token: string, signer: AssertionSigner, audience: string, 
 }
 
 describe('identity assertion', () => {
+  test('instances starting together on one store adopt the first stored key instead of each their own', async () => {
+    const c = clock();
+    const shared = new MemoryAssertionKeyStore();
+    // Each instance reads the store as empty before it writes (both looked before either wrote: the
+    // race), and sees the real store from its read-back on.
+    const racing = (): AssertionSignerOptions['keyStore'] => {
+      let staleReads = 2;
+      return {
+        get: async (key) => (staleReads-- > 0 ? undefined : shared.get(key)),
+        set: (key, value) => shared.set(key, value),
+        add: (key, value) => shared.add(key, value),
+      };
+    };
+    const first = await AssertionSigner.create(undefined, opts(c, { keyStore: racing() }));
+    const second = await AssertionSigner.create(undefined, opts(c, { keyStore: racing() }));
+    assert.equal(second.kid, first.kid, 'the second instance signs with the key that was stored first');
+    assert.deepEqual(second.jwks(), first.jwks());
+    const token = second.sign(alice, 'airbyte.example.com');
+    await verify(token, first, 'airbyte.example.com', c.t);
+  });
+
   test('ES256 by default; verifies with jose against jwks(); carries the identity claims', async () => {
     const c = clock();
     const signer = await AssertionSigner.create(undefined, opts(c));

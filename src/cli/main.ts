@@ -268,7 +268,9 @@ async function check(p: Parsed, io: CliIo): Promise<number> {
     );
     return 1;
   }
-  io.out(`${file}: ok (${config.routes.length} routes, ${Object.keys(config.upstreams).length} upstreams)\n`);
+  io.out(
+    `${file}: ok (${plural(config.routes.length, 'route', 'routes')}, ${plural(Object.keys(config.upstreams).length, 'upstream', 'upstreams')})\n`,
+  );
   if (results.length > 0)
     io.out(`${file}: ${plural(results.length, 'policy test', 'policy tests')} passed\n`);
   return 0;

@@ -20,6 +20,8 @@ export type AssertionAlgorithm = AssertionConfig['algorithm'];
 export interface AssertionKeyStore {
   get(key: string): Promise<string | undefined>;
   set(key: string, value: string): Promise<void>;
+  /** Stores only when the key is absent; true when stored (the state stores have it). */
+  add?(key: string, value: string): Promise<boolean>;
 }
 
 /** The assertion key material is missing, malformed or does not fit the configured algorithm. */
@@ -88,6 +90,11 @@ export class MemoryAssertionKeyStore implements AssertionKeyStore {
   }
   async set(key: string, value: string): Promise<void> {
     this.#values.set(key, value);
+  }
+  async add(key: string, value: string): Promise<boolean> {
+    if (this.#values.has(key)) return false;
+    this.#values.set(key, value);
+    return true;
   }
 }
 
@@ -340,13 +347,26 @@ export class AssertionSigner {
     for (const s of stored) s.retired ??= t;
     const jwk = generateKeyObject(cfg.algorithm).export({ format: 'jwk' });
     stored.unshift({ jwk, alg: cfg.algorithm, created: t });
-    await store.set(ASSERTION_STORE_KEY, JSON.stringify({ keys: stored }));
-    // Read back: when two instances raced, both adopt whichever write landed last.
-    const keys = AssertionSigner.#fromStored(
-      AssertionSigner.#parseStored(await store.get(ASSERTION_STORE_KEY)),
-      retention,
-      now(),
-    );
+    const value = JSON.stringify({ keys: stored });
+    const readBack = async () =>
+      AssertionSigner.#fromStored(
+        AssertionSigner.#parseStored(await store.get(ASSERTION_STORE_KEY)),
+        retention,
+        now(),
+      );
+    // The very first key is only added if no other instance (or worker) stored one meanwhile: instances
+    // starting together then all adopt the one that won instead of each signing with its own.
+    if (stored.length === 1 && store.add !== undefined) {
+      if (!(await store.add(ASSERTION_STORE_KEY, value))) {
+        const winner = await readBack();
+        if (winner.some((k) => k.retired === undefined && k.alg === cfg.algorithm)) return winner;
+        await store.set(ASSERTION_STORE_KEY, value);
+      }
+    } else {
+      await store.set(ASSERTION_STORE_KEY, value);
+    }
+    // Read back: when two instances raced a rotation, both adopt whichever write landed last.
+    const keys = await readBack();
     if (!keys.some((k) => k.retired === undefined))
       throw new AssertionKeyError('the key store did not keep the assertion key');
     return keys;
