@@ -2,9 +2,10 @@
  * The instruction-count phase of `npm run bench -- --instructions [N]`: each proxy runs under valgrind's
  * callgrind, which counts the user-space instructions it executes. After a warm-up (2N requests, so the
  * JIT has compiled the hot paths of the Node.js proxies) the counters are zeroed, N requests are sent
- * over 50 keep-alive connections, and the count is read from a dump. Unlike CPU time, the count does not
- * depend on what else the machine is doing, so small differences between runs and builds are visible;
- * it leaves out the kernel's share (socket reads and writes), which is about the same for every proxy.
+ * over 50 keep-alive connections, and the count is read from a dump. The count moves much less than CPU
+ * time with what else the machine is doing (a few per cent: how many requests one event-loop turn
+ * serves and the JIT's background work still vary), so differences between builds show; it leaves out
+ * the kernel's share (socket reads and writes), which is about the same for every proxy.
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';

@@ -28,8 +28,8 @@
  * the machine does not always hit the same proxy; the report shows the median and the range.
  *
  * `--instructions [N]` (default 3000) adds a slow phase that counts each proxy's user-space instructions
- * per small request under valgrind's callgrind (bench/instructions.ts): a figure that, unlike CPU time,
- * does not move with the machine's load. `--instructions-only` runs that phase alone.
+ * per small request under valgrind's callgrind (bench/instructions.ts): a figure that moves far less
+ * than CPU time with the machine's load. `--instructions-only` runs that phase alone.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import {
