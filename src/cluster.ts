@@ -570,10 +570,11 @@ export class ClusterPrimary {
   }
 
   /**
-   * With `state.store: memory`, creates the generated assertion key in the shared store before any
-   * worker builds its signer. Workers starting together would otherwise each find no key and store
-   * their own (the signer writes with `set` and reads back), leaving them signing with different keys;
-   * this way each worker only reads the key. A failure is left to the workers, which report it.
+   * With `state.store: memory`, creates (or rotates, when a reload changes the algorithm) the generated
+   * assertion key in the shared store before any worker builds its signer, so workers only read it. The
+   * first key is added atomically anyway, but a rotation is a read-modify-write that workers reloading
+   * together would race, each signing with its own key until the next sync. A failure is left to the
+   * workers, which report it.
    */
   async #prepareStore(loaded: LoadedConfig): Promise<void> {
     const { config, secrets } = loaded;

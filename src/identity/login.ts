@@ -21,8 +21,9 @@
  * Login starts are rate-limited per client address, because each one stores sign-in state that anyone
  * could otherwise pile up in the store: a fixed-window counter `loginrl:<address>:<window>` (default 30
  * per minute; IPv6 counted per /64). Over the limit `/.gatehouse/login` answers 429
- * `GH_LOGIN_RATE_LIMITED` with `Retry-After` and stores nothing. The address is `facts.clientIp`, the
- * connection's peer (as for `sourceIp` rules): clients behind one proxy or NAT share a counter.
+ * `GH_LOGIN_RATE_LIMITED` with `Retry-After` and stores nothing. The address is `facts.clientIp`, as for
+ * `sourceIp` rules: the peer, or behind `server.trustedProxies` the client they forwarded for; clients
+ * behind one untrusted proxy or NAT share a counter.
  * Callback and hand-off are not limited (they only consume state a login start made), nor is logout.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
@@ -32,7 +33,7 @@ import { parseBind } from '../config/schema.js';
 import type { RequestFacts } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
-import { parseIPv6 } from '../policy/cidr.js';
+import { isMapped, parseIPv6 } from '../policy/cidr.js';
 import { type StateStore, StateStoreError } from '../state/types.js';
 import { OidcClient, type OidcClientOptions, OidcError, type OidcProviderSettings } from './oidc.js';
 import {
@@ -1039,8 +1040,7 @@ function rateLimitAddress(ip: string): string {
   const zone = ip.indexOf('%');
   const w = new Uint16Array(8);
   if (!parseIPv6(ip, zone === -1 ? ip.length : zone, w)) return ip.slice(0, 64);
-  if (w[0] === 0 && w[1] === 0 && w[2] === 0 && w[3] === 0 && w[4] === 0 && w[5] === 0xffff)
-    return `${w[6]! >>> 8}.${w[6]! & 255}.${w[7]! >>> 8}.${w[7]! & 255}`;
+  if (isMapped(w)) return `${w[6]! >>> 8}.${w[6]! & 255}.${w[7]! >>> 8}.${w[7]! & 255}`;
   return `${w[0]!.toString(16)}:${w[1]!.toString(16)}:${w[2]!.toString(16)}:${w[3]!.toString(16)}::/64`;
 }
 

@@ -94,7 +94,8 @@ export function parseIPv6(s: string, end: number, out: Uint16Array): boolean {
   return true;
 }
 
-function isMapped(words: Uint16Array): boolean {
+/** True for an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) parsed by `parseIPv6`. */
+export function isMapped(words: Uint16Array): boolean {
   return (
     words[0] === 0 &&
     words[1] === 0 &&

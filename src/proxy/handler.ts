@@ -232,6 +232,8 @@ class Exchange {
   clientIp: string;
   /** The address that connected. */
   readonly peerIp: string;
+  /** The peer is a trusted proxy (`server.trustedProxies`). */
+  readonly peerTrusted: boolean;
   host = '';
   path = '';
   query = '';
@@ -291,10 +293,8 @@ class Exchange {
     this.method = req.method ?? 'GET';
     this.peerIp = clientAddress(req.socket?.remoteAddress);
     const trusted = trustedOf(runtime.config);
-    this.clientIp =
-      trusted === undefined
-        ? this.peerIp
-        : effectiveClient(this.peerIp, trusted, req.headers['x-forwarded-for']);
+    this.peerTrusted = isTrusted(trusted, this.peerIp);
+    this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
   }
 
   start(): void {
@@ -374,7 +374,7 @@ class Exchange {
         host: originalHost,
         originalHost,
         peerIp: this.peerIp,
-        trustedPeer: isTrusted(trustedOf(this.runtime.config), this.peerIp),
+        trustedPeer: this.peerTrusted,
         proto: this.listener.tls ? 'https' : 'http',
         requestId: this.requestId,
         edits: rs.requestEdits,

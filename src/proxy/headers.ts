@@ -118,18 +118,20 @@ function forwardedAddress(entry: string): string | undefined {
 
 /**
  * The client's address as policies, rate limits, hashing and the access log see it: the peer, unless the
- * peer is a trusted proxy (`server.trustedProxies`) that says in X-Forwarded-For whom it got the request
- * from. The list is read from the right, skipping further trusted proxies, and the first address that is
- * not one is the client ("rightmost untrusted", like nginx's `real_ip_recursive`): entries to the left of
- * it were written by whoever the client is, so they are never believed. An entry that is not an address
- * ends the walk at the last trusted hop, and a list of trusted hops only gives its leftmost one.
+ * peer is a trusted proxy (`server.trustedProxies`; `peerTrusted`, checked by the caller, who needs it
+ * for the forwarded headers too) that says in X-Forwarded-For whom it got the request from. The list is
+ * read from the right, skipping further trusted proxies, and the first address that is not one is the
+ * client ("rightmost untrusted", like nginx's `real_ip_recursive`): entries to the left of it were
+ * written by whoever the client is, so they are never believed. An entry that is not an address ends the
+ * walk at the last trusted hop, and a list of trusted hops only gives its leftmost one.
  */
 export function effectiveClient(
   peer: string,
+  peerTrusted: boolean,
   trusted: BlockList | undefined,
   forwardedFor: string | string[] | undefined,
 ): string {
-  if (forwardedFor === undefined || !isTrusted(trusted, peer)) return peer;
+  if (forwardedFor === undefined || !peerTrusted) return peer;
   const entries = (typeof forwardedFor === 'string' ? forwardedFor : forwardedFor.join(',')).split(',');
   let client = peer;
   for (let i = entries.length - 1; i >= 0; i--) {

@@ -79,6 +79,8 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   clientIp: string;
   /** The address that connected. */
   readonly peerIp: string;
+  /** The peer is a trusted proxy (`server.trustedProxies`), known once the runtime is. */
+  peerTrusted = false;
   upstream: Duplex | undefined;
   route: CompiledRoute | undefined;
   up: Upstream | undefined;
@@ -117,7 +119,9 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
 
   start(runtime: Runtime): void {
     const req = this.req;
-    this.clientIp = effectiveClient(this.peerIp, trustedOf(runtime.config), req.headers['x-forwarded-for']);
+    const trusted = trustedOf(runtime.config);
+    this.peerTrusted = isTrusted(trusted, this.peerIp);
+    this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
     const client = this.client;
     client.on('error', ignoreError);
     client.on('close', () => this.close());
@@ -185,7 +189,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
         host: this.originalHost,
         originalHost: this.originalHost,
         peerIp: this.peerIp,
-        trustedPeer: isTrusted(trustedOf(runtime.config), this.peerIp),
+        trustedPeer: this.peerTrusted,
         proto: this.listener.tls ? 'https' : 'http',
         requestId: this.requestId,
         edits,
