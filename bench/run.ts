@@ -914,6 +914,9 @@ async function main(): Promise<void> {
 
   const rows: Row[] = [];
   const failed = new Set<string>();
+  /** The request headers a proxy's load carries: the bearer token for the two identity comparisons. */
+  const headersFor = (proxy: string): Record<string, string> =>
+    proxy === 'gatehouse+jwt' || proxy === 'haproxy+bearer' ? bearer : {};
   async function startProxy(proxy: string, wrap?: Wrap): Promise<Running> {
     if (proxy === 'gatehouse' || proxy === 'gatehouse+log' || proxy === 'gatehouse+jwt') {
       const jwt =
@@ -932,7 +935,7 @@ async function main(): Promise<void> {
     try {
       running = await startProxy(proxy);
       const pid = running.child.pid as number;
-      const headers = proxy === 'gatehouse+jwt' || proxy === 'haproxy+bearer' ? bearer : {};
+      const headers = headersFor(proxy);
       for (const scenario of ['small', '1MiB'] as const) {
         const url = `http://127.0.0.1:${running.port}${scenario === 'small' ? '/small' : '/1m'}`;
         if (opts.warmupS > 0) await runLoad(url, opts.connections, opts.warmupS, headers);
@@ -1013,7 +1016,7 @@ async function main(): Promise<void> {
     let running: Running | undefined;
     try {
       running = await startProxy(proxy, { prefix: callgrindPrefix(dir), startTimeoutMs: 180_000 });
-      const headers = proxy === 'gatehouse+jwt' || proxy === 'haproxy+bearer' ? bearer : {};
+      const headers = headersFor(proxy);
       const perRequest = await instructionsPerRequest(
         running.child.pid as number,
         dir,
