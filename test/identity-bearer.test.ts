@@ -391,6 +391,29 @@ describe('bearer JWTs against a real issuer', () => {
     assert.equal(auth.verifications, 2);
   });
 
+  test('a token that reuses a cached token’s signature is verified, refused, and leaves the cached one alone', async () => {
+    const auth = new BearerAuthenticator([cfg(idp.issuer, { jwksUri: idp.jwksUri })]);
+    const good = await idp.sign({ sub: 'alice', aud: 'gatehouse-api' });
+    assert.equal((await auth.authenticate(good)).kind, 'ok');
+    assert.equal(auth.verifications, 1);
+    // Same header and signature, another payload: the cache is keyed by the signature's tail, so
+    // this lands on the cached entry's key; the whole token must still be compared.
+    const [h, , s] = good.split('.');
+    const forged = `${h}.${b64({ iss: idp.issuer, sub: 'admin', aud: 'gatehouse-api', exp: sec(Date.now()) + 600 })}.${s}`;
+    const r = auth.authenticate(forged);
+    assert.ok(r instanceof Promise, 'the forged token is not answered from the cache');
+    assert.equal(reason(await r), 'token-invalid');
+    assert.equal(auth.verifications, 2);
+    // Remembered as refused; the genuine token is still a synchronous hit.
+    assert.equal(reason(await auth.authenticate(forged)), 'token-invalid');
+    assert.equal(auth.verifications, 2);
+    const again = auth.authenticate(good);
+    assert.ok(!(again instanceof Promise));
+    assert.equal(again.kind === 'ok' && again.identity.subject, 'alice');
+    // Short credentials (shorter than the key) work too.
+    assert.equal(reason(await auth.authenticate('a.b.c')), 'token-invalid');
+  });
+
   test('the cache is bounded and evicts the least recently used token', async () => {
     const c = clock();
     const auth = new BearerAuthenticator([cfg(idp.issuer, { jwksUri: idp.jwksUri })], {

@@ -1,7 +1,7 @@
 /**
  * Bearer JWTs from configured issuers (machines and AI agents). A token is verified once: signature
  * against the issuer's JWKS with an explicit algorithm allow-list, then `iss`, `aud`, `exp`, `nbf` with
- * a clock tolerance (RFC 7519 §4.1). The result is cached by the token string until the token expires,
+ * a clock tolerance (RFC 7519 §4.1). The result is cached for the token until the token expires,
  * so the hot path for a known token is one Map lookup and `authenticate` answers synchronously.
  */
 
@@ -76,6 +76,8 @@ interface Verifier {
 }
 
 interface CacheEntry {
+  /** The whole token: entries are keyed by its tail (`cacheKey`), so a hit is confirmed against it. */
+  readonly token: string;
   readonly result: AuthResult;
   /** Cached until this time (ms, exclusive). */
   readonly until: number;
@@ -87,6 +89,17 @@ interface CacheEntry {
 // with the same bad token costs one signature check per minute, not one per request.
 const NEGATIVE_TTL_MS = 60_000;
 const NEGATIVE_SIZE = 1000;
+
+/**
+ * The key of a token in the caches: its last 32 characters, the tail of its signature. Hashing the whole
+ * token (about 600 characters for RS256) on every request costs more than the rest of a cache hit; the
+ * tail is as distinctive, and a hit is confirmed by comparing the whole token. Only verified tokens enter
+ * the positive cache, and two valid tokens cannot share a signature tail, so a crafted token with a
+ * cached token's tail is simply a miss.
+ */
+function cacheKey(token: string): string {
+  return token.length <= 32 ? token : token.slice(-32);
+}
 
 /** Verifies bearer JWTs of the configured issuers. */
 export class BearerAuthenticator {
@@ -169,24 +182,25 @@ export class BearerAuthenticator {
    * `now` (ms) may be passed by a caller that already read the clock for this request.
    */
   authenticate(token: string, now: number = this.#now()): AuthResult | Promise<AuthResult> {
-    const hit = this.#cache.get(token);
-    if (hit !== undefined) {
+    const key = cacheKey(token);
+    const hit = this.#cache.get(key);
+    if (hit !== undefined && hit.token === token) {
       if (now < hit.until) {
         // Least recently used goes first: an entry in the older half of the Map moves to the end.
         // Entries in the newer half stay put, so a hot token costs no Map writes.
         if (this.#seq - hit.seq >= this.#cacheSize >> 1) {
-          this.#cache.delete(token);
+          this.#cache.delete(key);
           hit.seq = ++this.#seq;
-          this.#cache.set(token, hit);
+          this.#cache.set(key, hit);
         }
         return hit.result;
       }
-      this.#cache.delete(token);
+      this.#cache.delete(key);
     }
-    const bad = this.#negative.get(token);
-    if (bad !== undefined) {
+    const bad = this.#negative.get(key);
+    if (bad !== undefined && bad.token === token) {
       if (now < bad.until) return bad.result;
-      this.#negative.delete(token);
+      this.#negative.delete(key);
     }
     const running = this.#inflight.get(token);
     if (running !== undefined) return running;
@@ -242,11 +256,13 @@ export class BearerAuthenticator {
     result: AuthResult,
     until: number,
   ): void {
-    if (map.size >= size) {
+    const key = cacheKey(token);
+    // A replaced entry moves to the end (most recent); otherwise the oldest makes room when full.
+    if (!map.delete(key) && map.size >= size) {
       const oldest = map.keys().next();
       if (!oldest.done) map.delete(oldest.value);
     }
-    map.set(token, { result, until, seq: ++this.#seq });
+    map.set(key, { token, result, until, seq: ++this.#seq });
   }
 
   #translate(err: unknown, issuer: string): { auth: AuthResult; reason: ReasonCode; cacheable: boolean } {
