@@ -21,11 +21,17 @@
  *          [--memory-size 1GiB] [--miss-tokens 2000]
  *          [--no-memory | --memory-only] [--instructions [N] | --instructions-only]
  *
- * CPU placement (two cores): each proxy runs alone on CPU 1; the load generator and the backend share
- * CPU 0. Every proxy is run the same way, so the CPU-per-request figures are comparable.
+ * CPU placement (two cores): every proxy runs on CPU 1, and only the one under load is busy; the load
+ * generator and the backend share CPU 0. Every proxy is run the same way, so the CPU-per-request
+ * figures are comparable.
  *
- * With `--rounds N` every proxy is run N times, each round in a rotated order so that a busy phase of
- * the machine does not always hit the same proxy; the report shows the median and the range.
+ * All proxies are started first. Then, for small responses and then for 1 MiB ones, every proxy is
+ * warmed up (`--warmup`), and each of `--rounds N` rounds loads every proxy for `--duration`, one after
+ * the other in an order rotated each round. The table shows medians over the rounds and the CPU range.
+ * Ratios are taken round by round, between measurements seconds apart, and the median of those is
+ * reported (bench/stats.ts): a shared machine's speed drifts over minutes, and this cancels most of
+ * that drift, which the ratio of two medians would not. The report ends with each target and its
+ * ratio, lowest and highest round included.
  *
  * `--instructions [N]` (default 3000) adds a slow phase that counts each proxy's user-space instructions
  * per small request under valgrind's callgrind (bench/instructions.ts): a figure that moves far less
@@ -61,6 +67,7 @@ import {
   tokenVerifications,
 } from './identity.js';
 import { callgrindPrefix, haveCallgrind, instructionsPerRequest } from './instructions.js';
+import { median, type PairedRatio, pairedRatio } from './stats.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -331,6 +338,19 @@ function statusKiB(pid: number, field: 'VmHWM' | 'VmRSS'): number | undefined {
     return m ? Number(m[1]) : undefined;
   } catch {
     return undefined;
+  }
+}
+
+/** Waits until none of `pids` used CPU for 300 ms (at most `maxMs`). */
+async function waitIdle(pids: readonly number[], maxMs = 10_000): Promise<void> {
+  const total = () => pids.reduce((a, p) => a + cpuTicks(p), 0);
+  const deadline = Date.now() + maxMs;
+  let last = total();
+  while (Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 300));
+    const now = total();
+    if (now === last) return;
+    last = now;
   }
 }
 
@@ -777,25 +797,28 @@ async function missPhase(backendPort: number, issuer: BenchIssuer, n: number): P
 // ---------------------------------------------------------------------------------------------
 // Report
 
+const SCENARIOS = ['small', '1MiB'] as const;
+type Scenario = (typeof SCENARIOS)[number];
+
+function urlOf(r: Running, scenario: Scenario): string {
+  return `http://127.0.0.1:${r.port}${scenario === 'small' ? '/small' : '/1m'}`;
+}
+
 interface Row extends LoadResult {
   proxy: string;
-  scenario: 'small' | '1MiB';
+  scenario: Scenario;
+  /** The round (0-based) the measurement belongs to. */
+  round: number;
   cpuUsPerRequest: number | undefined;
   cpuSeconds: number | undefined;
 }
 
 /** A proxy and scenario over all rounds: medians, with the CPU range and every sample. */
-interface Summary extends Row {
+interface Summary extends Omit<Row, 'round'> {
   rounds: number;
   cpuUsPerRequestMin: number | undefined;
   cpuUsPerRequestMax: number | undefined;
   samples: Row[];
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 function summarize(samples: Row[]): Summary {
@@ -838,23 +861,66 @@ function ratio(a: number | undefined, b: number | undefined): string {
     : `${(a / b).toFixed(2)}x`;
 }
 
-/** The markdown table; with several rounds, figures are medians and the CPU range is shown. */
-function table(rows: Summary[]): string {
-  const multi = rows.some((r) => r.rounds > 1);
+function fmtRatio(r: PairedRatio | undefined, withRange = false): string {
+  if (r === undefined) return '—';
+  return withRange && r.rounds > 1
+    ? `${r.median.toFixed(2)}x (${r.min.toFixed(2)}–${r.max.toFixed(2)})`
+    : `${r.median.toFixed(2)}x`;
+}
+
+/**
+ * The markdown table; with several rounds, figures are medians, the CPU range is shown, and the ratios
+ * are medians of the per-round ratios (`pairedRatio`).
+ */
+function table(summaries: Summary[], rows: readonly Row[]): string {
+  const multi = summaries.some((r) => r.rounds > 1);
   const lines = [
     `| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req${multi ? ' | CPU range' : ''} | CPU vs HAProxy | CPU vs node-http-proxy | errors |`,
     `|---|---|---:|---:|---:|---:${multi ? '|---:' : ''}|---:|---:|---:|`,
   ];
-  for (const r of rows) {
-    const peers = rows.filter((x) => x.scenario === r.scenario);
-    const hap = peers.find((x) => x.proxy === 'haproxy')?.cpuUsPerRequest;
-    const nhp = peers.find((x) => x.proxy === 'node-http-proxy')?.cpuUsPerRequest;
+  for (const r of summaries) {
     const range = multi ? ` | ${fmt(r.cpuUsPerRequestMin)}–${fmt(r.cpuUsPerRequestMax)}` : '';
+    const hap = pairedRatio(rows, r.scenario, r.proxy, 'haproxy');
+    const nhp = pairedRatio(rows, r.scenario, r.proxy, 'node-http-proxy');
     lines.push(
-      `| ${r.scenario} | ${r.proxy} | ${fmt(r.rps, 0)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.cpuUsPerRequest)}${range} | ${ratio(r.cpuUsPerRequest, hap)} | ${ratio(r.cpuUsPerRequest, nhp)} | ${r.errors + r.non2xx} |`,
+      `| ${r.scenario} | ${r.proxy} | ${fmt(r.rps, 0)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.cpuUsPerRequest)}${range} | ${fmtRatio(hap)} | ${fmtRatio(nhp)} | ${r.errors + r.non2xx} |`,
     );
   }
   return lines.join('\n');
+}
+
+/** The performance targets of a public route and of the identity route, each with its paired ratio. */
+const TARGETS: readonly { label: string; scenario: Scenario; proxy: string; base: string; max: number }[] = [
+  { label: 'public route, small', scenario: 'small', proxy: 'gatehouse', base: 'haproxy', max: 2.5 },
+  { label: 'public route, small', scenario: 'small', proxy: 'gatehouse', base: 'node-http-proxy', max: 0.7 },
+  { label: 'public route, 1 MiB', scenario: '1MiB', proxy: 'gatehouse', base: 'haproxy', max: 2.5 },
+  { label: 'public route, 1 MiB', scenario: '1MiB', proxy: 'gatehouse', base: 'node-http-proxy', max: 0.7 },
+  { label: 'identity overhead', scenario: 'small', proxy: 'gatehouse+jwt', base: 'gatehouse', max: 1.2 },
+  { label: 'identity route', scenario: 'small', proxy: 'gatehouse+jwt', base: 'haproxy', max: 2.5 },
+  {
+    label: 'identity route, same requests',
+    scenario: 'small',
+    proxy: 'gatehouse+jwt',
+    base: 'haproxy+bearer',
+    max: 2.5,
+  },
+];
+
+interface TargetResult {
+  label: string;
+  scenario: Scenario;
+  proxy: string;
+  base: string;
+  max: number;
+  ratio: PairedRatio;
+  met: boolean;
+}
+
+function targetResults(rows: readonly Row[]): TargetResult[] {
+  return TARGETS.flatMap((t) => {
+    const ratio = pairedRatio(rows, t.scenario, t.proxy, t.base);
+    return ratio === undefined ? [] : [{ ...t, ratio, met: ratio.median <= t.max }];
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -930,46 +996,73 @@ async function main(): Promise<void> {
     if (proxy === 'haproxy' || proxy === 'haproxy+bearer') return startHaproxy(backendPort, wrap);
     return startPeer(proxy, backendPort, wrap);
   }
-  async function benchProxy(proxy: string): Promise<void> {
-    let running: Running | undefined;
+  /**
+   * The load phase. Every proxy is started once. For each scenario, every proxy is warmed up on it,
+   * then each round measures every proxy on it, one after the other in an order rotated each round.
+   * Measurements of one round lie seconds apart, so a ratio between two of them (`pairedRatio`) is
+   * little affected by how busy the machine is, which drifts over minutes.
+   */
+  const running = new Map<string, Running>();
+  for (const proxy of proxies) {
     try {
-      running = await startProxy(proxy);
-      const pid = running.child.pid as number;
-      const headers = headersFor(proxy);
-      for (const scenario of ['small', '1MiB'] as const) {
-        const url = `http://127.0.0.1:${running.port}${scenario === 'small' ? '/small' : '/1m'}`;
-        if (opts.warmupS > 0) await runLoad(url, opts.connections, opts.warmupS, headers);
-        const before = cpuTicks(pid);
-        const load = await runLoad(url, opts.connections, opts.durationS, headers);
-        const cpuSeconds = (cpuTicks(pid) - before) / clkTck;
-        const row: Row = {
-          proxy,
-          scenario,
-          ...load,
-          cpuSeconds: round(cpuSeconds, 2),
-          cpuUsPerRequest: load.requests > 0 ? round((cpuSeconds * 1e6) / load.requests, 1) : undefined,
-        };
-        rows.push(row);
-        process.stdout.write(
-          `  ${proxy.padEnd(16)} ${scenario.padEnd(5)} ${fmt(load.rps, 0).padStart(8)} req/s  p50 ${fmt(load.p50Ms, 2)} ms  p99 ${fmt(load.p99Ms, 2)} ms  CPU ${fmt(row.cpuUsPerRequest)} µs/req\n`,
-        );
-      }
+      running.set(proxy, await startProxy(proxy));
     } catch (err) {
-      process.stderr.write(`bench: ${proxy} failed: ${(err as Error).message}\n`);
-      notes.push(`${proxy} failed: ${(err as Error).message.split('\n')[0]}`);
-      failed.add(proxy);
-    } finally {
-      await stop(running?.child);
+      fail(proxy, err);
     }
   }
-  for (let r = 0; r < opts.rounds; r++) {
-    if (opts.rounds > 1) process.stdout.write(`  round ${r + 1} of ${opts.rounds}\n`);
-    // Rotated each round, so that no proxy always runs first or always after the same neighbour.
-    const shift = proxies.length > 0 ? r % proxies.length : 0;
-    for (const proxy of [...proxies.slice(shift), ...proxies.slice(0, shift)]) {
-      if (!failed.has(proxy)) await benchProxy(proxy);
+  function fail(proxy: string, err: unknown): void {
+    process.stderr.write(`bench: ${proxy} failed: ${(err as Error).message}\n`);
+    notes.push(`${proxy} failed: ${(err as Error).message.split('\n')[0]}`);
+    failed.add(proxy);
+  }
+  async function measure(proxy: string, scenario: Scenario, roundIndex: number): Promise<void> {
+    const r = running.get(proxy);
+    if (r === undefined || failed.has(proxy)) return;
+    try {
+      const pid = r.child.pid as number;
+      const before = cpuTicks(pid);
+      const load = await runLoad(urlOf(r, scenario), opts.connections, opts.durationS, headersFor(proxy));
+      const cpuSeconds = (cpuTicks(pid) - before) / clkTck;
+      if (r.child.exitCode !== null || r.child.signalCode !== null)
+        throw new Error(`exited during the run (${r.child.exitCode ?? r.child.signalCode})`);
+      // A proxy may go on working after the load stops (responses to connections that wrk closed, still
+      // being read from the backend). The next measurement starts when it and the backend are idle.
+      await waitIdle([pid, backend.pid as number]);
+      const row: Row = {
+        proxy,
+        scenario,
+        round: roundIndex,
+        ...load,
+        cpuSeconds: round(cpuSeconds, 2),
+        cpuUsPerRequest: load.requests > 0 ? round((cpuSeconds * 1e6) / load.requests, 1) : undefined,
+      };
+      rows.push(row);
+      process.stdout.write(
+        `  ${proxy.padEnd(16)} ${scenario.padEnd(5)} ${fmt(load.rps, 0).padStart(8)} req/s  p50 ${fmt(load.p50Ms, 2)} ms  p99 ${fmt(load.p99Ms, 2)} ms  CPU ${fmt(row.cpuUsPerRequest)} µs/req\n`,
+      );
+    } catch (err) {
+      fail(proxy, err);
     }
   }
+  for (const scenario of SCENARIOS) {
+    for (const [proxy, r] of running) {
+      if (opts.warmupS <= 0 || failed.has(proxy)) continue;
+      try {
+        await runLoad(urlOf(r, scenario), opts.connections, opts.warmupS, headersFor(proxy));
+      } catch (err) {
+        fail(proxy, err);
+      }
+    }
+    for (let r = 0; r < opts.rounds; r++) {
+      if (opts.rounds > 1) process.stdout.write(`  ${scenario}: round ${r + 1} of ${opts.rounds}\n`);
+      // Rotated each round, so that no proxy always runs first or always after the same neighbour.
+      const shift = proxies.length > 0 ? r % proxies.length : 0;
+      for (const proxy of [...proxies.slice(shift), ...proxies.slice(0, shift)]) {
+        await measure(proxy, scenario, r);
+      }
+    }
+  }
+  await Promise.all([...running.values()].map((x) => stop(x.child)));
 
   // One summary per proxy and scenario, in the order proxies were given.
   const summaries: Summary[] = [];
@@ -1036,23 +1129,13 @@ async function main(): Promise<void> {
   await issuer?.close();
   await stop(backend);
 
-  let report = summaries.length > 0 ? `\n${table(summaries)}\n` : '';
-  const cpuOf = (proxy: string) =>
-    summaries.find((x) => x.proxy === proxy && x.scenario === 'small')?.cpuUsPerRequest;
-  const jwtCpu = cpuOf('gatehouse+jwt');
-  const identity =
-    jwtCpu === undefined
-      ? undefined
-      : {
-          vsGatehouse: cpuOf('gatehouse') === undefined ? undefined : round(jwtCpu / cpuOf('gatehouse')!, 2),
-          vsHaproxy: cpuOf('haproxy') === undefined ? undefined : round(jwtCpu / cpuOf('haproxy')!, 2),
-          vsHaproxySameRequests:
-            cpuOf('haproxy+bearer') === undefined ? undefined : round(jwtCpu / cpuOf('haproxy+bearer')!, 2),
-        };
-  if (identity) {
-    report += `\nidentity overhead: gatehouse+jwt CPU / gatehouse CPU = ${fmt(identity.vsGatehouse, 2)} (target ≤ 1.2)\n`;
-    report += `identity vs HAProxy: gatehouse+jwt CPU / haproxy CPU = ${fmt(identity.vsHaproxy, 2)} (target ≤ 2.5)\n`;
-    report += `identity vs HAProxy on the same requests (token passed through): gatehouse+jwt CPU / haproxy+bearer CPU = ${fmt(identity.vsHaproxySameRequests, 2)} (target ≤ 2.5)\n`;
+  let report = summaries.length > 0 ? `\n${table(summaries, rows)}\n` : '';
+  const targets = targetResults(rows);
+  if (targets.length > 0) {
+    report += `\nTargets (CPU per request; median of the per-round ratios, lowest–highest round):\n`;
+    for (const t of targets) {
+      report += `- ${t.label}: ${t.proxy} / ${t.base} = ${fmtRatio(t.ratio, true)}, target ≤ ${t.max} — ${t.met ? 'met' : 'NOT met'}\n`;
+    }
   }
   if (miss) {
     report +=
@@ -1104,7 +1187,8 @@ async function main(): Promise<void> {
         },
         // Medians over the rounds (one round: the run itself); every run is in `samples`.
         results: summaries,
-        identity,
+        // Ratios of CPU per request: per round, then the median (see pairedRatio).
+        targets,
         tokenCacheMisses: miss,
         memory,
         instructions:

@@ -15,16 +15,15 @@ function arg(name: string): string {
 
 const agent = new Agent({ keepAlive: true, maxSockets: 256, keepAliveMsecs: 60_000 });
 const proxy = httpProxy.createProxyServer({ target: arg('--target'), agent, xfwd: true });
-proxy.on('proxyReq', (proxyReq) => {
-  proxyReq.setHeader('x-request-id', randomUUID());
-});
 proxy.on('error', (_err, _req, res) => {
   if ('writeHead' in res && !res.headersSent)
     res.writeHead(502, { 'content-type': 'text/plain' }).end('bad gateway\n');
   else res.destroy();
 });
 
-const server = createServer((req, res) => proxy.web(req, res));
+// The request id goes in through the per-request options: setting it in a 'proxyReq' listener throws
+// when the upstream request was already sent (a reused socket after the client went away).
+const server = createServer((req, res) => proxy.web(req, res, { headers: { 'x-request-id': randomUUID() } }));
 server.keepAliveTimeout = 120_000;
 server.listen(Number(arg('--port')), '127.0.0.1');
 process.on('SIGTERM', () => process.exit(0));

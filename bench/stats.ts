@@ -1,0 +1,56 @@
+/**
+ * Figures of the bench over several rounds: medians, and ratios taken round by round (paired), which
+ * cancel most of the drift of a shared machine's speed between the start and the end of a run.
+ */
+
+/** One measurement: a proxy's CPU per request in one round and scenario. */
+export interface Measurement {
+  proxy: string;
+  scenario: string;
+  round: number;
+  cpuUsPerRequest: number | undefined;
+}
+
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+function round2(n: number): number {
+  return Math.round(n * 100) / 100;
+}
+
+/** A ratio of CPU per request over the rounds: the median, and the lowest and highest round. */
+export interface PairedRatio {
+  median: number;
+  min: number;
+  max: number;
+  rounds: number;
+}
+
+/**
+ * `proxy`'s CPU per request divided by `base`'s, taken round by round (both measured in the same round
+ * and scenario, seconds apart) and summarized by the median. Undefined when no round has both.
+ */
+export function pairedRatio(
+  rows: readonly Measurement[],
+  scenario: string,
+  proxy: string,
+  base: string,
+): PairedRatio | undefined {
+  const ratios: number[] = [];
+  for (const a of rows) {
+    if (a.proxy !== proxy || a.scenario !== scenario || a.cpuUsPerRequest === undefined) continue;
+    const b = rows.find((x) => x.proxy === base && x.scenario === scenario && x.round === a.round);
+    if (b?.cpuUsPerRequest === undefined || b.cpuUsPerRequest === 0) continue;
+    ratios.push(a.cpuUsPerRequest / b.cpuUsPerRequest);
+  }
+  if (ratios.length === 0) return undefined;
+  return {
+    median: round2(median(ratios)),
+    min: round2(Math.min(...ratios)),
+    max: round2(Math.max(...ratios)),
+    rounds: ratios.length,
+  };
+}
