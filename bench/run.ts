@@ -1025,6 +1025,7 @@ async function main(): Promise<void> {
       const cpuSeconds = (cpuTicks(pid) - before) / clkTck;
       if (r.child.exitCode !== null || r.child.signalCode !== null)
         throw new Error(`exited during the run (${r.child.exitCode ?? r.child.signalCode})`);
+      if (load.requests === 0) throw new Error('no response during the run');
       // A proxy may go on working after the load stops (responses to connections that wrk closed, still
       // being read from the backend). The next measurement starts when it and the backend are idle.
       await waitIdle([pid, backend.pid as number]);

@@ -15,6 +15,13 @@ function arg(name: string): string {
 
 const agent = new Agent({ keepAlive: true, maxSockets: 256, keepAliveMsecs: 60_000 });
 const proxy = httpProxy.createProxyServer({ target: arg('--target'), agent, xfwd: true });
+// A client that goes away mid-response must abort the upstream request too; otherwise the pooled
+// socket stays busy with a response nobody reads, and once every socket is taken the proxy hangs.
+proxy.on('proxyReq', (proxyReq, _req, res) => {
+  res.on('close', () => {
+    if (!res.writableFinished) proxyReq.destroy();
+  });
+});
 proxy.on('error', (_err, _req, res) => {
   if ('writeHead' in res && !res.headersSent)
     res.writeHead(502, { 'content-type': 'text/plain' }).end('bad gateway\n');
