@@ -27,7 +27,7 @@
  *
  * All proxies are started first. Then, for small responses and then for 1 MiB ones, every proxy is
  * warmed up (`--warmup`), and each of `--rounds N` rounds loads every proxy for `--duration`, one after
- * the other in an order rotated each round. The table shows medians over the rounds and the CPU range.
+ * the other in an order shuffled each round. The table shows medians over the rounds and the CPU range.
  * Ratios are taken round by round, between measurements seconds apart, and the median of those is
  * reported (bench/stats.ts): a shared machine's speed drifts over minutes, and this cancels most of
  * that drift, which the ratio of two medians would not. The report ends with each target and its
@@ -67,7 +67,7 @@ import {
   tokenVerifications,
 } from './identity.js';
 import { callgrindPrefix, haveCallgrind, instructionsPerRequest } from './instructions.js';
-import { median, type PairedRatio, pairedRatio } from './stats.js';
+import { median, type PairedRatio, pairedRatio, roundOrder } from './stats.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -998,7 +998,7 @@ async function main(): Promise<void> {
   }
   /**
    * The load phase. Every proxy is started once. For each scenario, every proxy is warmed up on it,
-   * then each round measures every proxy on it, one after the other in an order rotated each round.
+   * then each round measures every proxy on it, one after the other in an order shuffled each round.
    * Measurements of one round lie seconds apart, so a ratio between two of them (`pairedRatio`) is
    * little affected by how busy the machine is, which drifts over minutes.
    */
@@ -1056,11 +1056,9 @@ async function main(): Promise<void> {
     }
     for (let r = 0; r < opts.rounds; r++) {
       if (opts.rounds > 1) process.stdout.write(`  ${scenario}: round ${r + 1} of ${opts.rounds}\n`);
-      // Rotated each round, so that no proxy always runs first or always after the same neighbour.
-      const shift = proxies.length > 0 ? r % proxies.length : 0;
-      for (const proxy of [...proxies.slice(shift), ...proxies.slice(0, shift)]) {
-        await measure(proxy, scenario, r);
-      }
+      // Shuffled each round (the same shuffles every run), so that no proxy always runs first or always
+      // after the same neighbour, as a plain rotation would have it.
+      for (const proxy of roundOrder(proxies, r)) await measure(proxy, scenario, r);
     }
   }
   await Promise.all([...running.values()].map((x) => stop(x.child)));

@@ -54,3 +54,23 @@ export function pairedRatio(
     rounds: ratios.length,
   };
 }
+
+/**
+ * The order of `items` in round `round`: a shuffle seeded by the round (mulberry32 + Fisher–Yates), so
+ * every run uses the same orders and, unlike a rotation, each item gets different neighbours.
+ */
+export function roundOrder<T>(items: readonly T[], round: number): T[] {
+  let seed = (round + 1) * 0x9e3779b9;
+  const random = () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}

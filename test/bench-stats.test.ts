@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { median, pairedRatio } from '../bench/stats.js';
+import { median, pairedRatio, roundOrder } from '../bench/stats.js';
 
 test('median of odd and even counts', () => {
   assert.equal(median([3, 1, 2]), 2);
@@ -34,4 +34,17 @@ test('paired ratios divide measurements of the same round and scenario, then tak
   assert.deepEqual(pairedRatio(rows, '1MiB', 'a', 'base'), { median: 5, min: 5, max: 5, rounds: 1 });
   assert.equal(pairedRatio(rows, 'small', 'a', 'missing'), undefined);
   // The ratio of the medians would differ: median(a) = 33, median(base) = 10.5 → 3.14.
+});
+
+test('round orders are permutations, the same every run, and vary who runs before whom', () => {
+  const items = ['a', 'b', 'c', 'd', 'e', 'f'];
+  const predecessors = new Set<string>();
+  for (let r = 0; r < 15; r++) {
+    const order = roundOrder(items, r);
+    assert.deepEqual([...order].sort(), items);
+    assert.deepEqual(roundOrder(items, r), order);
+    const i = order.indexOf('a');
+    if (i > 0) predecessors.add(order[i - 1]!);
+  }
+  assert.ok(predecessors.size >= 3, `a ran after only ${[...predecessors].join(', ')}`);
 });
