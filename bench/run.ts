@@ -66,7 +66,12 @@ import {
   startBenchIssuer,
   tokenVerifications,
 } from './identity.js';
-import { callgrindPrefix, haveCallgrind, instructionsPerRequest } from './instructions.js';
+import {
+  callgrindPrefix,
+  haveCallgrind,
+  type InstructionCount,
+  instructionsPerRequest,
+} from './instructions.js';
 import { median, type PairedRatio, pairedRatio, roundOrder } from './stats.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -1099,7 +1104,7 @@ async function main(): Promise<void> {
     }
   }
   // Instruction counts: the proxies one after the other under callgrind, small responses only.
-  const instructions: { proxy: string; perRequest: number }[] = [];
+  const instructions: ({ proxy: string } & InstructionCount)[] = [];
   for (const proxy of counted) {
     process.stdout.write(
       `  instructions: ${proxy} under callgrind, ${opts.instructions} requests after ${2 * opts.instructions} warm-up…\n`,
@@ -1116,8 +1121,10 @@ async function main(): Promise<void> {
         headers,
         opts.instructions,
       );
-      instructions.push({ proxy, perRequest });
-      process.stdout.write(`  instructions: ${proxy} ${perRequest.toLocaleString('en-US')} per request\n`);
+      instructions.push({ proxy, ...perRequest });
+      process.stdout.write(
+        `  instructions: ${proxy} ${perRequest.main.toLocaleString('en-US')} per request on the main thread, ${perRequest.all.toLocaleString('en-US')} on all threads\n`,
+      );
     } catch (err) {
       process.stderr.write(`bench: instruction count of ${proxy} failed: ${(err as Error).message}\n`);
       notes.push(`instruction count of ${proxy} failed: ${(err as Error).message.split('\n')[0]}`);
@@ -1154,11 +1161,12 @@ async function main(): Promise<void> {
       `— ${memory.flat ? 'flat' : 'NOT flat: memory grows with the body'}\n`;
   }
   if (instructions.length > 0) {
-    const of = (p: string) => instructions.find((x) => x.proxy === p)?.perRequest;
-    report += `\nUser-space instructions per request (callgrind, small responses, ${opts.instructions} requests):\n`;
-    report += '| proxy | instructions/req | vs HAProxy | vs node-http-proxy |\n|---|---:|---:|---:|\n';
+    const of = (p: string) => instructions.find((x) => x.proxy === p);
+    report += `\nUser-space instructions per request (callgrind, small responses, ${opts.instructions} requests; ratios of the main thread's):\n`;
+    report +=
+      '| proxy | main thread | all threads | vs HAProxy | vs node-http-proxy |\n|---|---:|---:|---:|---:|\n';
     for (const x of instructions) {
-      report += `| ${x.proxy} | ${x.perRequest.toLocaleString('en-US')} | ${ratio(x.perRequest, of('haproxy'))} | ${ratio(x.perRequest, of('node-http-proxy'))} |\n`;
+      report += `| ${x.proxy} | ${x.main.toLocaleString('en-US')} | ${x.all.toLocaleString('en-US')} | ${ratio(x.main, of('haproxy')?.main)} | ${ratio(x.main, of('node-http-proxy')?.main)} |\n`;
     }
   }
   if (notes.length > 0) report += `\nNotes:\n${notes.map((n) => `- ${n}`).join('\n')}\n`;
