@@ -72,7 +72,7 @@ import {
   type InstructionCount,
   instructionsPerRequest,
 } from './instructions.js';
-import { median, type PairedRatio, pairedRatio, roundOrder } from './stats.js';
+import { median, type PairedRatio, pairedRatio, round, roundOrder } from './stats.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -316,8 +316,11 @@ function procStat(pid: number): { ppid: number; ticks: number } | undefined {
   }
 }
 
-/** utime+stime in ticks of `pid` and every live descendant (a proxy may run worker processes). */
-function cpuTicks(pid: number): number {
+/**
+ * utime+stime in ticks of `pids` and every live descendant of theirs (a proxy may run worker
+ * processes), from one reading of /proc.
+ */
+function cpuTicks(...pids: number[]): number {
   const stats = new Map<number, { ppid: number; ticks: number }>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -325,7 +328,7 @@ function cpuTicks(pid: number): number {
     if (s) stats.set(Number(entry), s);
   }
   let total = 0;
-  const queue = [pid];
+  const queue = [...pids];
   const seen = new Set<number>();
   while (queue.length > 0) {
     const p = queue.pop() as number;
@@ -348,12 +351,11 @@ function statusKiB(pid: number, field: 'VmHWM' | 'VmRSS'): number | undefined {
 
 /** Waits until none of `pids` used CPU for 300 ms (at most `maxMs`). */
 async function waitIdle(pids: readonly number[], maxMs = 10_000): Promise<void> {
-  const total = () => pids.reduce((a, p) => a + cpuTicks(p), 0);
   const deadline = Date.now() + maxMs;
-  let last = total();
+  let last = cpuTicks(...pids);
   while (Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 300));
-    const now = total();
+    const now = cpuTicks(...pids);
     if (now === last) return;
     last = now;
   }
@@ -849,11 +851,6 @@ function summarize(samples: Row[]): Summary {
     cpuUsPerRequestMax: cpu.length > 0 ? Math.max(...cpu) : undefined,
     samples,
   };
-}
-
-function round(n: number, digits: number): number {
-  const f = 10 ** digits;
-  return Math.round(n * f) / f;
 }
 
 function fmt(n: number | undefined, digits = 1): string {

@@ -17,8 +17,10 @@ export function median(xs: readonly number[]): number {
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
-function round2(n: number): number {
-  return Math.round(n * 100) / 100;
+/** `n` rounded to `digits` decimal places. */
+export function round(n: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(n * f) / f;
 }
 
 /** A ratio of CPU per request over the rounds: the median, and the lowest and highest round. */
@@ -48,9 +50,9 @@ export function pairedRatio(
   }
   if (ratios.length === 0) return undefined;
   return {
-    median: round2(median(ratios)),
-    min: round2(Math.min(...ratios)),
-    max: round2(Math.max(...ratios)),
+    median: round(median(ratios), 2),
+    min: round(Math.min(...ratios), 2),
+    max: round(Math.max(...ratios), 2),
     rounds: ratios.length,
   };
 }
