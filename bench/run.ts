@@ -20,6 +20,11 @@
  *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,haproxy,haproxy+bearer,minimal-undici,node-http-proxy]
  *          [--memory-size 1GiB] [--miss-tokens 2000]
  *          [--no-memory | --memory-only] [--instructions [N] | --instructions-only]
+ *          [--peer-node-flags FLAGS]
+ *
+ * Gatehouse runs with the Node.js flags of its `bin/gatehouse` (src/process-flags.ts); the Node.js
+ * peers run as plain `node` unless `--peer-node-flags` gives them flags too (e.g. the same ones, to see
+ * how much of the difference the flags make).
  *
  * CPU placement (two cores): every proxy runs on CPU 1, and only the one under load is busy; the load
  * generator and the backend share CPU 0. Every proxy is run the same way, so the CPU-per-request
@@ -58,6 +63,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { parseDuration, parseSize } from '../src/config/units.js';
+import { PROCESS_FLAGS } from '../src/process-flags.js';
 import {
   BENCH_ALG,
   type BenchIssuer,
@@ -91,6 +97,8 @@ interface Options {
   missTokens: number;
   /** Requests measured per proxy by the instruction-count phase; 0: phase off. */
   instructions: number;
+  /** Node.js flags for the Node.js peers (minimal-undici, node-http-proxy); none by default. */
+  peerNodeFlags: string[];
 }
 
 const allProxies = [
@@ -115,6 +123,7 @@ function parseArgs(argv: string[]): Options {
     rounds: 1,
     missTokens: 2000,
     instructions: 0,
+    peerNodeFlags: [],
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -159,6 +168,12 @@ function parseArgs(argv: string[]): Options {
       opts.loadTests = false;
       opts.memory = false;
       opts.missTokens = 0;
+    } else if (a === '--peer-node-flags') {
+      opts.peerNodeFlags = next()
+        .split(/[\s,]+/)
+        .filter((f) => f !== '');
+      for (const f of opts.peerNodeFlags)
+        if (!f.startsWith('--')) throw new Error(`--peer-node-flags: ${f} is not a flag (--name)`);
     } else if (a === '--help' || a === '-h') {
       process.stdout.write(`${readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0]}*/\n`);
       process.exit(0);
@@ -490,13 +505,18 @@ function newestMtime(dir: string): number {
 function gatehouseCommand(): { cmd: string; args: string[]; note: string } {
   const built = join(root, 'dist/cli/main.js');
   if (existsSync(built) && statSync(built).mtimeMs >= newestMtime(join(root, 'src'))) {
-    return { cmd: process.execPath, args: [join(root, 'bin/gatehouse')], note: 'bin/gatehouse (dist/)' };
+    // The flags of bin/gatehouse's `#!` line, which `node bin/gatehouse` would not read.
+    return {
+      cmd: process.execPath,
+      args: [...PROCESS_FLAGS, join(root, 'bin/gatehouse')],
+      note: `bin/gatehouse (dist/), node ${PROCESS_FLAGS.join(' ')}`,
+    };
   }
   const runTs = join(root, 'src/cli/run.ts');
   const entry = existsSync(runTs) ? runTs : join(root, 'bench/peers/gatehouse-cli.ts');
   return {
     cmd: process.execPath,
-    args: ['--import', 'tsx', entry],
+    args: [...PROCESS_FLAGS, '--import', 'tsx', entry],
     note: `${entry.slice(root.length + 1)} via tsx (dist/ missing or older than src/: run npm run build to bench the build)`,
   };
 }
@@ -572,12 +592,18 @@ async function startHaproxy(backendPort: number, wrap?: Wrap): Promise<Running> 
   return { child, port };
 }
 
-async function startPeer(name: string, backendPort: number, wrap?: Wrap): Promise<Running> {
+async function startPeer(
+  name: string,
+  backendPort: number,
+  nodeFlags: readonly string[],
+  wrap?: Wrap,
+): Promise<Running> {
   const port = await freePort();
   const child = start(
     name,
     process.execPath,
     [
+      ...nodeFlags,
       '--import',
       'tsx',
       join(root, `bench/peers/${name}.ts`),
@@ -931,6 +957,8 @@ async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
   const notes: string[] = [];
   if (!canPin) notes.push('taskset or a second CPU is missing: processes are not pinned');
+  if (opts.peerNodeFlags.length > 0)
+    notes.push(`minimal-undici and node-http-proxy ran with node ${opts.peerNodeFlags.join(' ')}`);
   if (!haveWrk)
     notes.push(
       'wrk is missing (apt-get install wrk): using autocannon, whose own CPU use competes with the proxy',
@@ -996,7 +1024,7 @@ async function main(): Promise<void> {
       return gw;
     }
     if (proxy === 'haproxy' || proxy === 'haproxy+bearer') return startHaproxy(backendPort, wrap);
-    return startPeer(proxy, backendPort, wrap);
+    return startPeer(proxy, backendPort, opts.peerNodeFlags, wrap);
   }
   /**
    * The load phase. Every proxy is started once. For each scenario, every proxy is warmed up on it,

@@ -29,6 +29,7 @@ import { ConfigError, type ConfigProblem, formatProblem } from './errors.js';
 import { AssertionSigner } from './identity/assertion.js';
 import { createLogger, type Logger } from './observe/log.js';
 import { configGeneration, registry, reloadsTotal } from './observe/metrics.js';
+import { withProcessFlags } from './process-flags.js';
 import type { LoadedConfig } from './runtime-build.js';
 import { serveStoreRequest } from './state/ipc.js';
 import { MemoryStore } from './state/memory.js';
@@ -198,6 +199,8 @@ export class ClusterPrimary {
     const started = new Promise<void>((resolve, reject) => {
       primary.#startup = { resolve, reject };
     });
+    // The workers carry the load: they run with the gateway's flags even when this process did not.
+    cluster.setupPrimary({ execArgv: withProcessFlags(process.execArgv) });
     for (const slot of primary.#slots) primary.#fork(slot);
     try {
       await started;

@@ -35,13 +35,23 @@ Commands:
   apikey create --id ID --subject S [--groups a,b] [--expires DATE] [--routes a,b]
                                     create an API key and print its identity.apiKeys entry
   demo [--port N]                   start a self-contained demo: identity provider, backends, gateway
-  version                           print the version
+  version                           print the version, and Node.js's with the flags in effect
   help                              print this help
 
 Options:
   -c, --config FILE                 the configuration file
   -h, --help                        print this help
 `;
+
+/** `node v20.x --flags`: the Node.js release and which of the gateway's flags this process runs with. */
+async function nodeLine(): Promise<string> {
+  const { PROCESS_FLAGS } = await import('../process-flags.js');
+  const missing = PROCESS_FLAGS.filter((f) => !process.execArgv.includes(f));
+  const present = PROCESS_FLAGS.filter((f) => process.execArgv.includes(f));
+  return `node ${process.version}${present.map((f) => ` ${f}`).join('')}${
+    missing.length > 0 ? ` (without ${missing.join(' ')})` : ''
+  }`;
+}
 
 /** Raised for bad command-line arguments (exit 2). */
 class UsageError extends Error {}
@@ -129,7 +139,7 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
       case 'version':
       case '--version':
       case '-v':
-        io.out(`gatehouse ${version()}\n`);
+        io.out(`gatehouse ${version()}\n${await nodeLine()}\n`);
         return 0;
       case 'help':
       case '--help':
