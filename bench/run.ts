@@ -505,7 +505,7 @@ function newestMtime(dir: string): number {
 function gatehouseCommand(): { cmd: string; args: string[]; note: string } {
   const built = join(root, 'dist/cli/main.js');
   if (existsSync(built) && statSync(built).mtimeMs >= newestMtime(join(root, 'src'))) {
-    // The flags of bin/gatehouse's `#!` line, which `node bin/gatehouse` would not read.
+    // The flags bin/gatehouse passes when run as a program, which `node bin/gatehouse` would not.
     return {
       cmd: process.execPath,
       args: [...PROCESS_FLAGS, join(root, 'bin/gatehouse')],

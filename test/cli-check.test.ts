@@ -258,7 +258,7 @@ test('help and version', async () => {
   assert.match(help.out, /apikey create --id ID --subject S/);
   const v = await run(['version']);
   assert.equal(v.code, 0);
-  // The tests run under plain `node`, without the flags of bin/gatehouse's `#!` line.
+  // The tests run under plain `node`, without the flags bin/gatehouse passes when run as a program.
   assert.match(v.out, /^gatehouse \d+\.\d+\.\d+\nnode v\d+\.\d+\.\d+ \(without --single-threaded-gc\)\n$/);
 });
 

@@ -1,16 +1,16 @@
 /**
- * The gateway's Node.js flags (src/process-flags.ts): bin/gatehouse's `#!` line carries them, so the
- * command runs with them when executed as a program, and `npm start` passes them too. The cluster
+ * The gateway's Node.js flags (src/process-flags.ts): bin/gatehouse starts node with them through sh,
+ * so the command runs with them when executed as a program (and still runs under plain `node`), and `npm start` passes them too. The cluster
  * primary's workers are checked in cluster-mode.test.ts.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { PROCESS_FLAGS, withProcessFlags } from '../src/process-flags.js';
-import { ROOT } from './helpers/gateway.js';
+import { ROOT, tempDir } from './helpers/gateway.js';
 
 const BIN = path.join(ROOT, 'bin/gatehouse');
 
@@ -20,9 +20,10 @@ test('withProcessFlags appends the missing flags once, keeping what was there in
   assert.deepEqual(withProcessFlags([...PROCESS_FLAGS, '--inspect']), [...PROCESS_FLAGS, '--inspect']);
 });
 
-test("bin/gatehouse's #! line and npm start carry the same flags", () => {
-  const first = readFileSync(BIN, 'utf8').split('\n')[0];
-  assert.equal(first, `#!/usr/bin/env -S node ${PROCESS_FLAGS.join(' ')}`);
+test('bin/gatehouse and npm start carry the same flags', () => {
+  const [first, second] = readFileSync(BIN, 'utf8').split('\n');
+  assert.equal(first, '#!/bin/sh');
+  assert.equal(second, `":" //; exec node ${PROCESS_FLAGS.join(' ')} "$0" "$@"`);
   const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
     scripts: Record<string, string>;
   };
@@ -40,4 +41,37 @@ test('bin/gatehouse executed as a program runs node with the flags', async () =>
   assert.match(name ?? '', /^gatehouse \d+\.\d+\.\d+$/);
   // Whichever `node` the PATH gives (under test:node24 it need not be the one running this test).
   assert.match(node ?? '', new RegExp(`^node v\\d+\\.\\d+\\.\\d+ ${PROCESS_FLAGS.join(' ')}$`));
+});
+
+test('node bin/gatehouse still runs the file: the lines for sh are a string and a comment to JavaScript', async () => {
+  const { stdout } = await promisify(execFile)(process.execPath, [BIN, 'version'], { cwd: ROOT });
+  assert.match(stdout, /^gatehouse \d+\.\d+\.\d+\nnode v\S+ \(without --single-threaded-gc\)\n$/);
+});
+
+test('sh execs node: the started gateway is the process that was spawned, and SIGTERM drains it', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gatehouse.yaml',
+    `listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+upstreams: { app: { servers: [{ url: "http://127.0.0.1:9" }] } }
+routes: [{ name: all, upstream: app, public: true }]
+`,
+  );
+  const child = spawn(BIN, ['start', '-c', file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => child.kill('SIGKILL'));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  let out = '';
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString('utf8');
+      if (out.includes('"gateway started"')) resolve();
+    });
+    child.on('exit', () => reject(new Error(`gatehouse exited before it started: ${out}`)));
+  });
+  const argv = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0');
+  assert.match(path.basename(argv[0] ?? ''), /^node/, argv.join(' '));
+  for (const flag of PROCESS_FLAGS) assert.ok(argv.includes(flag), argv.join(' '));
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0);
 });
