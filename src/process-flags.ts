@@ -1,7 +1,7 @@
 /**
  * The Node.js flags a gateway process runs with. `bin/gatehouse` starts `node` with them (its second
- * line, for sh; a test keeps the two equal), and a cluster primary passes them to every worker it forks, however the
- * primary itself was started.
+ * line, for sh; a test keeps the two equal), and a cluster primary passes them to every worker it
+ * forks, however the primary itself was started.
  *
  * `--single-threaded-gc`: V8 does its garbage collection on the main thread instead of handing marking,
  * scavenging and sweeping to helper threads. A gateway is one busy event loop per core (`server.workers`),
