@@ -4,13 +4,14 @@
  * metrics, reload by SIGHUP (valid and broken), and a worker killed with SIGKILL.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, renameSync } from 'node:fs';
+import { renameSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { PROCESS_FLAGS } from '../src/process-flags.js';
 import {
   adminMetrics,
   adminStatus,
   alive,
+  cmdline,
   fromPrimary,
   type GatehouseProcess,
   metricSum,
@@ -99,15 +100,12 @@ describe('cluster mode (server.workers: 2)', { timeout: 180_000 }, () => {
   });
 
   test("the workers run with the gateway's Node.js flags although the primary was started without", async () => {
-    /** The real command line of a running process, as the kernel has it. */
-    const argv = (pid: number | undefined): string[] =>
-      readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    const primary = argv(gh.child.pid);
+    const primary = cmdline(gh.child.pid);
     for (const flag of PROCESS_FLAGS) assert.ok(!primary.includes(flag), `primary: ${primary.join(' ')}`);
     const status = await adminStatus(admin);
     assert.equal(status.workers.length, 2);
     for (const w of status.workers) {
-      const worker = argv(w.pid);
+      const worker = cmdline(w.pid);
       for (const flag of PROCESS_FLAGS)
         assert.ok(worker.includes(flag), `worker ${w.pid}: ${worker.join(' ')}`);
     }

@@ -4,12 +4,13 @@
  * primary's workers are checked in cluster-mode.test.ts.
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { PROCESS_FLAGS, withProcessFlags } from '../src/process-flags.js';
+import { cmdline, spawnGatehouse } from './helpers/cluster.js';
 import { ROOT, tempDir } from './helpers/gateway.js';
 
 const BIN = path.join(ROOT, 'bin/gatehouse');
@@ -58,20 +59,12 @@ upstreams: { app: { servers: [{ url: "http://127.0.0.1:9" }] } }
 routes: [{ name: all, upstream: app, public: true }]
 `,
   );
-  const child = spawn(BIN, ['start', '-c', file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  t.after(() => child.kill('SIGKILL'));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  let out = '';
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (chunk: Buffer) => {
-      out += chunk.toString('utf8');
-      if (out.includes('"gateway started"')) resolve();
-    });
-    child.on('exit', () => reject(new Error(`gatehouse exited before it started: ${out}`)));
-  });
-  const argv = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0');
+  const gh = spawnGatehouse(file, BIN);
+  t.after(() => gh.kill());
+  await gh.waitForLog((l) => l.msg === 'gateway started', 'the gateway to start');
+  const argv = cmdline(gh.child.pid);
   assert.match(path.basename(argv[0] ?? ''), /^node/, argv.join(' '));
   for (const flag of PROCESS_FLAGS) assert.ok(argv.includes(flag), argv.join(' '));
-  child.kill('SIGTERM');
-  assert.equal(await exited, 0);
+  gh.child.kill('SIGTERM');
+  assert.equal((await gh.exitedWithin(20_000)).code, 0);
 });

@@ -8,6 +8,7 @@ import { isIP } from 'node:net';
 import type { LoadResult } from '../config/load.js';
 import type { ConfigProblem } from '../errors.js';
 import { ConfigError, formatProblem, GatehouseError } from '../errors.js';
+import { PROCESS_FLAGS } from '../process-flags.js';
 
 /** Where the command writes; replaceable for tests. */
 export interface CliIo {
@@ -44,8 +45,7 @@ Options:
 `;
 
 /** `node v20.x --flags`: the Node.js release and which of the gateway's flags this process runs with. */
-async function nodeLine(): Promise<string> {
-  const { PROCESS_FLAGS } = await import('../process-flags.js');
+function nodeLine(): string {
   const missing = PROCESS_FLAGS.filter((f) => !process.execArgv.includes(f));
   const present = PROCESS_FLAGS.filter((f) => process.execArgv.includes(f));
   return `node ${process.version}${present.map((f) => ` ${f}`).join('')}${
@@ -139,7 +139,7 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
       case 'version':
       case '--version':
       case '-v':
-        io.out(`gatehouse ${version()}\n${await nodeLine()}\n`);
+        io.out(`gatehouse ${version()}\n${nodeLine()}\n`);
         return 0;
       case 'help':
       case '--help':

@@ -4,6 +4,7 @@
  * keep-alive connections, and readers for the admin listener.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { Agent, createServer, request as httpRequest, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -104,15 +105,20 @@ export interface GatehouseProcess {
 
 /**
  * Spawns `gatehouse start -c FILE` in its own process group, so that cleanup can reach the workers
- * even if the primary is gone.
+ * even if the primary is gone. It runs the sources under plain `node`, or `program` (bin/gatehouse,
+ * executed as a program) when given.
  */
-export function spawnGatehouse(configFile: string): GatehouseProcess {
+export function spawnGatehouse(configFile: string, program?: string): GatehouseProcess {
+  const args = ['start', '-c', configFile];
   // `--import tsx` is resolved here, because the child would resolve it from its working directory.
-  const child = spawn(
-    process.execPath,
-    ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'src/cli/run.ts'), 'start', '-c', configFile],
-    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true },
-  );
+  const [command, argv] =
+    program === undefined
+      ? [
+          process.execPath,
+          ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'src/cli/run.ts'), ...args],
+        ]
+      : [program, args];
+  const child = spawn(command, argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const lines: LogLine[] = [];
   const arrivals: number[] = [];
   let partial = '';
@@ -189,6 +195,11 @@ export function spawnGatehouse(configFile: string): GatehouseProcess {
       await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
     },
   };
+}
+
+/** The command line of a running process, as the kernel has it (/proc/PID/cmdline). */
+export function cmdline(pid: number | undefined): string[] {
+  return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
 }
 
 /** True for a log line of the primary (workers' lines carry their `worker` id instead). */
