@@ -1,7 +1,7 @@
 /**
  * The gateway's Node.js flags (src/process-flags.ts): bin/gatehouse starts node with them through sh,
- * so the command runs with them when executed as a program (and still runs under plain `node`), and `npm start` passes them too. The cluster
- * primary's workers are checked in cluster-mode.test.ts.
+ * so the command runs with them when executed as a program (and still runs under plain `node`), and
+ * `npm start` passes them too. The cluster primary's workers are checked in cluster-mode.test.ts.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -14,6 +14,7 @@ import { cmdline, spawnGatehouse } from './helpers/cluster.js';
 import { ROOT, tempDir } from './helpers/gateway.js';
 
 const BIN = path.join(ROOT, 'bin/gatehouse');
+const execFileAsync = promisify(execFile);
 
 test('withProcessFlags appends the missing flags once, keeping what was there in order', () => {
   assert.deepEqual(withProcessFlags([]), [...PROCESS_FLAGS]);
@@ -37,7 +38,7 @@ test('bin/gatehouse executed as a program runs node with the flags', async () =>
     'dist/ is missing: run npm install (its prepare script builds dist/)',
   );
   // Executed directly, as a shell or a service manager would: the kernel reads the `#!` line.
-  const { stdout } = await promisify(execFile)(BIN, ['version'], { cwd: ROOT });
+  const { stdout } = await execFileAsync(BIN, ['version'], { cwd: ROOT });
   const [name, node] = stdout.split('\n');
   assert.match(name ?? '', /^gatehouse \d+\.\d+\.\d+$/);
   // Whichever `node` the PATH gives (under test:node24 it need not be the one running this test).
@@ -45,7 +46,7 @@ test('bin/gatehouse executed as a program runs node with the flags', async () =>
 });
 
 test('node bin/gatehouse still runs the file: the lines for sh are a string and a comment to JavaScript', async () => {
-  const { stdout } = await promisify(execFile)(process.execPath, [BIN, 'version'], { cwd: ROOT });
+  const { stdout } = await execFileAsync(process.execPath, [BIN, 'version'], { cwd: ROOT });
   assert.match(stdout, /^gatehouse \d+\.\d+\.\d+\nnode v\S+ \(without --single-threaded-gc\)\n$/);
 });
 
