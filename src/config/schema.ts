@@ -464,7 +464,10 @@ const Route = z.strictObject({
         .union([z.string(), z.array(z.string()).min(1)])
         .optional()
         .meta({ description: 'Exact host or *.example.com; several allowed' }),
-      path: z.string().startsWith('/').default('/').meta({ description: 'Path prefix' }),
+      path: z.string().startsWith('/').default('/').meta({
+        description:
+          'Path prefix of the normalized path, segment-aware and case-sensitive: /a and /a/ both match /a, /a/ and /a/x, never /ab. No ";", "?" or "#"',
+      }),
       methods: z.array(HttpMethod).optional(),
       headers: z
         .record(HeaderName, z.string())
