@@ -9,10 +9,15 @@
  * still serves.
  */
 import assert from 'node:assert/strict';
+import type { IncomingMessage } from 'node:http';
 import http2 from 'node:http2';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { TestContext } from 'node:test';
 import { test } from 'node:test';
+import { ConfigSchema } from '../src/config/schema.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
+import { evaluateOffline, offlineContext } from '../src/policy/offline.js';
 import { selfSigned, tempDir } from './helpers/gateway.js';
 import {
   request,
@@ -56,7 +61,13 @@ function gatewayConfig(backend: string, certDir: string, extraServer: Record<str
       admins: { allow: [{ name: 'admins', groups: ['admins'] }] },
     },
     routes: [
-      { name: 'admin', match: { host: HOST, path: '/admin' }, upstream: 'app', policy: 'admins' },
+      {
+        name: 'admin',
+        match: { host: HOST, path: '/admin' },
+        upstream: 'app',
+        policy: 'admins',
+        websocket: true,
+      },
       {
         name: 'svc',
         match: { host: HOST, path: '/svc/' },
@@ -64,7 +75,7 @@ function gatewayConfig(backend: string, certDir: string, extraServer: Record<str
         policy: 'admins',
         stripPrefix: true,
       },
-      { name: 'app', match: { host: HOST, path: '/' }, upstream: 'app', policy: 'users' },
+      { name: 'app', match: { host: HOST, path: '/' }, upstream: 'app', policy: 'users', websocket: true },
       { name: 'docs', match: { host: DOCS, path: '/' }, upstream: 'app', public: true },
     ],
     logging: { level: 'warn' },
@@ -532,6 +543,72 @@ test('pathParameters: reject refuses every ";" in the path with 400 GH_BAD_PATH,
   const o = await probe(env, '/ok%3Bx?a=1;b=2');
   assert.equal(o.status, 200);
   assert.equal(o.forwarded, '/ok%3Bx?a=1;b=2');
+});
+
+/** Sends a WebSocket handshake for `target`; the status the gateway answered (or 101 passed on). */
+function upgrade(env: Env, target: string, key: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(env.gw.port('web'), '127.0.0.1', () => {
+      socket.write(
+        `GET ${target} HTTP/1.1\r\nHost: ${HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+          `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Api-Key: ${key}\r\n\r\n`,
+      );
+    });
+    socket.setTimeout(10_000, () => socket.destroy(new Error('no answer to the handshake')));
+    let head = '';
+    socket.on('data', (chunk: Buffer) => {
+      head += chunk.toString('latin1');
+      const m = /^HTTP\/1\.1 (\d{3})/.exec(head);
+      if (m !== null) {
+        resolve(Number(m[1]));
+        socket.destroy();
+      }
+    });
+    socket.on('error', reject);
+    socket.on('close', () => resolve(0));
+  });
+}
+
+test('WebSocket handshakes are routed, authorized and forwarded on the same stripped path', async (t) => {
+  const env = await setup(t);
+  const upgrades: string[] = [];
+  const accept = (backend: TestBackend) =>
+    backend.server.prependListener('upgrade', (req: IncomingMessage, socket: Duplex) => {
+      upgrades.push(req.url ?? '');
+      socket.end('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+    });
+  accept(env.backend);
+  for (const target of ['/admin;x', '/x/..;/admin', '/;/internal', '/internal;jsessionid=1']) {
+    assert.equal(await upgrade(env, target, USER.key), 403, target);
+  }
+  assert.equal(await upgrade(env, '/x/%252e%252e/admin', USER.key), 400);
+  assert.deepEqual(upgrades, []);
+  assert.equal(await upgrade(env, '/x/..;/admin;v=1/ws', ADMIN.key), 101);
+  assert.deepEqual(upgrades, ['/admin/ws']);
+  // pathParameters: reject applies to handshakes too.
+  const strict = await setup(t, { pathParameters: 'reject' });
+  accept(strict.backend);
+  assert.equal(await upgrade(strict, '/admin;x/ws', ADMIN.key), 400);
+  assert.equal(await upgrade(strict, '/admin/ws', ADMIN.key), 101);
+});
+
+test('check and explain evaluate the same path as the gateway, in both parameter modes', () => {
+  for (const mode of ['strip', 'reject'] as const) {
+    const ctx = offlineContext(
+      ConfigSchema.parse(gatewayConfig('http://127.0.0.1:9', '/nowhere', { pathParameters: mode })),
+    );
+    const user = { user: 'agent:user', groups: ['users'], authMethod: 'apiKey' };
+    for (const url of [`http://${HOST}/x/..;/admin`, `http://${HOST}/admin;x`, `http://${HOST}/;/internal`]) {
+      const r = evaluateOffline(ctx, { method: 'GET', url, as: user, now: Date.now() });
+      if (mode === 'reject') {
+        assert.equal(r.outcome.status, 400, url);
+        assert.equal(r.path, undefined, url);
+        continue;
+      }
+      assert.equal(r.outcome.status, 403, url);
+      assert.ok(r.path === '/admin' || r.path === '/internal', `${url}: ${r.path}`);
+    }
+  }
 });
 
 test('after the path attacks the gateway still serves', async (t) => {
