@@ -221,6 +221,9 @@ function attacks(port: number): string[] {
     '/..//evil.example/x',
     '/./%2F/evil.example/x',
     // Backslashes, encoded slashes, white space the URL parser drops.
+    '/\\evil.example',
+    '/\\/evil.example',
+    '\\\\evil.example',
     '/%5Cevil.example',
     '/%5C%5Cevil.example',
     '%5C%5Cevil.example',
