@@ -1087,7 +1087,7 @@ export function resolveReturnTo(
   return isNetworkPath(url.pathname) ? undefined : url;
 }
 
-/** True for a path a browser would resolve as `//authority...` (`\\` counts as `/` in special schemes). */
+/** True for a path a browser would resolve as `//authority...` (a backslash counts as `/` for http URLs). */
 function isNetworkPath(path: string): boolean {
   const c = path.charCodeAt(1);
   return path.charCodeAt(0) === 0x2f && (c === 0x2f || c === 0x5c);
