@@ -309,3 +309,20 @@ test('secret files are resolved relative to the main configuration file, also fr
   assert.ok(r.ok, r.ok ? '' : r.problems.map(formatProblem).join('\n'));
   assert.equal(r.secrets.expand(r.config.upstreams.u!.inject!.headers['X-T']!), 'abc');
 });
+
+test('a route path prefix that no normalized request path can carry is reported against match.path', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    BASE.replace(
+      '  - { name: all, upstream: app }',
+      '  - { name: admin, match: { path: "/admin;v=1" }, upstream: app, public: true }\n  - { name: q, match: { path: "/a?b" }, upstream: app, public: true }',
+    ),
+  );
+  const problems = await problemsOf(file);
+  assert.deepEqual(
+    problems.map((p) => p.split(': ')[1]),
+    ['routes.0.match.path', 'routes.1.match.path'],
+  );
+});

@@ -2,8 +2,9 @@ import assert from 'node:assert/strict';
 import type { IncomingHttpHeaders } from 'node:http';
 import { test } from 'node:test';
 import { ConfigSchema } from '../src/config/schema.js';
-import { compileRoutes } from '../src/core/routes.js';
+import { compileRoutes, routeProblems } from '../src/core/routes.js';
 import type { RequestFacts, RouteTable } from '../src/core/types.js';
+import { GatehouseError } from '../src/errors.js';
 
 function table(routes: unknown[], extra: Record<string, unknown> = {}): RouteTable {
   return compileRoutes(
@@ -59,7 +60,9 @@ test('path prefixes are segment-aware and the longer prefix wins', () => {
   assert.equal(name(t, facts('h', '/api/x')), 'api');
   assert.equal(name(t, facts('h', '/apix')), 'root');
   assert.equal(name(t, facts('h', '/api/v1/jobs')), 'api-v1');
-  assert.equal(name(t, facts('h', '/api/v1')), 'api');
+  // A trailing slash does not narrow a prefix: `/api/v1/` also covers `/api/v1` itself.
+  assert.equal(name(t, facts('h', '/api/v1')), 'api-v1');
+  assert.equal(name(t, facts('h', '/api/v1x')), 'api');
 });
 
 test('no match gives undefined', () => {
@@ -123,4 +126,45 @@ test('weighted split spreads by weight and the pin header pins', () => {
   for (let i = 0; i < 200; i++) seen.add(route.pickUpstream({ 'x-canary': 'zzz' }));
   assert.ok(seen.has('a'));
   assert.deepEqual(route.upstreamNames, ['a', 'b']);
+});
+
+test('prefix boundaries: /admin and /admin/ cover the segment and below, never /adminx', () => {
+  for (const prefix of ['/admin', '/admin/']) {
+    const t = table([
+      { name: 'root', match: { path: '/' }, upstream: 'a' },
+      { name: 'admin', match: { path: prefix }, upstream: 'b' },
+    ]);
+    for (const p of ['/admin', '/admin/', '/admin/x', '/admin/x/y/'])
+      assert.equal(name(t, facts('h', p)), 'admin', `${prefix} ${p}`);
+    for (const p of ['/adminx', '/admin.', '/ADMIN', '/admin%20', '/admin%3Bx', '/', '/x/admin'])
+      assert.equal(name(t, facts('h', p)), 'root', `${prefix} ${p}`);
+  }
+  // The root prefix matches every path, and nothing matches OPTIONS *.
+  const root = table([{ name: 'root', match: { path: '/' }, upstream: 'a' }]);
+  assert.equal(name(root, facts('h', '/')), 'root');
+  assert.equal(root.match(facts('h', '*', 'OPTIONS')), undefined);
+});
+
+test('a route prefix that request paths can never carry is a configuration problem', () => {
+  const config = (path: string) =>
+    ConfigSchema.parse({
+      listeners: [{ name: 'l', bind: '127.0.0.1:0' }],
+      upstreams: { a: { servers: [{ url: 'http://127.0.0.1:1' }] } },
+      routes: [
+        { name: 'ok', match: { path: '/x//y/./z' }, upstream: 'a' },
+        { name: 'bad', match: { path }, upstream: 'a' },
+      ],
+    });
+  for (const path of ['/admin;x', '/a/..;/b', '/admin?x=1', '/a#b', '/a/%2fb', '/a\\b', '/..'])
+    assert.deepEqual(
+      routeProblems(config(path)).map((p) => p.path.join('.')),
+      ['routes.1.match.path'],
+      path,
+    );
+  assert.deepEqual(routeProblems(config('/api/%7Ev1/')), []);
+  // compileRoutes refuses such a configuration rather than leave a route that never matches.
+  assert.throws(
+    () => compileRoutes(config('/admin;x')),
+    (err: unknown) => err instanceof GatehouseError && err.code === 'GH_CONFIG_INVALID',
+  );
 });

@@ -144,7 +144,9 @@ test('paths: segment-aware prefixes on normalized paths', () => {
   const at = (rule: Record<string, unknown>, path: string): boolean => allows(rule, id(), req({ path }));
   assert.equal(at(dir, '/a/x'), true);
   assert.equal(at(dir, '/a/'), true);
-  assert.equal(at(dir, '/a'), false);
+  // A trailing slash does not narrow the prefix (backends serve /a and /a/ alike).
+  assert.equal(at(dir, '/a'), true);
+  assert.equal(at(dir, '/ab'), false);
   assert.equal(at(seg, '/a'), true);
   assert.equal(at(seg, '/a/x/y'), true);
   assert.equal(at(seg, '/ab'), false);
@@ -287,7 +289,7 @@ test('compile problems are reported with their config path; compilePolicies refu
       p: {
         allow: [
           { time: { timezone: 'Mars/Olympus', from: '25:00' } },
-          { paths: ['admin', '/a/%2f'], name: 'two\nlines' },
+          { paths: ['admin', '/a/%2f', '/admin;x', '/b?c'], name: 'two\nlines' },
           { time: { from: '10:00', to: '10:00' } },
         ],
         deny: [{ name: 'dup' }, { name: 'dup' }],
@@ -306,6 +308,8 @@ test('compile problems are reported with their config path; compilePolicies refu
       'policies.p.allow.1.name',
       'policies.p.allow.1.paths.0',
       'policies.p.allow.1.paths.1',
+      'policies.p.allow.1.paths.2',
+      'policies.p.allow.1.paths.3',
       'policies.p.allow.2.time.to',
       'policies.p.deny.1.name',
       'routes.0.policy.allow.0.time.to',
@@ -315,7 +319,7 @@ test('compile problems are reported with their config path; compilePolicies refu
   assert.throws(
     () => compilePolicies(bad),
     (err: unknown) =>
-      err instanceof PolicyConfigError && err.code === 'GH_POLICY_INVALID' && err.problems.length === 8,
+      err instanceof PolicyConfigError && err.code === 'GH_POLICY_INVALID' && err.problems.length === 10,
   );
   const unknownRef = config({
     routes: [{ name: 'r', match: { path: '/' }, upstream: 'app', policy: 'nope' }],

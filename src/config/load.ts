@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
+import { routeProblems } from '../core/routes.js';
 import type { ConfigProblem } from '../errors.js';
 import { identityProblems } from '../identity/index.js';
 import { policyProblems } from '../policy/compile.js';
@@ -585,6 +586,7 @@ function signInHostProblem(signIn: string, data: Raw): string | undefined {
 /** Checks that need the validated configuration: policies and the identity modules' own rules. */
 function configChecks(config: Config, out: Collector, resolved: Resolved): void {
   for (const p of policyProblems(config)) out.at(p.path, p.message);
+  for (const p of routeProblems(config)) out.at(p.path, p.message);
   const identity = identityProblems(config, resolved.sessionSecrets);
   for (const p of identity.problems) out.at(p.path, p.message);
   for (const w of identity.warnings) out.warnAt(w.path, w.message);

@@ -159,6 +159,10 @@ const Server = z
       .union([z.literal('auto'), z.number().int().positive()])
       .default(1)
       .meta({ description: 'Processes per instance (auto = one per core)' }),
+    pathParameters: z.enum(['strip', 'reject']).default('strip').meta({
+      description:
+        'What ";" path parameters become. strip: each segment\'s parameters (from ";" to the end of the segment) are removed before dot-segments are resolved, as Tomcat, Jetty and Spring do ("/admin;x" is "/admin", "/x/..;/admin" is "/admin"), and routes, policies and the upstream all see the stripped path; an encoded %3B stays a literal character. reject: any ";" in the path is refused with 400 GH_BAD_PATH',
+    }),
   })
   .default({
     trustedProxies: [],
@@ -168,6 +172,7 @@ const Server = z
     maxHeadersCount: 100,
     drainTimeout: 30_000,
     workers: 1,
+    pathParameters: 'strip',
   });
 
 const Admin = z.strictObject({
@@ -459,7 +464,10 @@ const Route = z.strictObject({
         .union([z.string(), z.array(z.string()).min(1)])
         .optional()
         .meta({ description: 'Exact host or *.example.com; several allowed' }),
-      path: z.string().startsWith('/').default('/').meta({ description: 'Path prefix' }),
+      path: z.string().startsWith('/').default('/').meta({
+        description:
+          'Path prefix of the normalized path, segment-aware and case-sensitive: /a and /a/ both match /a, /a/ and /a/x, never /ab. No ";", "?" or "#"',
+      }),
       methods: z.array(HttpMethod).optional(),
       headers: z
         .record(HeaderName, z.string())

@@ -3,18 +3,28 @@
  * short scan of routes pre-sorted by specificity, so the most specific route always wins, deterministically:
  * exact host > wildcard host (longer suffix first) > any host; then the longer path prefix; then routes
  * with method or header conditions; then configuration order.
+ *
+ * A path prefix is normalized like request paths and names a whole segment and what lies below it:
+ * `/admin` and `/admin/` both match `/admin`, `/admin/` and `/admin/x`, never `/adminx`. A trailing
+ * slash does not narrow a prefix, because many backends serve `/admin` and `/admin/` alike (Express's
+ * default non-strict routing, Spring's trailing-slash match), so `/admin` must not slip past an `/admin/`
+ * route into a less protected one. Matching is case-sensitive (see `normalize.ts`).
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Config, RouteConfig } from '../config/schema.js';
+import { GatehouseError } from '../errors.js';
 import { normalizePath } from './normalize.js';
 import type { CompiledRoute, RequestFacts, RouteTable } from './types.js';
 
 /** One route as it sits in a host bucket. */
 interface Entry {
   readonly route: CompiledRoute;
+  /** The normalized prefix as configured (its length orders routes). */
   readonly prefix: string;
-  /** `prefix + '/'` when the prefix has no trailing slash (segment-aware match), else undefined. */
-  readonly prefixDir: string | undefined;
+  /** The prefix without a trailing slash (`/` for the root): matched exactly. */
+  readonly base: string;
+  /** `base` with a trailing slash: matched as the start of a path. */
+  readonly dir: string;
   readonly methods: ReadonlySet<string> | undefined;
   /** Lower-case header name and required value (`*` = present). */
   readonly headers: ReadonlyArray<readonly [string, string]> | undefined;
@@ -40,11 +50,11 @@ class Route implements CompiledRoute {
   readonly #total: number;
   readonly #pinHeader: string | undefined;
 
-  constructor(config: RouteConfig, serverMaxBody: number | undefined) {
+  constructor(config: RouteConfig, serverMaxBody: number | undefined, index: number) {
     this.name = config.name;
     this.config = config;
     this.maxBodySize = config.maxBodySize ?? serverMaxBody;
-    this.pathPrefix = normalizePrefix(config.match.path);
+    this.pathPrefix = normalizePrefix(config.match.path, index);
     const ws = config.websocket;
     this.websocketIdleTimeout = ws === false ? undefined : ws === true ? 3_600_000 : ws.idleTimeout;
     let cumulative = 0;
@@ -80,22 +90,45 @@ class Route implements CompiledRoute {
   }
 }
 
-// The configured prefix is normalized like request paths so `/api//v1` and `/%7Eu` match what clients send.
-function normalizePrefix(prefix: string): string {
+/**
+ * Why a configured path prefix can never be matched as written, or undefined when it is fine. Request
+ * paths are normalized (no `;` parameters, no query, no fragment), so a prefix that does not survive the
+ * same normalization unchanged in meaning would silently send its requests to another route.
+ */
+export function pathPrefixProblem(prefix: string): string | undefined {
+  if (!prefix.startsWith('/')) return `path "${prefix}" must start with "/"`;
   try {
-    return normalizePath(prefix).path;
-  } catch {
-    return prefix;
+    // `reject`: a prefix with ';' never matches a stripped request path, and never a rejected one.
+    const n = normalizePath(prefix, undefined, 'reject');
+    if (n.query !== '') return `path "${prefix}" has a query string, which is not part of a path`;
+  } catch (err) {
+    return `invalid path "${prefix}": ${(err as Error).message}`;
   }
+  return undefined;
+}
+
+/** Problems of the routes' `match.path` prefixes (config path and message), for the configuration loader. */
+export function routeProblems(config: Config): Array<{ path: Array<string | number>; message: string }> {
+  const out: Array<{ path: Array<string | number>; message: string }> = [];
+  config.routes.forEach((r, i) => {
+    const problem = pathPrefixProblem(r.match.path);
+    if (problem !== undefined) out.push({ path: ['routes', i, 'match', 'path'], message: problem });
+  });
+  return out;
+}
+
+// The configured prefix is normalized like request paths so `/api//v1` and `/%7Eu` match what clients
+// send. One that cannot be (the loader reports it first) fails the build instead of never matching.
+function normalizePrefix(prefix: string, index: number): string {
+  const problem = pathPrefixProblem(prefix);
+  if (problem !== undefined)
+    throw new GatehouseError('GH_CONFIG_INVALID', 0, `routes.${index}.match.path: ${problem}`);
+  return normalizePath(prefix).path;
 }
 
 function entryMatches(e: Entry, facts: RequestFacts): boolean {
   const path = facts.path;
-  if (e.prefixDir === undefined) {
-    if (!path.startsWith(e.prefix)) return false;
-  } else if (path !== e.prefix && !path.startsWith(e.prefixDir)) {
-    return false;
-  }
+  if (path !== e.base && !path.startsWith(e.dir)) return false;
   if (e.methods !== undefined && !e.methods.has(facts.method)) return false;
   if (e.headers !== undefined) {
     for (let i = 0; i < e.headers.length; i++) {
@@ -179,16 +212,18 @@ export function compileRoutes(config: Config): RouteTable {
   const anyHost: Entry[] = [];
   const serverMaxBody = config.server.maxBodySize;
   config.routes.forEach((rc, order) => {
-    const route = new Route(rc, serverMaxBody);
+    const route = new Route(rc, serverMaxBody, order);
     compiled.push(route);
     const prefix = route.pathPrefix;
     const headerConds = rc.match.headers
       ? Object.entries(rc.match.headers).map(([k, v]) => [k.toLowerCase(), v] as const)
       : undefined;
+    const base = prefix.length > 1 && prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
     const entry: Entry = {
       route,
       prefix,
-      prefixDir: prefix.endsWith('/') ? undefined : prefix + '/',
+      base,
+      dir: base.endsWith('/') ? base : base + '/',
       methods: rc.match.methods ? new Set(rc.match.methods) : undefined,
       headers: headerConds && headerConds.length > 0 ? headerConds : undefined,
       conditions: (rc.match.methods ? 1 : 0) + (headerConds?.length ? 1 : 0),

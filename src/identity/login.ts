@@ -578,8 +578,13 @@ export class LoginService {
     } else if (candidates.length === 1) {
       provider = candidates[0];
     } else {
+      // The page links carry only the checked return address, never the query as received.
       const entries = candidates.map((c) => {
-        const q = new URLSearchParams(params);
+        const q = new URLSearchParams({ rd: onTarget ? localPart(target) : target.href });
+        const providers = params.get('providers');
+        if (providers !== null) q.set('providers', providers);
+        // Only a hand-off for another host (reached with a well-formed `hb`) needs the binding.
+        if (!onTarget && hb !== undefined) q.set('hb', hb);
         q.set('provider', c.name);
         return { displayName: c.displayName, href: `${GATEHOUSE_PREFIX}login?${q}` };
       });
@@ -1046,9 +1051,13 @@ function rateLimitAddress(ip: string): string {
 
 /**
  * The return address after sign-in, or undefined when it is not acceptable. Accepted: a path on this
- * host (`/x`, never `//x` or `/\x`), or an absolute http(s) URL without userinfo whose host this gateway
- * serves. Control characters and backslashes are refused anywhere (browsers ignore or rewrite them).
- * An absent or empty `rd` means `/` on this host.
+ * host (`/x`), or an absolute http(s) URL without userinfo whose host this gateway serves. The checks
+ * run on the address AFTER WHATWG URL parsing, the very normalization that produces `Location` (dot
+ * segments collapsed, `%2e` decoded, tab and newline dropped): `/.//evil.example/x` parses to the path
+ * `//evil.example/x`, which a browser reads as a network-path reference (RFC 3986 4.2), so a parsed path
+ * that starts with `//` is refused, whatever host it is on. Scheme-relative input (`//x`), backslashes
+ * and control characters are refused before parsing too. A trailing dot of the host is dropped. An
+ * absent or empty `rd` means `/` on this host.
  */
 export function resolveReturnTo(
   rd: string | undefined,
@@ -1057,20 +1066,31 @@ export function resolveReturnTo(
 ): URL | undefined {
   if (rd === undefined || rd === '') return new URL('/', here.origin);
   if (rd.length > MAX_RD || /[\u0000-\u0020\u007f\\]/.test(rd)) return undefined;
+  let url: URL | null;
   if (rd.startsWith('/')) {
     if (rd.startsWith('//')) return undefined;
-    const url = URL.parse(rd, here.origin);
-    return url !== null && url.origin === here.origin ? url : undefined;
+    url = URL.parse(rd, here.origin);
+    if (url === null || url.origin !== here.origin) return undefined;
+  } else {
+    const m = /^(https?):\/\/([^/?#]*)/i.exec(rd);
+    if (m === null || m[2]!.includes('@')) return undefined;
+    url = URL.parse(rd);
+    if (url === null || url.username !== '' || url.password !== '') return undefined;
+    if (url.hostname.endsWith('.')) url.hostname = stripDot(url.hostname);
+    if (url.origin !== here.origin) {
+      const scheme = url.protocol === 'https:' ? 'https' : 'http';
+      const port = url.port === '' ? (scheme === 'https' ? 443 : 80) : Number(url.port);
+      if (!isServedHost(url.hostname, port, scheme)) return undefined;
+    }
   }
-  const m = /^(https?):\/\/([^/?#]*)/i.exec(rd);
-  if (m === null || m[2]!.includes('@')) return undefined;
-  const url = URL.parse(rd);
-  if (url === null || url.username !== '' || url.password !== '') return undefined;
-  const scheme = url.protocol === 'https:' ? 'https' : 'http';
-  const port = url.port === '' ? (scheme === 'https' ? 443 : 80) : Number(url.port);
-  const hostname = stripDot(url.hostname);
-  if (url.origin === here.origin) return url;
-  return isServedHost(hostname, port, scheme) ? url : undefined;
+  // Read as the browser will read the Location built from it: never a network-path reference.
+  return isNetworkPath(url.pathname) ? undefined : url;
+}
+
+/** True for a path a browser would resolve as `//authority...` (a backslash counts as `/` for http URLs). */
+function isNetworkPath(path: string): boolean {
+  const c = path.charCodeAt(1);
+  return path.charCodeAt(0) === 0x2f && (c === 0x2f || c === 0x5c);
 }
 
 /**
@@ -1139,8 +1159,13 @@ function hereOf(req: IncomingMessage, facts: Pick<LoginFacts, 'host' | 'tls'>): 
   return { scheme, authority: u.host, hostname, port, origin: u.origin };
 }
 
+/**
+ * The `Location` for a return address on this origin: its path and query, or the whole URL should the
+ * path ever read as a network-path reference (`//evil.example`), which a relative Location would hand to
+ * another host. `resolveReturnTo` refuses such paths; this keeps every redirect safe on its own.
+ */
 function localPart(url: URL): string {
-  return `${url.pathname}${url.search}`;
+  return isNetworkPath(url.pathname) ? url.href : `${url.pathname}${url.search}`;
 }
 
 function sha256(value: string): string {

@@ -44,11 +44,15 @@ export class PolicyConfigError extends GatehouseError {
 
 type RuleConfig = PolicyConfig['allow'][number];
 
-/** A segment-aware path prefix, as routes use: `/a` matches `/a` and `/a/x`, never `/ab`. */
+/**
+ * A segment-aware path prefix, as routes use: `/a` and `/a/` both match `/a`, `/a/` and `/a/x`, never
+ * `/ab` (a trailing slash does not narrow it: many backends serve `/a` and `/a/` alike).
+ */
 interface PathPrefix {
-  readonly prefix: string;
-  /** `prefix + '/'` when the prefix has no trailing slash, else undefined. */
-  readonly dir: string | undefined;
+  /** The prefix without a trailing slash (`/` for the root): matched exactly. */
+  readonly base: string;
+  /** `base` with a trailing slash: matched as the start of a path. */
+  readonly dir: string;
 }
 
 interface ClaimCondition {
@@ -121,9 +125,7 @@ function derived(identity: Identity): Derived {
 function pathMatches(prefixes: readonly PathPrefix[], path: string): boolean {
   for (let i = 0; i < prefixes.length; i++) {
     const p = prefixes[i]!;
-    if (p.dir === undefined ? path.startsWith(p.prefix) : path === p.prefix || path.startsWith(p.dir)) {
-      return true;
-    }
+    if (path === p.base || path.startsWith(p.dir)) return true;
   }
   return false;
 }
@@ -267,7 +269,8 @@ function compilePaths(paths: readonly string[], at: Path, report: Report): PathP
     }
     let normalized: string;
     try {
-      const n = normalizePath(p);
+      // `reject`: request paths never carry ';' parameters, so a prefix with one could never match.
+      const n = normalizePath(p, undefined, 'reject');
       if (n.query !== '') throw new Error('a query string is not part of a path');
       normalized = n.path;
     } catch (err) {
@@ -275,7 +278,8 @@ function compilePaths(paths: readonly string[], at: Path, report: Report): PathP
       return;
     }
     // Rules match on normalized request paths, so the configured prefix is normalized the same way.
-    out.push({ prefix: normalized, dir: normalized.endsWith('/') ? undefined : `${normalized}/` });
+    const base = normalized.length > 1 && normalized.endsWith('/') ? normalized.slice(0, -1) : normalized;
+    out.push({ base, dir: base.endsWith('/') ? base : `${base}/` });
   });
   return out;
 }

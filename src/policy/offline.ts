@@ -167,7 +167,7 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
   try {
     authority = URL.canParse(req.url) ? new URL(req.url).host : '';
     host = normalizeHost(authority);
-    ({ path, query } = normalizePath(target, method));
+    ({ path, query } = normalizePath(target, method, ctx.config.server.pathParameters));
   } catch (err) {
     return { ...empty, outcome: rejection(err) };
   }

@@ -305,7 +305,7 @@ class Exchange {
     res.on('error', ignoreError);
     this.requestId = requestIdFrom(req.headers['x-request-id']);
     try {
-      const target = normalizePath(req.url ?? '', this.method);
+      const target = normalizePath(req.url ?? '', this.method, this.runtime.config.server.pathParameters);
       this.path = target.path;
       this.query = target.query;
       this.originalHost = target.authority ?? hostHeaderOf(req) ?? '';

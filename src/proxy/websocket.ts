@@ -132,7 +132,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       const upgrade = req.headers.upgrade;
       if (typeof upgrade !== 'string' || upgrade.toLowerCase() !== 'websocket')
         throw new UnsupportedUpgradeError();
-      const t = normalizePath(req.url ?? '', req.method);
+      const t = normalizePath(req.url ?? '', req.method, runtime.config.server.pathParameters);
       this.path = t.path;
       this.originalHost = t.authority ?? hostHeaderOf(req) ?? '';
       this.host = normalizeHost(this.originalHost);
