@@ -64,17 +64,18 @@ export async function startIssuer(keys: TestKey[]): Promise<TestIssuer> {
   };
   let base = '';
   const server = http.createServer((req, res) => {
+    // Requests are counted also during an outage: tests assert how often the issuer was asked.
+    if (req.url === '/.well-known/openid-configuration') state.discoveryHits++;
+    else if (req.url === '/jwks') state.jwksHits++;
     if (state.outage === 'hang') return;
     if (state.outage === 'reset') {
       req.socket.destroy();
       return;
     }
     if (req.url === '/.well-known/openid-configuration') {
-      state.discoveryHits++;
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ issuer: state.discoveryIssuer ?? base, jwks_uri: `${base}/jwks` }));
     } else if (req.url === '/jwks') {
-      state.jwksHits++;
       res.writeHead(state.jwksStatus, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ keys: state.keys.map((k) => k.publicJwk) }));
     } else {
