@@ -20,7 +20,7 @@
  *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,haproxy,haproxy+bearer,minimal-undici,node-http-proxy]
  *          [--memory-size 1GiB] [--miss-tokens 2000]
  *          [--no-memory | --memory-only] [--instructions [N] | --instructions-only]
- *          [--peer-node-flags FLAGS]
+ *          [--peer-node-flags FLAGS] [--baseline DIR]
  *
  * Gatehouse runs with the Node.js flags of its `bin/gatehouse` (src/process-flags.ts); the Node.js
  * peers run as plain `node` unless `--peer-node-flags` gives them flags too (e.g. the same ones, to see
@@ -37,6 +37,11 @@
  * reported (bench/stats.ts): a shared machine's speed drifts over minutes, and this cancels most of
  * that drift, which the ratio of two medians would not. The report ends with each target and its
  * ratio, lowest and highest round included.
+ *
+ * `--baseline DIR` also runs the gateway of another checkout (its built `dist/`, e.g. a worktree of the
+ * previous release) as `baseline` (and `baseline+jwt` when `gatehouse+jwt` runs), in the same rounds as
+ * everything else, and reports this build against it with paired ratios: how a change moved the cost
+ * on this machine, measured seconds apart instead of in two runs minutes or hours apart.
  *
  * `--instructions [N]` (default 3000) adds a slow phase that counts each proxy's user-space instructions
  * per small request under valgrind's callgrind (bench/instructions.ts): a figure that moves far less
@@ -99,6 +104,8 @@ interface Options {
   instructions: number;
   /** Node.js flags for the Node.js peers (minimal-undici, node-http-proxy); none by default. */
   peerNodeFlags: string[];
+  /** Another checkout whose built gateway runs as `baseline` (and `baseline+jwt`). */
+  baseline: string | undefined;
 }
 
 const allProxies = [
@@ -124,6 +131,7 @@ function parseArgs(argv: string[]): Options {
     missTokens: 2000,
     instructions: 0,
     peerNodeFlags: [],
+    baseline: undefined,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -174,6 +182,10 @@ function parseArgs(argv: string[]): Options {
         .filter((f) => f !== '');
       for (const f of opts.peerNodeFlags)
         if (!f.startsWith('--')) throw new Error(`--peer-node-flags: ${f} is not a flag (--name)`);
+    } else if (a === '--baseline') {
+      opts.baseline = resolve(next());
+      if (!existsSync(join(opts.baseline, 'dist/cli/main.js')))
+        throw new Error(`--baseline: ${opts.baseline} has no dist/ (run npm run build there)`);
     } else if (a === '--help' || a === '-h') {
       process.stdout.write(`${readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0]}*/\n`);
       process.exit(0);
@@ -181,6 +193,13 @@ function parseArgs(argv: string[]): Options {
   }
   if (!Number.isFinite(opts.connections) || opts.connections < 1)
     throw new Error('--connections must be >= 1');
+  if (opts.baseline !== undefined) {
+    // The baseline runs beside each gateway variant it can stand in for.
+    const extra: string[] = [];
+    if (opts.proxies.includes('gatehouse')) extra.push('baseline');
+    if (opts.proxies.includes('gatehouse+jwt')) extra.push('baseline+jwt');
+    opts.proxies = [...opts.proxies, ...extra];
+  }
   return opts;
 }
 
@@ -501,8 +520,18 @@ function newestMtime(dir: string): number {
   return newest;
 }
 
-/** How to run the gateway: the built `bin/gatehouse` when `dist/` is current, else the sources via tsx. */
-function gatehouseCommand(): { cmd: string; args: string[]; note: string } {
+/**
+ * How to run the gateway: the built `bin/gatehouse` when `dist/` is current, else the sources via tsx.
+ * A baseline checkout (`--baseline`) always runs its build.
+ */
+function gatehouseCommand(baseline?: string): { cmd: string; args: string[]; note: string } {
+  if (baseline !== undefined) {
+    return {
+      cmd: process.execPath,
+      args: [...PROCESS_FLAGS, join(baseline, 'bin/gatehouse')],
+      note: `${baseline}/bin/gatehouse (dist/), node ${PROCESS_FLAGS.join(' ')}`,
+    };
+  }
   const built = join(root, 'dist/cli/main.js');
   if (existsSync(built) && statSync(built).mtimeMs >= newestMtime(join(root, 'src'))) {
     // The flags bin/gatehouse passes when run as a program, which `node bin/gatehouse` would not.
@@ -527,6 +556,7 @@ async function startGatehouse(
   accessLog = false,
   jwt?: { issuer: string; adminPort: number },
   wrap?: Wrap,
+  baseline?: string,
 ): Promise<Running & { note: string }> {
   const port = await freePort();
   const dir = tempDir();
@@ -550,8 +580,9 @@ async function startGatehouse(
       '',
     ].join('\n'),
   );
-  const { cmd, args, note } = gatehouseCommand();
-  const name = jwt ? 'gatehouse+jwt' : accessLog ? 'gatehouse+log' : 'gatehouse';
+  const { cmd, args, note } = gatehouseCommand(baseline);
+  const variant = jwt ? 'gatehouse+jwt' : accessLog ? 'gatehouse+log' : 'gatehouse';
+  const name = baseline === undefined ? variant : variant.replace('gatehouse', 'baseline');
   const child = start(name, cmd, [...args, 'start', '-c', file], 1, accessLog, wrap?.prefix);
   await waitForPort(port, child, name, wrap?.startTimeoutMs);
   return { child, port, note };
@@ -919,6 +950,22 @@ function table(summaries: Summary[], rows: readonly Row[]): string {
 
 /** The performance targets of a public route and of the identity route, each with its paired ratio. */
 const TARGETS: readonly { label: string; scenario: Scenario; proxy: string; base: string; max: number }[] = [
+  // Only with --baseline: this build may cost at most 3% more than the baseline build.
+  {
+    label: 'against the baseline, small',
+    scenario: 'small',
+    proxy: 'gatehouse',
+    base: 'baseline',
+    max: 1.03,
+  },
+  { label: 'against the baseline, 1 MiB', scenario: '1MiB', proxy: 'gatehouse', base: 'baseline', max: 1.03 },
+  {
+    label: 'against the baseline, identity',
+    scenario: 'small',
+    proxy: 'gatehouse+jwt',
+    base: 'baseline+jwt',
+    max: 1.03,
+  },
   { label: 'public route, small', scenario: 'small', proxy: 'gatehouse', base: 'haproxy', max: 2.5 },
   { label: 'public route, small', scenario: 'small', proxy: 'gatehouse', base: 'node-http-proxy', max: 0.7 },
   { label: 'public route, 1 MiB', scenario: '1MiB', proxy: 'gatehouse', base: 'haproxy', max: 2.5 },
@@ -1003,7 +1050,11 @@ async function main(): Promise<void> {
   // The token issuer of `gatehouse+jwt`, and the one long-lived token wrk sends (to `haproxy+bearer` too).
   let issuer: BenchIssuer | undefined;
   let bearer: Record<string, string> = {};
-  if ([...proxies, ...counted].some((p) => p === 'gatehouse+jwt' || p === 'haproxy+bearer')) {
+  if (
+    [...proxies, ...counted].some(
+      (p) => p === 'gatehouse+jwt' || p === 'haproxy+bearer' || p === 'baseline+jwt',
+    )
+  ) {
     issuer = await startBenchIssuer();
     bearer = { Authorization: `Bearer ${await issuer.sign('wrk')}` };
   }
@@ -1012,7 +1063,7 @@ async function main(): Promise<void> {
   const failed = new Set<string>();
   /** The request headers a proxy's load carries: the bearer token for the two identity comparisons. */
   const headersFor = (proxy: string): Record<string, string> =>
-    proxy === 'gatehouse+jwt' || proxy === 'haproxy+bearer' ? bearer : {};
+    proxy === 'gatehouse+jwt' || proxy === 'haproxy+bearer' || proxy === 'baseline+jwt' ? bearer : {};
   async function startProxy(proxy: string, wrap?: Wrap): Promise<Running> {
     if (proxy === 'gatehouse' || proxy === 'gatehouse+log' || proxy === 'gatehouse+jwt') {
       const jwt =
@@ -1021,6 +1072,15 @@ async function main(): Promise<void> {
           : undefined;
       const gw = await startGatehouse(backendPort, proxy === 'gatehouse+log', jwt, wrap);
       if (!notes.includes(`gatehouse ran as ${gw.note}`)) notes.push(`gatehouse ran as ${gw.note}`);
+      return gw;
+    }
+    if (proxy === 'baseline' || proxy === 'baseline+jwt') {
+      const jwt =
+        proxy === 'baseline+jwt' && issuer
+          ? { issuer: issuer.issuer, adminPort: await freePort() }
+          : undefined;
+      const gw = await startGatehouse(backendPort, false, jwt, wrap, opts.baseline);
+      if (!notes.includes(`baseline ran as ${gw.note}`)) notes.push(`baseline ran as ${gw.note}`);
       return gw;
     }
     if (proxy === 'haproxy' || proxy === 'haproxy+bearer') return startHaproxy(backendPort, wrap);

@@ -4,14 +4,17 @@
  * people sign in with a real browser (alice is allowed on the echo, bob gets the 403 page).
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
 import { test } from 'node:test';
 import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from 'jose';
 import { request as undiciRequest } from 'undici';
 import type { EchoReply } from '../src/demo/backends.js';
-import { type Demo, demoInstructions, startDemo } from '../src/demo/run.js';
+import { type Demo, demoInstructions, runtimeNote, startDemo } from '../src/demo/run.js';
 import type { AccessEntry } from '../src/observe/log.js';
 import { createLogger } from '../src/observe/log.js';
 import { launchBrowser, newPage, WAIT } from './helpers/browser.js';
+import { ROOT } from './helpers/gateway.js';
 import { LineCollector, request } from './helpers/observe.js';
 
 const PASSWORDS = { alice: 'alice-password-for-the-test', bob: 'bob-password-for-the-test' };
@@ -203,4 +206,56 @@ test('the demo in a browser: alice sees the echo with her identity and a job str
   const again = await bob.reload();
   assert.equal(again?.status(), 403);
   assert.equal(bob.url(), `${demo.url}/echo/hello`);
+});
+
+test('gatehouse demo names its Node.js runtime itself; the provider library prints no runtime warning', {
+  timeout: 60_000,
+}, async (t) => {
+  assert.equal(runtimeNote('24.11.1'), 'Node.js 24.11.1');
+  assert.equal(runtimeNote('22.12.0'), 'Node.js 22.12.0');
+  assert.match(
+    runtimeNote('20.20.2'),
+    /^Node\.js 20\.20\.2 \(end of life since April 2026; Node\.js 22 or 24/,
+  );
+
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      import.meta.resolve('tsx'),
+      path.join(ROOT, 'src/cli/run.ts'),
+      'demo',
+      '--port',
+      '0',
+      '--admin-port',
+      '0',
+      '--idp-port',
+      '0',
+    ],
+    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true },
+  );
+  t.after(() => {
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+  });
+  let output = '';
+  child.stdout.on('data', (chunk: Buffer) => {
+    output += chunk.toString('utf8');
+  });
+  child.stderr.on('data', (chunk: Buffer) => {
+    output += chunk.toString('utf8');
+  });
+  const deadline = Date.now() + 45_000;
+  while (!output.includes('Press Ctrl+C to stop.') && child.exitCode === null && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(output.includes('Press Ctrl+C to stop.'), `the demo started:\n${output}`);
+  assert.ok(!output.includes('Unsupported runtime'), `no library runtime warning:\n${output}`);
+  assert.ok(
+    output.includes(`  runtime    ${runtimeNote(process.versions.node)}`),
+    `the demo names its runtime:\n${output}`,
+  );
 });

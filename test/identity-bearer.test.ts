@@ -9,6 +9,7 @@ import {
   type BearerIssuerConfig,
   bearerToken,
   groupsFromClaim,
+  looksLikeJwt,
   tokenVerificationsTotal,
 } from '../src/identity/bearer.js';
 import { IdentityConfigError, isLoopbackHost, requireSecureUrl } from '../src/identity/jwks.js';
@@ -499,6 +500,24 @@ describe('bearer JWTs against a real issuer', () => {
       'Token abc',
     ]) {
       assert.equal(bearerToken(h), undefined, String(h));
+    }
+  });
+
+  test('looksLikeJwt: three non-empty dot-separated parts, and nothing else', () => {
+    for (const s of ['a.b.c', 'eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln']) assert.ok(looksLikeJwt(s), s);
+    for (const s of [
+      '',
+      'abc',
+      'a.b',
+      'a.b.c.d.e',
+      '.b.c',
+      'a..c',
+      'a.b.',
+      'a.b.c.',
+      'ghk_x_yyyy',
+      'a-b-c',
+    ]) {
+      assert.ok(!looksLikeJwt(s), s);
     }
   });
 });

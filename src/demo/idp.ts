@@ -204,11 +204,31 @@ async function readForm(req: IncomingMessage): Promise<URLSearchParams | undefin
   return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
 }
 
+/**
+ * Loads the provider library without its "Unsupported runtime" console warning: on Node.js 20 it prints
+ * that on import, and the demo states the runtime itself (`runtimeNote`) instead of a library's alarm.
+ * Every other console warning passes through.
+ */
+async function withoutRuntimeWarning<T>(load: () => Promise<T>): Promise<T> {
+  const warn = console.warn;
+  console.warn = (...args: unknown[]) => {
+    if (typeof args[0] === 'string' && args[0].includes('oidc-provider WARNING: Unsupported runtime')) return;
+    warn.apply(console, args);
+  };
+  try {
+    return await load();
+  } finally {
+    console.warn = warn;
+  }
+}
+
 /** Starts the demo provider on a loopback port. */
 export async function startDemoIdp(opts: DemoIdpOptions = {}): Promise<DemoIdp> {
   // A variable specifier: oidc-provider has no type declarations, and only the demo loads it.
   const moduleName = 'oidc-provider';
-  const { Provider, errors } = (await import(moduleName)) as OidcProviderModule;
+  const { Provider, errors } = await withoutRuntimeWarning(
+    async () => (await import(moduleName)) as OidcProviderModule,
+  );
   const host = opts.host ?? '127.0.0.1';
   const users: DemoUser[] = DEMO_USERS.map((u) => ({
     ...u,

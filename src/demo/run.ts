@@ -176,6 +176,16 @@ how to sign in as each demo user and what to try.
   --idp-port N     demo OpenID provider port (default 9200, or a free port when taken)
 `;
 
+/**
+ * One line on the Node.js the demo runs on. Node.js 20 reached end of life in April 2026: it still runs
+ * and is tested, but the line says so and names the supported releases.
+ */
+export function runtimeNote(version: string): string {
+  const major = Number(version.split('.')[0]);
+  if (major < 22) return `Node.js ${version} (end of life since April 2026; Node.js 22 or 24 is recommended)`;
+  return `Node.js ${version}`;
+}
+
 /** What `gatehouse demo` prints once everything runs: where things are, who can sign in, what to try. */
 export function demoInstructions(demo: Demo): string {
   const { url, adminUrl, idp } = demo;
@@ -188,6 +198,7 @@ export function demoInstructions(demo: Demo): string {
     ...(adminUrl ? [`  admin      ${adminUrl}  (dashboard, /metrics, /api/v1/status)`] : []),
     `  demo IdP   ${idp.issuer}  (development OpenID provider, in memory)`,
     `  config     ${demo.configFile}`,
+    `  runtime    ${runtimeNote(process.versions.node)}`,
     '',
     `Sign in with a browser at ${url}/echo/hello (policy data-eng) as:`,
     ...idp.users.map((u) => {

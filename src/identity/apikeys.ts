@@ -1,7 +1,9 @@
 /**
  * API keys for agents. The configuration holds only `sha256:<hex>` of each key; a presented key is
- * hashed and the digest compared in constant time. Keys look like `ghk_<id>_<43 base64url chars>`
- * (256 random bits), so they are told apart from JWTs (three dot-separated parts) in `Bearer`.
+ * hashed and the digest compared in constant time. Keys made by `gatehouse apikey create` look like
+ * `ghk_<id>_<43 base64url chars>` (256 random bits); keys of other origins (a secret manager's, an older
+ * system's) work too when they are at least `MIN_API_KEY_LENGTH` characters and are not shaped like a
+ * JWT (three dot-separated parts), which is how they are told apart in `Bearer`.
  */
 import crypto from 'node:crypto';
 import type { Config } from '../config/schema.js';
@@ -10,6 +12,9 @@ import type { AuthResult, Identity } from './types.js';
 
 /** One entry of `identity.apiKeys`. */
 export type ApiKeyConfig = NonNullable<Config['identity']>['apiKeys'][number];
+
+/** Shorter credentials are refused without a lookup: too few characters to be a secret worth the name. */
+export const MIN_API_KEY_LENGTH = 16;
 
 const KEY_PATTERN = /^ghk_[A-Za-z0-9][A-Za-z0-9_.-]*_[A-Za-z0-9_-]{43}$/;
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
@@ -126,7 +131,7 @@ export class ApiKeyAuthenticator {
    * by a caller that already read the clock for this request.
    */
   authenticate(presented: string, routeName: string, now?: number): AuthResult {
-    if (presented.length === 0 || presented.length > 256) return INVALID;
+    if (presented.length < MIN_API_KEY_LENGTH || presented.length > 256) return INVALID;
     const digest = crypto.createHash('sha256').update(presented, 'utf8').digest();
     // The Map is keyed by the digest of a secret, which reveals nothing usable; the final comparison
     // is still constant time.

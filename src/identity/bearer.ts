@@ -302,7 +302,7 @@ export class BearerAuthenticator {
 /**
  * The credential of an `Authorization: Bearer <credential>` header (RFC 6750 §2.1: the scheme is
  * case-insensitive), or undefined when the header is absent or uses another scheme. The credential
- * may be a JWT or an API key: tell them apart with `looksLikeApiKey`.
+ * may be a JWT or an API key: tell them apart with `looksLikeApiKey` and `looksLikeJwt`.
  */
 export function bearerToken(authorization: string | undefined): string | undefined {
   if (authorization === undefined || authorization.length < 8) return undefined;
@@ -310,6 +310,17 @@ export function bearerToken(authorization: string | undefined): string | undefin
     return undefined;
   const token = authorization.slice(7).trim();
   return token === '' ? undefined : token;
+}
+
+/**
+ * True when `s` has the shape of a compact JWS (RFC 7515 §7.1): three non-empty base64url parts
+ * separated by two dots. Anything else in `Bearer` is not a JWT and can only be an API key.
+ */
+export function looksLikeJwt(s: string): boolean {
+  const a = s.indexOf('.');
+  if (a <= 0) return false;
+  const b = s.indexOf('.', a + 1);
+  return b > a + 1 && b < s.length - 1 && s.indexOf('.', b + 1) === -1;
 }
 
 /** Issuers are looked up without a trailing slash; `jwtVerify` then demands the exact configured string. */

@@ -19,7 +19,7 @@ import { type Decision, decideAccess, describeReason, isBrowserNavigation } from
 import type { CompiledRoute, RequestFacts } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
 import { looksLikeApiKey } from '../identity/apikeys.js';
-import { bearerToken } from '../identity/bearer.js';
+import { bearerToken, looksLikeJwt } from '../identity/bearer.js';
 import type { IdentityRuntime } from '../identity/index.js';
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
 import { type ClientCertificateSocket, certificateIdentity } from '../identity/mtls.js';
@@ -246,8 +246,10 @@ export function authorize(
       : undefined;
   if (credential !== undefined) {
     source = FROM_AUTHORIZATION;
+    // A key made by `gatehouse apikey create` has its own shape; a credential that is not a JWT either
+    // is a key of the operator's own making, looked up by its hash like any other.
     result =
-      looksLikeApiKey(credential) || !id.bearer.enabled
+      looksLikeApiKey(credential) || !id.bearer.enabled || (id.apiKeys.enabled && !looksLikeJwt(credential))
         ? id.apiKeys.authenticate(credential, route.name, now)
         : id.bearer.authenticate(credential, now);
   } else if (id.apiKeys.enabled) {

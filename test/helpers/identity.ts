@@ -39,6 +39,11 @@ export interface TestIssuer {
   jwksStatus: number;
   /** Issuer named in the discovery document (default: the real one). */
   discoveryIssuer: string | undefined;
+  /**
+   * An outage of the whole issuer (discovery and JWKS): `hang` accepts requests and never answers them,
+   * `reset` closes each connection as it arrives; undefined serves normally.
+   */
+  outage: 'hang' | 'reset' | undefined;
   /** Signs a token with `key` (default: the first key) for this issuer. */
   sign(
     claims: JWTPayload,
@@ -55,15 +60,22 @@ export async function startIssuer(keys: TestKey[]): Promise<TestIssuer> {
     keys,
     jwksStatus: 200,
     discoveryIssuer: undefined as string | undefined,
+    outage: undefined as 'hang' | 'reset' | undefined,
   };
   let base = '';
   const server = http.createServer((req, res) => {
+    // Requests are counted also during an outage: tests assert how often the issuer was asked.
+    if (req.url === '/.well-known/openid-configuration') state.discoveryHits++;
+    else if (req.url === '/jwks') state.jwksHits++;
+    if (state.outage === 'hang') return;
+    if (state.outage === 'reset') {
+      req.socket.destroy();
+      return;
+    }
     if (req.url === '/.well-known/openid-configuration') {
-      state.discoveryHits++;
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ issuer: state.discoveryIssuer ?? base, jwks_uri: `${base}/jwks` }));
     } else if (req.url === '/jwks') {
-      state.jwksHits++;
       res.writeHead(state.jwksStatus, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ keys: state.keys.map((k) => k.publicJwk) }));
     } else {
@@ -108,6 +120,12 @@ export async function startIssuer(keys: TestKey[]): Promise<TestIssuer> {
     },
     set discoveryIssuer(v) {
       state.discoveryIssuer = v;
+    },
+    get outage() {
+      return state.outage;
+    },
+    set outage(v) {
+      state.outage = v;
     },
     sign(claims, opts = {}) {
       const key = opts.key ?? state.keys[0]!;
