@@ -7,9 +7,10 @@
  *
  *   more header fields than server.maxHeadersCount ...................... 431 GH_TOO_MANY_HEADERS
  *   a version other than HTTP/1.0 and 1.1 on an HTTP/1 connection ........ 505 GH_HTTP_VERSION
- *   two Host lines (RFC 9112 §3.2), or HTTP/2 Host unlike :authority ..... 400 GH_BAD_HOST
+ *   two Host lines, none in HTTP/1.1 (RFC 9112 §3.2), HTTP/2 Host unlike :authority 400 GH_BAD_HOST
  *   Transfer-Encoding whose final coding is not chunked (§6.3) ........... 400 GH_BAD_FRAMING
  *   Transfer-Encoding with a coding besides chunked (§6.1) ............... 501 GH_TRANSFER_CODING
+ *   Transfer_Encoding or Content_Length (read as framing by CGI-style servers) 400 GH_BAD_FRAMING
  *   Transfer-Encoding in HTTP/1.0 (§6.1) ................... served, then the connection is closed
  *   a body that fails to parse (chunk size, chunk line) .. 400 GH_BAD_FRAMING, upstream aborted, closed
  *
@@ -88,15 +89,29 @@ export function checkFraming(req: ProxyRequest, maxHeadersCount: number): boolea
   let hosts = 0;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    if (name.length === 4 && (name === 'Host' || name === 'host' || name.toLowerCase() === 'host')) hosts++;
+    const n = name.length;
+    if (n === 4 && (name === 'Host' || name === 'host' || name.toLowerCase() === 'host')) hosts++;
+    else if ((n === 14 || n === 17) && name.includes('_') && isFramingAlias(name)) {
+      throw new BadFramingError(`${name} names a framing header with an underscore`);
+    }
   }
-  // RFC 9112 §3.2: which of two Host lines a server or cache acts on is not defined.
+  // RFC 9112 §3.2: which of two Host lines a server or cache acts on is not defined; HTTP/1.1 needs one.
   if (hosts > 1) throw new BadRequestError('more than one Host header', 'GH_BAD_HOST');
+  if (hosts === 0 && minor === 1) throw new BadRequestError('no Host header', 'GH_BAD_HOST');
   const te = req.headers['transfer-encoding'];
   if (te === undefined) return false;
   if (te !== 'chunked') checkTransferCodings(te);
   // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty; close after this message.
   return minor === 0;
+}
+
+/**
+ * `Transfer_Encoding` or `Content_Length`: servers that map `_` to `-` (CGI and WSGI environments) would
+ * frame the body the gateway forwarded without one, and read the next request on the connection as it.
+ */
+function isFramingAlias(name: string): boolean {
+  const lower = name.toLowerCase().replaceAll('_', '-');
+  return lower === 'transfer-encoding' || lower === 'content-length';
 }
 
 /** Transfer codings of a request: chunked must be the last (RFC 9112 §6.3) and is the only one decoded. */

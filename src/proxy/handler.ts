@@ -708,8 +708,9 @@ class Exchange {
     if (this.finished || (this.res.headersSent && !this.responseStarted)) return;
     this.status = err.status;
     this.errorCode = err.code;
-    // An unread request body would follow on this connection: close it after the answer.
-    const close = requestHasBody(this.req) && !this.req.complete;
+    // An unread request body would follow on this connection: close it after the answer. So after a
+    // 400: what follows a request the gateway could not make sense of is not trusted either.
+    const close = (requestHasBody(this.req) && !this.req.complete) || err.status === 400;
     if (close) closeAfter(this.req, this.res);
     // After the access stage the answer still carries its headers (a refreshed or cleared session
     // cookie, CORS), so a 502/503/504 neither loses a session update nor looks like a CORS failure.

@@ -176,6 +176,9 @@ export class ListenerSet {
         headersTimeout: s.headersTimeout,
         keepAliveTimeout: s.keepAliveTimeout,
         insecureHTTPParser: false,
+        // The handler refuses a missing Host itself (framing.ts) and closes: Node's own 400 let a
+        // request pipelined behind it through, and the HTTP/2 listener's HTTP/1.1 never checked it.
+        requireHostHeader: false,
         noDelay: true,
         highWaterMark: CLIENT_HIGH_WATER_MARK,
       });
@@ -228,6 +231,7 @@ export class ListenerSet {
           headersTimeout: s.headersTimeout,
           keepAliveTimeout: s.keepAliveTimeout,
           insecureHTTPParser: false,
+          requireHostHeader: false,
           noDelay: true,
           highWaterMark: CLIENT_HIGH_WATER_MARK,
         });
