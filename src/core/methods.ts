@@ -35,16 +35,22 @@ const TOKEN = /^[A-Za-z]{1,32}$/;
 /** The method is refused for this target (405); `allow` is the `Allow` header to send (RFC 9110 §15.5.6). */
 export class MethodNotAllowedError extends GatehouseError {
   readonly allow: string;
-  constructor(method: string, allow: string) {
+  /** The route whose methods `allow` lists, when one is known (for `explain`). */
+  readonly route: CompiledRoute | undefined;
+  constructor(method: string, allow: string, route?: CompiledRoute) {
     super('GH_METHOD_NOT_ALLOWED', 405, `${method} is not allowed here`);
     this.allow = allow;
+    this.route = route;
   }
 }
 
 /** A method override that the gateway does not accept (400). */
 export class MethodOverrideError extends GatehouseError {
-  constructor(message: string) {
+  /** The route the override was refused on (for `explain`). */
+  readonly route: CompiledRoute | undefined;
+  constructor(message: string, route?: CompiledRoute) {
     super('GH_BAD_METHOD_OVERRIDE', 400, message);
+    this.route = route;
   }
 }
 
@@ -93,7 +99,7 @@ export function routeRequest(table: RouteTable, facts: RequestFacts): CompiledRo
     // Allow names what the target accepts: the route this method reached, else the one a GET reaches.
     const target = route ?? table.match({ ...facts, method: 'GET' });
     if (target === undefined) throw new NoRouteError();
-    throw new MethodNotAllowedError(method, allowOf(target));
+    throw new MethodNotAllowedError(method, allowOf(target), target);
   }
   if (route === undefined) throw new NoRouteError();
   return route;
@@ -104,15 +110,21 @@ function applyOverride(
   facts: RequestFacts,
   route: CompiledRoute,
 ): CompiledRoute | undefined {
-  const override = overrideOf(facts.headers);
+  let override: string | undefined;
+  try {
+    override = overrideOf(facts.headers);
+  } catch (err) {
+    throw new MethodOverrideError((err as Error).message, route);
+  }
   if (override === undefined) return route;
-  if (facts.method !== 'POST') throw new MethodOverrideError('only a POST may carry a method override');
+  if (facts.method !== 'POST')
+    throw new MethodOverrideError('only a POST may carry a method override', route);
   // The upstream may answer the overridden request as a HEAD, without the body its framing announces.
-  if (override === 'HEAD') throw new MethodOverrideError('a POST cannot be overridden to HEAD');
+  if (override === 'HEAD') throw new MethodOverrideError('a POST cannot be overridden to HEAD', route);
   facts.method = override;
   const target = table.match(facts);
   if (target !== undefined && target.config.methodOverride !== true) {
-    throw new MethodOverrideError(`route ${target.name} does not accept method overrides`);
+    throw new MethodOverrideError(`route ${target.name} does not accept method overrides`, target);
   }
   return target;
 }

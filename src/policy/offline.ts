@@ -7,11 +7,11 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { isIP } from 'node:net';
 import type { Config } from '../config/schema.js';
 import { type Decision, decideAccess, isBrowserNavigation, loginProviders } from '../core/decide.js';
-import { routeRequest } from '../core/methods.js';
+import { MethodNotAllowedError, MethodOverrideError, routeRequest } from '../core/methods.js';
 import { normalizeHost, normalizePath } from '../core/normalize.js';
 import { compileRoutes } from '../core/routes.js';
 import type { CompiledRoute, RequestFacts, RouteTable } from '../core/types.js';
-import { GatehouseError, NoRouteError } from '../errors.js';
+import { GatehouseError } from '../errors.js';
 import type { AuthMethod, AuthResult, Identity } from '../identity/types.js';
 import { compilePolicies } from './compile.js';
 import type { CompiledPolicy, PolicyRequest, PolicySet } from './types.js';
@@ -187,9 +187,17 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
   try {
     route = routeRequest(ctx.routes, facts);
   } catch (err) {
-    // A refused method (405, 400) names the route it was refused on; no route (404) names none.
-    const matched = err instanceof NoRouteError ? undefined : ctx.routes.match({ ...facts, method });
-    return { ...empty, method: facts.method, path, route: matched, outcome: rejection(err) };
+    // A refused method (405, 400) names the route it was refused on, with that route's policy.
+    const refusedOn =
+      err instanceof MethodNotAllowedError || err instanceof MethodOverrideError ? err.route : undefined;
+    let policy: CompiledPolicy | undefined;
+    try {
+      if (refusedOn !== undefined && !refusedOn.config.public)
+        policy = ctx.policies.forRoute(refusedOn.config);
+    } catch {
+      policy = undefined;
+    }
+    return { ...empty, method: facts.method, path, route: refusedOn, policy, outcome: rejection(err) };
   }
   const request: PolicyRequest = { method: facts.method, host, path, clientIp, now: req.now };
   const providers = loginProviders(ctx.config, route.config);
