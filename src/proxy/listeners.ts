@@ -221,6 +221,7 @@ export class ListenerSet {
           keepAliveTimeout: s.keepAliveTimeout,
           maxHeaderSize: s.maxHeaderSize,
           maxHeadersCount: 0,
+          requireHostHeader: false,
         });
         server = h2;
       } else {
