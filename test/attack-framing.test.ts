@@ -460,11 +460,14 @@ test('header count over HTTP/2: past server.maxHeadersCount the stream is refuse
     await send({ 'x-big': 'v'.repeat(10_000) }),
     `rst:${http2.constants.NGHTTP2_ENHANCE_YOUR_CALM}`,
   );
+  // A Host that names another authority than :authority (RFC 9113 §8.3.1) is refused.
+  assert.equal(await send({ ':authority': `127.0.0.1:${gw.port()}`, host: 'other.example' }), 400);
+  assert.equal(await send({ ':authority': `127.0.0.1:${gw.port()}`, host: `127.0.0.1:${gw.port()}` }), 200);
   // The session keeps serving other streams.
   assert.equal(await send({}), 200);
   assert.deepEqual(
     up.requests.map((r) => r.target),
-    ['/h2', '/h2'],
+    ['/h2', '/h2', '/h2'],
   );
 });
 
@@ -653,6 +656,27 @@ test('WebSocket handshakes get the same framing checks: a body, a POST, two Host
     ['GET /ws'],
   );
   assert.ok(gw.access.length >= cases.length);
+});
+
+test('a WebSocket handshake the upstream declines is relayed and closed: bytes sent after it never reach the upstream', async (t) => {
+  const up = await startRawUpstream(t, () => 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno', {
+    declineUpgrades: true,
+  });
+  const gw = await startGateway(
+    t,
+    config({ raw: { servers: [{ url: up.url }], retries: { attempts: 0 } } }, [
+      { name: 'app', upstream: 'raw', websocket: true },
+    ]),
+  );
+  const ws =
+    'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n' +
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n';
+  // The smuggled request follows the handshake in the same packet and again after the answer.
+  const r = await rawExchange(gw.port(), [`GET /ws HTTP/1.1\r\nHost: a\r\n${ws}\r\n${SMUGGLED}`, SMUGGLED]);
+  assert.equal(r.responses[0]?.status, 403);
+  assert.equal(r.responses.length, 1);
+  assert.ok(r.closed);
+  assertForwarded(up, ['GET /ws']);
 });
 
 test('after every attack above, fired at once, the gateway still serves normally and nothing was smuggled', async (t) => {

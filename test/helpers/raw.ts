@@ -217,12 +217,13 @@ function parseRequest(buf: Buffer): { req: RawRequest; used: number } | undefine
 /**
  * Starts a raw upstream on 127.0.0.1 port 0. Each complete request is answered by `answer` (default:
  * 200 with the body `ok`), in order; an upgrade request is answered 101 and everything after it is
- * echoed back.
+ * echoed back, unless `declineUpgrades` (then it is answered like any request).
  */
 export async function startRawUpstream(
   t: TestContext,
   answer: (req: RawRequest) => string = () =>
     'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok',
+  opts: { declineUpgrades?: boolean } = {},
 ): Promise<RawUpstream> {
   const connections: Buffer[][] = [];
   const requests: RawRequest[] = [];
@@ -250,7 +251,7 @@ export async function startRawUpstream(
         requests.push(parsed.req);
         buf = buf.subarray(parsed.used);
         const upgrade = parsed.req.headers.find(([n]) => n.toLowerCase() === 'upgrade');
-        if (upgrade !== undefined) {
+        if (upgrade !== undefined && opts.declineUpgrades !== true) {
           socket.write(
             'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
               'Sec-WebSocket-Accept: x\r\n\r\n',
