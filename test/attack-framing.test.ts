@@ -6,12 +6,13 @@
  * test/request/transfer-encoding.md and content-length.md and HAProxy's reg-tests/http-messaging.
  */
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { type TestContext, test } from 'node:test';
 import tls from 'node:tls';
 import { selfSigned } from './helpers/gateway.js';
-import { config, startGateway, type TestGateway } from './helpers/proxy.js';
+import { config, startGateway, type TestGateway, waitFor } from './helpers/proxy.js';
 import {
   header,
   parseResponses,
@@ -219,6 +220,50 @@ test('chunked bodies: a malformed chunk is answered 400, logged, and the upstrea
     });
   }
   assertNothingForwarded(up);
+  // Each upstream request that was started is aborted: its connection is closed, never left waiting.
+  const started = up.connections.flatMap((c, i) => (c.length > 0 ? [i] : []));
+  assert.ok(started.length > 0, 'some requests were being forwarded when their body failed');
+  await waitFor(() => started.every((i) => up.closed[i]), 'the aborted upstream connections to close');
+});
+
+test('a body that fails to parse after the response started: the response is cut, logged, the upstream request aborted', async (t) => {
+  let upstreamAborted = 0;
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write('streaming\n');
+    req.on('data', () => {});
+    req.on('error', () => {});
+    req.on('close', () => {
+      if (!req.complete) upstreamAborted++;
+      res.destroy();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  const gw = await startGateway(
+    t,
+    config({ s: { servers: [{ url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}` }] } }, [
+      { name: 'stream', upstream: 's' },
+    ]),
+  );
+  const socket = net.connect(gw.port(), '127.0.0.1');
+  socket.on('error', () => {});
+  let got = '';
+  const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+  socket.on('data', (d: Buffer) => {
+    got += d.toString('latin1');
+    // Once the upstream's response is streaming, the client's next chunk is malformed.
+    if (got.includes('streaming')) socket.write('ZZZ\r\nabc\r\n');
+  });
+  socket.write('POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n');
+  await closed;
+  assert.match(got, /^HTTP\/1\.1 200 /);
+  assert.ok(!/\r\n0\r\n\r\n$/.test(got), 'the chunked response was cut, not completed');
+  await waitFor(() => gw.access.length === 1 && upstreamAborted === 1, 'the log line and the upstream abort');
+  assert.equal(gw.access[0]?.error, 'GH_BAD_FRAMING');
 });
 
 test('chunk extensions and trailers are never passed on: quoted extensions parse, trailer fields (Host) are dropped', async (t) => {

@@ -158,6 +158,8 @@ export interface RawUpstream {
   readonly url: string;
   /** Every byte received, per connection, in order. */
   readonly connections: Buffer[][];
+  /** Per connection (same index): whether it is closed. */
+  readonly closed: boolean[];
   /** The requests parsed from those bytes (an unparsable remainder is kept in `leftover`). */
   readonly requests: RawRequest[];
   /** All bytes received on every connection. */
@@ -229,15 +231,20 @@ export async function startRawUpstream(
   const requests: RawRequest[] = [];
   const pending: Buffer[] = [];
   const sockets = new Set<net.Socket>();
+  const connectionClosed: boolean[] = [];
   const server = net.createServer((socket) => {
     sockets.add(socket);
     const received: Buffer[] = [];
     connections.push(received);
     const index = pending.length;
     pending.push(Buffer.alloc(0));
+    connectionClosed.push(false);
     let tunnel = false;
     socket.on('error', () => {});
-    socket.on('close', () => sockets.delete(socket));
+    socket.on('close', () => {
+      sockets.delete(socket);
+      connectionClosed[index] = true;
+    });
     socket.on('data', (d: Buffer) => {
       received.push(d);
       if (tunnel) {
@@ -273,6 +280,7 @@ export async function startRawUpstream(
     port,
     url: `http://127.0.0.1:${port}`,
     connections,
+    closed: connectionClosed,
     requests,
     all: () => Buffer.concat(connections.flat()),
     leftover: () => pending.filter((b) => b.length > 0),
