@@ -2,11 +2,11 @@
  * The method a request is routed, authorized and logged with, decided once for the proxy and for the
  * offline `check`/`explain`:
  *
- *   route with the request's own method ...................................... no route: 404 GH_NO_ROUTE
+ *   route with the request's own method ................................. no route: 404 GH_NO_ROUTE
  *   method override (only on a route with `methodOverride: true`)
- *     carried by anything but POST, conflicting or invalid, to HEAD ....... 400 GH_BAD_METHOD_OVERRIDE
- *     re-route with the overriding method; that route must opt in as well .. 400 GH_BAD_METHOD_OVERRIDE
- *   CONNECT, always; TRACE unless the route sets `trace: true` ........... 405 GH_METHOD_NOT_ALLOWED + Allow
+ *     carried by anything but a POST, conflicting, invalid, or to HEAD ... 400 GH_BAD_METHOD_OVERRIDE
+ *     route again with the overriding method: that route must opt in too .. 400 GH_BAD_METHOD_OVERRIDE
+ *   CONNECT always, TRACE unless the route sets `trace: true` ... 405 GH_METHOD_NOT_ALLOWED with Allow
  *
  * Routing comes first because only the route says whether an override is accepted. A POST is the one
  * method that may carry an override: a cross-site form or `<img>` cannot turn a GET into a DELETE. The
@@ -57,11 +57,9 @@ export class MethodOverrideError extends GatehouseError {
 /** The `Allow` value of a route: its `match.methods` (or the usual set), TRACE only when it opts in. */
 export function allowOf(route: CompiledRoute | undefined): string {
   if (route === undefined) return USUAL_ALLOW;
-  const methods = route.config.match.methods ?? USUAL_METHODS;
-  const out: string[] = [];
-  for (const m of methods) if (m !== 'CONNECT' && (m !== 'TRACE' || route.config.trace)) out.push(m);
-  if (route.config.trace && !out.includes('TRACE') && route.config.match.methods === undefined)
-    out.push('TRACE');
+  const listed = route.config.match.methods;
+  const out = (listed ?? USUAL_METHODS).filter((m) => m !== 'CONNECT' && m !== 'TRACE');
+  if (route.config.trace && (listed === undefined || listed.includes('TRACE'))) out.push('TRACE');
   return out.join(', ');
 }
 

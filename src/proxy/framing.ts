@@ -5,14 +5,15 @@
  * these checks cover what it lets through and an upstream or a proxy in front could read differently
  * (request smuggling, RFC 9112 §6.3 and §11.2):
  *
- *   more header fields than server.maxHeadersCount ...................... 431 GH_TOO_MANY_HEADERS
- *   a version other than HTTP/1.0 and 1.1 on an HTTP/1 connection ........ 505 GH_HTTP_VERSION
- *   two Host lines, none in HTTP/1.1 (RFC 9112 §3.2), HTTP/2 Host unlike :authority 400 GH_BAD_HOST
- *   Transfer-Encoding whose final coding is not chunked (§6.3) ........... 400 GH_BAD_FRAMING
- *   Transfer-Encoding with a coding besides chunked (§6.1) ............... 501 GH_TRANSFER_CODING
- *   Transfer_Encoding or Content_Length (read as framing by CGI-style servers) 400 GH_BAD_FRAMING
- *   Transfer-Encoding in HTTP/1.0 (§6.1) ................... served, then the connection is closed
- *   a body that fails to parse (chunk size, chunk line) .. 400 GH_BAD_FRAMING, upstream aborted, closed
+ *   more header fields than server.maxHeadersCount ........................ 431 GH_TOO_MANY_HEADERS
+ *   a version other than HTTP/1.0 and 1.1 on an HTTP/1 connection .......... 505 GH_HTTP_VERSION
+ *   two Host lines, or none in HTTP/1.1 (RFC 9112 §3.2) ..................... 400 GH_BAD_HOST
+ *   HTTP/2: a Host unlike :authority (RFC 9113 §8.3.1) ...................... 400 GH_BAD_HOST
+ *   Transfer-Encoding whose final coding is not chunked (§6.3) ............. 400 GH_BAD_FRAMING
+ *   Transfer-Encoding with a coding besides chunked (§6.1) ................. 501 GH_TRANSFER_CODING
+ *   Transfer_Encoding or Content_Length (framing to CGI-style servers) ...... 400 GH_BAD_FRAMING
+ *   Transfer-Encoding in HTTP/1.0 (§6.1) ....................... served, then the connection closes
+ *   a body that fails to parse (chunk size, chunk line) ... 400 GH_BAD_FRAMING, upstream aborted, closed
  *
  * Once the gateway decides to close a connection, any request pipelined behind is dropped unanswered:
  * it is never forwarded.
@@ -153,11 +154,12 @@ export function checkHandshake(req: ProxyRequest, maxHeadersCount: number): void
   if (announcesBody(req)) throw new BadFramingError('a WebSocket handshake cannot carry a body');
 }
 
-/** A body that is framed the way Node's parser cannot read when it stopped at the headers (400). */
+/**
+ * A request on a socket that Node's parser let go of after the headers (HTTP/1.0 Upgrade, CONNECT)
+ * cannot have a body read: one that announces a body is refused (400).
+ */
 export function checkNoBody(req: ProxyRequest): void {
-  if (announcesBody(req)) {
-    throw new BadFramingError('a request with Upgrade in HTTP/1.0 cannot carry a body here');
-  }
+  if (announcesBody(req)) throw new BadFramingError('this request cannot carry a body');
 }
 
 /** The error a request body that failed to parse (a `clientError` after the headers) is answered with. */
@@ -174,8 +176,8 @@ export function bodyParseError(err: NodeJS.ErrnoException): GatehouseError {
 /** Request fields that carry credentials: never forwarded with, nor reflected by, a TRACE (RFC 9110 §9.3.8). */
 const CREDENTIALS = new Set(['authorization', 'proxy-authorization', 'cookie']);
 
-/** True for a header a TRACE must not carry or reflect (`apiKeyHeader` lower case, '' for none). */
-export function isCredentialHeader(lower: string, apiKeyHeader: string): boolean {
+/** True for a header a TRACE must not carry or reflect (`apiKeyHeader` lower case). */
+function isCredentialHeader(lower: string, apiKeyHeader: string): boolean {
   return CREDENTIALS.has(lower) || lower === apiKeyHeader;
 }
 
