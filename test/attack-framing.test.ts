@@ -548,22 +548,38 @@ test('HTTP/1.1 on the HTTPS listener that also speaks HTTP/2: a request without 
 });
 
 test('pipelining: nothing behind a refused request is ever served; behind an accepted one everything is', async (t) => {
-  const { up, port } = await setup(t, [
-    { name: 'small', match: { path: '/small' }, upstream: 'raw', maxBodySize: 4 },
-    { name: 'app', match: { path: '/app' }, upstream: 'raw' },
-  ]);
+  const { up, gw, port } = await setup(
+    t,
+    [
+      { name: 'small', match: { path: '/small' }, upstream: 'raw', maxBodySize: 4 },
+      { name: 'guarded', match: { path: '/guarded' }, upstream: 'raw', policy: 'eng' },
+      { name: 'app', match: { path: '/app' }, upstream: 'raw' },
+    ],
+    { policies: { eng: { allow: [{ groups: ['eng'] }] } } },
+  );
+  // A request the gateway would forward if it served it.
+  const behind = 'GET /app/smuggled HTTP/1.1\r\nHost: a\r\n\r\n';
   const refusals: Array<[string, number]> = [
     ['GET /app HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n', 400],
+    ['GET /app HTTP/1.1\r\n\r\n', 400],
     ['GET /nowhere HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc', 404],
     ['POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde', 413],
+    ['POST /guarded HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc', 401],
+    ['GET /app/%2e%2e/%2e%2e/x HTTP/1.1\r\nHost: a\r\n\r\n', 400],
     ['POST /app HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n', 400],
     ['GET /app HTTP/2.0\r\nHost: a\r\n\r\n', 505],
+    [`GET /app HTTP/1.1\r\nHost: a\r\n${'X: y\r\n'.repeat(100)}\r\n`, 431],
   ];
   for (const [first, status] of refusals) {
-    const r = await rawExchange(port, first + SMUGGLED + SMUGGLED);
+    const r = await rawExchange(port, first + behind + behind);
     await t.test(first.split('\r\n')[0]!, () => assertRefused(r, status));
   }
   assertNothingForwarded(up);
+  assert.deepEqual(
+    gw.access.filter((e) => e.path.includes('smuggled')),
+    [],
+    'a request behind a refusal is not even started',
+  );
   const ok = await rawExchange(
     port,
     'GET /app/1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /app/2 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nxGET /app/3 HTTP/1.1\r\nHost: a\r\n\r\n',

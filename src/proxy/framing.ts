@@ -54,9 +54,13 @@ function isHttp2(req: ProxyRequest): boolean {
   return req.httpVersionMajor === 2 && (req as unknown as Http2ServerRequest).stream !== undefined;
 }
 
-/** The connection of this HTTP/1 request was marked to close: the request must not be served. */
+/**
+ * The connection of this HTTP/1 request was marked to close, or a response before it (also one Node
+ * wrote itself) already closed its writing side: the request must not be served, it could not be answered.
+ */
 export function connectionClosing(req: ProxyRequest): boolean {
-  return (req.socket as unknown as ClosingSocket | null)?.[kClosing] === true;
+  const socket = req.socket as (ProxyRequest['socket'] & ClosingSocket) | null;
+  return socket === null || socket[kClosing] === true || !socket.writable;
 }
 
 /** The HTTP/1 request announces a body (Transfer-Encoding, or a Content-Length other than 0). */
