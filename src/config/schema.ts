@@ -150,7 +150,16 @@ const Server = z
     maxHeaderSize: Size.default(16 * 1024).meta({
       description: 'Largest request header block accepted (431)',
     }),
-    maxHeadersCount: z.number().int().positive().default(100),
+    maxHeadersCount: z
+      .number()
+      .int()
+      .positive()
+      .default(100)
+      .meta({
+        description:
+          'Most request header fields accepted (HTTP/1: 431 and the connection closed when a body would follow; ' +
+          'HTTP/2: the stream is refused with ENHANCE_YOUR_CALM, as for a header list over maxHeaderSize)',
+      }),
     maxBodySize: Size.optional().meta({ description: 'Default request body limit for every route (413)' }),
     drainTimeout: Duration.default(30_000).meta({
       description: 'On SIGTERM, how long in-flight requests may take to finish',
@@ -537,6 +546,25 @@ const Route = z.strictObject({
     .default(true)
     .meta({ description: "Forward the client's Host header (false: use the server's host)" }),
   stripPrefix: z.boolean().default(false).meta({ description: 'Remove match.path from the forwarded path' }),
+  methodOverride: z
+    .boolean()
+    .default(false)
+    .meta({
+      description:
+        'Accept X-HTTP-Method-Override, X-HTTP-Method and X-Method-Override on a POST and forward them (else they are removed). ' +
+        'The request is first routed with POST; when that route opts in, it is routed again with the overriding method, ' +
+        'which must reach a route that opts in too, and that method is what match.methods, policy methods rules, ' +
+        'the TRACE/CONNECT refusal and the access log see. Only a POST may carry an override (400 otherwise), never to HEAD.',
+    }),
+  trace: z
+    .boolean()
+    .default(false)
+    .meta({
+      description:
+        'Forward TRACE requests (refused with 405 by default, as CONNECT always is). They are forwarded without ' +
+        "injected credentials, header values the route sets, identity headers, the assertion or the client's " +
+        'Authorization, Cookie and API key headers',
+    }),
   headers: z.strictObject({ request: HeaderEdits.optional(), response: HeaderEdits.optional() }).optional(),
 });
 

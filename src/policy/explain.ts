@@ -54,6 +54,7 @@ export function explainRequest(
     now: opts.now ?? Date.now(),
   });
   const lines: string[] = [`request: ${method.toUpperCase()} ${url}`];
+  if (r.method !== method.toUpperCase()) lines.push(`method: ${r.method} (method override)`);
   if (r.path !== undefined && r.path !== r.rawPath)
     lines.push(`path: ${r.path} (normalized from ${r.rawPath})`);
   const outcome = r.outcome;

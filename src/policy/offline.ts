@@ -7,9 +7,10 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { isIP } from 'node:net';
 import type { Config } from '../config/schema.js';
 import { type Decision, decideAccess, isBrowserNavigation, loginProviders } from '../core/decide.js';
+import { MethodNotAllowedError, MethodOverrideError, routeRequest } from '../core/methods.js';
 import { normalizeHost, normalizePath } from '../core/normalize.js';
 import { compileRoutes } from '../core/routes.js';
-import type { CompiledRoute, RouteTable } from '../core/types.js';
+import type { CompiledRoute, RequestFacts, RouteTable } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
 import type { AuthMethod, AuthResult, Identity } from '../identity/types.js';
 import { compilePolicies } from './compile.js';
@@ -61,6 +62,8 @@ export interface OfflineResult {
   readonly rawPath: string;
   /** The normalized path, when normalization succeeded. */
   readonly path: string | undefined;
+  /** The method decided on: the request's, or an accepted method override (`routes[].methodOverride`). */
+  readonly method: string;
   readonly route: CompiledRoute | undefined;
   readonly policy: CompiledPolicy | undefined;
   readonly identity: Identity | undefined;
@@ -152,6 +155,7 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
   const rawPath = q === -1 ? target : target.slice(0, q);
   const empty = {
     rawPath,
+    method,
     path: undefined,
     route: undefined,
     policy: undefined,
@@ -177,15 +181,25 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
   // Described requests come from a browser unless they say otherwise with their own Accept header.
   headers.accept ??= 'text/html';
   const tls = req.url.toLowerCase().startsWith('https:');
-  const route = ctx.routes.match({ method, host, path, query, headers, clientIp, tls });
-  if (route === undefined) {
-    return {
-      ...empty,
-      path,
-      outcome: { status: 404, reason: 'GH_NO_ROUTE', message: 'no route matches this request' },
-    };
+  // The gateway's own routing, with its method rules (override, TRACE and CONNECT refused).
+  const facts: RequestFacts = { method, host, path, query, headers, clientIp, tls };
+  let route: CompiledRoute;
+  try {
+    route = routeRequest(ctx.routes, facts);
+  } catch (err) {
+    // A refused method (405, 400) names the route it was refused on, with that route's policy.
+    const refusedOn =
+      err instanceof MethodNotAllowedError || err instanceof MethodOverrideError ? err.route : undefined;
+    let policy: CompiledPolicy | undefined;
+    try {
+      if (refusedOn !== undefined && !refusedOn.config.public)
+        policy = ctx.policies.forRoute(refusedOn.config);
+    } catch {
+      policy = undefined;
+    }
+    return { ...empty, method: facts.method, path, route: refusedOn, policy, outcome: rejection(err) };
   }
-  const request: PolicyRequest = { method, host, path, clientIp, now: req.now };
+  const request: PolicyRequest = { method: facts.method, host, path, clientIp, now: req.now };
   const providers = loginProviders(ctx.config, route.config);
   const auth: AuthResult = identity === undefined ? { kind: 'none' } : { kind: 'ok', identity };
   let policy: CompiledPolicy | undefined;
@@ -197,7 +211,7 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
         route,
         auth,
         request,
-        browser: isBrowserNavigation(method, headers),
+        browser: isBrowserNavigation(facts.method, headers),
         loginAvailable: providers.length > 0,
       },
       ctx.policies,
@@ -205,5 +219,15 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
   } catch (err) {
     outcome = rejection(err);
   }
-  return { rawPath, path, route, policy, identity, request, loginProviders: providers, outcome };
+  return {
+    rawPath,
+    method: facts.method,
+    path,
+    route,
+    policy,
+    identity,
+    request,
+    loginProviders: providers,
+    outcome,
+  };
 }

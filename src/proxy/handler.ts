@@ -2,33 +2,39 @@
  * The request lifecycle of the built-in proxy (diagram with every exit in LIFECYCLE.md):
  *
  *   runtime = getRuntime()            captured once; a reload mid-request does not affect this request
+ *   framing (framing.ts)              431 GH_TOO_MANY_HEADERS / 400 GH_BAD_HOST, GH_BAD_FRAMING / 505 / 501
+ *   CONNECT                           405 GH_METHOD_NOT_ALLOWED (never proxied)
  *   normalize path and host           400 GH_BAD_PATH / GH_BAD_HOST
  *   /.gatehouse/*, CORS preflight     answered by the gateway (access.ts), on every host
- *   match route                       404 GH_NO_ROUTE
+ *   match route, settle the method    404 GH_NO_ROUTE / 400 GH_BAD_METHOD_OVERRIDE / 405 TRACE (core/methods.ts)
  *   access (identity + policy)        302 login / 401 / 403 / 503 GH_STATE_UNAVAILABLE (access.ts)
  *   body size (Content-Length)        413 GH_BODY_TOO_LARGE (streamed bytes are counted too)
+ *   Max-Forwards: 0 on OPTIONS/TRACE  answered by the gateway (RFC 9110 §7.6.2)
+ *   Expect: 100-continue              100 Continue sent only now, so a refused request never sends its body
  *   pick upstream                     503 GH_NO_SERVER
  *   retry loop: acquire lease         503 GH_NO_SERVER / GH_QUEUE_TIMEOUT / GH_QUEUE_FULL
  *               forward (undici)      502 GH_UPSTREAM_* / 504 GH_UPSTREAM_TIMEOUT, retried when allowed
  *   stream the response back          client gone: 499 in the access log only
+ *   body fails to parse (clientError) 400 GH_BAD_FRAMING when no response started, upstream aborted, closed
  *   access log + metrics              once, when the client response closes
  *
  * One `Exchange` object per request is also the undici dispatch handler, so forwarding allocates no
  * per-request closures.
  */
+import { ServerResponse } from 'node:http';
 import type { Http2ServerRequest } from 'node:http2';
-import type { BlockList } from 'node:net';
+import type { BlockList, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { Config } from '../config/schema.js';
+import { allowOf, MethodNotAllowedError, routeRequest, USUAL_ALLOW } from '../core/methods.js';
 import { normalizeHost, normalizePath } from '../core/normalize.js';
 import type { CompiledRoute, RequestFacts } from '../core/types.js';
 import {
   BodyTooLargeError,
   ClientClosedError,
   type GatehouseError,
-  NoRouteError,
   NoServerAvailableError,
   UpstreamConnectError,
 } from '../errors.js';
@@ -52,6 +58,17 @@ import {
   serveBeforeRouting,
 } from './access.js';
 import { classify, type FailureKind, sendError, toGatehouseError } from './errors.js';
+import {
+  bodyParseError,
+  checkFraming,
+  checkNoBody,
+  closeAfter,
+  connectionClosing,
+  maxForwardsOf,
+  setMaxForwards,
+  stripCredentials,
+  traceEcho,
+} from './framing.js';
 import {
   buildRequestHeaders,
   buildResponseHeaders,
@@ -84,6 +101,8 @@ type HistChild = { observe(v: number): void };
 export interface RouteState {
   readonly name: string;
   readonly requestEdits: HeaderEdits | undefined;
+  /** The edits for a forwarded TRACE: the removals only, since values the route sets may be secrets. */
+  readonly traceEdits: HeaderEdits | undefined;
   readonly responseEdits: HeaderEdits | undefined;
   readonly duration: HistChild;
   readonly bytesIn: Child;
@@ -94,9 +113,11 @@ export interface RouteState {
 const routeStates = new WeakMap<CompiledRoute, RouteState>();
 
 function makeRouteState(name: string, route: CompiledRoute | undefined): RouteState {
+  const requestEdits = compileEdits(route?.config.headers?.request);
   return {
     name,
-    requestEdits: compileEdits(route?.config.headers?.request),
+    requestEdits,
+    traceEdits: requestEdits === undefined ? undefined : { set: [], drop: requestEdits.drop },
     responseEdits: compileEdits(route?.config.headers?.response),
     duration: requestDuration.series(name),
     bytesIn: bytesTotal.series(name, 'in'),
@@ -205,13 +226,19 @@ function onResponseDrain(this: TaggedResponse): void {
 
 function ignoreError(): void {}
 
+const NO_INJECT: ReadonlyArray<readonly [string, string]> = [];
+
 function retryTimer(ex: Exchange): void {
   ex.attempt();
 }
 
 /** Whether a request carries a body (HTTP/1 framing headers, or an HTTP/2 stream left open). */
 export function requestHasBody(req: ProxyRequest): boolean {
-  if (req.httpVersionMajor === 2) return !(req as unknown as Http2ServerRequest).stream.endAfterHeaders;
+  if (req.httpVersionMajor === 2) {
+    // An HTTP/1 request line may claim HTTP/2.0 too (refused with 505): it has no stream.
+    const stream = (req as unknown as Http2ServerRequest).stream;
+    if (stream !== undefined) return !stream.endAfterHeaders;
+  }
   const h = req.headers;
   if (h['transfer-encoding'] !== undefined) return true;
   const cl = h['content-length'];
@@ -226,7 +253,14 @@ class Exchange {
   readonly res: TaggedResponse;
   readonly listener: ListenerInfo;
   readonly t0: number;
-  readonly method: string;
+  /** The method routed, authorized and logged: the request's, or an accepted override (core/methods.ts). */
+  method: string;
+  /** The method on the wire, which the upstream receives (a POST carrying an override stays a POST). */
+  readonly wireMethod: string;
+  /** `Expect: 100-continue`: the 100 is sent once the request is allowed, so a refused one sends no body. */
+  expectContinue = false;
+  /** The socket was detached by Node's parser (HTTP/1.0 Upgrade, CONNECT): it serves this one request. */
+  detached = false;
   requestId = '';
   /** The client's address: the peer, or the address a trusted proxy forwarded for (`effectiveClient`). */
   clientIp: string;
@@ -291,6 +325,7 @@ class Exchange {
     this.listener = listener;
     this.t0 = performance.now();
     this.method = req.method ?? 'GET';
+    this.wireMethod = this.method;
     this.peerIp = clientAddress(req.socket?.remoteAddress);
     const trusted = trustedOf(runtime.config);
     this.peerTrusted = isTrusted(trusted, this.peerIp);
@@ -305,6 +340,17 @@ class Exchange {
     res.on('error', ignoreError);
     this.requestId = requestIdFrom(req.headers['x-request-id']);
     try {
+      if (checkFraming(req, this.runtime.config.server.maxHeadersCount)) closeAfter(req, res);
+      if (this.detached) checkNoBody(req);
+    } catch (err) {
+      // A request whose framing is refused may be followed by bytes that cannot be trusted: close.
+      closeAfter(req, res);
+      this.fail(toGatehouseError(err));
+      return;
+    }
+    try {
+      // CONNECT names an authority, not a resource: never proxied (RFC 9110 §9.3.6).
+      if (this.method === 'CONNECT') throw new MethodNotAllowedError('CONNECT', USUAL_ALLOW);
       const target = normalizePath(req.url ?? '', this.method, this.runtime.config.server.pathParameters);
       this.path = target.path;
       this.query = target.query;
@@ -320,8 +366,8 @@ class Exchange {
         tls: this.listener.tls,
       };
       if (serveBeforeRouting(this, facts)) return;
-      const route = this.runtime.routes.match(facts);
-      if (route === undefined) throw new NoRouteError();
+      const route = routeRequest(this.runtime.routes, facts);
+      this.method = facts.method;
       this.route = route;
       this.rs = routeState(route);
       // Synchronous unless a credential needs I/O (a token not yet verified, a session lookup).
@@ -346,11 +392,13 @@ class Exchange {
 
   /** After the access stage allowed the request: body limit, upstream, headers, then the retry loop. */
   proceed(): void {
-    if (this.finished) return;
+    if (this.finished || this.res.headersSent) return;
     const req = this.req;
     const route = this.route!;
     const rs = this.rs!;
     const originalHost = this.originalHost;
+    const method = this.method;
+    const trace = method === 'TRACE';
     try {
       this.hasBody = requestHasBody(req);
       const limit = route.maxBodySize;
@@ -358,6 +406,11 @@ class Exchange {
         const cl = req.headers['content-length'];
         if (cl !== undefined && Number(cl) > limit) throw new BodyTooLargeError(limit);
         this.limit = limit;
+      }
+      const maxForwards = trace || method === 'OPTIONS' ? maxForwardsOf(req) : undefined;
+      if (maxForwards === 0) {
+        this.answerAsRecipient(trace);
+        return;
       }
       const name = route.pickUpstream(req.headers);
       const up = this.runtime.upstreams.get(name);
@@ -377,21 +430,52 @@ class Exchange {
         trustedPeer: this.peerTrusted,
         proto: this.listener.tls ? 'https' : 'http',
         requestId: this.requestId,
-        edits: rs.requestEdits,
-        inject: up.injectHeaders,
+        edits: trace ? rs.traceEdits : rs.requestEdits,
+        inject: trace ? NO_INJECT : up.injectHeaders,
+        methodOverride: rc.methodOverride,
       });
-      if (this.access !== undefined)
+      // A TRACE is reflected by its recipient: it carries no credential and no identity (RFC 9110 §9.3.8).
+      if (trace) stripCredentials(this.headers, this.runtime.identity.apiKeyHeader);
+      else if (this.access !== undefined)
         forwardIdentity(this.headers, this.access, rs.requestEdits, up.injectHeaders);
+      if (maxForwards !== undefined) setMaxForwards(this.headers, maxForwards - 1);
     } catch (err) {
       this.fail(toGatehouseError(err));
       return;
     }
+    if (this.expectContinue) this.res.writeContinue();
     this.attempt();
+  }
+
+  /**
+   * Max-Forwards: 0 on an OPTIONS or TRACE: the gateway is the final recipient (RFC 9110 §7.6.2). OPTIONS
+   * gets the route's Allow; TRACE its request back as message/http, without credentials.
+   */
+  answerAsRecipient(trace: boolean): void {
+    const req = this.req;
+    const res = this.res;
+    req.resume();
+    const body = trace ? traceEcho(req, this.runtime.identity.apiKeyHeader) : '';
+    const headers = [
+      'content-length',
+      String(Buffer.byteLength(body, 'latin1')),
+      'cache-control',
+      'no-store',
+      'x-request-id',
+      this.requestId,
+    ];
+    if (trace) headers.push('content-type', 'message/http', 'x-content-type-options', 'nosniff');
+    else headers.push('allow', allowOf(this.route));
+    const extra = this.access?.responseHeaders;
+    if (extra !== undefined) headers.push(...extra);
+    this.status = 200;
+    res.writeHead(200, headers);
+    res.end(req.method === 'HEAD' ? undefined : Buffer.from(body, 'latin1'));
   }
 
   /** One pass of the retry loop: acquire a lease (maybe queued), then dispatch. */
   attempt(): void {
-    if (this.finished) return;
+    if (this.finished || this.res.headersSent) return;
     let lease: Lease | Promise<Lease>;
     try {
       lease = acquireLease(this.upstream!, this.select!, this.tried);
@@ -410,7 +494,7 @@ class Exchange {
   }
 
   dispatchTo(lease: Lease): void {
-    if (this.finished) {
+    if (this.finished || this.res.headersSent) {
       lease.release('client-abort');
       return;
     }
@@ -426,12 +510,12 @@ class Exchange {
       server.dispatcher.dispatch(
         {
           path: this.target,
-          method: this.method as Dispatcher.HttpMethod,
+          method: this.wireMethod as Dispatcher.HttpMethod,
           headers,
           body: this.hasBody ? this.req : null,
           headersTimeout: this.headersTimeout,
           bodyTimeout: this.bodyTimeout,
-          idempotent: IDEMPOTENT.has(this.method),
+          idempotent: IDEMPOTENT.has(this.wireMethod),
           upgrade: null,
         },
         this as unknown as Dispatcher.DispatchHandler,
@@ -459,7 +543,7 @@ class Exchange {
     // A body that was read (even partly) cannot be replayed.
     if (this.hasBody && (this.req.readableDidRead || this.req.destroyed)) return false;
     // A non-idempotent request may only be retried when nothing of it reached a server.
-    if (this.sent && !IDEMPOTENT.has(this.method)) return false;
+    if (this.sent && !IDEMPOTENT.has(this.wireMethod)) return false;
     return up.retryBudget.tryAcquire();
   }
 
@@ -620,14 +704,38 @@ class Exchange {
   }
 
   fail(err: GatehouseError): void {
-    if (this.finished) return;
+    // Once the gateway answered itself (a refusal, a body that failed to parse), nothing more is sent.
+    if (this.finished || (this.res.headersSent && !this.responseStarted)) return;
     this.status = err.status;
     this.errorCode = err.code;
-    // An unread request body would follow on this connection: close it after the answer.
-    const close = requestHasBody(this.req) && !this.req.complete;
+    // An unread request body would follow on this connection: close it after the answer. So after a
+    // 400: what follows a request the gateway could not make sense of is not trusted either.
+    const close = (requestHasBody(this.req) && !this.req.complete) || err.status === 400;
+    if (close) closeAfter(this.req, this.res);
     // After the access stage the answer still carries its headers (a refreshed or cleared session
     // cookie, CORS), so a 502/503/504 neither loses a session update nor looks like a CORS failure.
-    sendError(this.req, this.res, err, this.requestId, close, this.access?.responseHeaders);
+    let extra = this.access?.responseHeaders;
+    if (err instanceof MethodNotAllowedError) extra = (extra ?? []).concat('allow', err.allow);
+    sendError(this.req, this.res, err, this.requestId, close, extra);
+  }
+
+  /**
+   * The request body failed to parse (Node's `clientError` after the headers): 400 when no response
+   * has started (else the response is cut), the upstream request aborted, the connection closed.
+   */
+  bodyFailed(err: NodeJS.ErrnoException): void {
+    const e = bodyParseError(err);
+    closeAfter(this.req, this.res);
+    if (this.finished) return;
+    const abort = this.abortUpstream;
+    this.abortUpstream = undefined;
+    if (this.res.headersSent) {
+      this.errorCode = e.code;
+      this.res.destroy();
+    } else {
+      this.fail(e);
+    }
+    abort?.(e);
   }
 
   /** Runs once when the client response closes (finished or aborted): log and metrics. */
@@ -711,9 +819,19 @@ export class ProxyHandler {
     this.accessLog = opts.accessLog;
   }
 
-  /** Serves one HTTP request (HTTP/1.1, or HTTP/2 through the compatibility API). */
-  handleRequest(req: ProxyRequest, res: ProxyResponse, listener: ListenerInfo): void {
+  /**
+   * Serves one HTTP request (HTTP/1.x, or HTTP/2 through the compatibility API). `expectContinue`: it
+   * came through `checkContinue` and gets its 100 Continue only once it is allowed.
+   */
+  handleRequest(req: ProxyRequest, res: ProxyResponse, listener: ListenerInfo, expectContinue = false): void {
+    // A request pipelined behind one after which the connection closes is never served.
+    if (req.httpVersionMajor !== 2 && connectionClosing(req)) return;
     const ex = new Exchange(this, this.getRuntime(), req, res, listener);
+    ex.expectContinue = expectContinue;
+    this.#run(ex);
+  }
+
+  #run(ex: Exchange): void {
     try {
       ex.start();
     } catch (err) {
@@ -722,8 +840,57 @@ export class ProxyHandler {
     }
   }
 
-  /** Serves an HTTP/1.1 `Upgrade` request (WebSocket tunnelling). */
+  /**
+   * Serves an HTTP/1 `Upgrade` request: WebSocket tunnelling for HTTP/1.1. An HTTP/1.0 request's Upgrade
+   * is ignored (RFC 9110 §7.8): it is served as an ordinary request on the detached socket.
+   */
   handleUpgrade(req: ProxyRequest, socket: Duplex, head: Buffer, listener: ListenerInfo): void {
+    if (req.httpVersionMajor !== 1 || req.httpVersionMinor !== 1) {
+      this.serveDetached(req, socket, listener);
+      return;
+    }
     tunnelWebSocket(this, this.getRuntime(), req, socket, head, listener);
+  }
+
+  /**
+   * A CONNECT request: never proxied, answered 405 (HTTP/1 on its detached socket, which then closes;
+   * HTTP/2 on its stream). `second` is the socket (HTTP/1) or the response (HTTP/2).
+   */
+  handleConnect(req: ProxyRequest, second: Duplex | ProxyResponse, listener: ListenerInfo): void {
+    if (req.httpVersionMajor === 2) this.handleRequest(req, second as ProxyResponse, listener);
+    else this.serveDetached(req, second as Duplex, listener);
+  }
+
+  /**
+   * Serves one request on a socket Node's parser let go of (Upgrade, CONNECT), through a response bound
+   * to it; the socket closes after that response. What follows the request's head is never read: a
+   * request that announces a body is refused (the parser stopped before it).
+   */
+  serveDetached(req: ProxyRequest, socket: Duplex, listener: ListenerInfo): void {
+    const res = new ServerResponse(req);
+    res.shouldKeepAlive = false;
+    socket.on('error', ignoreError);
+    // The server's own drain and finish handling went with the parser.
+    socket.on('drain', () => res.emit('drain'));
+    res.on('finish', () => (socket as Socket).destroySoon());
+    res.assignSocket(socket as Socket);
+    const ex = new Exchange(this, this.getRuntime(), req, res, listener);
+    ex.detached = true;
+    this.#run(ex);
+  }
+
+  /**
+   * A parse error after the headers (Node's `clientError` while a response is pending). When it is in
+   * the body of the request being served, its exchange answers and aborts the upstream request; false
+   * when it belongs to no exchange (the caller then destroys the socket).
+   */
+  handleBodyError(err: NodeJS.ErrnoException, socket: Duplex): boolean {
+    const res = (socket as { _httpMessage?: TaggedResponse | null })._httpMessage;
+    const ex = res?.[kExchange];
+    if (ex === undefined || ex.req.complete) return false;
+    const incoming = (socket as { parser?: { incoming?: unknown } | null }).parser?.incoming;
+    if (incoming != null && incoming !== ex.req) return false;
+    ex.bodyFailed(err);
+    return true;
   }
 }

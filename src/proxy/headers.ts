@@ -191,6 +191,8 @@ export interface ForwardInput {
   requestId: string;
   edits: HeaderEdits | undefined;
   inject: ReadonlyArray<readonly [string, string]>;
+  /** Keep the client's method-override headers (the route opted in with methodOverride). */
+  methodOverride?: boolean;
 }
 
 /**

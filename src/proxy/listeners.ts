@@ -51,11 +51,24 @@ function listenerKey(l: ListenerConfig): string {
   return `${l.name}|${l.bind}|${l.tls.http2 ? 'h2' : 'tls'}|${l.tls.clientCertificate?.mode ?? 'none'}`;
 }
 
-/** Answers malformed requests the way Node does by default, but with our short bodies (431 for big headers). */
-function onClientError(err: NodeJS.ErrnoException, socket: Socket | import('node:stream').Duplex): void {
+/**
+ * Answers malformed requests the way Node does by default, but with our short bodies (431 for big
+ * headers). A parse error while a request is being served belongs to its body: that exchange answers it.
+ */
+function onClientError(
+  handler: ProxyHandler,
+  err: NodeJS.ErrnoException,
+  socket: Socket | import('node:stream').Duplex,
+): void {
   const busy = (socket as { _httpMessage?: unknown })._httpMessage;
-  if (err.code === 'ECONNRESET' || !socket.writable || busy) {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
     socket.destroy();
+    return;
+  }
+  if (busy) {
+    // Bytes after a message that closes the connection: it closes after the response in flight anyway.
+    if (err.code === 'HPE_CLOSED_CONNECTION') return;
+    if (!handler.handleBodyError(err, socket)) socket.destroy();
     return;
   }
   const status =
@@ -163,6 +176,9 @@ export class ListenerSet {
         headersTimeout: s.headersTimeout,
         keepAliveTimeout: s.keepAliveTimeout,
         insecureHTTPParser: false,
+        // The handler refuses a missing Host itself (framing.ts) and closes: Node's own 400 let a
+        // request pipelined behind it through, and the HTTP/2 listener's HTTP/1.1 never checked it.
+        requireHostHeader: false,
         noDelay: true,
         highWaterMark: CLIENT_HIGH_WATER_MARK,
       });
@@ -193,7 +209,9 @@ export class ListenerSet {
         const h2 = http2.createSecureServer({
           ...tlsOptions,
           allowHTTP1: true,
-          maxHeaderListPairs: s.maxHeadersCount + 8,
+          // The four request pseudo-headers plus maxHeadersCount fields; beyond, the stream is refused
+          // (RST_STREAM ENHANCE_YOUR_CALM), as it is for a header list over maxHeaderListSize.
+          maxHeaderListPairs: s.maxHeadersCount + 4,
           settings: { maxHeaderListSize: s.maxHeaderSize },
         });
         // HTTP/1.1 connections on this server use these like an http.Server.
@@ -202,7 +220,8 @@ export class ListenerSet {
           requestTimeout: 0,
           keepAliveTimeout: s.keepAliveTimeout,
           maxHeaderSize: s.maxHeaderSize,
-          maxHeadersCount: s.maxHeadersCount,
+          maxHeadersCount: 0,
+          requireHostHeader: false,
         });
         server = h2;
       } else {
@@ -213,13 +232,16 @@ export class ListenerSet {
           headersTimeout: s.headersTimeout,
           keepAliveTimeout: s.keepAliveTimeout,
           insecureHTTPParser: false,
+          requireHostHeader: false,
           noDelay: true,
           highWaterMark: CLIENT_HIGH_WATER_MARK,
         });
       }
     }
     const isH2 = l.tls?.http2 === true;
-    if (!isH2) (server as http.Server).maxHeadersCount = s.maxHeadersCount;
+    // Node would drop the fields past its limit silently (even Transfer-Encoding): none is set, the
+    // handler counts them and answers 431 (framing.ts); maxHeaderSize still bounds the header block.
+    if (!isH2) (server as http.Server).maxHeadersCount = 0;
     const entry: ListenerEntry = {
       key,
       config: l,
@@ -232,15 +254,24 @@ export class ListenerSet {
     const handler = this.#handler;
     const logger = this.#logger;
     const gauge = activeConnections.series(l.name);
-    server.on('request', (req: ProxyRequest, res: ProxyResponse) => {
+    const onRequest = (req: ProxyRequest, res: ProxyResponse, expectContinue: boolean): void => {
       // While draining, HTTP/1.1 connections close after their current response.
       if (entry.closing && req.httpVersionMajor === 1) res.shouldKeepAlive = false;
-      handler.handleRequest(req, res, info);
-    });
+      handler.handleRequest(req, res, info, expectContinue);
+    };
+    server.on('request', (req: ProxyRequest, res: ProxyResponse) => onRequest(req, res, false));
+    // Expect: 100-continue: the handler sends the 100 once the request is allowed (RFC 9110 §10.1.1).
+    server.on('checkContinue', (req: ProxyRequest, res: ProxyResponse) => onRequest(req, res, true));
     server.on('upgrade', (req: ProxyRequest, socket: Socket, head: Buffer) => {
       handler.handleUpgrade(req, socket, head, info);
     });
-    server.on('clientError', onClientError);
+    // Without a listener Node closes an HTTP/1 CONNECT's socket unanswered: the handler answers 405.
+    server.on('connect', (req: ProxyRequest, second: Socket | ProxyResponse) => {
+      handler.handleConnect(req, second, info);
+    });
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) =>
+      onClientError(handler, err, socket),
+    );
     server.on('connection', (socket: Socket) => {
       entry.sockets.add(socket);
       gauge.inc();
@@ -276,7 +307,6 @@ export class ListenerSet {
     Object.assign(entry.server, {
       headersTimeout: s.headersTimeout,
       keepAliveTimeout: s.keepAliveTimeout,
-      maxHeadersCount: s.maxHeadersCount,
     });
   }
 

@@ -28,6 +28,7 @@ import {
   wwwAuthenticate,
 } from './access.js';
 import { classify, toGatehouseError, UnsupportedUpgradeError, WebSocketNotAllowedError } from './errors.js';
+import { checkHandshake } from './framing.js';
 import type { ProxyHandler } from './handler.js';
 import { acquireLease, forwardPath, hostHeaderOf, routeState, trustedOf } from './handler.js';
 import {
@@ -129,6 +130,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     let facts: RequestFacts;
     let route: CompiledRoute;
     try {
+      checkHandshake(req, runtime.config.server.maxHeadersCount);
       const upgrade = req.headers.upgrade;
       if (typeof upgrade !== 'string' || upgrade.toLowerCase() !== 'websocket')
         throw new UnsupportedUpgradeError();
