@@ -16,7 +16,7 @@
  * One `Exchange` object per request is also the undici dispatch handler, so forwarding allocates no
  * per-request closures.
  */
-import type { Http2ServerRequest } from 'node:http2';
+import type { Http2ServerRequest, Http2Session } from 'node:http2';
 import type { BlockList } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
@@ -27,6 +27,7 @@ import type { CompiledRoute, RequestFacts } from '../core/types.js';
 import {
   BodyTooLargeError,
   ClientClosedError,
+  ClientTimeoutError,
   type GatehouseError,
   NoRouteError,
   NoServerAvailableError,
@@ -63,6 +64,7 @@ import {
   isTrusted,
   requestIdFrom,
 } from './headers.js';
+import { noteClientReset } from './http2.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 import { type Tunnel, tunnelWebSocket } from './websocket.js';
 
@@ -200,7 +202,11 @@ function onResponseClose(this: TaggedResponse): void {
 }
 
 function onResponseDrain(this: TaggedResponse): void {
-  this[kExchange]?.resumeUpstream();
+  this[kExchange]?.onDrain();
+}
+
+function stallTimer(ex: Exchange): void {
+  ex.onStall();
 }
 
 function ignoreError(): void {}
@@ -276,6 +282,15 @@ class Exchange {
   originalHost = '';
   /** Status of a retryable 5xx being discarded. */
   retryStatus = 0;
+  /**
+   * Client idle watch (slowloris body, slow read): armed while the request body is forwarded and while
+   * the response waits for 'drain'; refreshed by progress either way. Only such requests allocate it.
+   */
+  stall: NodeJS.Timeout | undefined;
+  /** A response write is waiting for 'drain' (the client is not reading). */
+  waitingDrain = false;
+  /** The HTTP/2 connection of the stream (a closed stream forgets it), for reset accounting. */
+  readonly h2session: Http2Session | undefined;
 
   constructor(
     handler: ProxyHandler,
@@ -295,6 +310,8 @@ class Exchange {
     const trusted = trustedOf(runtime.config);
     this.peerTrusted = isTrusted(trusted, this.peerIp);
     this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
+    this.h2session =
+      req.httpVersionMajor === 2 ? (req as unknown as Http2ServerRequest).stream.session : undefined;
   }
 
   start(): void {
@@ -489,10 +506,12 @@ class Exchange {
     this.abortUpstream = abort;
     this.sent = true;
     if (this.finished) abort(new ClientClosedError());
+    else if (this.hasBody && !this.req.complete) this.watchClient();
   }
 
   onBodySent(chunk: Buffer | string): void {
     this.bytesIn += chunk.length;
+    this.stall?.refresh();
     // Throwing here makes undici abort the attempt with this error.
     if (this.limit !== undefined && this.bytesIn > this.limit) throw new BodyTooLargeError(this.limit);
   }
@@ -553,6 +572,8 @@ class Exchange {
       this.drainHooked = true;
       res.on('drain', onResponseDrain);
     }
+    this.waitingDrain = true;
+    this.watchClient();
     return false;
   }
 
@@ -615,8 +636,55 @@ class Exchange {
     return this.res.destroyed || (this.hasBody && !req.complete && req.destroyed);
   }
 
-  resumeUpstream(): void {
+  onDrain(): void {
+    this.waitingDrain = false;
+    this.stall?.refresh();
     this.resumeFn?.();
+  }
+
+  /**
+   * Starts (or restarts) the client idle watch: the smaller of server.clientIdleTimeout and the route's
+   * idle timeout, as HAProxy's `timeout client` bounds client inactivity in either direction.
+   */
+  watchClient(): void {
+    if (this.stall !== undefined) {
+      this.stall.refresh();
+      return;
+    }
+    const server = this.runtime.config.server.clientIdleTimeout;
+    const route = this.bodyTimeout ?? 0;
+    const ms = server === 0 ? route : route === 0 ? server : Math.min(server, route);
+    if (ms > 0) this.stall = setTimeout(stallTimer, ms, this);
+  }
+
+  /** The idle watch fired: progress re-arms it (refresh), silence from the client ends the exchange. */
+  onStall(): void {
+    if (this.finished) return;
+    let reading: boolean;
+    if (this.waitingDrain) {
+      reading = true;
+    } else if (this.hasBody && !this.req.complete && !this.req.destroyed) {
+      // Paused by undici: the upstream is not taking the body, which is not the client's silence.
+      if (this.req.isPaused()) {
+        this.stall?.refresh();
+        return;
+      }
+      reading = false;
+    } else {
+      return;
+    }
+    const err = new ClientTimeoutError(reading);
+    this.handler.logger.info(
+      { requestId: this.requestId, route: this.route?.name, code: err.code, client: this.clientIp },
+      reading ? 'client stopped reading the response' : 'client stopped sending the request body',
+    );
+    const abort = this.abortUpstream;
+    if (abort !== undefined) abort(err);
+    else if (!this.responseStarted) this.fail(err);
+    if (this.responseStarted || reading) {
+      this.errorCode = err.code;
+      this.res.destroy();
+    }
   }
 
   fail(err: GatehouseError): void {
@@ -636,6 +704,7 @@ class Exchange {
     this.finished = true;
     const res = this.res;
     res[kExchange] = undefined;
+    if (this.stall !== undefined) clearTimeout(this.stall);
     if (!res.writableFinished && this.errorCode === undefined) {
       this.errorCode = 'GH_CLIENT_CLOSED';
       this.status = 499;
@@ -643,6 +712,9 @@ class Exchange {
       this.status = 499;
     }
     if (this.abortUpstream !== undefined) this.abortUpstream(new ClientClosedError());
+    // A stream the client cancelled before any answer: counted against the connection (rapid reset).
+    if (this.h2session !== undefined && !res.headersSent)
+      noteClientReset(this.h2session, this.runtime.config, this.handler.logger);
     const durationMs = performance.now() - this.t0;
     noRouteState ??= makeRouteState(NO_ROUTE, undefined);
     const rs = this.rs ?? noRouteState;

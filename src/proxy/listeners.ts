@@ -29,6 +29,15 @@ type AnyServer = http.Server | https.Server | http2.Http2SecureServer;
  */
 const CLIENT_HIGH_WATER_MARK = 128 * 1024;
 
+/**
+ * How often Node checks `headersTimeout` (its default, 30 s, lets a slowloris client hold a connection
+ * up to 30 s past the timeout): a quarter of the timeout, at most 1 s. The check walks only connections
+ * with a request in progress, not idle keep-alive ones. Fixed when the listener opens.
+ */
+export function checkingInterval(headersTimeout: number): number {
+  return Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4)));
+}
+
 interface ListenerEntry {
   readonly key: string;
   readonly config: ListenerConfig;
@@ -74,6 +83,10 @@ function onClientError(err: NodeJS.ErrnoException, socket: Socket | import('node
 }
 
 function ignore(): void {}
+
+function closeIdleSession(this: http2.Http2Session): void {
+  if (!this.closed && !this.destroyed) this.close();
+}
 
 /** The set of client-facing listeners of one gateway process. */
 export class ListenerSet {
@@ -161,6 +174,7 @@ export class ListenerSet {
         maxHeaderSize: s.maxHeaderSize,
         requestTimeout: 0,
         headersTimeout: s.headersTimeout,
+        connectionsCheckingInterval: checkingInterval(s.headersTimeout),
         keepAliveTimeout: s.keepAliveTimeout,
         insecureHTTPParser: false,
         noDelay: true,
@@ -184,6 +198,8 @@ export class ListenerSet {
             cb(err as Error);
           }
         },
+        // A handshake that never completes holds a socket (Node's default allows 120 s).
+        handshakeTimeout: s.tlsHandshakeTimeout,
         requestCert: l.tls.clientCertificate !== undefined,
         // `mode: request` lets an untrusted client certificate through the handshake on purpose: the
         // access stage then refuses it (certificate-invalid, 401) instead of failing the connection.
@@ -194,10 +210,18 @@ export class ListenerSet {
           ...tlsOptions,
           allowHTTP1: true,
           maxHeaderListPairs: s.maxHeadersCount + 8,
-          settings: { maxHeaderListSize: s.maxHeaderSize },
+          // Streams beyond the advertised limit are refused (REFUSED_STREAM); a client that keeps
+          // opening them anyway, or sends invalid frames, loses the connection (Node's own counters).
+          maxSessionRejectedStreams: 100,
+          maxSessionInvalidFrames: 100,
+          settings: {
+            maxHeaderListSize: s.maxHeaderSize,
+            maxConcurrentStreams: s.http2.maxConcurrentStreams,
+          },
         });
         // HTTP/1.1 connections on this server use these like an http.Server.
         Object.assign(h2, {
+          connectionsCheckingInterval: checkingInterval(s.headersTimeout),
           headersTimeout: s.headersTimeout,
           requestTimeout: 0,
           keepAliveTimeout: s.keepAliveTimeout,
@@ -211,6 +235,7 @@ export class ListenerSet {
           maxHeaderSize: s.maxHeaderSize,
           requestTimeout: 0,
           headersTimeout: s.headersTimeout,
+          connectionsCheckingInterval: checkingInterval(s.headersTimeout),
           keepAliveTimeout: s.keepAliveTimeout,
           insecureHTTPParser: false,
           noDelay: true,
@@ -250,14 +275,21 @@ export class ListenerSet {
       });
     });
     if (l.tls !== undefined) {
-      server.on('tlsClientError', (err: Error) =>
-        logger.debug({ err, listener: l.name }, 'TLS handshake failed'),
-      );
+      server.on('tlsClientError', (err: Error, socket: Socket) => {
+        logger.debug({ err, listener: l.name }, 'TLS handshake failed');
+        // The HTTP/2 server hands handshake errors to 'clientError' too, whose HTTP answer would wait
+        // for a handshake that never completes (ERR_TLS_HANDSHAKE_TIMEOUT): close the socket here.
+        socket.destroy();
+      });
     }
     if (isH2) {
       server.on('session', (session: http2.Http2Session) => {
         entry.sessions.add(session);
         session.on('error', ignore);
+        // An HTTP/2 connection idle (no frame either way) for keepAliveTimeout is closed gracefully
+        // (GOAWAY; open streams finish), as an idle HTTP/1.1 keep-alive connection is.
+        const keepAlive = this.#getRuntime().config.server.keepAliveTimeout;
+        if (keepAlive > 0) session.setTimeout(keepAlive, closeIdleSession);
         session.once('close', () => entry.sessions.delete(session));
         if (entry.closing) session.close();
       });
