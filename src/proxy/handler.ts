@@ -16,7 +16,7 @@
  * One `Exchange` object per request is also the undici dispatch handler, so forwarding allocates no
  * per-request closures.
  */
-import type { Http2ServerRequest, Http2Session } from 'node:http2';
+import { type Http2ServerRequest, type Http2Session, constants as h2constants } from 'node:http2';
 import type { BlockList } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
@@ -64,7 +64,7 @@ import {
   isTrusted,
   requestIdFrom,
 } from './headers.js';
-import { noteClientReset } from './http2.js';
+import { noteClientReset, streamClosed, streamOpened } from './http2.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 import { type Tunnel, tunnelWebSocket } from './websocket.js';
 
@@ -290,7 +290,7 @@ class Exchange {
   /** A response write is waiting for 'drain' (the client is not reading). */
   waitingDrain = false;
   /** The HTTP/2 connection of the stream (a closed stream forgets it), for reset accounting. */
-  readonly h2session: Http2Session | undefined;
+  readonly h2session: Http2Session | undefined = undefined;
 
   constructor(
     handler: ProxyHandler,
@@ -310,8 +310,10 @@ class Exchange {
     const trusted = trustedOf(runtime.config);
     this.peerTrusted = isTrusted(trusted, this.peerIp);
     this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
-    this.h2session =
-      req.httpVersionMajor === 2 ? (req as unknown as Http2ServerRequest).stream.session : undefined;
+    if (req.httpVersionMajor === 2) {
+      this.h2session = (req as unknown as Http2ServerRequest).stream.session;
+      if (this.h2session !== undefined) streamOpened(this.h2session);
+    }
   }
 
   start(): void {
@@ -696,6 +698,10 @@ class Exchange {
     // After the access stage the answer still carries its headers (a refreshed or cleared session
     // cookie, CORS), so a 502/503/504 neither loses a session update nor looks like a CORS failure.
     sendError(this.req, this.res, err, this.requestId, close, this.access?.responseHeaders);
+    // HTTP/2 has no Connection: close; RST_STREAM NO_ERROR after the answer tells the client to stop
+    // sending the body (RFC 9113 §8.1), and frees the stream instead of waiting for its END_STREAM.
+    if (close && this.h2session !== undefined)
+      (this.req as unknown as Http2ServerRequest).stream.close(h2constants.NGHTTP2_NO_ERROR);
   }
 
   /** Runs once when the client response closes (finished or aborted): log and metrics. */
@@ -705,16 +711,20 @@ class Exchange {
     const res = this.res;
     res[kExchange] = undefined;
     if (this.stall !== undefined) clearTimeout(this.stall);
-    if (!res.writableFinished && this.errorCode === undefined) {
+    // An HTTP/2 stream reset by the client reads as writableFinished; a response never begun is a 499 too.
+    const aborted = !res.writableFinished || this.status === 0;
+    if (aborted && this.errorCode === undefined) {
       this.errorCode = 'GH_CLIENT_CLOSED';
       this.status = 499;
-    } else if (!res.writableFinished && this.status === 0) {
+    } else if (aborted && this.status === 0) {
       this.status = 499;
     }
     if (this.abortUpstream !== undefined) this.abortUpstream(new ClientClosedError());
-    // A stream the client cancelled before any answer: counted against the connection (rapid reset).
-    if (this.h2session !== undefined && !res.headersSent)
-      noteClientReset(this.h2session, this.runtime.config, this.handler.logger);
+    if (this.h2session !== undefined) {
+      streamClosed(this.h2session);
+      // A stream the client cancelled before any answer counts against its connection (rapid reset).
+      if (!res.headersSent) noteClientReset(this.h2session, this.runtime.config, this.handler.logger);
+    }
     const durationMs = performance.now() - this.t0;
     noRouteState ??= makeRouteState(NO_ROUTE, undefined);
     const rs = this.rs ?? noRouteState;

@@ -11,12 +11,61 @@ import type { Logger } from '../observe/log.js';
 
 const kResets = Symbol('gatehouse.h2resets');
 
-interface ResetWindow {
+interface SessionCounts {
+  /** Streams with an exchange in progress. */
+  open: number;
+  /** Start of the current reset window (performance.now()). */
   start: number;
-  count: number;
+  /** Client resets in the current window. */
+  resets: number;
+  /** The silence after which the connection is closed. */
+  idleMs: number;
 }
 
-type CountedSession = Http2Session & { [kResets]?: ResetWindow };
+type CountedSession = Http2Session & { [kResets]?: SessionCounts };
+
+function countsOf(s: CountedSession): SessionCounts {
+  let c = s[kResets];
+  if (c === undefined) {
+    c = { open: 0, start: 0, resets: 0, idleMs: 0 };
+    s[kResets] = c;
+  }
+  return c;
+}
+
+/** Counts a stream whose exchange started on this connection. */
+export function streamOpened(session: Http2Session): void {
+  countsOf(session).open++;
+}
+
+/** Counts a stream whose exchange ended. */
+export function streamClosed(session: Http2Session): void {
+  countsOf(session).open--;
+}
+
+/**
+ * Closes HTTP/2 connections that stay silent (no frame either way) for `ms`, as an idle HTTP/1.1
+ * keep-alive connection is closed: first GOAWAY, so that streams in progress may finish; then, once no
+ * exchange is in progress, the connection itself, which also ends a header block that never completes
+ * (HEADERS without END_HEADERS holds the whole connection, RFC 9113 §6.10).
+ */
+export function watchIdleSession(session: Http2Session, ms: number): void {
+  countsOf(session).idleMs = ms;
+  session.setTimeout(ms, closeIdleSession);
+}
+
+function closeIdleSession(this: Http2Session): void {
+  if (this.destroyed || this.closed) return;
+  this.close();
+  setTimeout(destroyWhenIdle, countsOf(this).idleMs, this).unref();
+}
+
+function destroyWhenIdle(session: Http2Session): void {
+  if (session.destroyed) return;
+  const c = countsOf(session);
+  if (c.open <= 0) session.destroy();
+  else setTimeout(destroyWhenIdle, c.idleMs, session).unref();
+}
 
 /**
  * Counts one stream the client cancelled before its response started; past `server.http2.maxResets`
@@ -27,16 +76,17 @@ export function noteClientReset(session: Http2Session, config: Config, logger: L
   if (s.destroyed) return false;
   const limits = config.server.http2;
   const now = performance.now();
-  let w = s[kResets];
-  if (w === undefined || now - w.start >= limits.resetWindow) {
-    w = { start: now, count: 0 };
-    s[kResets] = w;
+  const c = countsOf(s);
+  if (c.resets === 0 || now - c.start >= limits.resetWindow) {
+    c.start = now;
+    c.resets = 0;
   }
-  if (++w.count <= limits.maxResets) return false;
+  if (++c.resets <= limits.maxResets) return false;
   logger.warn(
-    { client: s.socket?.remoteAddress, resets: w.count, code: 'GH_HTTP2_RESET_FLOOD' },
+    { client: s.socket?.remoteAddress, resets: c.resets, code: 'GH_HTTP2_RESET_FLOOD' },
     'HTTP/2 client cancelled too many streams; closing the connection (ENHANCE_YOUR_CALM)',
   );
-  s.destroy(undefined, constants.NGHTTP2_ENHANCE_YOUR_CALM);
+  // An error is needed for the code to reach the GOAWAY (undefined would default to NO_ERROR).
+  s.destroy(new Error('too many stream resets'), constants.NGHTTP2_ENHANCE_YOUR_CALM);
   return true;
 }

@@ -12,14 +12,16 @@ import * as http2 from 'node:http2';
 import * as https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
-import { type ListenerConfig, parseBind } from '../config/schema.js';
+import { type Config, type ListenerConfig, parseBind } from '../config/schema.js';
 import type { AccessEntry, Logger } from '../observe/log.js';
 import { activeConnections } from '../observe/metrics.js';
 import type { ListenerTlsRuntime, Runtime } from '../runtime.js';
 import { ProxyHandler } from './handler.js';
+import { watchIdleSession } from './http2.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 
 type AnyServer = http.Server | https.Server | http2.Http2SecureServer;
+type ServerConfig = Config['server'];
 
 /**
  * Buffer limit of client connections (HTTP/1.x listeners), which is also what a slow client can hold in
@@ -84,8 +86,9 @@ function onClientError(err: NodeJS.ErrnoException, socket: Socket | import('node
 
 function ignore(): void {}
 
-function closeIdleSession(this: http2.Http2Session): void {
-  if (!this.closed && !this.destroyed) this.close();
+/** The SETTINGS an HTTP/2 listener advertises. */
+function http2Settings(s: ServerConfig): http2.Settings {
+  return { maxHeaderListSize: s.maxHeaderSize, maxConcurrentStreams: s.http2.maxConcurrentStreams };
 }
 
 /** The set of client-facing listeners of one gateway process. */
@@ -214,10 +217,7 @@ export class ListenerSet {
           // opening them anyway, or sends invalid frames, loses the connection (Node's own counters).
           maxSessionRejectedStreams: 100,
           maxSessionInvalidFrames: 100,
-          settings: {
-            maxHeaderListSize: s.maxHeaderSize,
-            maxConcurrentStreams: s.http2.maxConcurrentStreams,
-          },
+          settings: http2Settings(s),
         });
         // HTTP/1.1 connections on this server use these like an http.Server.
         Object.assign(h2, {
@@ -286,10 +286,8 @@ export class ListenerSet {
       server.on('session', (session: http2.Http2Session) => {
         entry.sessions.add(session);
         session.on('error', ignore);
-        // An HTTP/2 connection idle (no frame either way) for keepAliveTimeout is closed gracefully
-        // (GOAWAY; open streams finish), as an idle HTTP/1.1 keep-alive connection is.
         const keepAlive = this.#getRuntime().config.server.keepAliveTimeout;
-        if (keepAlive > 0) session.setTimeout(keepAlive, closeIdleSession);
+        if (keepAlive > 0) watchIdleSession(session, keepAlive);
         session.once('close', () => entry.sessions.delete(session));
         if (entry.closing) session.close();
       });
@@ -310,6 +308,8 @@ export class ListenerSet {
       keepAliveTimeout: s.keepAliveTimeout,
       maxHeadersCount: s.maxHeadersCount,
     });
+    // New HTTP/2 connections get the reloaded limits; open ones keep what they were told.
+    if (entry.config.tls.http2) (entry.server as http2.Http2SecureServer).updateSettings(http2Settings(s));
   }
 
   #listen(entry: ListenerEntry): Promise<void> {
