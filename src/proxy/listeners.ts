@@ -47,7 +47,29 @@ interface ListenerEntry {
   readonly server: AnyServer;
   readonly sockets: Set<Socket>;
   readonly sessions: Set<http2.Http2Session>;
+  readonly gauge: { inc(): void; dec(): void };
   closing: boolean;
+}
+
+const kEntry = Symbol('gatehouse.listenerEntry');
+type TrackedServer = AnyServer & { [kEntry]?: ListenerEntry };
+
+/**
+ * Tracks a client connection with shared listeners (no closure per socket): an idle keep-alive
+ * connection is mostly Node's own state, and 10,000 of them should cost little more than that.
+ */
+function onConnection(this: TrackedServer, socket: Socket): void {
+  const entry = this[kEntry]!;
+  entry.sockets.add(socket);
+  entry.gauge.inc();
+  socket.on('close', onSocketClose);
+}
+
+function onSocketClose(this: Socket & { server?: TrackedServer }): void {
+  const entry = this.server?.[kEntry];
+  if (entry === undefined) return;
+  entry.sockets.delete(this);
+  entry.gauge.dec();
 }
 
 /** Options of the listener set. */
@@ -252,11 +274,11 @@ export class ListenerSet {
       server,
       sockets: new Set(),
       sessions: new Set(),
+      gauge: activeConnections.series(l.name),
       closing: false,
     };
     const handler = this.#handler;
     const logger = this.#logger;
-    const gauge = activeConnections.series(l.name);
     server.on('request', (req: ProxyRequest, res: ProxyResponse) => {
       // While draining, HTTP/1.1 connections close after their current response.
       if (entry.closing && req.httpVersionMajor === 1) res.shouldKeepAlive = false;
@@ -266,14 +288,8 @@ export class ListenerSet {
       handler.handleUpgrade(req, socket, head, info);
     });
     server.on('clientError', onClientError);
-    server.on('connection', (socket: Socket) => {
-      entry.sockets.add(socket);
-      gauge.inc();
-      socket.once('close', () => {
-        entry.sockets.delete(socket);
-        gauge.dec();
-      });
-    });
+    (server as TrackedServer)[kEntry] = entry;
+    server.on('connection', onConnection);
     if (l.tls !== undefined) {
       server.on('tlsClientError', (err: Error, socket: Socket) => {
         logger.debug({ err, listener: l.name }, 'TLS handshake failed');
