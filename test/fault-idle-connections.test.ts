@@ -98,7 +98,9 @@ test('10,000 idle keep-alive connections are held while normal requests are answ
   const limit = fdLimit();
   // The test process and the gateway each hold one descriptor per connection, plus their own.
   if (limit < CONNECTIONS + 500) {
-    t.skip(`needs ulimit -n of at least ${CONNECTIONS + 500} (it is ${limit}); raise the hard limit to run this test`);
+    t.skip(
+      `needs ulimit -n of at least ${CONNECTIONS + 500} (it is ${limit}); raise the hard limit to run this test`,
+    );
     return;
   }
   const d = tempDir();
