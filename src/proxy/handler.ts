@@ -10,7 +10,9 @@
  *   pick upstream                     503 GH_NO_SERVER
  *   retry loop: acquire lease         503 GH_NO_SERVER / GH_QUEUE_TIMEOUT / GH_QUEUE_FULL
  *               forward (undici)      502 GH_UPSTREAM_* / 504 GH_UPSTREAM_TIMEOUT, retried when allowed
- *   stream the response back          client gone: 499 in the access log only
+ *               request body stalls   408 GH_CLIENT_TIMEOUT (client idle watch), upstream aborted
+ *   stream the response back          client gone: 499 in the access log only; client not reading past
+ *                                     its idle timeout: both sides aborted (GH_CLIENT_TIMEOUT)
  *   access log + metrics              once, when the client response closes
  *
  * One `Exchange` object per request is also the undici dispatch handler, so forwarding allocates no
