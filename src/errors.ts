@@ -78,6 +78,20 @@ export class UpstreamTimeoutError extends GatehouseError {
   }
 }
 
+/**
+ * The client stopped sending its request body, or stopped reading the response, for longer than the
+ * idle timeout (408 before the response started; the exchange is aborted after).
+ */
+export class ClientTimeoutError extends GatehouseError {
+  constructor(reading: boolean) {
+    super(
+      'GH_CLIENT_TIMEOUT',
+      408,
+      reading ? 'the client stopped reading the response' : 'the client stopped sending the request body',
+    );
+  }
+}
+
 /** The client went away before the response was complete (499, logged only). */
 export class ClientClosedError extends GatehouseError {
   constructor() {

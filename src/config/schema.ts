@@ -137,6 +137,24 @@ const Listener = z.strictObject({
 // ---------------------------------------------------------------------------------------------
 // Server-wide limits and trust
 
+const HTTP2_DEFAULTS = { maxConcurrentStreams: 100, maxResets: 100, resetWindow: 10_000 };
+
+// Rapid reset (CVE-2023-44487): nginx advertises 128 streams, HAProxy 100; a client that keeps opening
+// and cancelling streams is sent GOAWAY ENHANCE_YOUR_CALM.
+const Http2Limits = z
+  .strictObject({
+    maxConcurrentStreams: z.number().int().min(1).max(1000).default(100).meta({
+      description: 'SETTINGS_MAX_CONCURRENT_STREAMS advertised to HTTP/2 clients (streams per connection)',
+    }),
+    maxResets: z.number().int().min(1).default(100).meta({
+      description:
+        'Streams a client may cancel before their response started, per connection and resetWindow; beyond, GOAWAY ENHANCE_YOUR_CALM and close',
+    }),
+    resetWindow: Duration.default(10_000).meta({ description: 'The window maxResets counts in' }),
+  })
+  .default(HTTP2_DEFAULTS)
+  .meta({ description: 'HTTP/2 limits of HTTPS listeners' });
+
 const Server = z
   .strictObject({
     trustedProxies: z.array(Cidr).default([]).meta({
@@ -172,6 +190,14 @@ const Server = z
       description:
         'What ";" path parameters become. strip: each segment\'s parameters (from ";" to the end of the segment) are removed before dot-segments are resolved, as Tomcat, Jetty and Spring do ("/admin;x" is "/admin", "/x/..;/admin" is "/admin"), and routes, policies and the upstream all see the stripped path; an encoded %3B stays a literal character. reject: any ";" in the path is refused with 400 GH_BAD_PATH',
     }),
+    clientIdleTimeout: Duration.default(60_000).meta({
+      description:
+        "Longest client silence while the gateway waits for request body data, or for the client to read a response it holds back (408 before the response, abort after); a route's timeouts.idle applies when shorter",
+    }),
+    tlsHandshakeTimeout: Duration.default(10_000).meta({
+      description: 'Time a client has to complete the TLS handshake on HTTPS listeners',
+    }),
+    http2: Http2Limits,
   })
   .default({
     trustedProxies: [],
@@ -182,6 +208,9 @@ const Server = z
     drainTimeout: 30_000,
     workers: 1,
     pathParameters: 'strip',
+    clientIdleTimeout: 60_000,
+    tlsHandshakeTimeout: 10_000,
+    http2: HTTP2_DEFAULTS,
   });
 
 const Admin = z.strictObject({

@@ -14,7 +14,9 @@
  *   pick upstream                     503 GH_NO_SERVER
  *   retry loop: acquire lease         503 GH_NO_SERVER / GH_QUEUE_TIMEOUT / GH_QUEUE_FULL
  *               forward (undici)      502 GH_UPSTREAM_* / 504 GH_UPSTREAM_TIMEOUT, retried when allowed
- *   stream the response back          client gone: 499 in the access log only
+ *               request body stalls   408 GH_CLIENT_TIMEOUT (client idle watch), upstream aborted
+ *   stream the response back          client gone: 499 in the access log only; client not reading past
+ *                                     its idle timeout: both sides aborted (GH_CLIENT_TIMEOUT)
  *   body fails to parse (clientError) 400 GH_BAD_FRAMING when no response started, upstream aborted, closed
  *   access log + metrics              once, when the client response closes
  *
@@ -22,7 +24,7 @@
  * per-request closures.
  */
 import { ServerResponse } from 'node:http';
-import type { Http2ServerRequest } from 'node:http2';
+import { type Http2ServerRequest, type Http2Session, constants as h2constants } from 'node:http2';
 import type { BlockList, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
@@ -34,6 +36,7 @@ import type { CompiledRoute, RequestFacts } from '../core/types.js';
 import {
   BodyTooLargeError,
   ClientClosedError,
+  ClientTimeoutError,
   type GatehouseError,
   NoServerAvailableError,
   UpstreamConnectError,
@@ -80,6 +83,7 @@ import {
   isTrusted,
   requestIdFrom,
 } from './headers.js';
+import { noteClientReset, streamClosed, streamOpened } from './http2.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 import { type Tunnel, tunnelWebSocket } from './websocket.js';
 
@@ -221,7 +225,11 @@ function onResponseClose(this: TaggedResponse): void {
 }
 
 function onResponseDrain(this: TaggedResponse): void {
-  this[kExchange]?.resumeUpstream();
+  this[kExchange]?.onDrain();
+}
+
+function stallTimer(ex: Exchange): void {
+  ex.onStall();
 }
 
 function ignoreError(): void {}
@@ -310,6 +318,15 @@ class Exchange {
   originalHost = '';
   /** Status of a retryable 5xx being discarded. */
   retryStatus = 0;
+  /**
+   * Client idle watch (slowloris body, slow read): armed while the request body is forwarded and while
+   * the response waits for 'drain'; refreshed by progress either way. Only such requests allocate it.
+   */
+  stall: NodeJS.Timeout | undefined;
+  /** A response write is waiting for 'drain' (the client is not reading). */
+  waitingDrain = false;
+  /** The HTTP/2 connection of the stream (a closed stream forgets it), for reset accounting. */
+  readonly h2session: Http2Session | undefined = undefined;
 
   constructor(
     handler: ProxyHandler,
@@ -330,6 +347,10 @@ class Exchange {
     const trusted = trustedOf(runtime.config);
     this.peerTrusted = isTrusted(trusted, this.peerIp);
     this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
+    if (req.httpVersionMajor === 2) {
+      this.h2session = (req as unknown as Http2ServerRequest).stream.session;
+      if (this.h2session !== undefined) streamOpened(this.h2session);
+    }
   }
 
   start(): void {
@@ -573,10 +594,12 @@ class Exchange {
     this.abortUpstream = abort;
     this.sent = true;
     if (this.finished) abort(new ClientClosedError());
+    else if (this.hasBody && !this.req.complete) this.watchClient();
   }
 
   onBodySent(chunk: Buffer | string): void {
     this.bytesIn += chunk.length;
+    this.stall?.refresh();
     // Throwing here makes undici abort the attempt with this error.
     if (this.limit !== undefined && this.bytesIn > this.limit) throw new BodyTooLargeError(this.limit);
   }
@@ -637,6 +660,8 @@ class Exchange {
       this.drainHooked = true;
       res.on('drain', onResponseDrain);
     }
+    this.waitingDrain = true;
+    this.watchClient();
     return false;
   }
 
@@ -699,8 +724,55 @@ class Exchange {
     return this.res.destroyed || (this.hasBody && !req.complete && req.destroyed);
   }
 
-  resumeUpstream(): void {
+  onDrain(): void {
+    this.waitingDrain = false;
+    this.stall?.refresh();
     this.resumeFn?.();
+  }
+
+  /**
+   * Starts (or restarts) the client idle watch: the smaller of server.clientIdleTimeout and the route's
+   * idle timeout, as HAProxy's `timeout client` bounds client inactivity in either direction.
+   */
+  watchClient(): void {
+    if (this.stall !== undefined) {
+      this.stall.refresh();
+      return;
+    }
+    const server = this.runtime.config.server.clientIdleTimeout;
+    const route = this.bodyTimeout ?? 0;
+    const ms = server === 0 ? route : route === 0 ? server : Math.min(server, route);
+    if (ms > 0) this.stall = setTimeout(stallTimer, ms, this);
+  }
+
+  /** The idle watch fired: progress re-arms it (refresh), silence from the client ends the exchange. */
+  onStall(): void {
+    if (this.finished) return;
+    let reading: boolean;
+    if (this.waitingDrain) {
+      reading = true;
+    } else if (this.hasBody && !this.req.complete && !this.req.destroyed) {
+      // Paused by undici: the upstream is not taking the body, which is not the client's silence.
+      if (this.req.isPaused()) {
+        this.stall?.refresh();
+        return;
+      }
+      reading = false;
+    } else {
+      return;
+    }
+    const err = new ClientTimeoutError(reading);
+    this.handler.logger.info(
+      { requestId: this.requestId, route: this.route?.name, code: err.code, client: this.clientIp },
+      reading ? 'client stopped reading the response' : 'client stopped sending the request body',
+    );
+    const abort = this.abortUpstream;
+    if (abort !== undefined) abort(err);
+    else if (!this.responseStarted) this.fail(err);
+    if (this.responseStarted || reading) {
+      this.errorCode = err.code;
+      this.res.destroy();
+    }
   }
 
   fail(err: GatehouseError): void {
@@ -717,6 +789,10 @@ class Exchange {
     let extra = this.access?.responseHeaders;
     if (err instanceof MethodNotAllowedError) extra = (extra ?? []).concat('allow', err.allow);
     sendError(this.req, this.res, err, this.requestId, close, extra);
+    // HTTP/2 has no Connection: close; RST_STREAM NO_ERROR after the answer tells the client to stop
+    // sending the body (RFC 9113 §8.1), and frees the stream instead of waiting for its END_STREAM.
+    if (close && this.h2session !== undefined)
+      (this.req as unknown as Http2ServerRequest).stream.close(h2constants.NGHTTP2_NO_ERROR);
   }
 
   /**
@@ -744,13 +820,21 @@ class Exchange {
     this.finished = true;
     const res = this.res;
     res[kExchange] = undefined;
-    if (!res.writableFinished && this.errorCode === undefined) {
+    if (this.stall !== undefined) clearTimeout(this.stall);
+    // An HTTP/2 stream reset by the client reads as writableFinished; a response never begun is a 499 too.
+    const aborted = !res.writableFinished || this.status === 0;
+    if (aborted && this.errorCode === undefined) {
       this.errorCode = 'GH_CLIENT_CLOSED';
       this.status = 499;
-    } else if (!res.writableFinished && this.status === 0) {
+    } else if (aborted && this.status === 0) {
       this.status = 499;
     }
     if (this.abortUpstream !== undefined) this.abortUpstream(new ClientClosedError());
+    if (this.h2session !== undefined) {
+      streamClosed(this.h2session);
+      // A stream the client cancelled before any answer counts against its connection (rapid reset).
+      if (!res.headersSent) noteClientReset(this.h2session, this.runtime.config, this.handler.logger);
+    }
     const durationMs = performance.now() - this.t0;
     noRouteState ??= makeRouteState(NO_ROUTE, undefined);
     const rs = this.rs ?? noRouteState;

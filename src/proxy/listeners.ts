@@ -12,14 +12,16 @@ import * as http2 from 'node:http2';
 import * as https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
-import { type ListenerConfig, parseBind } from '../config/schema.js';
+import { type Config, type ListenerConfig, parseBind } from '../config/schema.js';
 import type { AccessEntry, Logger } from '../observe/log.js';
 import { activeConnections } from '../observe/metrics.js';
 import type { ListenerTlsRuntime, Runtime } from '../runtime.js';
 import { ProxyHandler } from './handler.js';
+import { watchIdleSession } from './http2.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 
 type AnyServer = http.Server | https.Server | http2.Http2SecureServer;
+type ServerConfig = Config['server'];
 
 /**
  * Buffer limit of client connections (HTTP/1.x listeners), which is also what a slow client can hold in
@@ -29,6 +31,15 @@ type AnyServer = http.Server | https.Server | http2.Http2SecureServer;
  */
 const CLIENT_HIGH_WATER_MARK = 128 * 1024;
 
+/**
+ * How often Node checks `headersTimeout` (its default, 30 s, lets a slowloris client hold a connection
+ * up to 30 s past the timeout): a quarter of the timeout, at most 1 s. The check walks only connections
+ * with a request in progress, not idle keep-alive ones. Fixed when the listener opens.
+ */
+export function checkingInterval(headersTimeout: number): number {
+  return Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4)));
+}
+
 interface ListenerEntry {
   readonly key: string;
   readonly config: ListenerConfig;
@@ -36,7 +47,29 @@ interface ListenerEntry {
   readonly server: AnyServer;
   readonly sockets: Set<Socket>;
   readonly sessions: Set<http2.Http2Session>;
+  readonly gauge: { inc(): void; dec(): void };
   closing: boolean;
+}
+
+const kEntry = Symbol('gatehouse.listenerEntry');
+type TrackedServer = AnyServer & { [kEntry]?: ListenerEntry };
+
+/**
+ * Tracks a client connection with shared listeners (no closure per socket): an idle keep-alive
+ * connection is mostly Node's own state, and 10,000 of them should cost little more than that.
+ */
+function onConnection(this: TrackedServer, socket: Socket): void {
+  const entry = this[kEntry]!;
+  entry.sockets.add(socket);
+  entry.gauge.inc();
+  socket.on('close', onSocketClose);
+}
+
+function onSocketClose(this: Socket & { server?: TrackedServer }): void {
+  const entry = this.server?.[kEntry];
+  if (entry === undefined) return;
+  entry.sockets.delete(this);
+  entry.gauge.dec();
 }
 
 /** Options of the listener set. */
@@ -87,6 +120,11 @@ function onClientError(
 }
 
 function ignore(): void {}
+
+/** The SETTINGS an HTTP/2 listener advertises. */
+function http2Settings(s: ServerConfig): http2.Settings {
+  return { maxHeaderListSize: s.maxHeaderSize, maxConcurrentStreams: s.http2.maxConcurrentStreams };
+}
 
 /** The set of client-facing listeners of one gateway process. */
 export class ListenerSet {
@@ -174,6 +212,7 @@ export class ListenerSet {
         maxHeaderSize: s.maxHeaderSize,
         requestTimeout: 0,
         headersTimeout: s.headersTimeout,
+        connectionsCheckingInterval: checkingInterval(s.headersTimeout),
         keepAliveTimeout: s.keepAliveTimeout,
         insecureHTTPParser: false,
         // The handler refuses a missing Host itself (framing.ts) and closes: Node's own 400 let a
@@ -200,6 +239,8 @@ export class ListenerSet {
             cb(err as Error);
           }
         },
+        // A handshake that never completes holds a socket (Node's default allows 120 s).
+        handshakeTimeout: s.tlsHandshakeTimeout,
         requestCert: l.tls.clientCertificate !== undefined,
         // `mode: request` lets an untrusted client certificate through the handshake on purpose: the
         // access stage then refuses it (certificate-invalid, 401) instead of failing the connection.
@@ -212,10 +253,15 @@ export class ListenerSet {
           // The four request pseudo-headers plus maxHeadersCount fields; beyond, the stream is refused
           // (RST_STREAM ENHANCE_YOUR_CALM), as it is for a header list over maxHeaderListSize.
           maxHeaderListPairs: s.maxHeadersCount + 4,
-          settings: { maxHeaderListSize: s.maxHeaderSize },
+          // Streams beyond the advertised limit are refused (REFUSED_STREAM); a client that keeps
+          // opening them anyway, or sends invalid frames, loses the connection (Node's own counters).
+          maxSessionRejectedStreams: 100,
+          maxSessionInvalidFrames: 100,
+          settings: http2Settings(s),
         });
         // HTTP/1.1 connections on this server use these like an http.Server.
         Object.assign(h2, {
+          connectionsCheckingInterval: checkingInterval(s.headersTimeout),
           headersTimeout: s.headersTimeout,
           requestTimeout: 0,
           keepAliveTimeout: s.keepAliveTimeout,
@@ -230,6 +276,7 @@ export class ListenerSet {
           maxHeaderSize: s.maxHeaderSize,
           requestTimeout: 0,
           headersTimeout: s.headersTimeout,
+          connectionsCheckingInterval: checkingInterval(s.headersTimeout),
           keepAliveTimeout: s.keepAliveTimeout,
           insecureHTTPParser: false,
           requireHostHeader: false,
@@ -249,11 +296,11 @@ export class ListenerSet {
       server,
       sockets: new Set(),
       sessions: new Set(),
+      gauge: activeConnections.series(l.name),
       closing: false,
     };
     const handler = this.#handler;
     const logger = this.#logger;
-    const gauge = activeConnections.series(l.name);
     const onRequest = (req: ProxyRequest, res: ProxyResponse, expectContinue: boolean): void => {
       // While draining, HTTP/1.1 connections close after their current response.
       if (entry.closing && req.httpVersionMajor === 1) res.shouldKeepAlive = false;
@@ -272,23 +319,22 @@ export class ListenerSet {
     server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) =>
       onClientError(handler, err, socket),
     );
-    server.on('connection', (socket: Socket) => {
-      entry.sockets.add(socket);
-      gauge.inc();
-      socket.once('close', () => {
-        entry.sockets.delete(socket);
-        gauge.dec();
-      });
-    });
+    (server as TrackedServer)[kEntry] = entry;
+    server.on('connection', onConnection);
     if (l.tls !== undefined) {
-      server.on('tlsClientError', (err: Error) =>
-        logger.debug({ err, listener: l.name }, 'TLS handshake failed'),
-      );
+      server.on('tlsClientError', (err: Error, socket: Socket) => {
+        logger.debug({ err, listener: l.name }, 'TLS handshake failed');
+        // The HTTP/2 server hands handshake errors to 'clientError' too, whose HTTP answer would wait
+        // for a handshake that never completes (ERR_TLS_HANDSHAKE_TIMEOUT): close the socket here.
+        socket.destroy();
+      });
     }
     if (isH2) {
       server.on('session', (session: http2.Http2Session) => {
         entry.sessions.add(session);
         session.on('error', ignore);
+        const keepAlive = this.#getRuntime().config.server.keepAliveTimeout;
+        if (keepAlive > 0) watchIdleSession(session, keepAlive);
         session.once('close', () => entry.sessions.delete(session));
         if (entry.closing) session.close();
       });
@@ -308,6 +354,8 @@ export class ListenerSet {
       headersTimeout: s.headersTimeout,
       keepAliveTimeout: s.keepAliveTimeout,
     });
+    // New HTTP/2 connections get the reloaded limits; open ones keep what they were told.
+    if (entry.config.tls.http2) (entry.server as http2.Http2SecureServer).updateSettings(http2Settings(s));
   }
 
   #listen(entry: ListenerEntry): Promise<void> {
