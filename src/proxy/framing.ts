@@ -50,7 +50,7 @@ export function closeAfter(req: ProxyRequest, res: ProxyResponse): void {
 }
 
 /** An HTTP/2 request (an HTTP/1 request line may claim HTTP/2.0 as well, without a stream). */
-function isHttp2(req: ProxyRequest): boolean {
+export function isHttp2(req: ProxyRequest): boolean {
   return req.httpVersionMajor === 2 && (req as unknown as Http2ServerRequest).stream !== undefined;
 }
 

@@ -67,6 +67,7 @@ import {
   checkNoBody,
   closeAfter,
   connectionClosing,
+  isHttp2,
   maxForwardsOf,
   setMaxForwards,
   stripCredentials,
@@ -347,7 +348,7 @@ class Exchange {
     const trusted = trustedOf(runtime.config);
     this.peerTrusted = isTrusted(trusted, this.peerIp);
     this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
-    if (req.httpVersionMajor === 2) {
+    if (isHttp2(req)) {
       this.h2session = (req as unknown as Http2ServerRequest).stream.session;
       if (this.h2session !== undefined) streamOpened(this.h2session);
     }
