@@ -1,0 +1,181 @@
+/**
+ * Reloads under load, with real processes: `gatehouse start` as a child, two real backends, and load
+ * on keep-alive and new connections with small, uploaded and streamed bodies, while the configuration
+ * is reloaded a hundred times by SIGHUP and by file changes. The reloads move routes between
+ * upstreams, add and remove servers, replace pools, add and remove a second listener, and some are
+ * rejected as invalid. Not one request may fail (a reload must lose nothing in flight); in
+ * single-process mode and, shorter, with `server.workers: 2`.
+ */
+import assert from 'node:assert/strict';
+import { renameSync } from 'node:fs';
+import { test } from 'node:test';
+import { fromPrimary, type LogLine, spawnGatehouse } from './helpers/cluster.js';
+import { tempDir, waitFor } from './helpers/gateway.js';
+import { Load, mixedTraffic, startTrafficBackend, type TrafficBackend } from './helpers/traffic.js';
+
+/** The valid variants the reloads cycle through: every path stays served by `a` or `b`. */
+function variant(i: number, a: TrafficBackend, b: TrafficBackend, workers: number): string {
+  const head = (extra: string): string => `listeners:
+  - { name: plain, bind: 127.0.0.1:0 }
+${extra}server: { workers: ${workers}, drainTimeout: 10s }
+admin: { bind: 127.0.0.1:0 }
+logging: { access: false }
+`;
+  switch (i % 6) {
+    case 0:
+      return `${head('')}upstreams:
+  app: { servers: [{ url: "${a.url}" }] }
+routes:
+  - { name: all, upstream: app, public: true }
+`;
+    case 1:
+      // A server added to the pool (a new pool replaces the old one, which drains).
+      return `${head('')}upstreams:
+  app: { servers: [{ url: "${a.url}" }, { url: "${b.url}" }], balance: round-robin }
+routes:
+  - { name: all, upstream: app, public: true }
+`;
+    case 2:
+      // Streams move to an upstream of their own; a second listener appears.
+      return `${head('  - { name: extra, bind: 127.0.0.1:0 }\n')}upstreams:
+  app: { servers: [{ url: "${b.url}" }] }
+  streams: { servers: [{ url: "${a.url}" }], timeouts: { response: 20s } }
+routes:
+  - { name: streams, match: { path: /stream }, upstream: streams, public: true }
+  - { name: all, upstream: app, public: true }
+`;
+    case 3:
+      // The upstream is renamed: the old pool is retired while requests may still run on it.
+      return `${head('')}upstreams:
+  main: { servers: [{ url: "${b.url}" }, { url: "${a.url}" }], balance: least-conn }
+routes:
+  - { name: all, upstream: main, public: true }
+`;
+    case 4:
+      return `${head('  - { name: extra, bind: 127.0.0.1:0 }\n')}upstreams:
+  main: { servers: [{ url: "${b.url}" }] }
+  uploads: { servers: [{ url: "${a.url}" }], retries: { attempts: 1 } }
+routes:
+  - { name: uploads, match: { path: /echo, methods: [POST] }, upstream: uploads, public: true }
+  - { name: all, upstream: main, public: true }
+`;
+    default:
+      return `${head('')}upstreams:
+  app: { servers: [{ url: "${a.url}", weight: 2 }, { url: "${b.url}" }], timeouts: { idle: 30s } }
+routes:
+  - { name: all, upstream: app, public: true }
+`;
+  }
+}
+
+/** Configurations that are refused: the running one must stay and keep serving. */
+function invalid(i: number, a: TrafficBackend, workers: number): string {
+  const valid = variant(0, a, a, workers);
+  switch (i % 3) {
+    case 0:
+      return `${valid}bogus: true\n`;
+    case 1:
+      return valid.replace('upstream: app', 'upstream: nowhere');
+    default:
+      return `${valid}routes: [\n`;
+  }
+}
+
+function isOutcome(cluster: boolean): (l: LogLine) => boolean {
+  return (l) =>
+    (!cluster || fromPrimary(l)) &&
+    (l.msg === 'configuration reloaded' ||
+      l.msg === 'configuration rejected; the running configuration stays in use');
+}
+
+async function reloadsUnderLoad(workers: number, reloads: number): Promise<void> {
+  const d = tempDir();
+  const a = await startTrafficBackend('a');
+  const b = await startTrafficBackend('b');
+  const file = d.write('gatehouse.yaml', variant(0, a, b, workers));
+  const gh = spawnGatehouse(file);
+  let load: Load | undefined;
+  try {
+    const started = await gh.waitForLog(
+      (l) => l.msg === 'gateway started' && (workers === 1 || fromPrimary(l)),
+      'the gateway to start',
+      { ms: 30_000 },
+    );
+    const address = (started.listeners as Array<{ address: string } | { name: string; address: string }>)[0]!
+      .address;
+    const port = Number(address.split(':').pop());
+    load = new Load(port, mixedTraffic({ backends: ['a', 'b'] }));
+    await waitFor(() => load!.ok >= 20, 20_000, 'the load to flow');
+
+    const outcome = isOutcome(workers > 1);
+    const count = (): { applied: number; rejected: number } => {
+      let applied = 0;
+      let rejected = 0;
+      for (const l of gh.lines) {
+        if (!outcome(l)) continue;
+        if (l.msg === 'configuration reloaded') applied++;
+        else rejected++;
+      }
+      return { applied, rejected };
+    };
+    const rewrite = (text: string): void => {
+      d.write('next.yaml.tmp', text);
+      renameSync(d.file('next.yaml.tmp'), file);
+    };
+    for (let step = 0; count().applied + count().rejected < reloads; step++) {
+      const from = gh.lines.length;
+      const okBefore = load.ok;
+      if (step % 7 === 6) {
+        // A broken file (noticed by the watcher), then SIGHUP: both are rejected.
+        rewrite(invalid(step, a, workers));
+      } else if (step % 3 === 0) {
+        // SIGHUP alone: the file did not change since the last reload.
+        process.kill(gh.child.pid!, 'SIGHUP');
+      } else if (step % 3 === 1) {
+        rewrite(variant(step, a, b, workers));
+      } else {
+        rewrite(variant(step, a, b, workers));
+        process.kill(gh.child.pid!, 'SIGHUP');
+      }
+      await gh.waitForLog((l) => outcome(l), `reload ${step}`, { from, ms: 20_000 });
+      // Traffic keeps flowing between reloads, so that each one meets requests in flight.
+      await waitFor(() => load!.ok > okBefore, 10_000, 'requests to complete after the reload');
+    }
+    const counted = count();
+    assert.ok(counted.rejected > 0, 'some reloads were rejected');
+    assert.ok(counted.applied > reloads / 2, JSON.stringify(counted));
+
+    // The last valid configuration (not a broken file) is in place before the load stops.
+    rewrite(variant(1, a, b, workers));
+    const from = gh.lines.length;
+    process.kill(gh.child.pid!, 'SIGHUP');
+    await gh.waitForLog((l) => outcome(l) && l.msg === 'configuration reloaded', 'the final reload', {
+      from,
+    });
+    const okBefore = load.ok;
+    await waitFor(() => load!.ok > okBefore + 20, 10_000, 'requests after the final reload');
+    await load.stop();
+    assert.deepEqual(load.failures(), {}, load.report());
+    for (const kind of Object.keys(load.tally)) assert.ok((load.tally[kind]?.ok ?? 0) > 0, load.report());
+    assert.ok(a.served > 0 && b.served > 0, 'both backends served');
+    assert.equal(gh.child.exitCode, null, 'the gateway is still running');
+  } finally {
+    await load?.stop();
+    await gh.kill();
+    await a.close();
+    await b.close();
+    d.remove();
+  }
+}
+
+test('100 reloads (SIGHUP, file changes, rejected configs) under concurrent load fail no request', {
+  timeout: 180_000,
+}, async () => {
+  await reloadsUnderLoad(1, 100);
+});
+
+test('30 reloads under concurrent load with server.workers: 2 fail no request', {
+  timeout: 180_000,
+}, async () => {
+  await reloadsUnderLoad(2, 30);
+});
