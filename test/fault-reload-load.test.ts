@@ -8,9 +8,15 @@
  */
 import assert from 'node:assert/strict';
 import { renameSync } from 'node:fs';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
+import { SignJWT } from 'jose';
+import WebSocket, { WebSocketServer } from 'ws';
+import { Gateway } from '../src/gateway.js';
 import { fromPrimary, type LogLine, spawnGatehouse } from './helpers/cluster.js';
-import { tempDir, waitFor } from './helpers/gateway.js';
+import { memoryLogger, tempDir, waitFor } from './helpers/gateway.js';
+import { makeKey } from './helpers/identity.js';
 import { Load, mixedTraffic, startTrafficBackend, type TrafficBackend } from './helpers/traffic.js';
 
 /** The valid variants the reloads cycle through: every path stays served by `a` or `b`. */
@@ -178,4 +184,152 @@ test('30 reloads under concurrent load with server.workers: 2 fail no request', 
   timeout: 180_000,
 }, async () => {
   await reloadsUnderLoad(2, 30);
+});
+
+/** A JWKS endpoint that holds every request until `release()`, so a token waits in the access stage. */
+async function startHeldJwks(
+  jwk: object,
+): Promise<{ url: string; asked: number; release(): void; close(): Promise<void> }> {
+  const waiting: ServerResponse[] = [];
+  let released = false;
+  const answer = (res: ServerResponse): void => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ keys: [jwk] }));
+  };
+  const state = { asked: 0 };
+  const server = createServer((_req: IncomingMessage, res: ServerResponse) => {
+    state.asked++;
+    if (released) answer(res);
+    else waiting.push(res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    get asked() {
+      return state.asked;
+    },
+    release() {
+      released = true;
+      for (const res of waiting.splice(0)) answer(res);
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/**
+ * A gateway (in this process) with a bearer-token route to upstream `app`, whose server a reload
+ * changes from backend `a` to backend `b`; tokens are verified with keys from a held JWKS.
+ */
+async function gatewayWithHeldKeys(t: import('node:test').TestContext, websocket: boolean) {
+  const key = await makeKey('k1', 'ES256');
+  const jwks = await startHeldJwks(key.publicJwk);
+  const a = await startEchoBackend('a');
+  const b = await startEchoBackend('b');
+  const d = tempDir();
+  const config = (backend: string): string => `listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+server: { drainTimeout: 10s }
+logging: { access: false }
+identity:
+  bearer: [{ issuer: "${jwks.url}", jwksUri: "${jwks.url}/jwks", audiences: [api], algorithms: [ES256] }]
+upstreams:
+  app: { servers: [{ url: "${backend}" }] }
+routes:
+  - { name: all, upstream: app, websocket: ${websocket}, policy: { allow: [{ authMethod: [bearer] }] } }
+`;
+  const file = d.write('gatehouse.yaml', config(a.url));
+  const gw = await Gateway.start({ configFile: file, logger: memoryLogger().logger, watch: false });
+  t.after(async () => {
+    jwks.release();
+    await gw.shutdown();
+    await a.close();
+    await b.close();
+    await jwks.close();
+    d.remove();
+  });
+  const token = await new SignJWT({ sub: 'agent:etl', aud: 'api' })
+    .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+    .setIssuer(jwks.url)
+    .setIssuedAt()
+    .setExpirationTime('1h')
+    .sign(key.privateKey);
+  return {
+    gw,
+    jwks,
+    token,
+    port: gw.address('plain')!.port,
+    /** Points `app` at backend `b` and reloads; the pool of `a` is retired. */
+    async moveToB(): Promise<void> {
+      d.write('gatehouse.yaml', config(b.url));
+      const result = await gw.reload();
+      assert.equal(result.ok, true, JSON.stringify(result));
+      // The retired pool's drain runs meanwhile (it used to close the pool after 100 ms).
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    },
+  };
+}
+
+/** An HTTP and WebSocket backend that answers with its name. */
+async function startEchoBackend(name: string): Promise<{ url: string; close(): Promise<void> }> {
+  const server = createServer((req, res) => {
+    req.resume();
+    res.end(JSON.stringify({ backend: name }));
+  });
+  const wss = new WebSocketServer({ server });
+  wss.on('connection', (ws) => ws.send(name));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    async close() {
+      for (const c of wss.clients) c.terminate();
+      wss.close();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+test('reload: a request still verifying its token when its upstream is replaced is answered by that upstream', {
+  timeout: 60_000,
+}, async (t) => {
+  const { jwks, token, port, moveToB } = await gatewayWithHeldKeys(t, false);
+  const pending = fetch(`http://127.0.0.1:${port}/data`, {
+    headers: { authorization: `Bearer ${token}` },
+    signal: AbortSignal.timeout(30_000),
+  });
+  await waitFor(() => jwks.asked === 1, 10_000, 'the token to wait for the keys');
+  await moveToB();
+  jwks.release();
+  const res = await pending;
+  // Admitted under the old configuration, it is served by the old configuration's server.
+  assert.equal(res.status, 200, await res.clone().text());
+  assert.deepEqual(await res.json(), { backend: 'a' });
+  // New requests go to the new one.
+  const next = await fetch(`http://127.0.0.1:${port}/data`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  assert.deepEqual(await next.json(), { backend: 'b' });
+});
+
+test('reload: a WebSocket handshake still verifying its token when its upstream is replaced is tunnelled', {
+  timeout: 60_000,
+}, async (t) => {
+  const { jwks, token, port, moveToB } = await gatewayWithHeldKeys(t, true);
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/live`, {
+    headers: { authorization: `Bearer ${token}` },
+    handshakeTimeout: 30_000,
+  });
+  t.after(() => ws.terminate());
+  const first = new Promise<string>((resolve, reject) => {
+    ws.once('message', (data) => resolve(data.toString()));
+    ws.once('error', reject);
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`status ${res.statusCode}`)));
+  });
+  await waitFor(() => jwks.asked === 1, 10_000, 'the handshake to wait for the keys');
+  await moveToB();
+  jwks.release();
+  assert.equal(await first, 'a');
 });

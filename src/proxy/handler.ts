@@ -303,6 +303,8 @@ class Exchange {
     res[kExchange] = this;
     res.on('close', onResponseClose);
     res.on('error', ignoreError);
+    // Until 'close' (finish), a reload keeps the upstreams of this runtime open.
+    this.runtime.inFlight.count++;
     this.requestId = requestIdFrom(req.headers['x-request-id']);
     try {
       const target = normalizePath(req.url ?? '', this.method);
@@ -634,6 +636,7 @@ class Exchange {
   finish(): void {
     if (this.finished) return;
     this.finished = true;
+    this.runtime.inFlight.count--;
     const res = this.res;
     res[kExchange] = undefined;
     if (!res.writableFinished && this.errorCode === undefined) {
