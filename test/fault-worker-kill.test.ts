@@ -11,6 +11,7 @@ import { test } from 'node:test';
 import {
   adminMetrics,
   adminStatus,
+  alive,
   fromPrimary,
   type LogLine,
   metricSum,
@@ -137,6 +138,61 @@ routes:
     assert.equal(metricSum(await adminMetrics(admin), 'gatehouse_worker_restarts_total'), KILLS);
   } finally {
     await load?.stop();
+    await gh.kill();
+    await backend.close();
+    d.remove();
+  }
+});
+
+test('the primary killed: the workers finish their requests in flight, then exit', {
+  timeout: 120_000,
+}, async () => {
+  const d = tempDir();
+  const backend = await startTrafficBackend('a');
+  const gh = spawnGatehouse(
+    d.write(
+      'gatehouse.yaml',
+      `listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+server: { workers: 2, drainTimeout: 20s }
+admin: { bind: 127.0.0.1:0 }
+logging: { access: false }
+upstreams:
+  app: { servers: [{ url: "${backend.url}" }] }
+routes:
+  - { name: all, upstream: app, public: true }
+`,
+    ),
+  );
+  try {
+    const { port, pids } = await startedCluster(gh);
+    const held = Array.from({ length: 20 }, (_, i) =>
+      exchange(port, false, { path: `/held?id=${i}` }, 60_000),
+    );
+    await waitFor(() => backend.held === 20, 30_000, 'the requests to be held by the backend');
+    const from = gh.lines.length;
+    process.kill(gh.child.pid!, 'SIGKILL');
+    // Every worker drains instead of dropping what it serves.
+    await waitFor(
+      () =>
+        gh.lines.slice(from).filter((l) => l.msg === 'shutting down' && l.worker !== undefined).length === 2,
+      20_000,
+      'both workers to start draining',
+    );
+    backend.release();
+    const results = await Promise.all(held);
+    assert.deepEqual(
+      results.map((r) => r.outcome),
+      Array(20).fill('ok'),
+      JSON.stringify(results.filter((r) => r.outcome !== 'ok')),
+    );
+    assert.deepEqual(
+      results.map((r) => r.answer?.body.toString('utf8')),
+      results.map((_, i) => `{"backend":"a","id":"${i}"}`),
+    );
+    await waitFor(() => pids.every((pid) => !alive(pid)), 20_000, 'the workers to exit');
+    const refused = await exchange(port, false, { path: '/ping' }, 10_000);
+    assert.equal(refused.outcome, 'error:ECONNREFUSED');
+  } finally {
     await gh.kill();
     await backend.close();
     d.remove();
