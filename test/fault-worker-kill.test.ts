@@ -21,7 +21,7 @@ import {
 import { tempDir, waitFor } from './helpers/gateway.js';
 import { exchange, Load, startTrafficBackend } from './helpers/traffic.js';
 
-const KILLS = 4;
+const KILLS = 3;
 /** A request not answered or closed by then is stranded (the default timeouts are much longer). */
 const DEADLINE_MS = 15_000;
 /** How a connection that a killed worker held ends on the client side. */
@@ -47,20 +47,17 @@ routes:
     ),
   );
   let load: Load | undefined;
+  const bursts: Load[] = [];
   try {
     const { port, admin } = await startedCluster(gh);
     const isBackend = (a: { body: Buffer }): boolean => a.body.toString('utf8') === '{"backend":"a"}';
+    // Steady traffic on new and keep-alive connections; a burst of new connections at each kill.
+    const ping = () => ({ path: '/ping', check: isBackend });
     load = new Load(
       port,
       [
-        {
-          kind: 'fresh',
-          lanes: 8,
-          fresh: true,
-          pauseMs: 10,
-          next: () => ({ path: '/ping', check: isBackend }),
-        },
-        { kind: 'keepalive', lanes: 2, pauseMs: 10, next: () => ({ path: '/ping', check: isBackend }) },
+        { kind: 'fresh', lanes: 2, fresh: true, pauseMs: 20, next: ping },
+        { kind: 'keepalive', lanes: 2, pauseMs: 20, next: ping },
       ],
       DEADLINE_MS,
     );
@@ -77,7 +74,11 @@ routes:
     for (let k = 0; k < KILLS; k++) {
       await waitFor(allServing, 60_000, 'both workers to serve');
       const progress = load.ok;
-      await waitFor(() => load!.ok >= progress + 30, 20_000, 'the load to flow on both workers');
+      await waitFor(() => load!.ok >= progress + 10, 20_000, 'the load to flow on both workers');
+      // New connections arrive as fast as they are served when the worker dies.
+      const burst = new Load(port, [{ kind: 'burst', lanes: 16, fresh: true, next: ping }], DEADLINE_MS);
+      bursts.push(burst);
+      await waitFor(() => burst.ok >= 16, 20_000, 'the burst to flow');
       const status = await adminStatus(admin);
       // Alternate the slots, so that each one is restarted with its own backoff.
       const victim = status.workers.find((w) => w.slot === k % 2)!;
@@ -92,6 +93,7 @@ routes:
         'the crash to be noticed',
         { from },
       );
+      await burst.stop();
     }
     await waitFor(allServing, 60_000, 'both workers to serve after the last restart');
     const progress = load.ok;
@@ -99,9 +101,11 @@ routes:
     await load.stop();
 
     // Nothing hung: every failure is a connection closed by a dying worker, none timed out.
-    const failures = load.failures();
-    assert.equal(failures.timeout, undefined, load.report());
-    for (const kind of Object.keys(failures)) assert.ok(CLOSED.has(kind), `${kind}: ${load.report()}`);
+    for (const l of [load, ...bursts]) {
+      const failures = l.failures();
+      assert.equal(failures.timeout, undefined, l.report());
+      for (const kind of Object.keys(failures)) assert.ok(CLOSED.has(kind), `${kind}: ${l.report()}`);
+    }
     assert.ok((load.tally.fresh?.ok ?? 0) > 0 && (load.tally.keepalive?.ok ?? 0) > 0, load.report());
 
     // The instance serves again: every new connection is answered, by both workers in time.
@@ -138,6 +142,7 @@ routes:
     assert.equal(metricSum(await adminMetrics(admin), 'gatehouse_worker_restarts_total'), KILLS);
   } finally {
     await load?.stop();
+    for (const burst of bursts) await burst.stop();
     await gh.kill();
     await backend.close();
     d.remove();
