@@ -15,14 +15,26 @@ import { SignJWT } from 'jose';
 import WebSocket, { WebSocketServer } from 'ws';
 import { Gateway } from '../src/gateway.js';
 import { fromPrimary, type LogLine, spawnGatehouse } from './helpers/cluster.js';
-import { memoryLogger, tempDir, waitFor } from './helpers/gateway.js';
+import { memoryLogger, selfSigned, tempDir, waitFor } from './helpers/gateway.js';
 import { makeKey } from './helpers/identity.js';
 import { Load, mixedTraffic, startTrafficBackend, type TrafficBackend } from './helpers/traffic.js';
 
-/** The valid variants the reloads cycle through: every path stays served by `a` or `b`. */
-function variant(i: number, a: TrafficBackend, b: TrafficBackend, workers: number): string {
+/** Two certificates for the HTTPS listener, in files next to the configuration. */
+interface Certs {
+  files: [{ cert: string; key: string }, { cert: string; key: string }];
+}
+
+/**
+ * The valid variants the reloads cycle through: every path stays served by `a` or `b`, and the HTTPS
+ * listener's certificate changes every other time.
+ */
+function variant(i: number, a: TrafficBackend, b: TrafficBackend, workers: number, certs: Certs): string {
+  const cert = certs.files[i % 2]!;
   const head = (extra: string): string => `listeners:
   - { name: plain, bind: 127.0.0.1:0 }
+  - name: secure
+    bind: 127.0.0.1:0
+    tls: { certificates: [{ cert: "file:${cert.cert}", key: "file:${cert.key}" }] }
 ${extra}server: { workers: ${workers}, drainTimeout: 10s }
 admin: { bind: 127.0.0.1:0 }
 logging: { access: false }
@@ -75,8 +87,8 @@ routes:
 }
 
 /** Configurations that are refused: the running one must stay and keep serving. */
-function invalid(i: number, a: TrafficBackend, workers: number): string {
-  const valid = variant(0, a, a, workers);
+function invalid(i: number, a: TrafficBackend, workers: number, certs: Certs): string {
+  const valid = variant(0, a, a, workers, certs);
   switch (i % 3) {
     case 0:
       return `${valid}bogus: true\n`;
@@ -98,7 +110,13 @@ async function reloadsUnderLoad(workers: number, reloads: number): Promise<void>
   const d = tempDir();
   const a = await startTrafficBackend('a');
   const b = await startTrafficBackend('b');
-  const file = d.write('gatehouse.yaml', variant(0, a, b, workers));
+  const certs: Certs = {
+    files: [0, 1].map((n) => {
+      const pair = selfSigned('localhost');
+      return { cert: d.write(`cert-${n}.pem`, pair.cert), key: d.write(`key-${n}.pem`, pair.key) };
+    }) as Certs['files'],
+  };
+  const file = d.write('gatehouse.yaml', variant(0, a, b, workers, certs));
   const gh = spawnGatehouse(file);
   let load: Load | undefined;
   try {
@@ -107,10 +125,15 @@ async function reloadsUnderLoad(workers: number, reloads: number): Promise<void>
       'the gateway to start',
       { ms: 30_000 },
     );
-    const address = (started.listeners as Array<{ address: string } | { name: string; address: string }>)[0]!
-      .address;
-    const port = Number(address.split(':').pop());
-    load = new Load(port, mixedTraffic({ backends: ['a', 'b'] }));
+    const listeners = started.listeners as Array<{ name: string; address: string }>;
+    const portOf = (name: string): number =>
+      Number(
+        listeners
+          .find((l) => l.name === name)
+          ?.address.split(':')
+          .pop(),
+      );
+    load = new Load(portOf('plain'), mixedTraffic({ backends: ['a', 'b'], tlsPort: portOf('secure') }));
     await waitFor(() => load!.ok >= 20, 20_000, 'the load to flow');
 
     const outcome = isOutcome(workers > 1);
@@ -133,14 +156,14 @@ async function reloadsUnderLoad(workers: number, reloads: number): Promise<void>
       const okBefore = load.ok;
       if (step % 7 === 6) {
         // A broken file (noticed by the watcher), then SIGHUP: both are rejected.
-        rewrite(invalid(step, a, workers));
+        rewrite(invalid(step, a, workers, certs));
       } else if (step % 3 === 0) {
         // SIGHUP alone: the file did not change since the last reload.
         process.kill(gh.child.pid!, 'SIGHUP');
       } else if (step % 3 === 1) {
-        rewrite(variant(step, a, b, workers));
+        rewrite(variant(step, a, b, workers, certs));
       } else {
-        rewrite(variant(step, a, b, workers));
+        rewrite(variant(step, a, b, workers, certs));
         process.kill(gh.child.pid!, 'SIGHUP');
       }
       await gh.waitForLog((l) => outcome(l), `reload ${step}`, { from, ms: 20_000 });
@@ -152,7 +175,7 @@ async function reloadsUnderLoad(workers: number, reloads: number): Promise<void>
     assert.ok(counted.applied > reloads / 2, JSON.stringify(counted));
 
     // The last valid configuration (not a broken file) is in place before the load stops.
-    rewrite(variant(1, a, b, workers));
+    rewrite(variant(1, a, b, workers, certs));
     const from = gh.lines.length;
     process.kill(gh.child.pid!, 'SIGHUP');
     await gh.waitForLog((l) => outcome(l) && l.msg === 'configuration reloaded', 'the final reload', {
@@ -332,4 +355,9 @@ test('reload: a WebSocket handshake still verifying its token when its upstream 
   await moveToB();
   jwks.release();
   assert.equal(await first, 'a');
+  // Closed here, so that the gateway's shutdown does not wait for the tunnel.
+  await new Promise((resolve) => {
+    ws.once('close', resolve);
+    ws.terminate();
+  });
 });

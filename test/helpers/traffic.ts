@@ -13,6 +13,7 @@ import {
   type Server,
   type ServerResponse,
 } from 'node:http';
+import { request as httpsRequest, Agent as TlsAgent } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 
 /** A node:http backend on 127.0.0.1:0 for the fault tests. */
@@ -155,14 +156,15 @@ export interface LaneRequest {
 
 /**
  * Sends one request and classifies its outcome. `agent: false` opens a new connection (closed after
- * the answer). Never rejects: a request that neither completes nor fails within `deadlineMs` is
- * destroyed and counted as `timeout`.
+ * the answer); `tls` speaks HTTPS (any certificate accepted). Never rejects: a request that neither
+ * completes nor fails within `deadlineMs` is destroyed and counted as `timeout`.
  */
 export function exchange(
   port: number,
   agent: Agent | false,
   spec: LaneRequest,
   deadlineMs: number,
+  tls = false,
 ): Promise<{ outcome: Outcome; answer?: Answer; detail?: string }> {
   return new Promise((resolve) => {
     let settled = false;
@@ -172,7 +174,8 @@ export function exchange(
       clearTimeout(timer);
       resolve({ outcome, answer, detail });
     };
-    const req = httpRequest(
+    const send = tls ? httpsRequest : httpRequest;
+    const req = send(
       {
         host: '127.0.0.1',
         port,
@@ -180,6 +183,7 @@ export function exchange(
         path: spec.path,
         agent,
         headers: agent === false ? { connection: 'close' } : {},
+        ...(tls ? { rejectUnauthorized: false, servername: 'localhost' } : {}),
       },
       (res) => {
         const chunks: Buffer[] = [];
@@ -234,6 +238,9 @@ export interface LaneSpec {
   fresh?: boolean;
   /** Pause between two requests of a lane (default none: the next one is sent at once). */
   pauseMs?: number;
+  /** Another port than the load's (e.g. a second listener), and whether it speaks HTTPS. */
+  port?: number;
+  tls?: boolean;
   next(): LaneRequest;
 }
 
@@ -256,7 +263,8 @@ export class Load {
     for (const spec of specs) {
       this.tally[spec.kind] = {};
       for (let i = 0; i < spec.lanes; i++) {
-        const agent = spec.fresh ? false : new Agent({ keepAlive: true, maxSockets: 1 });
+        const options = { keepAlive: true, maxSockets: 1, rejectUnauthorized: false };
+        const agent = spec.fresh ? false : spec.tls ? new TlsAgent(options) : new Agent(options);
         if (agent) this.#agents.push(agent);
         this.#loops.push(this.#run(spec, agent));
       }
@@ -265,7 +273,8 @@ export class Load {
 
   async #run(spec: LaneSpec, agent: Agent | false): Promise<void> {
     while (!this.#stopped) {
-      const { outcome, detail } = await exchange(this.port, agent, spec.next(), this.deadlineMs);
+      const port = spec.port ?? this.port;
+      const { outcome, detail } = await exchange(port, agent, spec.next(), this.deadlineMs, spec.tls);
       const counts = this.tally[spec.kind]!;
       counts[outcome] = (counts[outcome] ?? 0) + 1;
       if (outcome !== 'ok' && this.samples.filter((s) => s.outcome === outcome).length < 5)
@@ -307,8 +316,15 @@ export function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
-/** A lane mix of the four kinds: keep-alive GET, new-connection GET, streamed upload, streamed answer. */
-export function mixedTraffic(opts: { backends: readonly string[]; lanes?: number }): LaneSpec[] {
+/**
+ * A lane mix of four kinds: keep-alive GET, new-connection GET, streamed upload, streamed answer; with
+ * `tlsPort`, also keep-alive and new-connection GETs over HTTPS to that port.
+ */
+export function mixedTraffic(opts: {
+  backends: readonly string[];
+  lanes?: number;
+  tlsPort?: number;
+}): LaneSpec[] {
   const lanes = opts.lanes ?? 2;
   const names = new Set(opts.backends);
   const upload = Buffer.alloc(48 * 1024);
@@ -321,7 +337,28 @@ export function mixedTraffic(opts: { backends: readonly string[]; lanes?: number
       return false;
     }
   };
+  const tls: LaneSpec[] =
+    opts.tlsPort === undefined
+      ? []
+      : [
+          {
+            kind: 'tls-keepalive',
+            lanes: 1,
+            port: opts.tlsPort,
+            tls: true,
+            next: () => ({ path: '/ping', check: fromBackend }),
+          },
+          {
+            kind: 'tls-fresh',
+            lanes: 1,
+            port: opts.tlsPort,
+            tls: true,
+            fresh: true,
+            next: () => ({ path: '/ping', check: fromBackend }),
+          },
+        ];
   return [
+    ...tls,
     { kind: 'keepalive', lanes, next: () => ({ path: '/ping', check: fromBackend }) },
     { kind: 'fresh', lanes, fresh: true, next: () => ({ path: '/ping', check: fromBackend }) },
     {
