@@ -114,6 +114,11 @@ export async function runWorker(configFile: string): Promise<never> {
   process.on('SIGTERM', drain);
   process.on('SIGINT', drain);
   // Without the primary no new connection can reach this worker; finish what is in flight and leave.
+  // Node's cluster worker exits at once on a disconnect it did not ask for, dropping every request in
+  // flight, unless `exitedAfterDisconnect` is set (documented on `worker.process`): set it first.
+  process.prependOnceListener('disconnect', () => {
+    if (cluster.worker) cluster.worker.exitedAfterDisconnect = true;
+  });
   process.on('disconnect', drain);
 
   // Start with the configuration the primary validated and runs, not with whatever the file holds now.

@@ -1,6 +1,7 @@
 /**
  * Multi-process mode (`server.workers` > 1): a primary process forks the workers, which run the data
- * plane and share the listening sockets (node:cluster), and owns what must exist once: the admin
+ * plane and share the listening sockets (node:cluster; each worker accepts its connections itself, the
+ * primary never touches a client connection), and owns what must exist once: the admin
  * listener (metrics aggregated across workers), file watching and SIGHUP (it validates a config before
  * any worker sees it), SIGTERM/SIGINT (every worker drains, then the primary exits), and restarting a
  * worker that crashed, with backoff. Workers load the config and include texts the primary validated
@@ -199,6 +200,12 @@ export class ClusterPrimary {
     const started = new Promise<void>((resolve, reject) => {
       primary.#startup = { resolve, reject };
     });
+    // The workers accept connections themselves from the shared listening socket. With Node's default
+    // round-robin on Linux this process accepts and hands each connection to a worker, and one handed to
+    // a worker that dies before taking it is neither served nor closed (lib/internal/cluster/
+    // round_robin_handle.js); in the shared accept queue, a connection waits for a live worker instead.
+    // Set before the first fork, which freezes the policy.
+    cluster.schedulingPolicy = cluster.SCHED_NONE;
     // The workers carry the load: they run with the gateway's flags even when this process did not.
     cluster.setupPrimary({ execArgv: withProcessFlags(process.execArgv) });
     for (const slot of primary.#slots) primary.#fork(slot);

@@ -98,6 +98,8 @@ export class Gateway {
   #sources: Readonly<Record<string, string>> | undefined;
   #closing: Promise<void> | undefined;
   readonly #retiring = new Set<Promise<void>>();
+  /** Replaced runtimes that requests may still be running on (pruned when their count reaches 0). */
+  readonly #older = new Set<Runtime>();
   readonly #retireAbort = new AbortController();
   readonly #signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
   #assertionSync: NodeJS.Timeout | undefined;
@@ -274,12 +276,16 @@ export class Gateway {
     this.#watcher?.watch(built.runtime.watchedFiles);
     configGeneration.set(built.runtime.generation);
     reloadsTotal.inc({ result: 'success' });
-    // Requests still running on a retired upstream keep it open until they finished.
+    // No request starts on a replaced runtime again: one whose count is 0 is done for good.
+    this.#older.add(previous);
+    for (const rt of this.#older) if (rt.inFlight.count === 0) this.#older.delete(rt);
+    // Requests still running on a retired upstream, or that may still pick it, keep it open.
     const retiring = retireUpstreams(
       built.retired,
       built.runtime.config.server.drainTimeout,
       this.#logger,
       this.#retireAbort.signal,
+      [...this.#older],
     ).finally(() => this.#retiring.delete(retiring));
     this.#retiring.add(retiring);
     if (built.retiredStore !== undefined) {

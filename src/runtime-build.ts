@@ -116,6 +116,7 @@ export async function buildRuntime(
     upstreams,
     tls,
     watchedFiles: loaded.files,
+    inFlight: { count: 0 },
   };
   return {
     runtime,
@@ -203,21 +204,23 @@ function idle(u: Upstream): boolean {
 }
 
 /**
- * Closes upstreams that a reload retired, once no request is queued or in flight on them (bounded by
- * `maxWaitMs`). A request that started on the previous runtime may still acquire a lease shortly after
- * the swap, so the pool is not closed under it.
+ * Closes upstreams that a reload retired once no request is queued or in flight on them and no
+ * request of an older runtime that lists one of them is still running (`holders`): such a request may
+ * not have picked its server yet (it waits for a token's keys, a session, a retry's backoff), and must
+ * find its pool open. Bounded by `maxWaitMs`; `signal` ends the wait at shutdown.
  */
 export async function retireUpstreams(
   upstreams: readonly Upstream[],
   maxWaitMs: number,
   logger: Logger,
   signal?: AbortSignal,
+  holders: readonly Runtime[] = [],
 ): Promise<void> {
   if (upstreams.length === 0) return;
   const deadline = Date.now() + maxWaitMs;
-  // One quiet interval first: requests that captured the old runtime get to acquire their lease.
-  await new Promise((resolve) => setTimeout(resolve, 100).unref());
-  while (!signal?.aborted && Date.now() < deadline && !upstreams.every(idle)) {
+  const held = (): boolean =>
+    holders.some((rt) => rt.inFlight.count > 0 && upstreams.some((u) => rt.upstreams.get(u.name) === u));
+  while (!signal?.aborted && Date.now() < deadline && (held() || !upstreams.every(idle))) {
     await new Promise((resolve) => setTimeout(resolve, 100).unref());
   }
   await closeUpstreams(upstreams, logger);

@@ -24,6 +24,14 @@ export interface ListenerTlsRuntime {
   };
 }
 
+/**
+ * Requests and WebSocket tunnels that started on a runtime and have not ended. A reload closes the
+ * upstream pools it retired only once no request of an older runtime can still pick one.
+ */
+export interface InFlight {
+  count: number;
+}
+
 /** Everything one configuration needs at run time; see the module comment. */
 export interface Runtime {
   readonly generation: number;
@@ -44,4 +52,6 @@ export interface Runtime {
   readonly tls: ReadonlyMap<string, ListenerTlsRuntime>;
   /** Files whose change triggers a reload (config, includes, file: secrets, certificates). */
   readonly watchedFiles: readonly string[];
+  /** Counted by the data plane from a request's start to its end. */
+  readonly inFlight: InFlight;
 }

@@ -360,6 +360,8 @@ class Exchange {
     res[kExchange] = this;
     res.on('close', onResponseClose);
     res.on('error', ignoreError);
+    // Until 'close' (finish), a reload keeps the upstreams of this runtime open.
+    this.runtime.inFlight.count++;
     this.requestId = requestIdFrom(req.headers['x-request-id']);
     try {
       if (checkFraming(req, this.runtime.config.server.maxHeadersCount)) closeAfter(req, res);
@@ -819,6 +821,7 @@ class Exchange {
   finish(): void {
     if (this.finished) return;
     this.finished = true;
+    this.runtime.inFlight.count--;
     const res = this.res;
     res[kExchange] = undefined;
     if (this.stall !== undefined) clearTimeout(this.stall);

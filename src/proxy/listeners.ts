@@ -402,6 +402,12 @@ export class ListenerSet {
       }, drainMs);
       server.close(() => finish());
       (server as http.Server).closeIdleConnections?.();
+      // Answers still to come on HTTP/1.1 connections say `Connection: close` (RFC 9112 §9.6), so that
+      // the client does not reuse a connection this drain closes as soon as it is idle.
+      for (const socket of entry.sockets) {
+        const res = (socket as { _httpMessage?: http.ServerResponse | null })._httpMessage;
+        if (res != null && !res.headersSent) res.shouldKeepAlive = false;
+      }
       for (const session of entry.sessions) session.close();
       if (entry.sockets.size === 0 && !server.listening) setImmediate(finish);
     });

@@ -17,7 +17,7 @@ import { GatehouseError, NoRouteError, NoServerAvailableError } from '../errors.
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
 import type { AccessEntry } from '../observe/log.js';
 import { activeWebSockets, requestsTotal } from '../observe/metrics.js';
-import type { Runtime } from '../runtime.js';
+import type { InFlight, Runtime } from '../runtime.js';
 import type { Lease, Upstream } from '../upstream/types.js';
 import {
   type AccessGrant,
@@ -100,6 +100,8 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   relaying = false;
   closed = false;
   counted = false;
+  /** The count of the runtime this tunnel started on. */
+  inFlight: InFlight | undefined;
 
   constructor(
     handler: ProxyHandler,
@@ -127,6 +129,9 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     client.on('error', ignoreError);
     client.on('close', () => this.close());
     this.handler.tunnels.add(this);
+    // Until close(), a reload keeps the upstreams of this runtime open.
+    this.inFlight = runtime.inFlight;
+    this.inFlight.count++;
     let facts: RequestFacts;
     let route: CompiledRoute;
     try {
@@ -363,6 +368,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.inFlight !== undefined) this.inFlight.count--;
     this.handler.tunnels.delete(this);
     this.client.destroy();
     this.upstream?.destroy();

@@ -282,6 +282,31 @@ export async function sendOverConnections(
   }
 }
 
+/**
+ * Sends one request on each of a few new connections, batch after batch, until every worker of the
+ * instance answered more requests than before (the workers accept connections themselves, so which one
+ * takes a connection is the kernel's choice); resolves with the backends that answered, rejects after
+ * `ms`.
+ */
+export async function sendUntilEveryWorkerServed(
+  port: number,
+  admin: string,
+  path = '/',
+  ms = 30_000,
+): Promise<string[]> {
+  const counts = async (): Promise<Map<number, number>> =>
+    new Map((await adminStatus(admin)).workers.map((w) => [w.slot, w.requests ?? 0]));
+  const before = await counts();
+  const answered: string[] = [];
+  const deadline = Date.now() + ms;
+  for (;;) {
+    answered.push(...(await sendOverConnections(port, 4, 1, path)));
+    const now = await counts();
+    if ([...before].every(([slot, n]) => (now.get(slot) ?? 0) > n)) return answered;
+    if (Date.now() > deadline) throw new Error(`not every worker served within ${ms} ms`);
+  }
+}
+
 /** `/api/v1/status` of the admin listener (loopback, no token). */
 export async function adminStatus(admin: string): Promise<Required<StatusReport>> {
   const res = await fetch(`http://${admin}/api/v1/status`, { signal: AbortSignal.timeout(10_000) });

@@ -84,5 +84,6 @@ export function staticRuntime(
     upstreams,
     tls: new Map(),
     watchedFiles: [],
+    inFlight: { count: 0 },
   } as unknown as Runtime;
 }

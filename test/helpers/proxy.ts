@@ -164,6 +164,7 @@ export async function buildTestRuntime(
     upstreams,
     tls,
     watchedFiles: [],
+    inFlight: { count: 0 },
   };
 }
 
