@@ -69,6 +69,10 @@ const redis: Backend = {
 function bind(store: StateStore): StateStore {
   return {
     kind: store.kind,
+    get available() {
+      return store.available;
+    },
+    revocations: store.revocations,
     get: store.get.bind(store),
     set: store.set.bind(store),
     add: store.add.bind(store),
