@@ -1,7 +1,8 @@
 /**
  * A real Redis for tests: `REDIS_URL` when set, else the one on 127.0.0.1:6379 when it answers, else a
  * `redis-server` started on a free port (set GATEHOUSE_TEST_OWN_REDIS=1 to always start one). A missing
- * `redis-server` fails loudly: tests never skip silently.
+ * `redis-server` fails loudly: tests never skip silently. Fault tests start a server of their own
+ * (`startRedisServer`) that they can stop, continue, kill and restart on the same port.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import net from 'node:net';
@@ -92,4 +93,80 @@ export function redisUrl(): Promise<string> {
 /** True when this file started its own redis-server (for diagnostics). */
 export function ownsRedis(): boolean {
   return child !== undefined;
+}
+
+/** A redis-server of one test's own: it can hang (SIGSTOP), go away and come back on the same port. */
+export interface OwnRedis {
+  readonly url: string;
+  readonly port: number;
+  /** Freezes the server (SIGSTOP): connections stay open, nothing is answered. */
+  stop(): void;
+  /** Lets a stopped server run again (SIGCONT). */
+  cont(): void;
+  /** Kills the server (connections are refused from now on). */
+  kill(): Promise<void>;
+  /** Starts a server again on the same port (empty: nothing was saved). */
+  restart(): Promise<void>;
+  /** Kills the server for good. */
+  close(): Promise<void>;
+}
+
+function spawnServer(port: number): { proc: ChildProcess; exited: Promise<void> } {
+  const proc = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    { stdio: 'ignore' },
+  );
+  const exited = new Promise<void>((resolve) => {
+    proc.once('exit', () => resolve());
+    proc.once('error', () => resolve());
+  });
+  const kill = (): void => {
+    proc.kill('SIGKILL');
+  };
+  process.once('exit', kill);
+  void exited.then(() => process.off('exit', kill));
+  return { proc, exited };
+}
+
+async function answering(port: number, exited: Promise<void>): Promise<void> {
+  let gone = false;
+  void exited.then(() => {
+    gone = true;
+  });
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline && !gone) {
+    if (await pingRedis('127.0.0.1', port, 200)) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`redis-server on port ${port} did not answer PING within 10 s (exited: ${gone})`);
+}
+
+/** Starts a redis-server on a free port for this test alone; `close()` it when done. */
+export async function startRedisServer(): Promise<OwnRedis> {
+  const port = await freePort();
+  let current = spawnServer(port);
+  await answering(port, current.exited);
+  const kill = async (): Promise<void> => {
+    current.proc.kill('SIGCONT');
+    current.proc.kill('SIGKILL');
+    await current.exited;
+  };
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    stop: () => {
+      current.proc.kill('SIGSTOP');
+    },
+    cont: () => {
+      current.proc.kill('SIGCONT');
+    },
+    kill,
+    async restart() {
+      await kill();
+      current = spawnServer(port);
+      await answering(port, current.exited);
+    },
+    close: kill,
+  };
 }
