@@ -4,8 +4,8 @@
  * and callers fail closed; the client keeps reconnecting in the background.
  *
  * Health is known, not discovered per request (a circuit breaker): after a connection error, a closed
- * connection or a command that timed out, the store is unavailable and every call fails at once, with
- * no wait on a timeout, until Redis answers again (the reconnected client's `ready`, or the PING sent
+ * connection or a command that timed out, the store is unavailable; the calls waiting for Redis and
+ * every later call fail at once, with no wait on a timeout, until Redis answers again (the reconnected client's `ready`, or the PING sent
  * every `probeInterval`). The same PING, sent while Redis is healthy, notices a Redis that hangs (a
  * stopped process, a partition) without waiting for a request to time out.
  *
@@ -29,6 +29,8 @@ export interface RedisStoreOptions {
   prefix?: string;
   /** How often Redis is checked with a PING, healthy or not, in ms (default 1000). */
   probeInterval?: number;
+  /** How long that PING may take before Redis counts as unavailable, in ms (default `commandTimeout`). */
+  probeTimeout?: number;
 }
 
 // A tag is base64url (see the session manager); anything else on the channel is ignored.
@@ -76,10 +78,14 @@ export class RedisStore implements StateStore {
   readonly #logger: Logger;
   readonly #where: string;
   readonly #probeTimer: NodeJS.Timeout;
+  readonly #probeTimeout: number;
   // Optimistic until the first failure: the first commands wait for the connection (connectTimeout).
   #available = true;
   #subscribed = false;
-  #probing = false;
+  #pinging = false;
+  #pingingSubscriber = false;
+  /** Rejects of the calls waiting for Redis right now. */
+  readonly #waiting = new Set<(err: Error) => void>();
   #closed = false;
 
   constructor(url: string, logger: Logger, options: RedisStoreOptions = {}) {
@@ -111,17 +117,13 @@ export class RedisStore implements StateStore {
 
     // Subscribing is done here on every `ready`, so a resubscription is always noticed (and the caches reset).
     this.#subscriber = this.#client.duplicate({ autoResubscribe: false, connectionName: 'gatehouse-sub' });
-    const unsubscribed = (): void => {
-      if (!this.#subscribed) return;
-      this.#subscribed = false;
-      this.#feedChanged();
-    };
-    this.#subscriber.on('error', unsubscribed);
-    this.#subscriber.on('close', unsubscribed);
-    this.#subscriber.on('end', unsubscribed);
+    this.#subscriber.on('error', () => this.#unsubscribed());
+    this.#subscriber.on('close', () => this.#unsubscribed());
+    this.#subscriber.on('end', () => this.#unsubscribed());
     this.#subscriber.on('ready', () => this.#subscribe());
     this.#subscriber.on('message', (channel: string, message: string) => this.#heard(channel, message));
 
+    this.#probeTimeout = options.probeTimeout ?? commandTimeout;
     this.#probeTimer = setInterval(() => this.#probe(), options.probeInterval ?? 1000);
     this.#probeTimer.unref();
   }
@@ -226,20 +228,32 @@ export class RedisStore implements StateStore {
     if (this.#closed) throw new StateStoreError('state store is closed');
     // The outage is known and logged: fail at once instead of waiting for another timeout.
     if (!this.#available) throw new StateStoreError(`state store ${op} failed: Redis is unavailable`);
+    let abandon: ((err: Error) => void) | undefined;
     try {
-      return await fn();
+      return await new Promise<T>((resolve, reject) => {
+        abandon = reject;
+        this.#waiting.add(reject);
+        fn().then(resolve, reject);
+      });
     } catch (err) {
+      if (err instanceof StateStoreError) throw err;
       // An error reply (wrong type, script error) comes from a Redis that works; anything else does not.
       if (!(err instanceof ReplyError)) this.#down(err);
       const message = err instanceof Error ? err.message : String(err);
       this.#logger.warn({ op, err: message, store: this.#where }, 'state store operation failed');
       throw new StateStoreError(`state store ${op} failed: ${message}`, err);
+    } finally {
+      if (abandon !== undefined) this.#waiting.delete(abandon);
     }
   }
 
   #down(err: unknown): void {
     if (this.#closed || !this.#available) return;
     this.#available = false;
+    // Calls already waiting on a Redis that hangs would wait for their command timeout: fail them now.
+    for (const abandon of this.#waiting)
+      abandon(new StateStoreError('state store failed: Redis became unavailable'));
+    this.#waiting.clear();
     const message =
       err instanceof Error ? err.message : err === undefined ? 'connection closed' : String(err);
     this.#logger.error({ err: message, store: this.#where }, 'state store (Redis) unavailable');
@@ -279,29 +293,60 @@ export class RedisStore implements StateStore {
   }
 
   /**
-   * Checks both connections with a PING (bounded by the command timeout). A failure makes the store
-   * unavailable (or the feed not live); a success brings it back. One probe at a time.
+   * Checks both connections with a PING, each on its own (a hung subscriber must not stop the checks
+   * of the other connection). A failure, or no answer within `probeTimeout`, makes the store
+   * unavailable (or the feed not live); a success brings it back. A PING that hangs is answered as soon
+   * as Redis runs again, which is then noticed at once; meanwhile no second one is sent.
    */
   #probe(): void {
-    if (this.#closed || this.#probing) return;
-    this.#probing = true;
-    const command = this.#client.ping().then(
-      () => this.#up(),
-      (err: unknown) => this.#down(err),
-    );
-    const subscriber = this.#subscriber.ping().then(
-      () => {
-        if (!this.#subscribed) this.#subscribe();
-      },
-      () => {
-        if (!this.#subscribed) return;
-        this.#subscribed = false;
-        this.#feedChanged();
-      },
-    );
-    void Promise.all([command, subscriber]).finally(() => {
-      this.#probing = false;
-    });
+    if (this.#closed) return;
+    if (!this.#pinging) {
+      this.#pinging = true;
+      const late = setTimeout(() => this.#down(new Error('no answer to PING')), this.#probeTimeout);
+      late.unref();
+      this.#client
+        .ping()
+        .then(
+          () => {
+            clearTimeout(late);
+            this.#up();
+          },
+          (err: unknown) => {
+            clearTimeout(late);
+            this.#down(err);
+          },
+        )
+        .finally(() => {
+          this.#pinging = false;
+        });
+    }
+    if (!this.#pingingSubscriber) {
+      this.#pingingSubscriber = true;
+      const late = setTimeout(() => this.#unsubscribed(), this.#probeTimeout);
+      late.unref();
+      this.#subscriber
+        .ping()
+        .then(
+          () => {
+            clearTimeout(late);
+            if (!this.#subscribed) this.#subscribe();
+          },
+          () => {
+            clearTimeout(late);
+            this.#unsubscribed();
+          },
+        )
+        .finally(() => {
+          this.#pingingSubscriber = false;
+        });
+    }
+  }
+
+  /** The subscriber connection failed or hangs: revocations may be missed until it subscribes again. */
+  #unsubscribed(): void {
+    if (!this.#subscribed) return;
+    this.#subscribed = false;
+    this.#feedChanged();
   }
 
   async #publish(tags: readonly string[]): Promise<void> {
