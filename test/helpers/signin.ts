@@ -59,15 +59,25 @@ export interface Hop {
 
 /**
  * One request (redirects not followed), with the jar's cookies for the URL's host; the answer's
- * cookies go into the jar. `cookie` replaces the jar's Cookie header when given.
+ * cookies go into the jar. `cookie` replaces the jar's Cookie header when given; `headers` are added.
  */
 export async function hop(
   url: string,
   jar: CookieJar,
-  init: { method?: string; form?: Record<string, string>; accept?: string; cookie?: string } = {},
+  init: {
+    method?: string;
+    form?: Record<string, string>;
+    accept?: string;
+    cookie?: string;
+    headers?: Record<string, string>;
+  } = {},
 ): Promise<Hop> {
   const u = new URL(url);
-  const headers: Record<string, string> = { host: u.host, accept: init.accept ?? 'text/html' };
+  const headers: Record<string, string> = {
+    host: u.host,
+    accept: init.accept ?? 'text/html',
+    ...init.headers,
+  };
   const cookie = init.cookie ?? jar.header(u);
   if (cookie !== undefined) headers.cookie = cookie;
   let body: string | undefined;
