@@ -192,7 +192,7 @@ for (const backend of backends) {
       assert.equal((await onlyB.lookup(`_gatehouse=${rotated.seal(id)}`)).kind, 'ok');
     });
 
-    test('tampered, truncated and foreign cookies are session-invalid; a valid one among them wins', async (t) => {
+    test('tampered, truncated and foreign cookies are session-invalid; a valid one among them wins, two sessions never', async (t) => {
       const store = await backend.make();
       t.after(() => store.close());
       const sm = new SessionManager(store, settings());
@@ -215,6 +215,18 @@ for (const backend of backends) {
       }
       const r = await sm.lookup(`_gatehouse=${forgedId}; _gatehouse=${good}`);
       assert.equal(r.kind, 'ok');
+      assert.equal((await sm.lookup(`_gatehouse=${good}; _gatehouse=${good}`)).kind, 'ok');
+      // Cookie tossing: another session planted next to this one; which is the user's cannot be told.
+      const planted = sm.seal((await sm.create({ ...alice, subject: 'mallory' }, tokens)).id);
+      for (const header of [
+        `_gatehouse=${planted}; _gatehouse=${good}`,
+        `_gatehouse=${good}; _gatehouse=${planted}`,
+      ]) {
+        const both = await sm.lookup(header);
+        assert.equal(both.kind === 'invalid' && both.reason, 'session-invalid', header);
+      }
+      const many = Array.from({ length: 5 }, () => `_gatehouse=${good}`).join('; ');
+      assert.equal((await sm.lookup(many)).kind, 'invalid', 'too many values are not checked one by one');
       // A sealed id whose session is gone is expired, not forged.
       await sm.revoke(id);
       const ended = await sm.lookup(`_gatehouse=${good}`);

@@ -288,13 +288,15 @@ export class SessionManager {
   }
 
   /**
-   * The session named by the Cookie header. `none` without our cookie; `invalid` for a forged cookie
-   * (`session-invalid`) or a session that ended (`session-expired`). Throws `StateStoreError` when the
-   * store cannot answer (the caller fails closed with 503).
+   * The session named by the Cookie header. `none` without our cookie; `invalid` for a forged cookie or
+   * several cookies naming different sessions (`session-invalid`), or a session that ended
+   * (`session-expired`). Throws `StateStoreError` when the store cannot answer (the caller fails
+   * closed with 503).
    */
   async lookup(cookieHeader: string | undefined): Promise<SessionLookup> {
     const values = cookieValues(cookieHeader, this.settings.cookie);
     if (values.length === 0) return NONE;
+    if (values.length > 1 && this.#conflicting(values)) return SESSION_CONFLICT;
     const now = this.#now();
     const feed = this.#store.revocations;
     if (feed.seq !== this.#seen) this.#catchUp(feed);
@@ -345,6 +347,24 @@ export class SessionManager {
       return result;
     }
     return expired ? SESSION_EXPIRED : SESSION_INVALID;
+  }
+
+  /**
+   * True when the cookies name more than one session, or are too many to check. Two sessions in one
+   * Cookie header mean a cookie was planted from a sibling host (cookie tossing: a `Domain` cookie, or
+   * a longer `Path` that browsers send first), and which one the user holds cannot be told: neither is
+   * used. Forged values among them do not count (they name no session); the same session twice is fine.
+   */
+  #conflicting(values: readonly string[]): boolean {
+    if (values.length > MAX_SESSION_COOKIES) return true;
+    let id: string | undefined;
+    for (const value of values) {
+      const opened = this.unseal(value);
+      if (opened === undefined) continue;
+      if (id === undefined) id = opened.id;
+      else if (opened.id !== id) return true;
+    }
+    return false;
   }
 
   /** The live session with this id (no cookie involved), or undefined when it ended. */
@@ -472,6 +492,13 @@ export class SessionManager {
 }
 
 const NONE: SessionLookup = Object.freeze({ kind: 'none' });
+/** Most values of the session cookie one request may carry (a host cookie and a domain cookie fit). */
+const MAX_SESSION_COOKIES = 4;
+const SESSION_CONFLICT: SessionLookup = Object.freeze({
+  kind: 'invalid',
+  reason: 'session-invalid',
+  message: 'the request carries several different session cookies',
+});
 const SESSION_INVALID: SessionLookup = Object.freeze({
   kind: 'invalid',
   reason: 'session-invalid',
