@@ -143,7 +143,8 @@ export interface SignedIn {
 
 /**
  * A complete sign-in as `user` at the gateway `origin` (e.g. `http://app.gatehouse.test:PORT`):
- * `/.gatehouse/login?rd=…`, the provider, the callback. Throws when any step answers otherwise.
+ * `/.gatehouse/login?rd=…` (through the central sign-in host when one is configured), the provider,
+ * the callback and, with a sign-in host, the hand-off. Throws when any step answers otherwise.
  */
 export async function signInOverHttp(
   origin: string,
@@ -152,11 +153,20 @@ export async function signInOverHttp(
 ): Promise<SignedIn> {
   const jar = opts.jar ?? new CookieJar();
   const name = opts.cookieName ?? '_gatehouse';
-  const start = await hop(`${origin}/.gatehouse/login?rd=${encodeURIComponent(opts.rd ?? '/')}`, jar);
+  const gatehouse = (url: string | undefined) =>
+    url !== undefined && new URL(url).pathname.startsWith('/.gatehouse/');
+  let start = await hop(`${origin}/.gatehouse/login?rd=${encodeURIComponent(opts.rd ?? '/')}`, jar);
+  for (let i = 0; i < 3 && gatehouse(start.location); i++) start = await hop(start.location!, jar);
   if (start.status !== 302 || start.location === undefined)
     throw new Error(`login start answered ${start.status}: ${start.body.slice(0, 200)}`);
   const callback = await authorizeAtIdp(start.location, user, jar);
-  const done = await hop(callback, jar);
+  let done = await hop(callback, jar);
+  for (
+    let i = 0;
+    i < 3 && done.location !== undefined && new URL(done.location).pathname === '/.gatehouse/handoff';
+    i++
+  )
+    done = await hop(done.location, jar);
   const value = jar.get(origin, name);
   if (done.status !== 302 || value === undefined)
     throw new Error(`callback answered ${done.status}: ${done.body.slice(0, 200)}`);
