@@ -12,7 +12,8 @@
  * A credential that was presented but is not acceptable never falls back to another one. A cached
  * bearer token or an API key is decided synchronously (no promise); only a token-cache miss and a
  * session lookup wait. A state store that cannot answer fails closed with 503 `GH_STATE_UNAVAILABLE`,
- * except on public routes, which never depend on it.
+ * except on public routes, which never depend on it: they skip the session while the store is known to
+ * be down and wait for it at most `PUBLIC_SESSION_WAIT_MS` otherwise.
  */
 import type { Http2ServerRequest } from 'node:http2';
 import { type Decision, decideAccess, describeReason, isBrowserNavigation } from '../core/decide.js';
