@@ -14,6 +14,7 @@ import { writeFile } from 'node:fs/promises';
 import { type TestContext, test } from 'node:test';
 import { Gateway } from '../src/gateway.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
+import { stateStoreUp } from '../src/observe/metrics.js';
 import { RedisStore } from '../src/state/redis.js';
 import { memoryLogger, tempDir, waitFor } from './helpers/gateway.js';
 import { makeKey, startIssuer } from './helpers/identity.js';
@@ -97,6 +98,11 @@ ${extraRoute}`;
   };
 }
 
+/** `gatehouse_state_store_up{store="redis"}` of this process. */
+async function storeUp(): Promise<number | undefined> {
+  return (await stateStoreUp.get()).values.find((v) => v.labels.store === 'redis')?.value;
+}
+
 /** What must hold while Redis is known to be out, whichever way it went out. */
 async function duringOutage(
   s: Awaited<ReturnType<typeof setup>>,
@@ -104,6 +110,7 @@ async function duringOutage(
   tag: string,
 ): Promise<void> {
   await waitFor(() => !s.gw.runtime.store.available, 10_000, 'the outage to be known');
+  assert.equal(await storeUp(), 0, `${tag}: the outage shows in /metrics`);
   const protectedRoute = await s.asked('/app/x', { cookie });
   assert.equal(protectedRoute.status, 503, `${tag}: a session on a protected route fails closed`);
   assert.match(protectedRoute.body, /GH_STATE_UNAVAILABLE/);
@@ -150,6 +157,7 @@ test('Redis hangs (SIGSTOP) and continues: fail closed fast, public and token ro
   s.redis.cont();
   await waitFor(async () => (await s.asked('/app/x', { cookie })).status === 200, 15_000, 'recovery');
   assert.equal((await s.asked('/app/x', { cookie })).user, 'alice', 'the same session works again');
+  assert.equal(await storeUp(), 1);
   assert.equal((await s.asked('/open/x', { cookie: fresh })).user, 'bob', 'public routes attach it again');
   const again = await signInOverHttp(s.origin, 'alice', { rd: '/app/x' });
   assert.equal((await s.asked('/app/x', { cookie: again.cookie })).user, 'alice', 'sign-in works again');

@@ -5,9 +5,10 @@
  *
  * Health is known, not discovered per request (a circuit breaker): after a connection error, a closed
  * connection or a command that timed out, the store is unavailable; the calls waiting for Redis and
- * every later call fail at once, with no wait on a timeout, until Redis answers again (the reconnected client's `ready`, or the PING sent
- * every `probeInterval`). The same PING, sent while Redis is healthy, notices a Redis that hangs (a
- * stopped process, a partition) without waiting for a request to time out.
+ * every later call fail at once, with no wait on a timeout, until Redis answers again (the reconnected
+ * client's `ready`, or the PING sent every `probeInterval`). The same PING, sent while Redis is
+ * healthy, notices a Redis that hangs (a stopped process, a partition) within `probeTimeout`, without
+ * waiting for a request to time out.
  *
  * Revocations travel over Redis pub/sub on a dedicated subscriber connection (a subscribed connection
  * runs no other command). The feed is live only while that connection is subscribed and Redis is
@@ -16,6 +17,7 @@
 import { randomBytes } from 'node:crypto';
 import { Redis, ReplyError } from 'ioredis';
 import type { Logger } from '../observe/log.js';
+import { stateStoreUp } from '../observe/metrics.js';
 import { RevocationFeed } from './revocations.js';
 import { checkKeyAndTtl, type StateStore, StateStoreError } from './types.js';
 
@@ -123,6 +125,7 @@ export class RedisStore implements StateStore {
     this.#subscriber.on('ready', () => this.#subscribe());
     this.#subscriber.on('message', (channel: string, message: string) => this.#heard(channel, message));
 
+    stateStoreUp.set({ store: 'redis' }, 1);
     this.#probeTimeout = options.probeTimeout ?? commandTimeout;
     this.#probeTimer = setInterval(() => this.#probe(), options.probeInterval ?? 1000);
     this.#probeTimer.unref();
@@ -257,6 +260,7 @@ export class RedisStore implements StateStore {
     const message =
       err instanceof Error ? err.message : err === undefined ? 'connection closed' : String(err);
     this.#logger.error({ err: message, store: this.#where }, 'state store (Redis) unavailable');
+    stateStoreUp.set({ store: 'redis' }, 0);
     this.#feedChanged();
   }
 
@@ -264,6 +268,7 @@ export class RedisStore implements StateStore {
     if (this.#closed || this.#available) return;
     this.#available = true;
     this.#logger.info({ store: this.#where }, 'state store (Redis) available again');
+    stateStoreUp.set({ store: 'redis' }, 1);
     this.#feedChanged();
     // The subscriber may have come back first, or never noticed the outage (Redis stopped, not gone).
     if (!this.#subscribed) this.#subscribe();
