@@ -267,7 +267,7 @@ test('session fixation: a cookie planted before sign-in is never adopted; every 
   await stillServes(s);
 });
 
-test('cookie tossing: two different sessions in one Cookie header are refused, whichever comes first', {
+test('cookie tossing: two different sessions, or two login-state cookies, in one Cookie header are refused', {
   timeout: 90_000,
 }, async (t) => {
   const s = await setup(t);
@@ -289,6 +289,34 @@ test('cookie tossing: two different sessions in one Cookie header are refused, w
     'alice',
     'the victim’s session itself is intact',
   );
+
+  // The login-state cookie tossed: the attacker signs in as bob up to the callback, plants their login
+  // cookie next to the victim's own and sends the victim the callback link (login CSRF). Refused.
+  const attackerJar = new CookieJar();
+  const start = await hop(`${s.origin}/.gatehouse/login?rd=%2Fapp%2Fx`, attackerJar);
+  const callback = await authorizeAtIdp(start.location!, 'bob', attackerJar);
+  const victimJar = new CookieJar();
+  await hop(`${s.origin}/.gatehouse/login?rd=%2Fapp%2Fx`, victimJar);
+  const own = victimJar.get(s.origin, '_gatehouse_login')!;
+  const planted = attackerJar.get(s.origin, '_gatehouse_login')!;
+  for (const header of [
+    `_gatehouse_login=${planted}; _gatehouse_login=${own}`,
+    `_gatehouse_login=${own}; _gatehouse_login=${planted}`,
+  ]) {
+    const r = await hop(callback, new CookieJar(), { cookie: header });
+    assert.equal(r.status, 400, header);
+    assert.equal(
+      r.setCookie.some((c) => c.startsWith('_gatehouse=')),
+      false,
+      'no session for the victim',
+    );
+  }
+  // And a login start with both values does not reuse either of them.
+  const fresh = await hop(`${s.origin}/.gatehouse/login`, new CookieJar(), {
+    cookie: `_gatehouse_login=${planted}; _gatehouse_login=${own}`,
+  });
+  const binding = fresh.setCookie.find((c) => c.startsWith('_gatehouse_login='))!;
+  assert.ok(!binding.includes(planted) && !binding.includes(own));
   await stillServes(s);
 });
 
