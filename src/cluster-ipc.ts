@@ -1,8 +1,9 @@
 /**
  * The messages a cluster primary and its workers exchange over the IPC channel, and the request/reply
  * bookkeeping of both directions: the primary asking workers (reload, status, metrics) and a worker
- * calling the primary's state store (`state.store: memory`, see `state/ipc.ts`). Every message carries a
- * `gatehouse` tag so that messages of other libraries on the same channel are ignored.
+ * calling the primary's state store (`state.store: memory`, see `state/ipc.ts`) or sending session
+ * revocations for the primary to relay to the other workers. Every message carries a `gatehouse` tag
+ * so that messages of other libraries on the same channel are ignored.
  */
 import type { Worker } from 'node:cluster';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
@@ -32,7 +33,8 @@ export type PrimaryMessage =
   | { gatehouse: 'request'; id: number; kind: RequestKind; sources?: ConfigSources }
   /** Stop accepting, drain (`server.drainTimeout`), exit 0. */
   | { gatehouse: 'shutdown' }
-  | StoreReply;
+  | StoreReply
+  | RevokeMessage;
 
 /** A listener's bound address as a worker reports it (`host:port`). */
 export interface ListenerAddress {
@@ -50,7 +52,8 @@ export type WorkerMessage =
   | { gatehouse: 'failed'; message: string; problems?: ConfigProblem[] }
   | { gatehouse: 'reply'; id: number; ok: true; value: unknown }
   | { gatehouse: 'reply'; id: number; ok: false; error: string }
-  | StoreRequest;
+  | StoreRequest
+  | RevokeMessage;
 
 /** The state store operations a worker runs on the primary's store (`close` stays the worker's own). */
 export const STORE_OPS = [
@@ -92,6 +95,29 @@ export type StoreReply =
   | { gatehouse: 'store-reply'; id: number; ok: true; value?: StoreValue }
   | { gatehouse: 'store-reply'; id: number; ok: false; error: string; badRequest: boolean };
 
+/**
+ * Session revocations (tags, see `state/revocations.ts`): a worker sends the ones it made, and the
+ * primary relays them to every other worker, so no worker's session cache outlives a logout.
+ */
+export interface RevokeMessage {
+  gatehouse: 'revoke';
+  tags: string[];
+}
+
+/** Most tags in one revocation message (a logout everywhere of a user with many sessions is split). */
+export const MAX_REVOKE_TAGS = 1000;
+
+/** True for a well-formed revocation message (checked on both ends: it came over IPC). */
+export function isRevokeMessage(message: unknown): message is RevokeMessage {
+  if (!tagged(message) || message.gatehouse !== 'revoke') return false;
+  const tags = (message as { tags?: unknown }).tags;
+  return (
+    Array.isArray(tags) &&
+    tags.length <= MAX_REVOKE_TAGS &&
+    tags.every((t) => typeof t === 'string' && t.length > 0 && t.length <= 128)
+  );
+}
+
 function tagged(message: unknown): message is { gatehouse: unknown } {
   return typeof message === 'object' && message !== null && 'gatehouse' in message;
 }
@@ -103,7 +129,8 @@ export function isPrimaryMessage(message: unknown): message is PrimaryMessage {
     (message.gatehouse === 'config' ||
       message.gatehouse === 'request' ||
       message.gatehouse === 'shutdown' ||
-      message.gatehouse === 'store-reply')
+      message.gatehouse === 'store-reply' ||
+      message.gatehouse === 'revoke')
   );
 }
 
@@ -120,7 +147,8 @@ export function isWorkerMessage(message: unknown): message is WorkerMessage {
       message.gatehouse === 'ready' ||
       message.gatehouse === 'failed' ||
       message.gatehouse === 'reply' ||
-      message.gatehouse === 'store')
+      message.gatehouse === 'store' ||
+      message.gatehouse === 'revoke')
   );
 }
 

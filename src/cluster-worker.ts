@@ -97,8 +97,8 @@ export async function runWorker(configFile: string): Promise<never> {
       startWith(m.sources);
       return;
     }
-    // Answers to state store calls go to the IpcStore, which listens on the channel itself.
-    if (m.gatehouse === 'store-reply') return;
+    // Answers to state store calls and relayed revocations go to the IpcStore, which listens itself.
+    if (m.gatehouse === 'store-reply' || m.gatehouse === 'revoke') return;
     answer(m.kind, m.sources).then(
       (value) => send({ gatehouse: 'reply', id: m.id, ok: true, value }),
       (err: unknown) =>

@@ -22,7 +22,13 @@ import {
 } from 'prom-client';
 import { AdminServer, type ReloadResult, type StatusReport, type WorkerStatus } from './admin/server.js';
 import { AdminSlot, formatAddress } from './admin/slot.js';
-import { isWorkerMessage, type ListenerAddress, PendingRequests, type WorkerMessage } from './cluster-ipc.js';
+import {
+  isRevokeMessage,
+  isWorkerMessage,
+  type ListenerAddress,
+  PendingRequests,
+  type WorkerMessage,
+} from './cluster-ipc.js';
 import { type LoadResult, loadConfig } from './config/load.js';
 import { FileWatcher } from './config/watch.js';
 import { compileRoutes } from './core/routes.js';
@@ -337,6 +343,14 @@ export class ClusterPrimary {
         return;
       case 'store':
         void serveStoreRequest(worker, this.#sharedStore(), message);
+        return;
+      case 'revoke':
+        // A session revoked in one worker must leave the others' caches at once (they serve the same users).
+        if (!isRevokeMessage(message)) return;
+        for (const other of this.#live()) {
+          const w = other.worker;
+          if (w !== undefined && w !== worker && w.isConnected()) w.send(message, undefined, () => {});
+        }
         return;
       case 'hello':
         // Whatever the file holds now, a new worker starts with the configuration the others run.

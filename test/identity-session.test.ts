@@ -11,9 +11,12 @@ import {
   type SessionSettings,
   serializeCookie,
 } from '../src/identity/session.js';
+import type { Identity } from '../src/identity/types.js';
 import { MemoryStore } from '../src/state/memory.js';
 import { RedisStore } from '../src/state/redis.js';
+import { RevocationFeed } from '../src/state/revocations.js';
 import { type StateStore, StateStoreError } from '../src/state/types.js';
+import { waitFor } from './helpers/gateway.js';
 import { memoryLogger } from './helpers/proxy.js';
 import { redisUrl } from './helpers/redis.js';
 
@@ -65,14 +68,32 @@ function counting(store: StateStore): StateStore & { writes: number } {
   return wrapped;
 }
 
-const backends: Array<{ name: string; make(): Promise<StateStore> }> = [
-  { name: 'memory', make: async () => new MemoryStore({ sweepInterval: 0 }) },
+const prefixes = new WeakMap<StateStore, string>();
+
+/**
+ * A store per backend; `peer` is the store another process sharing it holds (memory: the same one, as
+ * only one process uses it; Redis: a second client on the same keys and revocation channel).
+ */
+const backends: Array<{
+  name: string;
+  make(): Promise<StateStore>;
+  peer(store: StateStore): Promise<StateStore>;
+}> = [
+  {
+    name: 'memory',
+    make: async () => new MemoryStore({ sweepInterval: 0 }),
+    peer: async (store) => store,
+  },
   {
     name: 'redis',
-    make: async () =>
-      new RedisStore(await redisUrl(), memoryLogger().logger, {
-        prefix: `gatehouse-test:${randomBytes(6).toString('hex')}:`,
-      }),
+    make: async () => {
+      const prefix = `gatehouse-test:${randomBytes(6).toString('hex')}:`;
+      const store = new RedisStore(await redisUrl(), memoryLogger().logger, { prefix });
+      prefixes.set(store, prefix);
+      return store;
+    },
+    peer: async (store) =>
+      new RedisStore(await redisUrl(), memoryLogger().logger, { prefix: prefixes.get(store)! }),
   },
 ];
 
@@ -171,7 +192,7 @@ for (const backend of backends) {
       assert.equal((await onlyB.lookup(`_gatehouse=${rotated.seal(id)}`)).kind, 'ok');
     });
 
-    test('tampered, truncated and foreign cookies are session-invalid; a valid one among them wins', async (t) => {
+    test('tampered, truncated and foreign cookies are session-invalid; a valid one among them wins, two sessions never', async (t) => {
       const store = await backend.make();
       t.after(() => store.close());
       const sm = new SessionManager(store, settings());
@@ -194,34 +215,75 @@ for (const backend of backends) {
       }
       const r = await sm.lookup(`_gatehouse=${forgedId}; _gatehouse=${good}`);
       assert.equal(r.kind, 'ok');
+      assert.equal((await sm.lookup(`_gatehouse=${good}; _gatehouse=${good}`)).kind, 'ok');
+      // Cookie tossing: another session planted next to this one; which is the user's cannot be told.
+      const planted = sm.seal((await sm.create({ ...alice, subject: 'mallory' }, tokens)).id);
+      for (const header of [
+        `_gatehouse=${planted}; _gatehouse=${good}`,
+        `_gatehouse=${good}; _gatehouse=${planted}`,
+      ]) {
+        const both = await sm.lookup(header);
+        assert.equal(both.kind === 'invalid' && both.reason, 'session-invalid', header);
+      }
+      const many = Array.from({ length: 5 }, () => `_gatehouse=${good}`).join('; ');
+      assert.equal((await sm.lookup(many)).kind, 'invalid', 'too many values are not checked one by one');
       // A sealed id whose session is gone is expired, not forged.
       await sm.revoke(id);
       const ended = await sm.lookup(`_gatehouse=${good}`);
       assert.equal(ended.kind === 'invalid' && ended.reason, 'session-expired');
     });
 
-    test('revocation reaches other instances within the cache TTL; logout everywhere ends every session', async (t) => {
+    test('revocation: another process drops its cached session at once, not after its cache TTL; logout everywhere too', async (t) => {
       const store = await backend.make();
-      t.after(() => store.close());
-      let now = 1_700_000_000_000;
+      const other = await backend.peer(store);
+      t.after(async () => {
+        await store.close();
+        await other.close();
+      });
+      // The clock stands still: a cached session would stay fresh forever, so only the revocation ends it.
+      const now = 1_700_000_000_000;
       const one = new SessionManager(store, settings(), { now: () => now, cacheTtl: 5000 });
-      const two = new SessionManager(store, settings(), { now: () => now, cacheTtl: 5000 });
+      const two = new SessionManager(other, settings(), { now: () => now, cacheTtl: 5000 });
+      await waitFor(() => store.revocations.live && other.revocations.live, 5000, 'revocation feeds');
       const s1 = await one.create(alice, tokens);
       const s2 = await one.create(alice, tokens);
       const s3 = await one.create({ ...alice, subject: 'bob-sub', user: 'bob' }, tokens);
       const c1 = `_gatehouse=${one.seal(s1.id)}`;
-      assert.equal((await two.lookup(c1)).kind, 'ok'); // cached in instance two
+      const c2 = `_gatehouse=${one.seal(s2.id)}`;
+      assert.equal((await two.lookup(c1)).kind, 'ok'); // cached in the other process
+      assert.equal((await two.lookup(c2)).kind, 'ok');
       await one.revoke(s1.id);
-      assert.equal((await one.lookup(c1)).kind, 'invalid', 'the revoking instance sees it at once');
-      now += 1000;
-      assert.equal((await two.lookup(c1)).kind, 'ok', 'another instance may trust its cache briefly');
-      now += 5000;
-      assert.equal((await two.lookup(c1)).kind, 'invalid', 'and sees the revocation after the cache TTL');
+      assert.equal((await one.lookup(c1)).kind, 'invalid', 'the revoking process sees it at once');
+      await waitFor(async () => (await two.lookup(c1)).kind === 'invalid', 1000, 'revocation in process two');
+      assert.equal((await two.lookup(c2)).kind, 'ok', 'other sessions stay cached and valid');
 
       assert.equal(await one.revokeSubject('corp', 'alice-sub'), 1);
       assert.equal(await store.get(`session:${s2.id}`), undefined);
+      await waitFor(async () => (await two.lookup(c2)).kind === 'invalid', 1000, 'logout everywhere');
       assert.ok(await store.get(`session:${s3.id}`), 'other subjects keep their sessions');
       assert.equal(await one.revokeSubject('corp', 'alice-sub'), 0);
+    });
+
+    test('an update (token refresh) reaches the other processes: they read the new record', async (t) => {
+      const store = await backend.make();
+      const other = await backend.peer(store);
+      t.after(async () => {
+        await store.close();
+        await other.close();
+      });
+      const now = 1_700_000_000_000;
+      const one = new SessionManager(store, settings(), { now: () => now });
+      const two = new SessionManager(other, settings(), { now: () => now });
+      await waitFor(() => store.revocations.live && other.revocations.live, 5000, 'revocation feeds');
+      const { id, record } = await one.create(alice, tokens);
+      const cookie = `_gatehouse=${one.seal(id)}`;
+      assert.deepEqual(((await two.lookup(cookie)) as { identity: Identity }).identity.groups, ['data-eng']);
+      await one.update(id, { ...record, groups: [] });
+      await waitFor(
+        async () => ((await two.lookup(cookie)) as { identity: Identity }).identity.groups.length === 0,
+        1000,
+        'the new record in process two',
+      );
     });
 
     test('update replaces the record (tokens, groups) for every cached cookie', async (t) => {
@@ -307,6 +369,42 @@ test('a failing store fails the lookup with StateStoreError (the caller answers 
   const value = sm.seal(randomBytes(32).toString('base64url'));
   await assert.rejects(sm.lookup(`_gatehouse=${value}`), StateStoreError);
   await assert.rejects(sm.create(alice, tokens), StateStoreError);
+});
+
+test('while revocations from other processes may be missed (feed not live), no lookup answers from the cache', async (t) => {
+  const memory = new MemoryStore({ sweepInterval: 0 });
+  t.after(() => memory.close());
+  let reads = 0;
+  const feed = new RevocationFeed(true);
+  const store = Object.create(memory) as StateStore;
+  Object.assign(store, {
+    revocations: feed,
+    get: async (key: string) => {
+      reads++;
+      return memory.get(key);
+    },
+  });
+  for (const m of ['set', 'add', 'take', 'delete', 'setAdd', 'setRemove', 'setMembers'] as const) {
+    (store as unknown as Record<string, unknown>)[m] = (memory[m] as (...a: unknown[]) => unknown).bind(
+      memory,
+    );
+  }
+  const now = 1_700_000_000_000;
+  const sm = new SessionManager(store, settings(), { now: () => now });
+  const { id } = await sm.create(alice, tokens);
+  const cookie = `_gatehouse=${sm.seal(id)}`;
+  assert.equal((await sm.lookup(cookie)).kind, 'ok');
+  assert.equal((await sm.lookup(cookie)).kind, 'ok');
+  assert.equal(reads, 1, 'cached while the feed is live');
+  feed.reset(false);
+  assert.equal((await sm.lookup(cookie)).kind, 'ok');
+  assert.equal((await sm.lookup(cookie)).kind, 'ok');
+  assert.equal(reads, 3, 'every lookup reads the store while the link is down');
+  // Deleted meanwhile (by a process whose revocation could not arrive): refused at once.
+  await memory.delete(`session:${id}`);
+  assert.equal((await sm.lookup(cookie)).kind, 'invalid');
+  feed.reset(true);
+  assert.equal((await sm.lookup(cookie)).kind, 'invalid');
 });
 
 test('stored records that do not parse are treated as ended, never trusted', async (t) => {

@@ -10,8 +10,9 @@ import {
   type StateStore,
   StateStoreError,
 } from '../src/state/index.js';
+import { memoryLogger as debugLogger, waitFor } from './helpers/gateway.js';
 import { memoryLogger } from './helpers/proxy.js';
-import { redisUrl } from './helpers/redis.js';
+import { redisUrl, startRedisServer } from './helpers/redis.js';
 
 /** One backend of the contract suite: how to make a store and how to check expiry without sleeping. */
 interface Backend {
@@ -69,6 +70,10 @@ const redis: Backend = {
 function bind(store: StateStore): StateStore {
   return {
     kind: store.kind,
+    get available() {
+      return store.available;
+    },
+    revocations: store.revocations,
     get: store.get.bind(store),
     set: store.set.bind(store),
     add: store.add.bind(store),
@@ -267,6 +272,65 @@ test('redis store: an unreachable Redis fails each call with StateStoreError, lo
   const logged = JSON.stringify(lines);
   assert.match(logged, /state store/);
   assert.doesNotMatch(logged, /hunter2/, 'the password never reaches the log');
+});
+
+test('redis store: a hang is noticed by the health check; waiting and later calls fail at once; it recovers by itself', {
+  timeout: 60_000,
+}, async (t) => {
+  const redis = await startRedisServer();
+  t.after(() => redis.close());
+  const { logger, lines } = debugLogger();
+  // Far above every bound here: nothing may pass by waiting for the command timeout.
+  const store = new RedisStore(redis.url, logger, {
+    commandTimeout: 60_000,
+    probeInterval: 200,
+    probeTimeout: 300,
+  });
+  const peer = new RedisStore(redis.url, logger, {
+    commandTimeout: 60_000,
+    probeInterval: 200,
+    probeTimeout: 300,
+  });
+  t.after(async () => {
+    await store.close();
+    await peer.close();
+  });
+  await store.set('k', 'v');
+  await waitFor(() => store.revocations.live && peer.revocations.live, 10_000, 'subscribed');
+  const heard = peer.revocations.seq;
+  await store.revocations.publish(['tag-one']);
+  await waitFor(() => peer.revocations.seq > heard, 5000, 'the revocation to arrive');
+  const got: string[] = [];
+  assert.equal(
+    peer.revocations.replay(heard, (tag) => got.push(tag)),
+    true,
+  );
+  assert.deepEqual(got, ['tag-one']);
+
+  redis.stop();
+  // A call sent to the stopped server waits; the health check notices the hang and fails it.
+  const waiting = store.get('k').then(
+    () => 'answered',
+    (err: unknown) => (err instanceof StateStoreError ? err.code : String(err)),
+  );
+  assert.equal(await waiting, 'GH_STATE_UNAVAILABLE');
+  assert.equal(store.available, false);
+  assert.equal(store.revocations.live, false, 'revocations may be missed: the caches stop');
+  // Known down: the next call does not even wait for Redis (which is still stopped).
+  await assert.rejects(store.set('k', 'w'), StateStoreError);
+  assert.ok(lines.some((l) => l.msg === 'state store (Redis) unavailable'));
+
+  redis.cont();
+  await waitFor(() => store.available && store.revocations.live, 10_000, 'recovery');
+  assert.equal(await store.get('k'), 'v');
+  assert.ok(lines.some((l) => l.msg === 'state store (Redis) available again'));
+
+  await redis.kill();
+  await assert.rejects(store.get('k'), StateStoreError);
+  await waitFor(() => !store.available, 5000, 'the refusal to be known');
+  await redis.restart();
+  await waitFor(() => store.available && peer.revocations.live, 10_000, 'recovery after a restart');
+  assert.equal(await store.get('k'), undefined, 'the new server is empty');
 });
 
 test('createStateStore rejects unknown stores', () => {

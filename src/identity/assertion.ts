@@ -8,6 +8,7 @@ import crypto, { type JsonWebKey, type KeyObject } from 'node:crypto';
 import type { JWK } from 'jose';
 import type { Config } from '../config/schema.js';
 import { GatehouseError } from '../errors.js';
+import { StateStoreError } from '../state/types.js';
 import type { Identity } from './types.js';
 
 /** The `identity.assertion` section of the configuration. */
@@ -247,14 +248,29 @@ export class AssertionSigner {
       return signer;
     }
     const store = opts.keyStore ?? defaultStore;
-    const signer = new AssertionSigner(
-      settings,
-      await AssertionSigner.#loadOrCreate(store, settings, now),
-      store,
-      now,
-    );
+    let keys: SigningKey[];
+    try {
+      keys = await AssertionSigner.#loadOrCreate(store, settings, now);
+    } catch (err) {
+      // A reload while the store is down (a Redis outage) keeps the keys the running configuration
+      // signs with; `sync()` adopts the stored set once the store answers again.
+      const previous = opts.previous;
+      const carried =
+        err instanceof StateStoreError && previous !== undefined
+          ? previous.#generatedKeys(settings.algorithm)
+          : undefined;
+      if (carried === undefined) throw err;
+      keys = carried;
+    }
+    const signer = new AssertionSigner(settings, keys, store, now);
     signer.#inherit(opts.previous);
     return signer;
+  }
+
+  /** Copies of this signer's keys when they came from the key store and sign with `alg`. */
+  #generatedKeys(alg: AssertionAlgorithm): SigningKey[] | undefined {
+    if (this.#store === undefined || this.#current.alg !== alg) return undefined;
+    return this.#keys.filter((k) => !k.pinned).map((k) => ({ ...k }));
   }
 
   static #configuredKeys(

@@ -685,9 +685,8 @@ export class LoginService {
       return;
     }
     // The browser that started sign-in holds the login cookie; any other browser is refused (login CSRF).
-    const bound = cookieValues(req.headers.cookie, this.#loginCookie).some(
-      (v) => RANDOM43.test(v) && sameHash(sha256(v), login.binding),
-    );
+    const mine = this.#loginCookieValue(req);
+    const bound = mine !== undefined && sameHash(sha256(mine), login.binding);
     if (!bound || login.redirectUri !== `${here.origin}${GATEHOUSE_PREFIX}callback`) {
       this.#logger.warn(
         { host: facts.host, client: facts.clientIp },
@@ -769,11 +768,8 @@ export class LoginService {
     const raw = code !== null && RANDOM43.test(code) ? await this.#store.take(`handoff:${code}`) : undefined;
     const h = raw === undefined ? undefined : parseJson<Handoff>(raw);
     const retry = `${GATEHOUSE_PREFIX}login?rd=%2F`;
-    const bound =
-      h !== undefined &&
-      cookieValues(req.headers.cookie, this.#loginCookie).some(
-        (v) => RANDOM43.test(v) && sameHash(sha256(v), h.hb),
-      );
+    const mine = this.#loginCookieValue(req);
+    const bound = h !== undefined && mine !== undefined && sameHash(sha256(mine), h.hb);
     if (h === undefined || h.v !== 1 || h.origin !== here.origin || !bound) {
       this.#logger.warn(
         { host: facts.host, client: facts.clientIp },
@@ -881,10 +877,24 @@ export class LoginService {
     return here.authority === s.authority || (here.hostname === s.hostname && !s.authority.includes(':'));
   }
 
+  /**
+   * The browser's login cookie, when it holds exactly one that the gateway could have made. Two
+   * different values mean one was planted from a sibling host (cookie tossing): the planter would know
+   * the binding, so neither is used (the callback and hand-off refuse, a new sign-in gets a fresh one).
+   */
+  #loginCookieValue(req: IncomingMessage): string | undefined {
+    let found: string | undefined;
+    for (const v of cookieValues(req.headers.cookie, this.#loginCookie)) {
+      if (!RANDOM43.test(v) || v === found) continue;
+      if (found !== undefined) return undefined;
+      found = v;
+    }
+    return found;
+  }
+
   /** The browser's login cookie value (reused so parallel sign-ins in several tabs share it) and its Set-Cookie. */
   #binding(req: IncomingMessage, facts: LoginFacts): { value: string; cookie: string } {
-    const existing = cookieValues(req.headers.cookie, this.#loginCookie).find((v) => RANDOM43.test(v));
-    const value = existing ?? randomBytes(32).toString('base64url');
+    const value = this.#loginCookieValue(req) ?? randomBytes(32).toString('base64url');
     const cookie = serializeCookie(this.#loginCookie, value, {
       maxAge: Math.floor(this.#loginTtl / 1000),
       path: this.#loginCookiePath,

@@ -5,10 +5,15 @@
  * lives in the state store, which makes sessions revocable and shared between instances.
  *
  * Hot path: a small in-process cache of verified and loaded sessions (a few seconds) avoids a store
- * round trip per request; `lastSeen` is written at most once per `touchInterval`.
+ * round trip per request; `lastSeen` is written at most once per `touchInterval`. The cache never
+ * outlives a revocation made elsewhere: every revocation (logout, logout everywhere, a failed refresh,
+ * an expiry) and every change of a session is published through the store's revocation feed to the
+ * other processes sharing the store, which drop their copy before their next answer; while that link
+ * is down the cache is not used at all (see `state/revocations.ts`).
  */
 import { createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { GatehouseError } from '../errors.js';
+import type { RevocationFeed } from '../state/revocations.js';
 import type { StateStore } from '../state/types.js';
 import type { Identity } from './types.js';
 
@@ -160,6 +165,8 @@ export function removeCookies(header: string | undefined, names: ReadonlySet<str
 
 interface CacheEntry {
   readonly id: string;
+  /** What revocations of this session are published as (`sessionTag`). */
+  readonly tag: string;
   record: SessionRecord;
   identity: Identity;
   checkedAt: number;
@@ -178,6 +185,8 @@ export class SessionManager {
   readonly #cacheTtl: number;
   readonly #cacheSize: number;
   readonly #cache = new Map<string, CacheEntry>();
+  /** The revocation feed's `seq` this cache has caught up with (-1: not yet). */
+  #seen = -1;
 
   constructor(store: StateStore, settings: SessionSettings, options: SessionManagerOptions = {}) {
     if (settings.secrets.length === 0)
@@ -279,17 +288,23 @@ export class SessionManager {
   }
 
   /**
-   * The session named by the Cookie header. `none` without our cookie; `invalid` for a forged cookie
-   * (`session-invalid`) or a session that ended (`session-expired`). Throws `StateStoreError` when the
-   * store cannot answer (the caller fails closed with 503).
+   * The session named by the Cookie header. `none` without our cookie; `invalid` for a forged cookie or
+   * several cookies naming different sessions (`session-invalid`), or a session that ended
+   * (`session-expired`). Throws `StateStoreError` when the store cannot answer (the caller fails
+   * closed with 503).
    */
   async lookup(cookieHeader: string | undefined): Promise<SessionLookup> {
     const values = cookieValues(cookieHeader, this.settings.cookie);
     if (values.length === 0) return NONE;
+    if (values.length > 1 && this.#conflicting(values)) return SESSION_CONFLICT;
     const now = this.#now();
+    const feed = this.#store.revocations;
+    if (feed.seq !== this.#seen) this.#catchUp(feed);
+    // Without the feed a revocation made elsewhere would go unnoticed: every lookup asks the store.
+    const trusted = feed.live;
     let expired = false;
     for (const value of values) {
-      const cached = this.#cache.get(value);
+      const cached = trusted ? this.#cache.get(value) : undefined;
       if (cached !== undefined && now - cached.checkedAt < this.#cacheTtl) {
         if (this.#isExpired(cached.record, now)) {
           await this.revoke(cached.id);
@@ -300,6 +315,7 @@ export class SessionManager {
       }
       const opened = this.unseal(value);
       if (opened === undefined) continue;
+      const seq = feed.seq;
       const loaded = await this.#load(opened.id, now);
       if (loaded === 'expired' || loaded === 'missing') {
         this.#cache.delete(value);
@@ -315,10 +331,40 @@ export class SessionManager {
         identity,
         reseal,
       });
-      this.#remember(value, { id: opened.id, record: loaded, identity, checkedAt: now, reseal, result });
+      // A revocation heard while the record was read may be this session's: then it is not kept.
+      if (feed.live && feed.seq === seq) {
+        const tag = sessionTag(opened.id);
+        this.#remember(value, {
+          id: opened.id,
+          tag,
+          record: loaded,
+          identity,
+          checkedAt: now,
+          reseal,
+          result,
+        });
+      }
       return result;
     }
     return expired ? SESSION_EXPIRED : SESSION_INVALID;
+  }
+
+  /**
+   * True when the cookies name more than one session, or are too many to check. Two sessions in one
+   * Cookie header mean a cookie was planted from a sibling host (cookie tossing: a `Domain` cookie, or
+   * a longer `Path` that browsers send first), and which one the user holds cannot be told: neither is
+   * used. Forged values among them do not count (they name no session); the same session twice is fine.
+   */
+  #conflicting(values: readonly string[]): boolean {
+    if (values.length > MAX_SESSION_COOKIES) return true;
+    let id: string | undefined;
+    for (const value of values) {
+      const opened = this.unseal(value);
+      if (opened === undefined) continue;
+      if (id === undefined) id = opened.id;
+      else if (opened.id !== id) return true;
+    }
+    return false;
   }
 
   /** The live session with this id (no cookie involved), or undefined when it ended. */
@@ -331,6 +377,8 @@ export class SessionManager {
   async update(id: string, record: SessionRecord): Promise<void> {
     const now = this.#now();
     await this.#write(id, record, now);
+    // Other processes drop their copy and read the new record (groups may have changed).
+    await this.#announce([id]);
     const identity = identityOf(record);
     for (const entry of this.#cache.values()) {
       if (entry.id !== id) continue;
@@ -341,10 +389,15 @@ export class SessionManager {
     }
   }
 
-  /** Ends one session: removed from the store (every instance sees it within the cache TTL). */
+  /**
+   * Ends one session: removed from the store, then announced to every process sharing the store, so
+   * none of them accepts the cookie from its cache any more.
+   */
   async revoke(id: string): Promise<void> {
     this.#forget(id);
     const raw = await this.#store.take(sessionKey(id));
+    // Announced once the store no longer has it: a process that hears it and reads again finds nothing.
+    await this.#announce([id]);
     const record = raw === undefined ? undefined : parseRecord(raw);
     if (record !== undefined)
       await this.#store.setRemove(this.#subjectKey(record.provider, record.subject), id);
@@ -355,9 +408,13 @@ export class SessionManager {
     const key = this.#subjectKey(provider, subject);
     const ids = await this.#store.setMembers(key);
     let ended = 0;
-    for (const id of ids) {
-      this.#forget(id);
-      if ((await this.#store.take(sessionKey(id))) !== undefined) ended++;
+    try {
+      for (const id of ids) {
+        this.#forget(id);
+        if ((await this.#store.take(sessionKey(id))) !== undefined) ended++;
+      }
+    } finally {
+      await this.#announce(ids);
     }
     await this.#store.delete(key);
     return ended;
@@ -408,12 +465,40 @@ export class SessionManager {
     for (const [value, entry] of this.#cache) if (entry.id === id) this.#cache.delete(value);
   }
 
+  /** Drops what the feed says was revoked since this cache last looked (everything after a reset). */
+  #catchUp(feed: RevocationFeed): void {
+    if (this.#cache.size > 0) {
+      const complete = feed.replay(this.#seen, (tag) => {
+        for (const [value, entry] of this.#cache) if (entry.tag === tag) this.#cache.delete(value);
+      });
+      if (!complete) this.#cache.clear();
+    }
+    this.#seen = feed.seq;
+  }
+
+  /**
+   * Publishes revocations of these sessions to the processes sharing the store. A failure to send is
+   * not the caller's failure (the store removed the session): the store logs it, and a process that
+   * lost the link to the store stops trusting its cache on its own.
+   */
+  async #announce(ids: readonly string[]): Promise<void> {
+    if (ids.length === 0) return;
+    await this.#store.revocations.publish(ids.map(sessionTag)).catch(() => undefined);
+  }
+
   #subjectKey(provider: string, subject: string): string {
     return `session-subject:${createHash('sha256').update(provider).update('\0').update(subject).digest('base64url')}`;
   }
 }
 
 const NONE: SessionLookup = Object.freeze({ kind: 'none' });
+/** Most values of the session cookie one request may carry (a host cookie and a domain cookie fit). */
+const MAX_SESSION_COOKIES = 4;
+const SESSION_CONFLICT: SessionLookup = Object.freeze({
+  kind: 'invalid',
+  reason: 'session-invalid',
+  message: 'the request carries several different session cookies',
+});
 const SESSION_INVALID: SessionLookup = Object.freeze({
   kind: 'invalid',
   reason: 'session-invalid',
@@ -427,6 +512,14 @@ const SESSION_EXPIRED: SessionLookup = Object.freeze({
 
 function sessionKey(id: string): string {
   return `session:${id}`;
+}
+
+/**
+ * What a revocation of session `id` is published as: a hash, so the id (half of a valid cookie) never
+ * travels on the revocation channel.
+ */
+export function sessionTag(id: string): string {
+  return createHash('sha256').update('gatehouse-session-tag:').update(id).digest('base64url');
 }
 
 /** The identity a session stands for (`authMethod: 'session'`). */

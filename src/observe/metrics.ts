@@ -464,6 +464,18 @@ export const configGeneration = new Gauge({
   registers: [registry],
 });
 
+/**
+ * 1 while the shared state store (Redis) answers, 0 while it is known to be down; the lowest value
+ * of the processes of an instance.
+ */
+export const stateStoreUp = new Gauge({
+  name: 'gatehouse_state_store_up',
+  help: 'Whether the shared state store answers (1) or is known to be down (0)',
+  labelNames: ['store'] as const,
+  aggregator: 'min',
+  registers: [registry],
+});
+
 let processMetricsEnabled = false;
 
 /** Adds the default process metrics (CPU, memory, event loop, GC) as `gatehouse_*`; idempotent. */

@@ -12,7 +12,8 @@
  * A credential that was presented but is not acceptable never falls back to another one. A cached
  * bearer token or an API key is decided synchronously (no promise); only a token-cache miss and a
  * session lookup wait. A state store that cannot answer fails closed with 503 `GH_STATE_UNAVAILABLE`,
- * except on public routes, which never depend on it.
+ * except on public routes, which never depend on it: they skip the session while the store is known to
+ * be down and wait for it at most `PUBLIC_SESSION_WAIT_MS` otherwise.
  */
 import type { Http2ServerRequest } from 'node:http2';
 import { type Decision, decideAccess, describeReason, isBrowserNavigation } from '../core/decide.js';
@@ -21,7 +22,7 @@ import { GatehouseError } from '../errors.js';
 import { looksLikeApiKey } from '../identity/apikeys.js';
 import { bearerToken, looksLikeJwt } from '../identity/bearer.js';
 import type { IdentityRuntime } from '../identity/index.js';
-import { GATEHOUSE_PREFIX } from '../identity/login.js';
+import { GATEHOUSE_PREFIX, type LoginService } from '../identity/login.js';
 import { type ClientCertificateSocket, certificateIdentity } from '../identity/mtls.js';
 import { appendSetCookie, forbiddenPage, sendPage, unauthorizedPage } from '../identity/pages.js';
 import type { AuthResult, Identity, ReasonCode } from '../identity/types.js';
@@ -296,18 +297,50 @@ function afterCredentials(
     sessionCookie !== undefined &&
     cookie?.includes(sessionCookie)
   ) {
-    return login.authenticateSession(cookie, facts, route).then(
-      (session) => conclude(runtime, req, facts, route, session, FROM_SESSION, now, session.setCookie),
-      (err: unknown) => {
-        // A public route never depends on the store; a protected one fails closed (503).
-        if (err instanceof StateStoreError && route.config.public) {
-          return conclude(runtime, req, facts, route, NONE, FROM_NOTHING, now, undefined);
-        }
-        throw err;
-      },
-    );
+    if (route.config.public) return publicSession(runtime, req, facts, route, login, cookie, now);
+    // A protected route fails closed (503) when the store cannot answer, at once while it is known down.
+    return login
+      .authenticateSession(cookie, facts, route)
+      .then((session) => conclude(runtime, req, facts, route, session, FROM_SESSION, now, session.setCookie));
   }
   return conclude(runtime, req, facts, route, result, source, now, undefined);
+}
+
+/**
+ * How long a public route waits for the session behind a cookie before it answers without it: public
+ * routes never depend on the state store, so a store that is slow, or down and not yet known to be,
+ * costs them this much at most.
+ */
+export const PUBLIC_SESSION_WAIT_MS = 250;
+
+/**
+ * The session on a public route: attached when the store answers in time, else the request goes on
+ * anonymous (no identity headers, no assertion), and at once while the store is known to be down.
+ */
+function publicSession(
+  runtime: Runtime,
+  req: ProxyRequest,
+  facts: RequestFacts,
+  route: CompiledRoute,
+  login: LoginService,
+  cookie: string,
+  now: number,
+): AccessGrant | Promise<AccessGrant> {
+  if (!runtime.store.available)
+    return conclude(runtime, req, facts, route, NONE, FROM_NOTHING, now, undefined);
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), PUBLIC_SESSION_WAIT_MS);
+  });
+  const session = login.authenticateSession(cookie, facts, route).catch((err: unknown) => {
+    if (err instanceof StateStoreError) return undefined;
+    throw err;
+  });
+  return Promise.race([session, late]).then((found) => {
+    clearTimeout(timer);
+    if (found === undefined) return conclude(runtime, req, facts, route, NONE, FROM_NOTHING, now, undefined);
+    return conclude(runtime, req, facts, route, found, FROM_SESSION, now, found.setCookie);
+  });
 }
 
 /** The client certificate's socket: the TLS socket, or for HTTP/2 the session's (one per connection). */

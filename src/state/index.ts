@@ -9,6 +9,7 @@ import type { StateStore } from './types.js';
 
 export { MemoryStore, type MemoryStoreOptions } from './memory.js';
 export { RedisStore, type RedisStoreOptions, redactRedisUrl } from './redis.js';
+export { type PublishTags, RevocationFeed } from './revocations.js';
 export { type StateStore, StateStoreError } from './types.js';
 
 /** Options for `createStateStore`. */

@@ -7,14 +7,18 @@
  * call once the channel is closed, fails with `StateStoreError`, on which callers fail closed (503).
  */
 import {
+  isRevokeMessage,
   isStoreReply,
+  MAX_REVOKE_TAGS,
   ReplyTable,
+  type RevokeMessage,
   STORE_OPS,
   type StoreOp,
   type StoreReply,
   type StoreRequest,
   type StoreValue,
 } from '../cluster-ipc.js';
+import { RevocationFeed } from './revocations.js';
 import { checkKeyAndTtl, type StateStore, StateStoreError } from './types.js';
 
 /** How long a worker waits for the primary to answer one store call. */
@@ -30,7 +34,7 @@ const PRIMARY = 0;
 export interface IpcChannel {
   readonly connected: boolean;
   send?(
-    message: StoreRequest,
+    message: StoreRequest | RevokeMessage,
     sendHandle: undefined,
     options: object,
     callback: (err: Error | null) => void,
@@ -53,6 +57,11 @@ type Call = Omit<StoreRequest, 'gatehouse' | 'id'>;
 export class IpcStore implements StateStore {
   /** What `state.store` says: the data lives in (the primary's) memory, gone when the instance stops. */
   readonly kind = 'memory' as const;
+  /**
+   * Revocations of the other workers, relayed by the primary; trusted while the channel is open (an
+   * IPC channel loses no message), so a closed channel stops the caches.
+   */
+  readonly revocations: RevocationFeed;
   readonly #channel: IpcChannel;
   readonly #timeoutMs: number;
   readonly #waiting = new ReplyTable();
@@ -60,6 +69,10 @@ export class IpcStore implements StateStore {
   #disconnected = false;
 
   readonly #onMessage = (message: unknown): void => {
+    if (isRevokeMessage(message)) {
+      this.revocations.deliver(message.tags);
+      return;
+    }
     if (!isStoreReply(message)) return;
     if (message.ok) this.#waiting.settle(message.id, PRIMARY, undefined, message.value);
     else this.#waiting.settle(message.id, PRIMARY, replyError(message));
@@ -67,6 +80,7 @@ export class IpcStore implements StateStore {
 
   readonly #onDisconnect = (): void => {
     this.#disconnected = true;
+    this.revocations.reset(false);
     this.#waiting.fail(
       PRIMARY,
       () => new StateStoreError('the cluster primary is gone (IPC channel closed)'),
@@ -76,8 +90,14 @@ export class IpcStore implements StateStore {
   constructor(channel: IpcChannel = process, options: IpcStoreOptions = {}) {
     this.#channel = channel;
     this.#timeoutMs = options.timeoutMs ?? STORE_CALL_TIMEOUT_MS;
+    this.revocations = new RevocationFeed(channel.connected, (tags) => this.#sendRevocations(tags));
     channel.on('message', this.#onMessage);
     channel.on('disconnect', this.#onDisconnect);
+  }
+
+  /** False once the channel to the primary closed (or the store was closed): calls fail at once. */
+  get available(): boolean {
+    return !this.#closed && !this.#disconnected && this.#channel.connected;
   }
 
   /** Calls still waiting for the primary's answer. */
@@ -137,7 +157,26 @@ export class IpcStore implements StateStore {
     this.#closed = true;
     this.#channel.off('message', this.#onMessage);
     this.#channel.off('disconnect', this.#onDisconnect);
+    this.revocations.reset(false);
     this.#waiting.fail(PRIMARY, () => new StateStoreError('state store is closed'));
+  }
+
+  /** Hands revocations to the primary, which relays them to the other workers. */
+  async #sendRevocations(tags: readonly string[]): Promise<void> {
+    const channel = this.#channel;
+    if (this.#closed || this.#disconnected || !channel.connected || channel.send === undefined) {
+      throw new StateStoreError('the cluster primary is not reachable (IPC channel closed)');
+    }
+    for (let i = 0; i < tags.length; i += MAX_REVOKE_TAGS) {
+      const message: RevokeMessage = { gatehouse: 'revoke', tags: tags.slice(i, i + MAX_REVOKE_TAGS) };
+      await new Promise<void>((resolve, reject) => {
+        channel.send?.(message, undefined, {}, (err) =>
+          err
+            ? reject(new StateStoreError(`the cluster primary is not reachable: ${err.message}`, err))
+            : resolve(),
+        );
+      });
+    }
   }
 
   #call(call: Call): Promise<unknown> {

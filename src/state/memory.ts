@@ -5,6 +5,7 @@
  * Every operation is synchronous underneath, which makes `add`, `take` and `incr` atomic in the process.
  */
 import type { Logger } from '../observe/log.js';
+import { RevocationFeed } from './revocations.js';
 import { checkKeyAndTtl, type StateStore, StateStoreError } from './types.js';
 
 /** Options of the memory store. */
@@ -32,6 +33,8 @@ const INTEGER = /^-?\d{1,16}$/;
 /** The memory store; see `createStateStore('memory')`. */
 export class MemoryStore implements StateStore {
   readonly kind = 'memory' as const;
+  /** No other process shares this store: what it holds is known here at once. */
+  readonly revocations = new RevocationFeed(true);
   readonly #entries = new Map<string, Entry>();
   readonly #short = new Map<string, Entry>();
   readonly #max: number;
@@ -54,6 +57,11 @@ export class MemoryStore implements StateStore {
       this.#timer = setInterval(() => this.sweep(), every);
       this.#timer.unref();
     }
+  }
+
+  /** In memory, the store answers until it is closed. */
+  get available(): boolean {
+    return !this.#closed;
   }
 
   /** Number of keys held (expired ones included until they are swept). */

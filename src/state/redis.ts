@@ -1,10 +1,24 @@
 /**
  * The Redis state store, shared by every instance of the gateway. Keys are prefixed with `gatehouse:`.
  * Commands time out instead of queueing forever, so a Redis outage turns into `StateStoreError` (503)
- * quickly and callers fail closed; the client keeps reconnecting in the background.
+ * and callers fail closed; the client keeps reconnecting in the background.
+ *
+ * Health is known, not discovered per request (a circuit breaker): after a connection error, a closed
+ * connection or a command that timed out, the store is unavailable; the calls waiting for Redis and
+ * every later call fail at once, with no wait on a timeout, until Redis answers again (the reconnected
+ * client's `ready`, or the PING sent every `probeInterval`). The same PING, sent while Redis is
+ * healthy, notices a Redis that hangs (a stopped process, a partition) within `probeTimeout`, without
+ * waiting for a request to time out.
+ *
+ * Revocations travel over Redis pub/sub on a dedicated subscriber connection (a subscribed connection
+ * runs no other command). The feed is live only while that connection is subscribed and Redis is
+ * available; any change of either resets the session caches of this process.
  */
-import { Redis } from 'ioredis';
+import { randomBytes } from 'node:crypto';
+import { Redis, ReplyError } from 'ioredis';
 import type { Logger } from '../observe/log.js';
+import { stateStoreUp } from '../observe/metrics.js';
+import { RevocationFeed } from './revocations.js';
 import { checkKeyAndTtl, type StateStore, StateStoreError } from './types.js';
 
 /** Options of the Redis store. */
@@ -13,9 +27,16 @@ export interface RedisStoreOptions {
   connectTimeout?: number;
   /** Time allowed for one command, in ms, including waiting for a connection (default 2000). */
   commandTimeout?: number;
-  /** Key prefix (default `gatehouse:`). */
+  /** Key prefix (default `gatehouse:`); the revocation channel is `<prefix>revocations`. */
   prefix?: string;
+  /** How often Redis is checked with a PING, healthy or not, in ms (default 1000). */
+  probeInterval?: number;
+  /** How long that PING may take before Redis counts as unavailable, in ms (default `commandTimeout`). */
+  probeTimeout?: number;
 }
+
+// A tag is base64url (see the session manager); anything else on the channel is ignored.
+const TAG = /^[A-Za-z0-9_-]{1,128}$/;
 
 // GETDEL exists only since Redis 6.2; a script is atomic on every version.
 const TAKE = `local v = redis.call('GET', KEYS[1])
@@ -48,17 +69,31 @@ export function redactRedisUrl(url: string): string {
 /** The Redis store; see `createStateStore('redis://…')`. */
 export class RedisStore implements StateStore {
   readonly kind = 'redis' as const;
+  readonly revocations: RevocationFeed;
   readonly #client: Redis;
+  readonly #subscriber: Redis;
   readonly #scripts: Scripts;
   readonly #prefix: string;
+  readonly #channel: string;
+  /** Marks this process's own messages, which Redis also delivers back to its subscriber. */
+  readonly #origin = randomBytes(9).toString('base64url');
   readonly #logger: Logger;
   readonly #where: string;
-  #healthy = true;
+  readonly #probeTimer: NodeJS.Timeout;
+  readonly #probeTimeout: number;
+  // Optimistic until the first failure: the first commands wait for the connection (connectTimeout).
+  #available = true;
+  #subscribed = false;
+  #pinging = false;
+  #pingingSubscriber = false;
+  /** Rejects of the calls waiting for Redis right now. */
+  readonly #waiting = new Set<(err: Error) => void>();
   #closed = false;
 
   constructor(url: string, logger: Logger, options: RedisStoreOptions = {}) {
     this.#logger = logger;
     this.#prefix = options.prefix ?? 'gatehouse:';
+    this.#channel = `${this.#prefix}revocations`;
     this.#where = redactRedisUrl(url);
     const commandTimeout = options.commandTimeout ?? 2000;
     this.#client = new Redis(url, {
@@ -75,17 +110,30 @@ export class RedisStore implements StateStore {
     this.#client.defineCommand('gatehouseTake', { numberOfKeys: 1, lua: TAKE });
     this.#client.defineCommand('gatehouseIncr', { numberOfKeys: 1, lua: INCR });
     this.#scripts = this.#client as unknown as Scripts;
-    this.#client.on('error', (err: Error) => {
-      // ioredis reports every failed reconnection; log the transition, not each attempt.
-      if (this.#healthy && !this.#closed) {
-        this.#healthy = false;
-        this.#logger.error({ err: err.message, store: this.#where }, 'state store (Redis) unavailable');
-      }
-    });
-    this.#client.on('ready', () => {
-      if (!this.#healthy) this.#logger.info({ store: this.#where }, 'state store (Redis) available again');
-      this.#healthy = true;
-    });
+    this.revocations = new RevocationFeed(false, (tags) => this.#publish(tags));
+    // ioredis reports every failed reconnection as an error; the transitions are logged once each.
+    this.#client.on('error', (err: Error) => this.#down(err));
+    this.#client.on('close', () => this.#down(undefined));
+    this.#client.on('end', () => this.#down(undefined));
+    this.#client.on('ready', () => this.#up());
+
+    // Subscribing is done here on every `ready`, so a resubscription is always noticed (and the caches reset).
+    this.#subscriber = this.#client.duplicate({ autoResubscribe: false, connectionName: 'gatehouse-sub' });
+    this.#subscriber.on('error', () => this.#unsubscribed());
+    this.#subscriber.on('close', () => this.#unsubscribed());
+    this.#subscriber.on('end', () => this.#unsubscribed());
+    this.#subscriber.on('ready', () => this.#subscribe());
+    this.#subscriber.on('message', (channel: string, message: string) => this.#heard(channel, message));
+
+    stateStoreUp.set({ store: 'redis' }, 1);
+    this.#probeTimeout = options.probeTimeout ?? commandTimeout;
+    this.#probeTimer = setInterval(() => this.#probe(), options.probeInterval ?? 1000);
+    this.#probeTimer.unref();
+  }
+
+  /** False while Redis is known to be unreachable: calls fail at once (see the module comment). */
+  get available(): boolean {
+    return this.#available && !this.#closed;
   }
 
   async get(key: string): Promise<string | undefined> {
@@ -157,26 +205,167 @@ export class RedisStore implements StateStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#probeTimer);
+    this.#subscribed = false;
+    this.revocations.reset(false);
     try {
       let timer: NodeJS.Timeout | undefined;
       const deadline = new Promise<void>((resolve) => {
         timer = setTimeout(resolve, 1000);
       });
-      await Promise.race([this.#client.quit().catch(() => undefined), deadline]);
+      await Promise.race([
+        Promise.all([
+          this.#client.quit().catch(() => undefined),
+          this.#subscriber.quit().catch(() => undefined),
+        ]),
+        deadline,
+      ]);
       clearTimeout(timer);
     } finally {
       this.#client.disconnect();
+      this.#subscriber.disconnect();
     }
   }
 
   async #run<T>(op: string, fn: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new StateStoreError('state store is closed');
+    // The outage is known and logged: fail at once instead of waiting for another timeout.
+    if (!this.#available) throw new StateStoreError(`state store ${op} failed: Redis is unavailable`);
+    let abandon: ((err: Error) => void) | undefined;
     try {
-      return await fn();
+      return await new Promise<T>((resolve, reject) => {
+        abandon = reject;
+        this.#waiting.add(reject);
+        fn().then(resolve, reject);
+      });
     } catch (err) {
+      if (err instanceof StateStoreError) throw err;
+      // An error reply (wrong type, script error) comes from a Redis that works; anything else does not.
+      if (!(err instanceof ReplyError)) this.#down(err);
       const message = err instanceof Error ? err.message : String(err);
       this.#logger.warn({ op, err: message, store: this.#where }, 'state store operation failed');
       throw new StateStoreError(`state store ${op} failed: ${message}`, err);
+    } finally {
+      if (abandon !== undefined) this.#waiting.delete(abandon);
     }
+  }
+
+  #down(err: unknown): void {
+    if (this.#closed || !this.#available) return;
+    this.#available = false;
+    // Calls already waiting on a Redis that hangs would wait for their command timeout: fail them now.
+    for (const abandon of this.#waiting)
+      abandon(new StateStoreError('state store failed: Redis became unavailable'));
+    this.#waiting.clear();
+    const message =
+      err instanceof Error ? err.message : err === undefined ? 'connection closed' : String(err);
+    this.#logger.error({ err: message, store: this.#where }, 'state store (Redis) unavailable');
+    stateStoreUp.set({ store: 'redis' }, 0);
+    this.#feedChanged();
+  }
+
+  #up(): void {
+    if (this.#closed || this.#available) return;
+    this.#available = true;
+    this.#logger.info({ store: this.#where }, 'state store (Redis) available again');
+    stateStoreUp.set({ store: 'redis' }, 1);
+    this.#feedChanged();
+    // The subscriber may have come back first, or never noticed the outage (Redis stopped, not gone).
+    if (!this.#subscribed) this.#subscribe();
+  }
+
+  /** Live while both connections work; every change resets the session caches (see RevocationFeed). */
+  #feedChanged(): void {
+    const live = this.#available && this.#subscribed && !this.#closed;
+    if (live !== this.revocations.live) this.revocations.reset(live);
+  }
+
+  #subscribe(): void {
+    if (this.#closed || this.#subscriber.status !== 'ready') return;
+    this.#subscriber.subscribe(this.#channel).then(
+      () => {
+        if (this.#closed || this.#subscribed) return;
+        this.#subscribed = true;
+        this.#feedChanged();
+      },
+      (err: unknown) => {
+        this.#logger.warn(
+          { err: err instanceof Error ? err.message : String(err), store: this.#where },
+          'state store (Redis): subscribing to revocations failed; retrying',
+        );
+      },
+    );
+  }
+
+  /**
+   * Checks both connections with a PING, each on its own (a hung subscriber must not stop the checks
+   * of the other connection). A failure, or no answer within `probeTimeout`, makes the store
+   * unavailable (or the feed not live); a success brings it back. A PING that hangs is answered as soon
+   * as Redis runs again, which is then noticed at once; meanwhile no second one is sent.
+   */
+  #probe(): void {
+    if (this.#closed) return;
+    if (!this.#pinging) {
+      this.#pinging = true;
+      const late = setTimeout(() => this.#down(new Error('no answer to PING')), this.#probeTimeout);
+      late.unref();
+      this.#client
+        .ping()
+        .then(
+          () => {
+            clearTimeout(late);
+            this.#up();
+          },
+          (err: unknown) => {
+            clearTimeout(late);
+            this.#down(err);
+          },
+        )
+        .finally(() => {
+          this.#pinging = false;
+        });
+    }
+    if (!this.#pingingSubscriber) {
+      this.#pingingSubscriber = true;
+      const late = setTimeout(() => this.#unsubscribed(), this.#probeTimeout);
+      late.unref();
+      this.#subscriber
+        .ping()
+        .then(
+          () => {
+            clearTimeout(late);
+            if (!this.#subscribed) this.#subscribe();
+          },
+          () => {
+            clearTimeout(late);
+            this.#unsubscribed();
+          },
+        )
+        .finally(() => {
+          this.#pingingSubscriber = false;
+        });
+    }
+  }
+
+  /** The subscriber connection failed or hangs: revocations may be missed until it subscribes again. */
+  #unsubscribed(): void {
+    if (!this.#subscribed) return;
+    this.#subscribed = false;
+    this.#feedChanged();
+  }
+
+  async #publish(tags: readonly string[]): Promise<void> {
+    await this.#run('publish', () =>
+      this.#client.publish(this.#channel, `${this.#origin} ${tags.join(' ')}`),
+    );
+  }
+
+  #heard(channel: string, message: string): void {
+    if (channel !== this.#channel) return;
+    const parts = message.split(' ');
+    if (parts[0] === this.#origin) return;
+    const tags: string[] = [];
+    for (let i = 1; i < parts.length; i++) if (TAG.test(parts[i]!)) tags.push(parts[i]!);
+    this.revocations.deliver(tags);
   }
 }

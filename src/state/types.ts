@@ -5,11 +5,20 @@
  * the Redis store prefixes with `gatehouse:`.
  */
 import { GatehouseError } from '../errors.js';
+import type { RevocationFeed } from './revocations.js';
 
 /** A key-value store with per-key expiry and the few atomic operations login and limits need. */
 export interface StateStore {
   /** `memory` or `redis`. */
   readonly kind: 'memory' | 'redis';
+  /**
+   * False while the store is known to be unreachable: every call then fails at once with
+   * `StateStoreError` instead of waiting for a timeout, until the store finds it reachable again by
+   * itself. Callers that can do without the store (public routes) skip it meanwhile.
+   */
+  readonly available: boolean;
+  /** Revocations shared by every process using this store, for their session caches (see the feed). */
+  readonly revocations: RevocationFeed;
   /** The value, or undefined when the key is absent or expired. */
   get(key: string): Promise<string | undefined>;
   /** Stores a value; `ttlMs` makes it expire (omitted: no expiry). */

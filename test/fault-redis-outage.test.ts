@@ -1,0 +1,193 @@
+/**
+ * A Redis outage with `state.store: redis://`: the test's own redis-server hangs (SIGSTOP, then
+ * SIGCONT) or goes away (killed, then restarted on the same port) under a running gateway. Throughout,
+ * the gateway never crashes and never lets a session through that it cannot check: protected routes
+ * with a session fail closed (503 `GH_STATE_UNAVAILABLE`) without waiting on Redis once the outage is
+ * known, public routes answer without the session, bearer and API-key requests keep working, and a
+ * reload is accepted. Afterwards everything works again without a restart.
+ *
+ * The store's command timeout is set far above every bound of the test (30 s), so that nothing here
+ * passes by waiting for it: the outage must be known (the store's health check, 500 ms).
+ */
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { type TestContext, test } from 'node:test';
+import { Gateway } from '../src/gateway.js';
+import { generateApiKey } from '../src/identity/apikeys.js';
+import { stateStoreUp } from '../src/observe/metrics.js';
+import { RedisStore } from '../src/state/redis.js';
+import { memoryLogger, tempDir, waitFor } from './helpers/gateway.js';
+import { makeKey, startIssuer } from './helpers/identity.js';
+import { startIdp } from './helpers/oidc.js';
+import { type Seen, startBackend } from './helpers/proxy.js';
+import { startRedisServer } from './helpers/redis.js';
+import { CookieJar, hop, signInOverHttp } from './helpers/signin.js';
+
+const SECRET = 'redis-outage-session-secret-0123456789abc';
+const HOST = 'app.gatehouse.test';
+
+async function setup(t: TestContext) {
+  const redis = await startRedisServer();
+  t.after(() => redis.close());
+  const backend = await startBackend(t, 'app');
+  const key = await makeKey('k1');
+  const issuer = await startIssuer([key]);
+  t.after(() => issuer.close());
+  const apiKey = generateApiKey('etl');
+  const d = tempDir();
+  t.after(() => d.remove());
+  const config = (idpIssuer: string, extraRoute = '') => `listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+state: { store: "${redis.url}" }
+logging: { level: warn }
+upstreams: { app: { servers: [{ url: "${backend.url}" }] } }
+identity:
+  session: { secrets: ["${SECRET}"] }
+  providers:
+    - { name: corp, type: oidc, issuer: "${idpIssuer}", clientId: gatehouse, clientSecret: file:client-secret,
+        scopes: [openid, email, profile, groups] }
+  bearer: [{ issuer: "${issuer.issuer}", audiences: [gatehouse-api] }]
+  apiKeys: [{ id: etl, hash: "${apiKey.hashLine}", subject: "agent:etl", groups: [agents] }]
+routes:
+  - { name: app, match: { path: /app }, upstream: app, identityHeaders: true }
+  - { name: open, match: { path: /open }, upstream: app, public: true, identityHeaders: true }
+${extraRoute}`;
+  d.write('client-secret', 'not-yet');
+  const file = d.write('gatehouse.yaml', config('http://127.0.0.1:9'));
+  const { logger, lines } = memoryLogger();
+  const gw = await Gateway.start({
+    configFile: file,
+    logger,
+    watch: false,
+    createStore: (url, log) => new RedisStore(url, log, { commandTimeout: 30_000, probeTimeout: 500 }),
+  });
+  t.after(() => gw.shutdown());
+  const origin = `http://${HOST}:${gw.address('plain')!.port}`;
+  const idp = await startIdp(t, { redirectUris: [`${origin}/.gatehouse/callback`] });
+  await writeFile(d.file('client-secret'), idp.clientSecret);
+  await writeFile(file, config(idp.issuer));
+  assert.equal((await gw.reload()).ok, true);
+  const token = await issuer.sign({ sub: 'svc', aud: 'gatehouse-api' });
+  const asked = async (
+    path: string,
+    headers: { cookie?: string; authorization?: string; 'x-api-key'?: string },
+  ) => {
+    const before = backend.seen.length;
+    const r = await hop(`${origin}${path}`, new CookieJar(), {
+      accept: 'application/json',
+      cookie: headers.cookie,
+      headers: {
+        ...(headers.authorization ? { authorization: headers.authorization } : {}),
+        ...(headers['x-api-key'] ? { 'x-api-key': headers['x-api-key'] } : {}),
+      },
+    });
+    const seen: Seen | undefined = backend.seen.length > before ? backend.seen.at(-1) : undefined;
+    return { status: r.status, body: r.body, user: seen?.headers['x-gatehouse-user'] };
+  };
+  return {
+    redis,
+    gw,
+    origin,
+    lines,
+    asked,
+    bearer: `Bearer ${token}`,
+    apiKey: apiKey.key,
+    reloadWith: async (route: string) => {
+      await writeFile(file, config(idp.issuer, route));
+      return gw.reload();
+    },
+  };
+}
+
+/** `gatehouse_state_store_up{store="redis"}` of this process. */
+async function storeUp(): Promise<number | undefined> {
+  return (await stateStoreUp.get()).values.find((v) => v.labels.store === 'redis')?.value;
+}
+
+/** What must hold while Redis is known to be out, whichever way it went out. */
+async function duringOutage(
+  s: Awaited<ReturnType<typeof setup>>,
+  cookie: string,
+  tag: string,
+): Promise<void> {
+  await waitFor(() => !s.gw.runtime.store.available, 10_000, 'the outage to be known');
+  assert.equal(await storeUp(), 0, `${tag}: the outage shows in /metrics`);
+  const protectedRoute = await s.asked('/app/x', { cookie });
+  assert.equal(protectedRoute.status, 503, `${tag}: a session on a protected route fails closed`);
+  assert.match(protectedRoute.body, /GH_STATE_UNAVAILABLE/);
+  const open = await s.asked('/open/x', { cookie });
+  assert.equal(open.status, 200, `${tag}: the public route answers`);
+  assert.equal(open.user, undefined, `${tag}: without the session it cannot check`);
+  assert.equal((await s.asked('/app/key', { 'x-api-key': s.apiKey })).user, 'agent:etl', `${tag}: API key`);
+  assert.equal((await s.asked('/app/jwt', { authorization: s.bearer })).user, 'svc', `${tag}: bearer`);
+  assert.equal((await s.asked('/app/none', {})).status, 401, `${tag}: anonymous is still refused`);
+  const start = await hop(`${s.origin}/.gatehouse/login`, new CookieJar());
+  assert.equal(start.status, 503, `${tag}: sign-in needs the store and says so`);
+  // A configuration change deploys while Redis is out.
+  const reload = await s.reloadWith(
+    `  - { name: added-${tag}, match: { path: /added }, upstream: app, public: true }\n`,
+  );
+  assert.deepEqual(reload.ok, true, `${tag}: reload accepted: ${JSON.stringify(reload)}`);
+  assert.equal((await s.asked('/added', {})).status, 200, `${tag}: the new route serves`);
+}
+
+test('Redis hangs (SIGSTOP) and continues: fail closed fast, public and token routes serve, reload accepted, recovery by itself', {
+  timeout: 120_000,
+}, async (t) => {
+  const s = await setup(t);
+  const { cookie } = await signInOverHttp(s.origin, 'alice', { rd: '/app/x' });
+  assert.equal((await s.asked('/app/x', { cookie })).user, 'alice');
+  assert.equal((await s.asked('/open/x', { cookie })).user, 'alice', 'a public route attaches the session');
+  // A session no process has cached yet, so that its check must ask Redis.
+  const fresh = (await signInOverHttp(s.origin, 'bob', { rd: '/app/x' })).cookie;
+
+  s.redis.stop();
+  // Before the hang is known, a public route does not wait for Redis: it answers while a protected
+  // request with a session, sent first, still waits on the stopped server.
+  const protectedFirst = s.asked('/app/x', { cookie: fresh }).then((r) => ({ which: 'protected', ...r }));
+  await new Promise((r) => setTimeout(r, 100));
+  const publicNext = s.asked('/open/x', { cookie: fresh }).then((r) => ({ which: 'public', ...r }));
+  const first = await Promise.race([protectedFirst, publicNext]);
+  assert.equal(first.which, 'public');
+  assert.equal(first.status, 200);
+  assert.equal(first.user, undefined);
+  assert.equal((await protectedFirst).status, 503, 'the waiting request fails closed once the hang is known');
+
+  await duringOutage(s, cookie, 'hang');
+
+  s.redis.cont();
+  await waitFor(async () => (await s.asked('/app/x', { cookie })).status === 200, 15_000, 'recovery');
+  assert.equal((await s.asked('/app/x', { cookie })).user, 'alice', 'the same session works again');
+  assert.equal(await storeUp(), 1);
+  assert.equal((await s.asked('/open/x', { cookie: fresh })).user, 'bob', 'public routes attach it again');
+  const again = await signInOverHttp(s.origin, 'alice', { rd: '/app/x' });
+  assert.equal((await s.asked('/app/x', { cookie: again.cookie })).user, 'alice', 'sign-in works again');
+});
+
+test('Redis refuses (killed) and comes back empty on the same port: fail closed, serve the rest, recover by itself', {
+  timeout: 120_000,
+}, async (t) => {
+  const s = await setup(t);
+  const { cookie } = await signInOverHttp(s.origin, 'alice', { rd: '/app/x' });
+  assert.equal((await s.asked('/app/x', { cookie })).user, 'alice');
+
+  await s.redis.kill();
+  await duringOutage(s, cookie, 'refused');
+  // A cached session is not trusted while revocations cannot arrive.
+  assert.equal((await s.asked('/app/x', { cookie })).status, 503);
+
+  await s.redis.restart();
+  await waitFor(
+    () => s.gw.runtime.store.available && s.gw.runtime.store.revocations.live,
+    15_000,
+    'recovery',
+  );
+  // The new Redis is empty: the old session is gone (refused, not an error), sign-in works again.
+  assert.equal((await s.asked('/app/x', { cookie })).status, 401);
+  const again = await signInOverHttp(s.origin, 'alice', { rd: '/app/x' });
+  assert.equal((await s.asked('/app/x', { cookie: again.cookie })).user, 'alice');
+  assert.equal((await s.asked('/open/x', { cookie: again.cookie })).user, 'alice');
+  assert.ok(
+    s.lines.some((l) => l.msg === 'state store (Redis) unavailable'),
+    'the outage is logged',
+  );
+});
