@@ -21,7 +21,7 @@ function table(routes: unknown[], extra: Record<string, unknown> = {}): RouteTab
 }
 
 function facts(host: string, path: string, method = 'GET', headers: IncomingHttpHeaders = {}): RequestFacts {
-  return { host, path, method, headers, query: '', clientIp: '127.0.0.1', tls: false };
+  return { host, authority: host, path, method, headers, query: '', clientIp: '127.0.0.1', tls: false };
 }
 
 function name(t: RouteTable, f: RequestFacts): string | undefined {

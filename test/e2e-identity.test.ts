@@ -522,6 +522,7 @@ describe('machine identities through the gateway', () => {
       const facts = {
         method: 'GET',
         host: HOST,
+        authority: HOST,
         path,
         query: '',
         headers,

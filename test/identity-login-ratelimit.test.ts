@@ -55,6 +55,7 @@ async function setup(
     const named = req.headers['x-test-client-ip'];
     const facts = {
       host: normalizeHost(req.headers.host),
+      authority: req.headers.host ?? '',
       path: url.pathname,
       query: url.search,
       tls: false,

@@ -10,6 +10,11 @@ export interface RequestFacts {
   method: string;
   /** Lower-case host without port. */
   host: string;
+  /**
+   * The authority as received, before normalization: an absolute-form target's, else `:authority`,
+   * else Host (RFC 9112 §3.2.2). What redirects back to this host are built from.
+   */
+  authority: string;
   /** Normalized path (no query), see `normalizePath`. */
   path: string;
   /** Raw query string including the leading `?`, or ''. */

@@ -60,7 +60,7 @@ import {
 import type { AuthResult, Identity, ReasonCode } from './types.js';
 
 /** What the login endpoints need of a request (a subset of `RequestFacts`). */
-export type LoginFacts = Pick<RequestFacts, 'host' | 'path' | 'query' | 'tls' | 'clientIp'>;
+export type LoginFacts = Pick<RequestFacts, 'host' | 'authority' | 'path' | 'query' | 'tls' | 'clientIp'>;
 
 /** The part of a route the login flow looks at (a `CompiledRoute` fits). */
 export interface LoginRoute {
@@ -295,7 +295,7 @@ export class LoginService {
         );
         return;
       }
-      const here = hereOf(req, facts);
+      const here = hereOf(facts);
       if (here === undefined) {
         this.#fail(
           res,
@@ -1157,9 +1157,10 @@ function stripDot(h: string): string {
   return h.endsWith('.') ? h.slice(0, -1) : h;
 }
 
-function hereOf(req: IncomingMessage, facts: Pick<LoginFacts, 'host' | 'tls'>): Here | undefined {
-  const raw = req.headers.host ?? (req.headers[':authority'] as string | undefined);
-  if (raw === undefined || raw === '' || /[\s/\\@?#]/.test(raw)) return undefined;
+function hereOf(facts: Pick<LoginFacts, 'host' | 'authority' | 'tls'>): Here | undefined {
+  // The authority the data plane routed on (absolute-form, :authority, then Host), never re-read here.
+  const raw = facts.authority;
+  if (raw === '' || /[\s/\\@?#]/.test(raw)) return undefined;
   const scheme = facts.tls ? 'https' : 'http';
   const u = URL.parse(`${scheme}://${raw}/`);
   if (u === null || u.pathname !== '/') return undefined;

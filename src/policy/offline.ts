@@ -182,7 +182,7 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
   headers.accept ??= 'text/html';
   const tls = req.url.toLowerCase().startsWith('https:');
   // The gateway's own routing, with its method rules (override, TRACE and CONNECT refused).
-  const facts: RequestFacts = { method, host, path, query, headers, clientIp, tls };
+  const facts: RequestFacts = { method, host, authority, path, query, headers, clientIp, tls };
   let route: CompiledRoute;
   try {
     route = routeRequest(ctx.routes, facts);

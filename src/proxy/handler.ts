@@ -383,6 +383,7 @@ class Exchange {
       const facts: RequestFacts = {
         method: this.method,
         host: this.host,
+        authority: this.originalHost,
         path: this.path,
         query: this.query,
         headers: req.headers,

@@ -149,6 +149,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       facts = {
         method: req.method ?? 'GET',
         host: this.host,
+        authority: this.originalHost,
         path: t.path,
         query: t.query,
         headers: req.headers,

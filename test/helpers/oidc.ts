@@ -344,6 +344,7 @@ export async function startLoginApp(t: TestContext): Promise<LoginApp> {
       }
       const facts = {
         host: normalizeHost(req.headers.host),
+        authority: req.headers.host ?? '',
         path: url.pathname,
         query: url.search,
         tls: false,
