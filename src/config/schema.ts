@@ -141,7 +141,7 @@ const Server = z
   .strictObject({
     trustedProxies: z.array(Cidr).default([]).meta({
       description:
-        'Proxies whose X-Forwarded-For is kept and extended (others are replaced); behind them the client is the rightmost untrusted address in it',
+        'Proxies whose X-Forwarded-For is kept and extended (others are replaced) and whose other headers about the client (Forwarded, X-Real-IP, X-Forwarded-Port, ...) are kept (removed from other peers); behind them the client is the rightmost untrusted address in X-Forwarded-For',
     }),
     headersTimeout: Duration.default(20_000).meta({
       description: 'Time a client has to send complete request headers (slowloris guard)',

@@ -379,6 +379,7 @@ class Exchange {
         requestId: this.requestId,
         edits: rs.requestEdits,
         inject: up.injectHeaders,
+        apiKeyHeader: this.runtime.identity.apiKeyHeader,
       });
       if (this.access !== undefined)
         forwardIdentity(this.headers, this.access, rs.requestEdits, up.injectHeaders);

@@ -194,6 +194,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
         requestId: this.requestId,
         edits,
         inject: up.injectHeaders,
+        apiKeyHeader: runtime.identity.apiKeyHeader,
       });
       forwardIdentity(headers, grant, edits, up.injectHeaders);
     } catch (err) {
