@@ -6,6 +6,7 @@
  * gateway checked. Real gateway listeners, a backend that records the raw header lines it received.
  */
 import assert from 'node:assert/strict';
+import http2 from 'node:http2';
 import { connect } from 'node:net';
 import { test } from 'node:test';
 import { generateApiKey } from '../src/identity/apikeys.js';
@@ -15,6 +16,7 @@ import {
   REWRITE_REQUEST_HEADERS,
   TRUSTED_ONLY_REQUEST_HEADERS,
 } from '../src/proxy/headers.js';
+import { selfSigned, tempDir } from './helpers/gateway.js';
 import { config, request, type Seen, seenOf, startBackend, startGateway } from './helpers/proxy.js';
 
 /** The headers named in the hardening request, as they are usually spelled. */
@@ -358,6 +360,66 @@ test('hop-by-hop abuse: Connection cannot remove X-Forwarded-For, X-Request-Id, 
   const seen = seenOf(own.body);
   assert.equal(seen.headers['x-trace'], undefined);
   assert.equal(seen.bodyLength, 5);
+  // Naming the framing or routing headers changes neither the body the backend reads nor its Host.
+  for (const named of ['Content-Length', 'Transfer-Encoding', 'Content-Length, Host', 'Host, Cookie']) {
+    const r2 = await request(gw.url(), {
+      method: 'POST',
+      path: '/inj/framing',
+      headers: { host: 'a.test', connection: named, 'content-type': 'text/plain' },
+      body: 'hello',
+    });
+    assert.equal(r2.status, 200, named);
+    const s2 = seenOf(r2.body);
+    assert.equal(s2.bodyLength, 5, named);
+    assert.equal(s2.headers.host, 'a.test', named);
+  }
+});
+
+test('spoofing over HTTP/2: the same headers are removed, whatever their spelling', async (t) => {
+  const b = await startBackend(t, 'b');
+  const d = tempDir('gatehouse-h2-');
+  t.after(() => d.remove());
+  const pem = selfSigned('a.test', ['a.test', '127.0.0.1']);
+  d.write('cert.pem', pem.cert);
+  d.write('key.pem', pem.key);
+  const gw = await startGateway(
+    t,
+    backendFor(b.url, {
+      server: ROOMY,
+      listeners: [
+        {
+          name: 'web',
+          bind: '127.0.0.1:0',
+          tls: { certificates: [{ cert: 'file:cert.pem', key: 'file:key.pem' }] },
+        },
+      ],
+    }),
+    { baseDir: d.dir },
+  );
+  const session = http2.connect(`https://127.0.0.1:${gw.port()}`, { rejectUnauthorized: false });
+  t.after(() => session.close());
+  const headers: http2.OutgoingHttpHeaders = { ':path': '/h2', ':authority': 'a.test' };
+  for (const name of [...FAMILY, ...REWRITE.map((n) => n.toLowerCase()), 'x-http-method-override']) {
+    headers[name] = '6.6.6.6';
+    for (const u of underscored(name)) headers[u.toLowerCase()] = '6.6.6.6';
+  }
+  headers['x-forwarded-for'] = '6.6.6.6';
+  headers.x_gatehouse_user = 'root';
+  const body = await new Promise<Buffer>((resolve, reject) => {
+    const stream = session.request(headers);
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', () => resolve(Buffer.concat(chunks)));
+    stream.on('error', reject);
+    stream.end();
+  });
+  const seen = seenOf(body);
+  assert.equal(seen.url, '/h2');
+  for (const name of [...FAMILY, ...REWRITE, 'x-http-method-override', 'x-gatehouse-user']) {
+    assert.deepEqual(linesNamed(seen, name), [], `${name} reached the backend over HTTP/2`);
+  }
+  assert.deepEqual(linesNamed(seen, 'x-forwarded-for'), [['x-forwarded-for', '127.0.0.1']]);
+  assert.deepEqual(linesNamed(seen, 'x-forwarded-proto'), [['x-forwarded-proto', 'https']]);
 });
 
 test('host confusion: the backend is told the host that was routed, never a header the client chose', async (t) => {

@@ -13,6 +13,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import { registry } from '../src/observe/metrics.js';
 import { spawnCli, tempDir } from './helpers/gateway.js';
+import { makePki } from './helpers/identity.js';
 import { startIdp } from './helpers/oidc.js';
 import { config, startGateway, type TestGateway, waitFor } from './helpers/proxy.js';
 import { signInOverHttp } from './helpers/signin.js';
@@ -164,6 +165,13 @@ test('CSWSH: a session-authenticated handshake from any other Origin is refused 
     assert.equal(h.status, 403, `Origin ${JSON.stringify(o)}`);
     assert.equal(codeOf(h), 'GH_WEBSOCKET_ORIGIN', o);
   }
+  // The client's own X-Forwarded-Proto does not make an https page its origin (no trusted proxy here).
+  const spoofed = await handshake(t, gw, '/live/feed', {
+    origin: `https://${HOST}:${port}`,
+    headers: { cookie, 'x-forwarded-proto': 'https' },
+  });
+  assert.equal(spoofed.status, 403);
+  hostile.push('spoofed X-Forwarded-Proto');
   assert.equal(backend.handshakes.length, 0, 'no hostile handshake reached the backend');
 
   // The route's own origin, a listed CORS origin (any case), and a client that is no browser.
@@ -285,6 +293,66 @@ test('CSWSH: on a public route a cross-site handshake is served without the sess
     () => gw.access.filter((e) => e.protocol === 'websocket' && e.status === 101).length >= 1,
     'a tunnel log line',
   );
+});
+
+test('CSWSH: a client certificate is an ambient credential too; behind a trusted proxy its scheme counts', async (t) => {
+  const backend = await startWsBackend(t);
+  const dir = tempDir();
+  t.after(() => dir.remove());
+  const pki = makePki(dir.dir);
+  const gw = await startGateway(t, {
+    ...config({ ws: { servers: [{ url: backend.url }] } }, [
+      { name: 'live', upstream: 'ws', policy: { allow: [{ authMethod: ['mtls'] }] }, websocket: true },
+    ]),
+    listeners: [
+      {
+        name: 'mtls',
+        bind: '127.0.0.1:0',
+        tls: {
+          certificates: [{ cert: pki.serverCert, key: pki.serverKey }],
+          clientCertificate: { mode: 'request', ca: pki.ca },
+        },
+      },
+    ],
+  });
+  const port = gw.port('mtls');
+  const open = (origin: string | undefined) =>
+    new Promise<number>((resolve, reject) => {
+      const ws = new WebSocket(`wss://localhost:${port}/live`, {
+        ca: pki.ca,
+        cert: pki.clientCert,
+        key: pki.clientKey,
+        ...(origin === undefined ? {} : { origin }),
+        handshakeTimeout: 10_000,
+      });
+      t.after(() => ws.terminate());
+      ws.once('open', () => resolve(101));
+      ws.once('unexpected-response', (_req, res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      ws.once('error', reject);
+    });
+  assert.equal(await open('https://evil.example'), 403);
+  assert.equal(await open(`http://localhost:${port}`), 403, 'the listener is https');
+  assert.equal(await open(`https://localhost:${port}`), 101);
+  assert.equal(await open(undefined), 101, 'a machine client sends no Origin');
+  assert.equal(backend.handshakes.length, 2);
+  assert.ok(backend.handshakes.every((h) => h.headers['x-gatehouse-assertion'] !== undefined));
+
+  // Behind a TLS-terminating proxy in server.trustedProxies, the page's scheme is its X-Forwarded-Proto.
+  const { gw: behind, cookie } = await signedIn(
+    t,
+    { ws: { servers: [{ url: backend.url }] } },
+    [{ name: 'live', upstream: 'ws', policy: 'eng', websocket: true }],
+    { server: { trustedProxies: ['127.0.0.0/8'] } },
+  );
+  const https = `https://${HOST}:${behind.port()}`;
+  const xfp = { cookie, 'x-forwarded-proto': 'https' };
+  assert.equal((await handshake(t, behind, '/', { origin: https, headers: xfp })).status, 101);
+  assert.equal((await handshake(t, behind, '/', { origin: https, headers: { cookie } })).status, 403);
+  const plain = `http://${HOST}:${behind.port()}`;
+  assert.equal((await handshake(t, behind, '/', { origin: plain, headers: xfp })).status, 403);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -682,11 +750,16 @@ test('tunnel: an upstream that vanishes mid-tunnel closes the client at once; an
   const backend = await startWsBackend(t);
   const gw = await startGateway(
     t,
-    config({ ws: { servers: [{ url: backend.url }] } }, [
+    config({ ws: { servers: [{ url: backend.url }] }, down: { servers: [{ url: 'http://127.0.0.1:9' }] } }, [
       { name: 'idle', match: { path: '/idle' }, upstream: 'ws', websocket: { idleTimeout: '300ms' } },
+      { name: 'gone', match: { path: '/gone' }, upstream: 'down', websocket: true },
       { name: 'vanish', upstream: 'ws', websocket: true },
     ]),
   );
+  // Nothing listens on port 9 (discard): the handshake is answered, not left hanging.
+  const down = await handshake(t, gw, '/gone');
+  assert.equal(down.status, 502);
+  assert.equal(codeOf(down), 'GH_UPSTREAM_CONNECT');
   const ws = (await handshake(t, gw, '/v')).ws!;
   const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)));
   for (const s of backend.wss.clients) s.terminate();
