@@ -172,6 +172,17 @@ test('CSWSH: a session-authenticated handshake from any other Origin is refused 
   });
   assert.equal(spoofed.status, 403);
   hostile.push('spoofed X-Forwarded-Proto');
+  // Two Origin lines, the route's own first: not an origin at all.
+  const twice = await rawClient(t, port);
+  twice.socket.write(
+    upgradeRequest(
+      '/live/feed',
+      `Origin: ${origin}\r\nOrigin: http://evil.example\r\nCookie: ${cookie}\r\n`,
+    ).replace(`Host: ${HOST}`, `Host: ${HOST}:${port}`),
+  );
+  await twice.closed;
+  assert.match(twice.data(), /^HTTP\/1\.1 403 .*GH_WEBSOCKET_ORIGIN/s);
+  hostile.push('two Origin lines');
   assert.equal(backend.handshakes.length, 0, 'no hostile handshake reached the backend');
 
   // The route's own origin, a listed CORS origin (any case), and a client that is no browser.

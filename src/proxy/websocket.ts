@@ -199,7 +199,7 @@ const DEFAULT_PORT: Readonly<Record<string, string>> = { 'http:': '80', 'https:'
  * the route has none) and the port of the handshake's Host. `null` and anything that is not a plain
  * `scheme://host[:port]` never are.
  */
-export function originAllowed(
+function originAllowed(
   route: CompiledRoute,
   origin: string,
   scheme: 'http' | 'https',
