@@ -408,6 +408,7 @@ test('method override on a route without opt-in changes nothing: routing, policy
   });
   assert.equal(r.status, 200, 'the DELETE deny rule does not apply: the upstream is not asked to delete');
   assert.equal(seen[0]?.method, 'POST');
+  assert.equal(seen[0]?.headers['x-http-method-override'], undefined, 'the override is not forwarded');
   assert.deepEqual(
     gw.access.map((e) => [e.method, e.route]),
     [['POST', 'plain']],

@@ -159,7 +159,7 @@ const Server = z
   .strictObject({
     trustedProxies: z.array(Cidr).default([]).meta({
       description:
-        'Proxies whose X-Forwarded-For is kept and extended (others are replaced); behind them the client is the rightmost untrusted address in it',
+        'Proxies whose X-Forwarded-For is kept and extended (others are replaced) and whose other headers about the client (Forwarded, X-Real-IP, X-Forwarded-Port, ...) are kept (removed from other peers); behind them the client is the rightmost untrusted address in X-Forwarded-For',
     }),
     headersTimeout: Duration.default(20_000).meta({
       description: 'Time a client has to send complete request headers (slowloris guard)',
@@ -562,9 +562,20 @@ const Route = z.strictObject({
     .optional()
     .meta({ description: 'Answer CORS preflight requests for these origins without a login' }),
   websocket: z
-    .union([z.boolean(), z.strictObject({ idleTimeout: Duration.default(3_600_000) })])
+    .union([
+      z.boolean(),
+      z.strictObject({
+        idleTimeout: Duration.default(3_600_000).meta({
+          description: 'A tunnel with no data either way for this long is closed (default 1h)',
+        }),
+        finTimeout: Duration.default(5_000).meta({
+          description:
+            'A tunnel one side has closed (FIN) is closed this long after, if the other side has not closed too (default 5s)',
+        }),
+      }),
+    ])
     .default(false)
-    .meta({ description: 'Allow WebSocket upgrades (idleTimeout default 1h)' }),
+    .meta({ description: 'Allow WebSocket upgrades (true: idleTimeout 1h, finTimeout 5s)' }),
   maxBodySize: Size.optional().meta({ description: 'Request body limit (413)' }),
   timeouts: z
     .strictObject({ response: Duration.optional(), idle: Duration.optional() })

@@ -449,6 +449,22 @@ export const activeWebSockets = new Gauge({
   registers: [registry],
 });
 
+/** WebSocket tunnels one side has closed while the other has not yet (bounded by `finTimeout`). */
+export const halfClosedWebSockets = new Gauge({
+  name: 'gatehouse_websocket_half_closed',
+  help: 'Open WebSocket tunnels with one side closed, per route',
+  labelNames: ['route'] as const,
+  registers: [registry],
+});
+
+/** WebSocket tunnels closed, by what closed them. */
+export const webSocketClosesTotal = new Counter({
+  name: 'gatehouse_websocket_closes_total',
+  help: 'WebSocket tunnels closed, per route and cause (client, upstream, idle, fin-timeout)',
+  labelNames: ['route', 'cause'] as const,
+  registers: [registry],
+});
+
 /** Configuration reloads by result. */
 export const reloadsTotal = new Counter({
   name: 'gatehouse_config_reloads_total',

@@ -63,6 +63,12 @@ export interface AccessGrant {
   readonly cookie: string | undefined;
   /** Flat `[name, value, ...]` added to the client response: session Set-Cookie, CORS. */
   readonly responseHeaders: readonly string[] | undefined;
+  /**
+   * Where the identity of the decision came from (`FROM_*`; `FROM_NOTHING` when it has none). A session
+   * cookie or a client certificate is sent by the browser on its own, so a WebSocket handshake it
+   * authenticates must come from an allowed Origin.
+   */
+  readonly source: CredentialSource;
 }
 
 /** The Authorization header carried the gateway credential that identified the caller. */
@@ -75,11 +81,18 @@ export const DROP_COOKIE = 4;
 const JWKS_PATH = `${GATEHOUSE_PREFIX}jwks.json`;
 const NONE: AuthResult = Object.freeze({ kind: 'none' });
 // Where the credential that decided came from.
-const FROM_NOTHING = 0;
-const FROM_AUTHORIZATION = 1;
-const FROM_API_KEY_HEADER = 2;
-const FROM_CERTIFICATE = 3;
-const FROM_SESSION = 4;
+/** No credential identified the caller. */
+export const FROM_NOTHING = 0;
+/** The Authorization header (a bearer JWT or an API key). */
+export const FROM_AUTHORIZATION = 1;
+/** The API key header. */
+export const FROM_API_KEY_HEADER = 2;
+/** The client certificate. */
+export const FROM_CERTIFICATE = 3;
+/** The session cookie. */
+export const FROM_SESSION = 4;
+/** One of the `FROM_*` values. */
+export type CredentialSource = 0 | 1 | 2 | 3 | 4;
 
 /** Not found under the reserved prefix (404). */
 class ReservedNotFoundError extends GatehouseError {
@@ -421,6 +434,7 @@ function conclude(
         apiKeyHeader: '',
         cookie: undefined,
         responseHeaders: undefined,
+        source: FROM_NOTHING,
       });
       simpleGrants.set(decision, g);
     }
@@ -434,6 +448,7 @@ function conclude(
     apiKeyHeader: id.apiKeyHeader,
     cookie,
     responseHeaders,
+    source: identity === undefined ? FROM_NOTHING : (source as CredentialSource),
   };
 }
 

@@ -36,6 +36,31 @@ export class UnsupportedUpgradeError extends GatehouseError {
   }
 }
 
+/** An upgrade request that is not a valid WebSocket opening handshake (400, RFC 6455 §4.2.1). */
+export class BadWebSocketHandshakeError extends GatehouseError {
+  constructor(message: string) {
+    super('GH_BAD_WEBSOCKET_HANDSHAKE', 400, message);
+  }
+}
+
+/** A WebSocket version other than 13 (426 with `Sec-WebSocket-Version: 13`, RFC 6455 §4.4). */
+export class WebSocketVersionError extends GatehouseError {
+  constructor() {
+    super('GH_WEBSOCKET_VERSION', 426, 'only WebSocket version 13 is supported');
+  }
+}
+
+/**
+ * A WebSocket handshake authenticated by a credential the browser sends on its own (the session cookie,
+ * a client certificate) comes from an Origin that is not the route's (403): cross-site WebSocket
+ * hijacking.
+ */
+export class WebSocketOriginError extends GatehouseError {
+  constructor() {
+    super('GH_WEBSOCKET_ORIGIN', 403, 'this origin may not open a WebSocket with these credentials');
+  }
+}
+
 /** A failure classified for status, retry and server health. */
 export interface ClassifiedError {
   error: GatehouseError;

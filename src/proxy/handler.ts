@@ -458,6 +458,7 @@ class Exchange {
         edits: trace ? rs.traceEdits : rs.requestEdits,
         inject: trace ? NO_INJECT : up.injectHeaders,
         methodOverride: rc.methodOverride,
+        apiKeyHeader: this.runtime.identity.apiKeyHeader,
       });
       // A TRACE is reflected by its recipient: it carries no credential and no identity (RFC 9110 §9.3.8).
       if (trace) stripCredentials(this.headers, this.runtime.identity.apiKeyHeader);

@@ -1,7 +1,9 @@
 /**
  * Header hygiene. Hop-by-hop headers and every header named in `Connection` are removed before any
  * rewriting runs, so a client cannot strip headers the gateway adds (RFC 9110 7.6.1). Client-sent
- * `X-Gatehouse-*` headers (also spelled with underscores) never reach an upstream.
+ * `X-Gatehouse-*` headers (also spelled with underscores) never reach an upstream, nor do headers that
+ * tell a backend the client's address, scheme, host or identity unless a trusted proxy sent them, URL
+ * rewrite headers, and (unless the route opts in) method-override headers.
  */
 import { randomBytes } from 'node:crypto';
 import { BlockList, isIP } from 'node:net';
@@ -20,15 +22,178 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'proxy-authorization',
 ]);
 
+// Classes of request header names, looked up once per header (`REQUEST_CLASS`).
+/** Hop-by-hop: never forwarded. */
+const C_HOP = 1;
+/** Set by the gateway: the client's copy is replaced (a trusted peer's X-Forwarded-For/-Proto/-Host extended). */
+const C_OWN = 2;
+/** Says who or where the client is (address, scheme, host, port, prefix, certificate, user): only from a trusted peer. */
+const C_PROXY = 3;
+/** Makes a backend act on another URL than the one routed and authorized: never forwarded. */
+const C_REWRITE = 4;
+/** Makes a backend act on another method: forwarded only when the route opts in. */
+const C_OVERRIDE = 5;
+/**
+ * A singleton field the gateway checks (RFC 9110 §11.6.2): only the first line, the one Node exposes and
+ * the access stage checked, is forwarded, so a backend never acts on a second, unchecked credential.
+ */
+const C_FIRST = 6;
+
 // Set by the gateway itself, so the client's copies are dropped (`expect` is answered by Node).
-const REPLACED_REQUEST = new Set([
+const REPLACED_REQUEST = [
   'host',
   'expect',
   'x-request-id',
   'x-forwarded-for',
   'x-forwarded-proto',
   'x-forwarded-host',
-]);
+];
+
+/**
+ * Headers a proxy in front writes to tell a backend about the client, read by common frameworks when
+ * they trust their peer: Express/Koa/Fastify `trust proxy`, Django (`SECURE_PROXY_SSL_HEADER`,
+ * `USE_X_FORWARDED_HOST/PORT`), Rails/Rack (`Client-IP`, `X-Forwarded-Scheme/-Ssl`, `X-Url-Scheme`,
+ * `Forwarded`), Spring `ForwardedHeaderFilter` and Tomcat `RemoteIpValve` (`X-Forwarded-Prefix/-By`),
+ * Werkzeug `ProxyFix`, Symfony/Laravel `TrustProxies`, ASP.NET Core (`X-Original-*`), Go chi/gin/echo
+ * (`True-Client-IP`, `X-Real-IP`, `X-Forwarded-Protocol`), Plack (`Front-End-Https`), PHP IP helpers
+ * (`X-Cluster-Client-IP`, `Forwarded-For`), CDNs and clouds (Cloudflare, Fastly, Akamai, Azure,
+ * App Engine, Fly), client-certificate headers (nginx, Envoy XFCC, Traefik, IIS ARR) and the user
+ * headers of auth proxies (oauth2-proxy, Grafana auth.proxy, Django `RemoteUserMiddleware`).
+ * The gateway is the proxy in front: these are believed only from `server.trustedProxies`.
+ */
+const PROXY_REQUEST = [
+  // address
+  'forwarded',
+  'x-forwarded',
+  'forwarded-for',
+  'x-real-ip',
+  'true-client-ip',
+  'x-true-client-ip',
+  'x-client-ip',
+  'x-cluster-client-ip',
+  'client-ip',
+  'x-forwarded-client-ip',
+  'x-originating-ip',
+  'x-remote-ip',
+  'x-remote-addr',
+  'x-proxyuser-ip',
+  'x-original-forwarded-for',
+  'x-original-for',
+  'x-forwarded-by',
+  'x-envoy-external-address',
+  'cf-connecting-ip',
+  'cf-connecting-ipv6',
+  'fastly-client-ip',
+  'x-azure-clientip',
+  'x-azure-socketip',
+  'x-appengine-user-ip',
+  'x-appengine-remote-addr',
+  'fly-client-ip',
+  // host and port
+  'x-forwarded-server',
+  'x-forwarded-port',
+  'x-host',
+  'x-http-host-override',
+  'x-original-host',
+  // scheme
+  'x-forwarded-protocol',
+  'x-forwarded-scheme',
+  'x-forwarded-ssl',
+  'x-scheme',
+  'x-url-scheme',
+  'x-original-proto',
+  'front-end-https',
+  'x-arr-ssl',
+  'cf-visitor',
+  'fastly-ssl',
+  // path and method of the original request
+  'x-forwarded-prefix',
+  'x-forwarded-path',
+  'x-forwarded-uri',
+  'x-original-prefix',
+  'x-forwarded-method',
+  'x-original-method',
+  // client certificate
+  'x-forwarded-client-cert',
+  'x-forwarded-tls-client-cert',
+  'x-forwarded-tls-client-cert-info',
+  'x-client-cert',
+  'x-ssl-client-cert',
+  'ssl-client-cert',
+  'x-ssl-cert',
+  'x-ssl-client-verify',
+  'x-client-verify',
+  'x-ssl-client-dn',
+  'x-ssl-client-s-dn',
+  'x-client-dn',
+  'x-arr-clientcert',
+  // user, as an auth proxy in front would say
+  'remote-user',
+  'x-remote-user',
+  'x-forwarded-user',
+  'x-forwarded-email',
+  'x-forwarded-preferred-username',
+  'x-forwarded-groups',
+  'x-forwarded-access-token',
+  'x-auth-request-user',
+  'x-auth-request-email',
+  'x-auth-request-groups',
+  'x-auth-request-preferred-username',
+  'x-auth-request-access-token',
+  'x-webauth-user',
+  'x-authenticated-user',
+];
+
+/**
+ * URL rewrite headers: IIS URL Rewrite, Zend/Laminas and old Symfony take the request path from
+ * `X-Original-URL`/`X-Rewrite-URL` (CVE-2018-14773), so a backend would act on a path the gateway never
+ * routed or authorized. Never forwarded, whoever sends them.
+ */
+const REWRITE_REQUEST = [
+  'x-original-url',
+  'x-rewrite-url',
+  'x-original-uri',
+  'x-override-url',
+  'x-original-path',
+  'x-envoy-original-path',
+];
+
+/** Method override (Express method-override, Symfony, Laravel, ASP.NET Web API, OData, Google APIs). */
+const OVERRIDE_REQUEST = ['x-http-method-override', 'x-http-method', 'x-method-override'];
+
+function classTable(): Map<string, number> {
+  const m = new Map<string, number>();
+  const add = (names: Iterable<string>, c: number): void => {
+    for (const n of names) m.set(n, c);
+  };
+  add(PROXY_REQUEST, C_PROXY);
+  add(REWRITE_REQUEST, C_REWRITE);
+  add(OVERRIDE_REQUEST, C_OVERRIDE);
+  add(REPLACED_REQUEST, C_OWN);
+  add(HOP_BY_HOP, C_HOP);
+  m.set('authorization', C_FIRST);
+  return m;
+}
+
+/** Lower-case request header name to its class; names not in it are forwarded. */
+const REQUEST_CLASS: ReadonlyMap<string, number> = classTable();
+
+/**
+ * Request header names the gateway removes from untrusted peers, sets itself or never forwards (lower
+ * case): hop-by-hop, address/scheme/host/identity, URL rewrite and method-override headers.
+ */
+export const MANAGED_REQUEST_HEADERS: ReadonlySet<string> = new Set(
+  [...REQUEST_CLASS].filter(([, c]) => c !== C_FIRST).map(([name]) => name),
+);
+
+/** The headers that describe the client and are kept only from `server.trustedProxies` (lower case). */
+export const TRUSTED_ONLY_REQUEST_HEADERS: ReadonlySet<string> = new Set(PROXY_REQUEST);
+
+/** URL rewrite headers, never forwarded (lower case). */
+export const REWRITE_REQUEST_HEADERS: ReadonlySet<string> = new Set(REWRITE_REQUEST);
+
+/** Method-override headers, forwarded only on routes that opt in (lower case). */
+export const METHOD_OVERRIDE_HEADERS: ReadonlySet<string> = new Set(OVERRIDE_REQUEST);
 
 const GATEHOUSE_PREFIX = 'x-gatehouse-';
 
@@ -175,6 +340,20 @@ function lowerNames(pairs: ReadonlyArray<readonly [string, string]>): string[] {
   return names;
 }
 
+/**
+ * True when `lower` (a lower-case name containing `_`) reads, with `_` as `-`, as a header the gateway
+ * sets, removes or protects: CGI, WSGI, Rack and PHP present `X_Real_IP` and `X-Real-IP` both as
+ * `HTTP_X_REAL_IP`, so such a spelling would pass for the real one whoever sends it.
+ */
+export function isUnderscoreSpelling(lower: string, apiKeyHeader: string | undefined): boolean {
+  const dashed = lower.replaceAll('_', '-');
+  return (
+    REQUEST_CLASS.has(dashed) ||
+    isGatehouseHeader(dashed) ||
+    (apiKeyHeader !== undefined && dashed === apiKeyHeader)
+  );
+}
+
 /** Inputs for the forwarded request headers. */
 export interface ForwardInput {
   /** Flat `[name, value, ...]` as received (`req.rawHeaders`); HTTP/2 pseudo-headers are skipped. */
@@ -185,12 +364,17 @@ export interface ForwardInput {
   originalHost: string;
   /** The address that connected to the gateway: appended to X-Forwarded-For. */
   peerIp: string;
-  /** The peer is a trusted proxy: its X-Forwarded-* values are kept (and extended). */
+  /**
+   * The peer is a trusted proxy: its X-Forwarded-* values are kept (and extended), and so are the other
+   * headers that describe the client (`Forwarded`, `X-Real-IP`, ...), which are removed otherwise.
+   */
   trustedPeer: boolean;
   proto: string;
   requestId: string;
   edits: HeaderEdits | undefined;
   inject: ReadonlyArray<readonly [string, string]>;
+  /** The API key header (lower case): its underscore spelling is never forwarded. */
+  apiKeyHeader?: string;
   /** Keep the client's method-override headers (the route opted in with methodOverride). */
   methodOverride?: boolean;
 }
@@ -206,6 +390,7 @@ export function buildRequestHeaders(input: ForwardInput): string[] {
   let xff: string | undefined;
   let xfProto: string | undefined;
   let xfHost: string | undefined;
+  let authorization = false;
   // Connection tokens must be known before the pass that filters on them.
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
@@ -214,6 +399,7 @@ export function buildRequestHeaders(input: ForwardInput): string[] {
       if (t) conn = conn ? conn.concat(t) : t;
     }
   }
+  const trusted = input.trustedPeer;
   const edits = input.edits;
   const inject = input.inject;
   const injectLower = inject.length > 0 ? lowerNames(inject) : undefined;
@@ -221,15 +407,29 @@ export function buildRequestHeaders(input: ForwardInput): string[] {
     const name = raw[i]!;
     if (name.charCodeAt(0) === 0x3a) continue; // HTTP/2 pseudo-header
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || REPLACED_REQUEST.has(lower)) {
-      if (input.trustedPeer) {
-        if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : xff + ', ' + raw[i + 1];
-        else if (lower === 'x-forwarded-proto') xfProto ??= raw[i + 1];
-        else if (lower === 'x-forwarded-host') xfHost ??= raw[i + 1];
+    const c = REQUEST_CLASS.get(lower);
+    if (c !== undefined) {
+      if (c === C_OWN) {
+        if (trusted) {
+          if (lower === 'x-forwarded-for') xff = xff === undefined ? raw[i + 1] : xff + ', ' + raw[i + 1];
+          else if (lower === 'x-forwarded-proto') xfProto ??= raw[i + 1];
+          else if (lower === 'x-forwarded-host') xfHost ??= raw[i + 1];
+        }
+        continue;
       }
+      if (c === C_HOP || c === C_REWRITE) continue;
+      if (c === C_PROXY && !trusted) continue;
+      if (c === C_OVERRIDE && input.methodOverride !== true) continue;
+      if (c === C_FIRST) {
+        if (authorization) continue;
+        authorization = true;
+      }
+    } else if (isGatehouseHeader(lower)) {
+      continue;
+    } else if (lower.indexOf('_') !== -1 && isUnderscoreSpelling(lower, input.apiKeyHeader)) {
       continue;
     }
-    if (conn?.includes(lower) || isGatehouseHeader(lower)) continue;
+    if (conn?.includes(lower)) continue;
     if (edits?.drop.has(lower) || injectLower?.includes(lower)) continue;
     out.push(name, raw[i + 1]!);
   }

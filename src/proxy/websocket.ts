@@ -2,9 +2,22 @@
  * WebSocket tunnelling (HTTP/1.1 Upgrade, RFC 6455). The handshake goes through the same normalization,
  * routing and header hygiene as any request and through the server's undici pool (so upstream TLS
  * settings apply); after the 101 both sockets are piped to each other until either side closes or
- * the route's idle timeout passes. The lease is held for the tunnel's lifetime. The handshake passes the
- * same access stage as a request (`access.ts`): refused with 401/403 (never redirected to login), and
- * forwarded with the identity headers and the assertion. Nothing under `/.gatehouse/` is upgraded.
+ * the route's idle timeout passes; once one side has closed, the other gets `finTimeout` to follow. The
+ * lease is held for the tunnel's lifetime. The handshake passes the same access stage as a request
+ * (`access.ts`): refused with 401/403 (never redirected to login), and forwarded with the identity headers
+ * and the assertion. Nothing under `/.gatehouse/` is upgraded. Only a valid opening handshake is
+ * forwarded (GET, a 16-byte key, version 13), and no tunnel opens unless the upstream answers 101: a
+ * refusal or another answer is relayed and the connection closed, so nothing the client sends after it
+ * reaches the upstream (WebSocket smuggling).
+ *
+ * Cross-site WebSocket hijacking: browsers send cookies and client certificates with a handshake that
+ * any page opens, and the Same-Origin Policy does not apply to WebSockets (RFC 6455 §10.2), so a
+ * handshake that such a credential identified must carry an Origin of the route itself (a host of its
+ * `match.host`, or the handshake's own Host when it has none, with the listener's scheme and the Host's
+ * port) or one of its `cors.origins`; else a protected route refuses it (403 `GH_WEBSOCKET_ORIGIN`) and a
+ * public route forwards it without the identity, as if the cookie were SameSite=Strict. A handshake
+ * without Origin is not from a browser (browsers always send it, RFC 6455 §4.1), so no page can have
+ * opened it: it passes. Bearer tokens and API keys are never sent by a browser on its own: not checked.
  */
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
@@ -16,18 +29,34 @@ import type { CompiledRoute, RequestFacts } from '../core/types.js';
 import { GatehouseError, NoRouteError, NoServerAvailableError } from '../errors.js';
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
 import type { AccessEntry } from '../observe/log.js';
-import { activeWebSockets, requestsTotal } from '../observe/metrics.js';
+import {
+  activeWebSockets,
+  halfClosedWebSockets,
+  requestsTotal,
+  webSocketClosesTotal,
+} from '../observe/metrics.js';
 import type { InFlight, Runtime } from '../runtime.js';
 import type { Lease, Upstream } from '../upstream/types.js';
 import {
   type AccessGrant,
   authorize,
+  FROM_CERTIFICATE,
+  FROM_NOTHING,
+  FROM_SESSION,
   forwardIdentity,
   logAccess,
   refusalOf,
   wwwAuthenticate,
 } from './access.js';
-import { classify, toGatehouseError, UnsupportedUpgradeError, WebSocketNotAllowedError } from './errors.js';
+import {
+  BadWebSocketHandshakeError,
+  classify,
+  toGatehouseError,
+  UnsupportedUpgradeError,
+  WebSocketNotAllowedError,
+  WebSocketOriginError,
+  WebSocketVersionError,
+} from './errors.js';
 import { checkHandshake } from './framing.js';
 import type { ProxyHandler } from './handler.js';
 import { acquireLease, forwardPath, hostHeaderOf, routeState, trustedOf } from './handler.js';
@@ -50,12 +79,37 @@ export interface Tunnel {
 
 function ignoreError(): void {}
 
-/** Writes a complete HTTP/1.1 error response on a raw socket and closes it. */
-function writeRawError(socket: Duplex, err: GatehouseError, requestId: string, extraHeaders = ''): void {
+/** `websocket.finTimeout` when the route sets `websocket: true`. */
+const DEFAULT_FIN_TIMEOUT = 5_000;
+
+/** What closed a tunnel: a side (first to close), the idle timeout, or the half-closed bound. */
+type CloseCause = 'client' | 'upstream' | 'idle' | 'fin-timeout';
+
+/**
+ * Ends a raw socket after an answer, reading and dropping what the client still sends (a lingering
+ * close, RFC 9112 §9.6) for at most `ms`: a client that never closes its side cannot hold it.
+ */
+function lingerClose(socket: Duplex, ms: number): void {
+  if (socket.destroyed) return;
+  socket.end();
+  socket.resume();
+  const timer = setTimeout(() => socket.destroy(), ms);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+}
+
+/** Writes a complete HTTP/1.1 error response on a raw socket and closes it within `lingerMs`. */
+function writeRawError(
+  socket: Duplex,
+  err: GatehouseError,
+  requestId: string,
+  extraHeaders: string,
+  lingerMs: number,
+): void {
   if (socket.destroyed) return;
   const status = err.status >= 400 && err.status <= 599 ? err.status : 500;
   const body = `${status} ${STATUS_CODES[status] ?? 'Error'}: ${err.message} (${err.code})\n`;
-  socket.end(
+  socket.write(
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
       'Content-Type: text/plain; charset=utf-8\r\n' +
       `Content-Length: ${Buffer.byteLength(body)}\r\n` +
@@ -64,6 +118,113 @@ function writeRawError(socket: Duplex, err: GatehouseError, requestId: string, e
       `X-Request-Id: ${requestId}\r\n\r\n` +
       body,
   );
+  lingerClose(socket, lingerMs);
+}
+
+const WEBSOCKET_KEY = /^[A-Za-z0-9+/]{22}==$/;
+
+/**
+ * Checks the parts of an opening handshake the gateway relies on (RFC 6455 §4.2.1): a GET (the method
+ * the upstream is sent, and the one routed and authorized), a key of 16 bytes, version 13. A handshake
+ * the upstream would refuse is refused here, so no upgrade is forwarded that cannot become a tunnel.
+ */
+function checkOpeningHandshake(req: ProxyRequest): void {
+  // A GET without a body is checked with the request framing (framing.ts `checkHandshake`).
+  const key = req.headers['sec-websocket-key'];
+  if (typeof key !== 'string' || !WEBSOCKET_KEY.test(key)) {
+    throw new BadWebSocketHandshakeError('Sec-WebSocket-Key must be 16 bytes in base64');
+  }
+  if (req.headers['sec-websocket-version'] !== '13') throw new WebSocketVersionError();
+}
+
+/** The Origins a route accepts on handshakes identified by an ambient credential, compiled once. */
+interface OriginRule {
+  /** Exact host names of `match.host` (lower case). */
+  readonly hosts: ReadonlySet<string>;
+  /** `.example.com` for each `*.example.com` of `match.host`: any subdomain, on a label boundary. */
+  readonly suffixes: readonly string[];
+  /** The route has no host condition: the handshake's own Host is the route's host. */
+  readonly anyHost: boolean;
+  /** `cors.origins`, lower case. */
+  readonly cors: ReadonlySet<string>;
+  /** `cors.origins: ['*']` with `credentials: true`: the route accepts credentialed calls from anywhere. */
+  readonly corsAny: boolean;
+}
+
+const originRules = new WeakMap<CompiledRoute, OriginRule>();
+
+function originRuleOf(route: CompiledRoute): OriginRule {
+  let rule = originRules.get(route);
+  if (rule === undefined) {
+    const match = route.config.match.host;
+    const patterns = match === undefined ? [] : Array.isArray(match) ? match : [match];
+    const hosts = new Set<string>();
+    const suffixes: string[] = [];
+    for (const p of patterns) {
+      const h = hostOnly(p.trim().toLowerCase());
+      if (h.startsWith('*.')) suffixes.push(h.slice(1));
+      else hosts.add(h);
+    }
+    const cors = route.config.cors;
+    const origins = new Set((cors?.origins ?? []).map((o) => o.toLowerCase()));
+    rule = {
+      hosts,
+      suffixes,
+      anyHost: patterns.length === 0,
+      cors: origins,
+      corsAny: origins.has('*') && cors?.credentials === true,
+    };
+    originRules.set(route, rule);
+  }
+  return rule;
+}
+
+/** A configured host pattern without port and trailing dot, as the route table keys it. */
+function hostOnly(pattern: string): string {
+  let h = pattern;
+  if (h.startsWith('[')) {
+    const close = h.indexOf(']');
+    if (close !== -1) h = h.slice(0, close + 1);
+  } else {
+    const colon = h.lastIndexOf(':');
+    if (colon !== -1) h = h.slice(0, colon);
+  }
+  return h.endsWith('.') ? h.slice(0, -1) : h;
+}
+
+const DEFAULT_PORT: Readonly<Record<string, string>> = { 'http:': '80', 'https:': '443' };
+
+/**
+ * True when a browser page at `origin` may open this handshake with the browser's own credentials:
+ * a `cors.origins` entry, or the listener's scheme with a host of the route (the handshake's Host when
+ * the route has none) and the port of the handshake's Host. `null` and anything that is not a plain
+ * `scheme://host[:port]` never are.
+ */
+function originAllowed(
+  route: CompiledRoute,
+  origin: string,
+  scheme: 'http' | 'https',
+  hostHeader: string,
+): boolean {
+  const rule = originRuleOf(route);
+  const lower = origin.toLowerCase();
+  if (rule.corsAny || rule.cors.has(lower)) return true;
+  let o: URL;
+  let h: URL;
+  try {
+    o = new URL(lower);
+    h = new URL(`${scheme}://${hostHeader}`);
+  } catch {
+    return false;
+  }
+  // `new URL` accepts more than an origin (paths, userinfo, default ports): only its own form passes.
+  if (o.origin !== lower || o.protocol !== `${scheme}:`) return false;
+  if ((o.port || DEFAULT_PORT[o.protocol]) !== (h.port || DEFAULT_PORT[h.protocol])) return false;
+  const host = o.hostname;
+  if (rule.anyHost) return host === h.hostname.replace(/\.$/, '');
+  if (rule.hosts.has(host)) return true;
+  for (const suffix of rule.suffixes) if (host.length > suffix.length && host.endsWith(suffix)) return true;
+  return false;
 }
 
 /** The undici handler for one handshake, and afterwards the tunnel itself. */
@@ -93,6 +254,12 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   originalHost = '';
   path = '';
   idleTimeout = 3_600_000;
+  /** How long the tunnel stays open once one side has closed (`websocket.finTimeout`). */
+  finTimeout = DEFAULT_FIN_TIMEOUT;
+  /** Set when one side has closed its direction and the other not yet: bounds that state. */
+  finTimer: NodeJS.Timeout | undefined;
+  /** What closed the tunnel, for `gatehouse_websocket_closes_total`. */
+  cause: CloseCause | undefined;
   abortUpstream: ((err?: Error) => void) | undefined;
   status = 0;
   errorCode: string | undefined;
@@ -127,7 +294,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
     const client = this.client;
     client.on('error', ignoreError);
-    client.on('close', () => this.close());
+    client.on('close', () => this.sideClosed(client));
     this.handler.tunnels.add(this);
     // Until close(), a reload keeps the upstreams of this runtime open.
     this.inFlight = runtime.inFlight;
@@ -139,6 +306,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       const upgrade = req.headers.upgrade;
       if (typeof upgrade !== 'string' || upgrade.toLowerCase() !== 'websocket')
         throw new UnsupportedUpgradeError();
+      checkOpeningHandshake(req);
       const t = normalizePath(req.url ?? '', req.method, runtime.config.server.pathParameters);
       this.path = t.path;
       this.originalHost = t.authority ?? hostHeaderOf(req) ?? '';
@@ -160,6 +328,8 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       if (matched === undefined) throw new NoRouteError();
       route = matched;
       this.route = route;
+      const ws = route.config.websocket;
+      if (typeof ws === 'object') this.finTimeout = ws.finTimeout;
       const grant = authorize(runtime, req, this.listener, facts, route);
       if (grant instanceof Promise) {
         grant.then(
@@ -185,6 +355,17 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       const refusal = refusalOf(grant);
       if (refusal !== undefined) throw refusal;
       if (route.websocketIdleTimeout === undefined) throw new WebSocketNotAllowedError();
+      if ((grant.source === FROM_SESSION || grant.source === FROM_CERTIFICATE) && !this.sameOrigin(route)) {
+        if (!route.config.public) throw new WebSocketOriginError();
+        // A public route serves anyone: it still does, but not as the browser's user.
+        grant = {
+          ...grant,
+          decision: { ...grant.decision, identity: undefined },
+          assertion: undefined,
+          source: FROM_NOTHING,
+        };
+        this.access = grant;
+      }
       this.idleTimeout = route.websocketIdleTimeout;
       const name = route.pickUpstream(req.headers);
       const up = runtime.upstreams.get(name);
@@ -202,6 +383,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
         requestId: this.requestId,
         edits,
         inject: up.injectHeaders,
+        apiKeyHeader: runtime.identity.apiKeyHeader,
       });
       forwardIdentity(headers, grant, edits, up.injectHeaders);
     } catch (err) {
@@ -223,6 +405,20 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     } else {
       this.dispatch(lease, headers, target);
     }
+  }
+
+  /** The handshake's Origin (when it has one) may use the browser's credentials on `route`. */
+  sameOrigin(route: CompiledRoute): boolean {
+    const origin = this.req.headers.origin;
+    if (origin === undefined) return true;
+    // Behind a trusted TLS-terminating proxy the page's scheme is the one the proxy forwards.
+    let scheme: 'http' | 'https' = this.listener.tls ? 'https' : 'http';
+    if (!this.listener.tls && this.peerTrusted) {
+      const proto = this.req.headers['x-forwarded-proto'];
+      if (typeof proto === 'string' && proto.split(',')[0]!.trim().toLowerCase() === 'https')
+        scheme = 'https';
+    }
+    return originAllowed(route, origin, scheme, this.originalHost);
   }
 
   dispatch(lease: Lease, headers: string[], target: string): void {
@@ -252,11 +448,12 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   fail(err: GatehouseError): void {
     this.status = err.status;
     this.errorCode = err.code;
-    const extra =
+    let extra =
       err.status === 401 && this.access !== undefined
         ? `WWW-Authenticate: ${wwwAuthenticate(this.access.decision.reason)}\r\n`
         : '';
-    writeRawError(this.client, err, this.requestId, extra);
+    if (err instanceof WebSocketVersionError) extra += 'Sec-WebSocket-Version: 13\r\n';
+    writeRawError(this.client, err, this.requestId, extra, this.finTimeout);
   }
 
   release(outcome: Parameters<Lease['release']>[0]): void {
@@ -280,7 +477,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     this.upstream = socket;
     this.status = statusCode;
     socket.on('error', ignoreError);
-    socket.on('close', () => this.close());
+    socket.on('close', () => this.sideClosed(socket));
     if (this.closed || client.destroyed) {
       socket.destroy();
       return;
@@ -306,10 +503,14 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     const idle = this.idleTimeout;
     const onIdle = (): void => {
       this.errorCode = 'GH_WEBSOCKET_IDLE';
+      this.cause ??= 'idle';
       this.destroy();
     };
     (client as Socket).setTimeout?.(idle, onIdle);
     (socket as Socket).setTimeout?.(idle, onIdle);
+    // The pipes pass a FIN on (end the other side's writing); the fin timer bounds what follows.
+    client.once('end', () => this.halfClosed('client'));
+    socket.once('end', () => this.halfClosed('upstream'));
     socket.pipe(client);
     client.pipe(socket);
   }
@@ -339,7 +540,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   onComplete(): void {
     this.abortUpstream = undefined;
     this.release(this.status >= 502 && this.status <= 504 ? 'http-5xx' : 'success');
-    this.client.end();
+    lingerClose(this.client, this.finTimeout);
   }
 
   onError(err: Error): void {
@@ -359,6 +560,47 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   }
 
   // --- tunnel lifetime
+  //
+  //   open ──(one side sends FIN: passed on)──► half-closed ──(the other side closes too)──► closed
+  //     │                                          └──(finTimeout passes)─────────────────► closed (fin-timeout)
+  //     ├──(either side reset or destroyed)────────────────────────────────────────────────► closed
+  //     └──(no data either way for idleTimeout)─────────────────────────────────────────────► closed (idle)
+  // A half-closed tunnel would otherwise stay until the idle timeout and hold a drain on SIGTERM
+  // (HAProxy bounds it with `timeout client-fin` / `server-fin`).
+
+  /** `side` ended its direction (FIN): its end was passed on; the other side gets `finTimeout` to follow. */
+  halfClosed(side: 'client' | 'upstream'): void {
+    if (this.closed) return;
+    this.cause ??= side;
+    if (this.finTimer !== undefined) return;
+    halfClosedWebSockets.labels(this.route!.name).inc();
+    this.finTimer = setTimeout(() => {
+      this.errorCode ??= 'GH_WEBSOCKET_FIN_TIMEOUT';
+      this.cause = 'fin-timeout';
+      this.destroy();
+    }, this.finTimeout);
+    this.finTimer.unref();
+  }
+
+  /**
+   * One socket closed. When it closed after a clean FIN that was passed on, the other side may still be
+   * writing out what it has (a close frame): the fin timer bounds that. Otherwise the tunnel ends now.
+   */
+  sideClosed(socket: Duplex): void {
+    if (this.closed) return;
+    const other = socket === this.client ? this.upstream : this.client;
+    if (
+      this.finTimer !== undefined &&
+      other !== undefined &&
+      !other.destroyed &&
+      socket.readableEnded &&
+      other.writableEnded
+    ) {
+      return;
+    }
+    this.cause ??= socket === this.client ? 'client' : 'upstream';
+    this.close();
+  }
 
   destroy(): void {
     this.client.destroy();
@@ -375,7 +617,14 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     this.upstream?.destroy();
     this.abortUpstream?.(new Error('client closed'));
     if (this.upstream !== undefined) this.release('success');
-    if (this.counted) activeWebSockets.labels(this.route!.name).dec();
+    if (this.finTimer !== undefined) {
+      clearTimeout(this.finTimer);
+      halfClosedWebSockets.labels(this.route!.name).dec();
+    }
+    if (this.counted) {
+      activeWebSockets.labels(this.route!.name).dec();
+      webSocketClosesTotal.labels(this.route!.name, this.cause ?? 'client').inc();
+    }
     if (this.status === 0) this.status = 499;
     requestsTotal.labels(this.route?.name ?? '(none)', 'GET', String(this.status)).inc();
     const log = this.handler.accessLog;
