@@ -105,7 +105,9 @@ const DESCRIPTIONS: Record<string, string> = {
   'upstreams.<name>.healthCheck.fall': 'Consecutive failures that mark a server down',
   'upstreams.<name>.passive': 'Passive health: eject servers whose real requests fail',
   'upstreams.<name>.passive.ejectFor': 'How long an ejected server is left out',
-  'upstreams.<name>.passive.maxEjectedPercent': 'Never eject more than this share of the servers',
+  'upstreams.<name>.passive.maxEjectedPercent':
+    'Never eject when this share of the servers would be out of rotation (down by checks counts too); ' +
+    'when no server is usable, ejected servers not found down by checks still get traffic (panic mode)',
   'upstreams.<name>.timeouts': 'Timeouts towards the servers (long defaults suit long jobs and streams)',
   'upstreams.<name>.timeouts.connect': 'Time to open a connection',
   'upstreams.<name>.retries': 'Retries on another server (idempotent requests, or before any byte was sent)',

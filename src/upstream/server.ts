@@ -120,6 +120,14 @@ export class Endpoint implements UpstreamServer {
     return this.weight > 0 && this.checkState !== 'down' && this.ejectedUntil === 0;
   }
 
+  /**
+   * May take requests when nothing else can (panic): like `usable`, but a passive ejection does not
+   * count, since only an active check proves a server down (Envoy's panic threshold).
+   */
+  get panicUsable(): boolean {
+    return this.weight > 0 && this.checkState !== 'down';
+  }
+
   /** At its connection limit. */
   get full(): boolean {
     return this.active >= this.maxConnections;
