@@ -20,7 +20,7 @@ import type { Http2ServerRequest } from 'node:http2';
 import type { BlockList } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
-import type { Dispatcher } from 'undici';
+import { type Dispatcher, errors as undiciErrors } from 'undici';
 import type { Config } from '../config/schema.js';
 import { normalizeHost, normalizePath } from '../core/normalize.js';
 import type { CompiledRoute, RequestFacts } from '../core/types.js';
@@ -42,6 +42,7 @@ import {
   upstreamDuration,
 } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
+import { UpstreamProtocolError } from '../upstream/interim.js';
 import type { Lease, SelectInput, Upstream } from '../upstream/types.js';
 import {
   type AccessGrant,
@@ -51,7 +52,7 @@ import {
   logAccess,
   serveBeforeRouting,
 } from './access.js';
-import { classify, type FailureKind, sendError, toGatehouseError } from './errors.js';
+import { classify, type FailureKind, isBodylessLengthNotice, sendError, toGatehouseError } from './errors.js';
 import {
   buildRequestHeaders,
   buildResponseHeaders,
@@ -74,6 +75,8 @@ export interface HandlerOptions {
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+/** 103 Early Hints passed on per request; more from one upstream answer are dropped. */
+const MAX_EARLY_HINTS = 4;
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT'];
 const NO_ROUTE = '(none)';
 
@@ -276,6 +279,8 @@ class Exchange {
   originalHost = '';
   /** Status of a retryable 5xx being discarded. */
   retryStatus = 0;
+  /** 103 Early Hints passed on to the client. */
+  earlyHints = 0;
 
   constructor(
     handler: ProxyHandler,
@@ -498,7 +503,7 @@ class Exchange {
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, _statusText: string): boolean {
-    if (statusCode < 200) return true;
+    if (statusCode < 200) return this.onInterim(statusCode, rawHeaders);
     const ms = performance.now() - this.upstreamStart;
     this.upstreamMs = ms;
     observeUpstream(this.upstream!.name, ms / 1000);
@@ -514,11 +519,13 @@ class Exchange {
       return false;
     }
     const headers = buildResponseHeaders(
-      rawHeaders,
+      vetResponseFields(rawHeaders, ownCookiesOf(this.runtime.config)),
       this.rs!.responseEdits,
       this.requestId,
       this.lease?.setCookie,
     );
+    // RFC 9110 §8.6: no Content-Length in a 204 (some servers send one; undici then reports a mismatch).
+    if (statusCode === 204) removeField(headers, 'content-length');
     if (this.access !== undefined) addResponseHeaders(headers, this.access);
     try {
       res.writeHead(statusCode, headers);
@@ -535,6 +542,40 @@ class Exchange {
     this.contentLength = contentLengthOf(headers);
     if (this.contentLength === -1) res.flushHeaders();
     return true;
+  }
+
+  /**
+   * An interim (1xx) response: 103 Early Hints are passed on (their Link fields only), others dropped.
+   * They do not move the deadline of the final response, which undici's timer would otherwise restart
+   * at each one: a server sending 102 Processing forever is cut at `timeouts.response`.
+   */
+  onInterim(statusCode: number, rawHeaders: Buffer[]): boolean {
+    if (statusCode === 103) this.forwardEarlyHints(rawHeaders);
+    const limit = this.headersTimeout;
+    if (limit !== undefined && limit > 0 && performance.now() - this.upstreamStart > limit) {
+      this.abortUpstream?.(new undiciErrors.HeadersTimeoutError());
+      return false;
+    }
+    return true;
+  }
+
+  /**
+   * Sends the Link fields of a 103 to the client before the final response (RFC 8297), never to an
+   * HTTP/1.0 client (RFC 9110 §15.2), at most MAX_EARLY_HINTS times; a value Node.js refuses is dropped.
+   */
+  forwardEarlyHints(rawHeaders: Buffer[]): void {
+    const req = this.req;
+    const res = this.res;
+    if (this.earlyHints >= MAX_EARLY_HINTS || this.finished || res.headersSent || res.destroyed) return;
+    if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return;
+    const links = earlyHintLinks(rawHeaders);
+    if (links === undefined) return;
+    this.earlyHints++;
+    try {
+      res.writeEarlyHints({ link: links });
+    } catch {
+      // Node.js validates Link values; hints are advisory, so a refused one is simply not sent.
+    }
   }
 
   onData(chunk: Buffer): boolean {
@@ -580,6 +621,10 @@ class Exchange {
     if (this.finished || this.clientGone()) {
       this.releaseLease('client-abort');
       this.errorCode ??= 'GH_CLIENT_CLOSED';
+      return;
+    }
+    if (this.responseStarted && this.bytesOut === 0 && isBodylessLengthNotice(err, this.status)) {
+      this.onComplete(null);
       return;
     }
     const c = classify(err, this.sent);
@@ -695,6 +740,111 @@ function contentLengthOf(flat: readonly string[]): number {
     }
   }
   return -1;
+}
+
+/** Removes every field named `lower` (a lower-case name) from flat header pairs. */
+function removeField(flat: string[], lower: string): void {
+  for (let i = flat.length - 2; i >= 0; i -= 2) {
+    if (flat[i]!.toLowerCase() === lower) flat.splice(i, 2);
+  }
+}
+
+/** One link-value as Node.js accepts it in `writeEarlyHints` (`<uri>` and `;` parameters). */
+const LINK_VALUE = /^<[^>]*>(?:\s*;\s*[^;"\s]+(?:=(")?[^;"\s]*\1)?)*$/;
+
+/**
+ * The link-values of the Link fields in a 103 response, one per item (a field may list several,
+ * separated by commas outside `<…>` and quotes); undefined when there is none Node.js would accept.
+ */
+export function earlyHintLinks(rawHeaders: readonly Buffer[]): string[] | undefined {
+  let links: string[] | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.length !== 4 || rawHeaders[i]!.toString('latin1').toLowerCase() !== 'link') continue;
+    const value = rawHeaders[i + 1]!.toString('latin1');
+    let start = 0;
+    let inUri = false;
+    let inQuote = false;
+    for (let j = 0; j <= value.length; j++) {
+      const c = value.charCodeAt(j);
+      if (j < value.length) {
+        if (c === 0x3c && !inQuote) inUri = true;
+        else if (c === 0x3e && !inQuote) inUri = false;
+        else if (c === 0x22 && !inUri) inQuote = !inQuote;
+        if (c !== 0x2c || inUri || inQuote) continue;
+      }
+      const item = value.slice(start, j).trim();
+      start = j + 1;
+      if (!LINK_VALUE.test(item)) continue;
+      if (links === undefined) links = [item];
+      else links.push(item);
+    }
+  }
+  return links;
+}
+
+const ownCookiesCache = new WeakMap<Config, { names: ReadonlySet<string> | undefined }>();
+
+/**
+ * The cookies the gateway itself sets under a configuration: the session and login cookies and every
+ * upstream's sticky cookie; undefined when there is none. Compiled once per configuration.
+ */
+export function ownCookiesOf(config: Config): ReadonlySet<string> | undefined {
+  let c = ownCookiesCache.get(config);
+  if (c === undefined) {
+    const names = new Set<string>();
+    const session = config.identity?.session?.cookie;
+    if (session !== undefined) names.add(session).add(`${session}_login`);
+    for (const up of Object.values(config.upstreams)) if (up.sticky) names.add(up.sticky.cookie);
+    c = { names: names.size === 0 ? undefined : names };
+    ownCookiesCache.set(config, c);
+  }
+  return c.names;
+}
+
+/** The name of the cookie a Set-Cookie value sets (RFC 6265 §5.2: up to the first `=`, trimmed). */
+function setCookieName(value: Buffer): string {
+  const text = value.toString('latin1');
+  const eq = text.indexOf('=');
+  return (eq === -1 ? '' : text.slice(0, eq)).trim();
+}
+
+const SET_COOKIE = Buffer.from('set-cookie');
+const TRANSFER_ENCODING = Buffer.from('transfer-encoding');
+
+/** A raw field name equals `lower` (a lower-case letters-and-dashes name) in any case. */
+function isField(name: Buffer, lower: Buffer): boolean {
+  if (name.length !== lower.length) return false;
+  for (let i = 0; i < lower.length; i++) if ((name[i]! | 0x20) !== lower[i]) return false;
+  return true;
+}
+
+/**
+ * One pass over the upstream's final response fields, before they are forwarded:
+ * - a transfer coding other than a single `chunked` is refused (502): the gateway forwards the decoded
+ *   body without the hop-by-hop Transfer-Encoding, so `gzip` and chains would reach the client as
+ *   unlabelled coded bytes (HAProxy refuses them too);
+ * - Set-Cookie fields for a cookie the gateway owns (`own`) are removed: a backend could otherwise plant
+ *   a session of its choosing in the browser (session fixation), sign a user out, or re-pin stickiness.
+ * Returns `raw` itself when nothing is removed (the common case).
+ */
+export function vetResponseFields(raw: Buffer[], own: ReadonlySet<string> | undefined): Buffer[] {
+  let out: Buffer[] | undefined;
+  let codings = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    let drop = false;
+    if (name.length === 17 && isField(name, TRANSFER_ENCODING)) {
+      codings++;
+      if (codings > 1 || raw[i + 1]!.toString('latin1').trim().toLowerCase() !== 'chunked') {
+        throw new UpstreamProtocolError('transfer-coding');
+      }
+    } else if (own !== undefined && name.length === 10 && isField(name, SET_COOKIE)) {
+      drop = own.has(setCookieName(raw[i + 1]!));
+    }
+    if (drop && out === undefined) out = raw.slice(0, i);
+    else if (!drop && out !== undefined) out.push(name, raw[i + 1]!);
+  }
+  return out ?? raw;
 }
 
 /** Handles requests and upgrades of every listener; one instance per ListenerSet. */
