@@ -112,7 +112,10 @@ const DESCRIPTIONS: Record<string, string> = {
   'upstreams.<name>.timeouts.connect': 'Time to open a connection',
   'upstreams.<name>.retries': 'Retries on another server (idempotent requests, or before any byte was sent)',
   'upstreams.<name>.retries.attempts': 'Retries after the first attempt',
-  'upstreams.<name>.retries.on': 'Conditions that are retried: connect-error, timeout, reset or a 5xx status',
+  'upstreams.<name>.retries.on':
+    'Conditions that are retried: connect-error, timeout, reset or a 5xx status. Once the request was ' +
+    'sent, only GET, HEAD, OPTIONS, PUT and DELETE are retried (a body up to 64 KiB is kept to replay); ' +
+    'a POST or PATCH never reaches a server twice',
   'upstreams.<name>.retries.backoff': 'Base of the jittered delay before a retry',
   'upstreams.<name>.queue': 'Requests wait here when every server is at maxConnections',
   'upstreams.<name>.queue.max': 'Longest queue (503 beyond)',

@@ -75,6 +75,11 @@ export interface HandlerOptions {
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+/**
+ * Largest request body kept to replay an idempotent request on another server after the first attempt
+ * read it (HAProxy's L7 retries likewise need the request in one buffer; Envoy buffers up to a limit).
+ */
+const MAX_REPLAY_BODY = 64 * 1024;
 /** 103 Early Hints passed on per request; more from one upstream answer are dropped. */
 const MAX_EARLY_HINTS = 4;
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT'];
@@ -281,6 +286,17 @@ class Exchange {
   retryStatus = 0;
   /** 103 Early Hints passed on to the client. */
   earlyHints = 0;
+  /**
+   * The request body chunks sent so far, kept while an idempotent request may still be retried after
+   * its body was read; undefined when nothing is kept (no body, not idempotent, no Content-Length, or
+   * over MAX_REPLAY_BODY).
+   */
+  replay: Buffer[] | undefined;
+  replayBytes = 0;
+  /** The request's Content-Length when a copy of its body is kept. */
+  replayLength = 0;
+  /** The current attempt sends the kept body (its bytes were counted by the first attempt). */
+  replaying = false;
 
   constructor(
     handler: ProxyHandler,
@@ -368,6 +384,14 @@ class Exchange {
       const up = this.runtime.upstreams.get(name);
       if (up === undefined) throw new NoServerAvailableError(name);
       this.upstream = up;
+      if (this.hasBody && up.config.retries.attempts > 0 && IDEMPOTENT.has(this.method)) {
+        // Only a declared length proves the copy whole: undici may read a last chunk it never writes.
+        const cl = Number(req.headers['content-length']);
+        if (cl > 0 && cl <= MAX_REPLAY_BODY) {
+          this.replay = [];
+          this.replayLength = cl;
+        }
+      }
       const rc = route.config;
       this.preserveHost = rc.preserveHost;
       this.target = forwardPath(route, this.path, this.query);
@@ -426,6 +450,12 @@ class Exchange {
     this.serverId = server.id;
     const headers = this.headers!;
     if (!this.preserveHost) headers[1] = server.hostHeader;
+    let body: ProxyRequest | Buffer | null = null;
+    if (this.hasBody) {
+      // A retry after the body was read sends the kept copy (canRetry made sure it is whole).
+      this.replaying = this.req.readableDidRead && this.replay !== undefined;
+      body = this.replaying ? this.replayBody() : this.req;
+    }
     this.upstreamStart = performance.now();
     try {
       server.dispatcher.dispatch(
@@ -433,7 +463,7 @@ class Exchange {
           path: this.target,
           method: this.method as Dispatcher.HttpMethod,
           headers,
-          body: this.hasBody ? this.req : null,
+          body,
           headersTimeout: this.headersTimeout,
           bodyTimeout: this.bodyTimeout,
           idempotent: IDEMPOTENT.has(this.method),
@@ -461,11 +491,27 @@ class Exchange {
     } else {
       return false;
     }
-    // A body that was read (even partly) cannot be replayed.
-    if (this.hasBody && (this.req.readableDidRead || this.req.destroyed)) return false;
+    // A body that was read (even partly) can be sent again only from a whole kept copy.
+    if (this.hasBody && (this.req.readableDidRead || this.req.destroyed) && !this.replayable()) return false;
     // A non-idempotent request may only be retried when nothing of it reached a server.
     if (this.sent && !IDEMPOTENT.has(this.method)) return false;
     return up.retryBudget.tryAcquire();
+  }
+
+  /** The whole request body was read from the client and kept (see `replay`). */
+  replayable(): boolean {
+    return this.replay !== undefined && this.replayBytes === this.replayLength && this.req.readableEnded;
+  }
+
+  /** The kept request body as one buffer (joined once). */
+  replayBody(): Buffer {
+    const replay = this.replay!;
+    if (replay.length !== 1) {
+      const whole = Buffer.concat(replay);
+      replay.length = 0;
+      replay.push(whole);
+    }
+    return replay[0]!;
   }
 
   retry(reason: string): void {
@@ -497,9 +543,16 @@ class Exchange {
   }
 
   onBodySent(chunk: Buffer | string): void {
+    if (this.replaying) return;
     this.bytesIn += chunk.length;
     // Throwing here makes undici abort the attempt with this error.
     if (this.limit !== undefined && this.bytesIn > this.limit) throw new BodyTooLargeError(this.limit);
+    const replay = this.replay;
+    if (replay !== undefined) {
+      this.replayBytes += chunk.length;
+      if (this.replayBytes > MAX_REPLAY_BODY) this.replay = undefined;
+      else replay.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
+    }
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, _statusText: string): boolean {
