@@ -440,14 +440,42 @@ test('misbehaving upstream: a reset right after the headers never yields a compl
     setTimeout(() => sock.resetAndDestroy(), 30);
   });
   const gw = await gatewayFor(t, up, { retries: { attempts: 0 } });
-  for (const path of ['/sized', '/streamed']) {
-    const r = await call(gw, { path });
-    assert.ok(r.status === 502 || r.complete === false, `${path}: ${r.status} ${String(r.error)}`);
-    assert.ok(!(r.status === 200 && r.complete));
-    const e = await logged(gw, path);
-    assert.equal(e.error, 'GH_UPSTREAM_RESET');
-  }
+  // A sized head waits for its first body bytes: nothing reached the client, so it gets a clean 502.
+  const sized = await call(gw, { path: '/sized' });
+  assert.equal(sized.status, 502);
+  assert.ok(sized.complete);
+  assert.match(sized.body.toString(), /GH_UPSTREAM_RESET/);
+  assert.equal((await logged(gw, '/sized')).status, 502);
+  // A stream's head left at once: the client sees the stream cut, never its end.
+  const streamed = await call(gw, { path: '/streamed' });
+  assert.equal(streamed.status, 200);
+  assert.equal(streamed.complete, false);
+  const e = await logged(gw, '/streamed');
+  assert.equal(e.error, 'GH_UPSTREAM_RESET');
   await assertPoolServes(gw);
+});
+
+test('misbehaving upstream: a GET reset after a head that never left is retried on another server', async (t) => {
+  const up = await rawUpstream(t, (sock) => {
+    sock.write('HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-From: bad\r\n\r\n');
+    setTimeout(() => sock.resetAndDestroy(), 30);
+  });
+  const good = await startBackend(t, 'good');
+  const gw = await startGateway(
+    t,
+    config({ app: { servers: [{ url: up.url }, { url: good.url }], passive: { failures: 100 } } }, [
+      { name: 'all', upstream: 'app' },
+    ]),
+  );
+  for (let i = 0; i < 4; i++) {
+    const r = await call(gw, { path: `/r${i}` });
+    assert.equal(r.status, 200);
+    assert.ok(r.complete);
+    assert.equal(r.headers['x-from'], undefined, 'nothing of the failed attempt reached the client');
+  }
+  assert.ok(up.requests.length > 0);
+  await waitFor(() => gw.access.length === 4, 'every request logged');
+  assert.ok(gw.access.some((e) => e.retries === 1 && e.status === 200));
 });
 
 test('misbehaving upstream: no answer at all gives 504 at timeouts.response', async (t) => {

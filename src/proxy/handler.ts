@@ -267,6 +267,8 @@ class Exchange {
   /** A retryable 5xx is being read and discarded before the retry. */
   discarding = false;
   responseStarted = false;
+  /** The final response's head, held until its first body bytes or its end (see `onHeaders`). */
+  pendingHead: string[] | undefined;
   /** The response was ended with its last body chunk (see `onData`). */
   responseEnded = false;
   /** Content-Length of the response, -1 when it has none. */
@@ -580,21 +582,38 @@ class Exchange {
     // RFC 9110 §8.6: no Content-Length in a 204 (some servers send one; undici then reports a mismatch).
     if (statusCode === 204) removeField(headers, 'content-length');
     if (this.access !== undefined) addResponseHeaders(headers, this.access);
-    try {
-      res.writeHead(statusCode, headers);
-    } catch (err) {
-      this.abortUpstream?.(
-        new UpstreamConnectError('invalid response from the upstream server', err, 'GH_UPSTREAM_INVALID'),
-      );
+    this.status = statusCode;
+    this.resumeFn = resume;
+    // Streams (SSE, chunked) get their headers at once. A sized head would wait in Node for the first
+    // body bytes anyway; it waits here instead, so that a failure before any of them still gets a
+    // clean 502 (or a retry) rather than a connection cut after a head that never left.
+    this.contentLength = contentLengthOf(headers);
+    this.pendingHead = headers;
+    if (this.contentLength !== -1) return true;
+    const err = this.startResponse();
+    if (err !== undefined) {
+      this.abortUpstream?.(err);
       return false;
     }
-    this.status = statusCode;
-    this.responseStarted = true;
-    this.resumeFn = resume;
-    // Streams (SSE, chunked) get their headers at once; sized responses send them with the first chunk.
-    this.contentLength = contentLengthOf(headers);
-    if (this.contentLength === -1) res.flushHeaders();
+    res.flushHeaders();
     return true;
+  }
+
+  /** Writes the response head held in `pendingHead`; returns the error when Node refuses it. */
+  startResponse(): UpstreamConnectError | undefined {
+    const headers = this.pendingHead!;
+    this.pendingHead = undefined;
+    try {
+      this.res.writeHead(this.status, headers);
+    } catch (err) {
+      return new UpstreamConnectError(
+        'invalid response from the upstream server',
+        err,
+        'GH_UPSTREAM_INVALID',
+      );
+    }
+    this.responseStarted = true;
+    return undefined;
   }
 
   /**
@@ -633,6 +652,13 @@ class Exchange {
 
   onData(chunk: Buffer): boolean {
     if (this.discarding) return true;
+    if (this.pendingHead !== undefined) {
+      const err = this.startResponse();
+      if (err !== undefined) {
+        this.abortUpstream?.(err);
+        return false;
+      }
+    }
     const res = this.res;
     this.bytesOut += chunk.length;
     // The last chunk of a sized body ends the response at once (for a small body, headers and body
@@ -658,6 +684,14 @@ class Exchange {
       this.retry(String(this.retryStatus));
       return;
     }
+    if (this.pendingHead !== undefined) {
+      const err = this.startResponse();
+      if (err !== undefined) {
+        this.releaseLease('connect-error');
+        this.fail(err);
+        return;
+      }
+    }
     const s = this.status;
     this.releaseLease(s === 502 || s === 503 || s === 504 ? 'http-5xx' : 'success');
     if (!this.responseEnded) this.res.end();
@@ -676,10 +710,13 @@ class Exchange {
       this.errorCode ??= 'GH_CLIENT_CLOSED';
       return;
     }
-    if (this.responseStarted && this.bytesOut === 0 && isBodylessLengthNotice(err, this.status)) {
+    const headReceived = this.pendingHead !== undefined || this.responseStarted;
+    if (headReceived && this.bytesOut === 0 && isBodylessLengthNotice(err, this.status)) {
       this.onComplete(null);
       return;
     }
+    // A head that never left is dropped: the client gets the error (or the retry's answer) instead.
+    this.pendingHead = undefined;
     const c = classify(err, this.sent);
     this.releaseLease(c.outcome);
     if (!this.responseStarted && this.canRetry(c.kind)) {
