@@ -564,6 +564,138 @@ test('misbehaving upstream: an early final response before the request body was 
   await assertPoolServes(gw);
 });
 
+test('misbehaving upstream: a server that closes every connection at once gives 502, never a hang', async (t) => {
+  const server = net.createServer((sock) => sock.destroy());
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+  const gw = await startGateway(
+    t,
+    config({ app: { servers: [{ url }] } }, [{ name: 'all', upstream: 'app', timeouts: { response: '1s' } }]),
+  );
+  for (const method of ['GET', 'POST']) {
+    const r = await call(gw, {
+      method,
+      path: `/closed-${method}`,
+      body: method === 'POST' ? 'x' : undefined,
+    });
+    assert.equal(r.status, 502, method);
+    assert.ok(r.complete);
+    const e = await logged(gw, `/closed-${method}`);
+    assert.ok(e.error === 'GH_UPSTREAM_RESET' || e.error === 'GH_UPSTREAM_CONNECT', String(e.error));
+  }
+});
+
+test('misbehaving upstream: a TLS server that never handshakes gives 504, one that speaks garbage 502', async (t) => {
+  const silent = net.createServer(() => {});
+  const garbage = net.createServer((sock) => sock.end('HTTP/1.1 200 OK\r\n\r\nnot tls at all'));
+  for (const s of [silent, garbage]) {
+    await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+    t.after(() => {
+      s.close();
+      return new Promise<void>((resolve) => setImmediate(resolve));
+    });
+  }
+  const port = (s: net.Server) => (s.address() as net.AddressInfo).port;
+  const gw = await startGateway(
+    t,
+    config(
+      {
+        silent: { servers: [{ url: `https://127.0.0.1:${port(silent)}` }], timeouts: { connect: '300ms' } },
+        garbage: { servers: [{ url: `https://127.0.0.1:${port(garbage)}` }] },
+      },
+      [
+        { name: 'silent', match: { path: '/silent' }, upstream: 'silent' },
+        { name: 'garbage', upstream: 'garbage' },
+      ],
+    ),
+  );
+  const s = await call(gw, { path: '/silent' });
+  assert.equal(s.status, 504);
+  assert.equal((await logged(gw, '/silent')).error, 'GH_UPSTREAM_TIMEOUT');
+  const g = await call(gw, { path: '/garbage' });
+  assert.equal(g.status, 502);
+  assert.equal((await logged(gw, '/garbage')).error, 'GH_UPSTREAM_CONNECT');
+});
+
+test('misbehaving upstream: trailers never reach the client; a framing field among them cuts the stream', async (t) => {
+  const up = await rawUpstream(
+    t,
+    answer(
+      'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Set-Cookie\r\n\r\n2\r\nok\r\n0\r\n' +
+        'Set-Cookie: _gatehouse=planted\r\nX-Late: 1\r\n\r\n',
+    ),
+  );
+  const gw = await gatewayFor(t, up);
+  const r = await new Promise<{
+    body: string;
+    trailers: NodeJS.Dict<string>;
+    headers: http.IncomingHttpHeaders;
+  }>((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port: gw.port(), path: '/trailers', agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => {
+        body += d;
+      });
+      res.on('end', () => resolve({ body, trailers: res.trailers, headers: res.headers }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
+  assert.equal(r.body, 'ok');
+  assert.deepEqual(r.trailers, {});
+  assert.equal(r.headers['set-cookie'], undefined);
+  await assertPoolServes(gw);
+  // Content-Length in the trailer section is invalid (RFC 9110 §6.5.1): the stream is cut, not ended.
+  const bad = await rawUpstream(
+    t,
+    answer('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nContent-Length: 9\r\n\r\n'),
+  );
+  const gw2 = await gatewayFor(t, bad);
+  const cut = await call(gw2, { path: '/framing-trailer' });
+  assert.equal(cut.status, 200);
+  assert.equal(cut.complete, false);
+  assert.equal((await logged(gw2, '/framing-trailer')).error, 'GH_UPSTREAM_INVALID');
+  await assertPoolServes(gw2);
+});
+
+test('misbehaving upstream: a retryable 5xx with an endless body does not hold the retry', async (t) => {
+  // The body of a 502 is normally read (to keep the connection) before the retry; an endless one
+  // costs the connection once over 64 KiB instead of holding the request until timeouts.idle.
+  const endless = await rawUpstream(t, (sock) => {
+    sock.write('HTTP/1.1 502 Bad Gateway\r\nTransfer-Encoding: chunked\r\n\r\n');
+    const chunk = `4000\r\n${'e'.repeat(0x4000)}\r\n`;
+    const tick = setInterval(() => {
+      if (sock.destroyed) clearInterval(tick);
+      else sock.write(chunk);
+    }, 5);
+    sock.on('close', () => clearInterval(tick));
+  });
+  const good = await startBackend(t, 'good');
+  const gw = await startGateway(
+    t,
+    config(
+      {
+        app: {
+          servers: [{ url: endless.url }, { url: good.url }],
+          retries: { attempts: 1, on: [502], backoff: '1ms' },
+          passive: { failures: 100 },
+        },
+      },
+      [{ name: 'all', upstream: 'app', timeouts: { idle: '30s' } }],
+    ),
+  );
+  for (let i = 0; i < 4; i++) {
+    const r = await call(gw, { path: `/e${i}` });
+    assert.equal(r.status, 200);
+    assert.ok(r.complete);
+  }
+  assert.ok(endless.requests.length > 0, 'some first attempts went to the endless server');
+  await waitFor(() => gw.access.length === 4, 'every request logged');
+  assert.ok(gw.access.some((e) => e.retries === 1 && e.status === 200));
+});
+
 // --- Headers the upstream must not control
 
 test('misbehaving upstream: headers named in Connection, and hop-by-hop headers, never reach the client', async (t) => {

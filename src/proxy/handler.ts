@@ -80,6 +80,11 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
  * read it (HAProxy's L7 retries likewise need the request in one buffer; Envoy buffers up to a limit).
  */
 const MAX_REPLAY_BODY = 64 * 1024;
+/**
+ * Longest error body read and dropped before a retry (to keep the connection); a longer one, or one
+ * that never ends, costs the connection instead of holding the request.
+ */
+const MAX_DISCARD = 64 * 1024;
 /** 103 Early Hints passed on per request; more from one upstream answer are dropped. */
 const MAX_EARLY_HINTS = 4;
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT'];
@@ -266,6 +271,7 @@ class Exchange {
   sent = false;
   /** A retryable 5xx is being read and discarded before the retry. */
   discarding = false;
+  bytesDiscarded = 0;
   responseStarted = false;
   /** The final response's head, held until its first body bytes or its end (see `onHeaders`). */
   pendingHead: string[] | undefined;
@@ -565,6 +571,7 @@ class Exchange {
     if (statusCode >= 500 && statusCode <= 504 && statusCode !== 501 && this.canRetry(statusCode)) {
       // Read the small error body so the connection can be reused, then retry.
       this.discarding = true;
+      this.bytesDiscarded = 0;
       this.retryStatus = statusCode;
       return true;
     }
@@ -651,7 +658,13 @@ class Exchange {
   }
 
   onData(chunk: Buffer): boolean {
-    if (this.discarding) return true;
+    if (this.discarding) {
+      this.bytesDiscarded += chunk.length;
+      if (this.bytesDiscarded <= MAX_DISCARD) return true;
+      // onError (discarding) releases the lease and retries.
+      this.abortUpstream?.(new ClientClosedError());
+      return false;
+    }
     if (this.pendingHead !== undefined) {
       const err = this.startResponse();
       if (err !== undefined) {
