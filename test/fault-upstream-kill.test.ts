@@ -15,20 +15,25 @@ import { config, startGateway, type TestGateway, waitFor } from './helpers/proxy
  * A plain node:http server that answers after a few milliseconds (so requests are in flight when it
  * dies) with its name and the body length it read; it prints its port and every POST id it receives
  * (stdout to a pipe is synchronous on Linux, so a printed id survives a SIGKILL), and on SIGTERM stops
- * accepting, closes idle connections and lets the requests in flight finish.
+ * accepting, closes idle connections and lets the requests in flight finish. With HOLD set, a request
+ * carrying `x-hold` is read and never answered (and its id printed): it is certainly in flight there.
  */
 const SERVER = `
 const http = require('node:http');
 const name = process.env.NAME;
 let closing = false;
 const server = http.createServer((req, res) => {
-  // A server shutting down says so, so that clients do not send more on this connection.
-  if (closing) res.shouldKeepAlive = false;
   let bytes = 0;
   req.on('data', (c) => { bytes += c.length; });
   req.on('end', () => {
     if (req.method === 'POST') process.stdout.write('POST ' + req.headers['x-request-id'] + '\\n');
+    if (process.env.HOLD && req.headers['x-hold']) {
+      process.stdout.write('HELD ' + req.headers['x-request-id'] + '\\n');
+      return; // answered by nobody: in flight here until this process dies
+    }
     setTimeout(() => {
+      // A server shutting down says so, so that clients do not send more on this connection.
+      if (closing) res.shouldKeepAlive = false;
       const body = JSON.stringify({ server: name, method: req.method, bytes });
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
       res.end(req.method === 'HEAD' ? undefined : body);
@@ -40,7 +45,7 @@ server.listen(0, '127.0.0.1', () => process.stdout.write('PORT ' + server.addres
 process.on('SIGTERM', () => {
   closing = true;
   server.close(() => process.exit(0));
-  server.closeIdleConnections();
+  setInterval(() => server.closeIdleConnections(), 20).unref();
 });
 `;
 
@@ -49,12 +54,14 @@ interface UpstreamProcess {
   readonly child: ChildProcess;
   /** Ids of the POST requests it received. */
   readonly posts: string[];
+  /** Ids of the requests it holds unanswered. */
+  readonly held: string[];
   readonly exited: Promise<void>;
 }
 
-async function spawnUpstream(t: TestContext, name: string): Promise<UpstreamProcess> {
+async function spawnUpstream(t: TestContext, name: string, hold = false): Promise<UpstreamProcess> {
   const child = spawn(process.execPath, ['-e', SERVER], {
-    env: { ...process.env, NAME: name },
+    env: { ...process.env, NAME: name, ...(hold ? { HOLD: '1' } : {}) },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -63,6 +70,7 @@ async function spawnUpstream(t: TestContext, name: string): Promise<UpstreamProc
     await exited;
   });
   const posts: string[] = [];
+  const held: string[] = [];
   let port = 0;
   let rest = '';
   child.stdout!.setEncoding('utf8');
@@ -72,10 +80,11 @@ async function spawnUpstream(t: TestContext, name: string): Promise<UpstreamProc
     for (const line of lines) {
       if (line.startsWith('PORT ')) port = Number(line.slice(5));
       else if (line.startsWith('POST ')) posts.push(line.slice(5));
+      else if (line.startsWith('HELD ')) held.push(line.slice(5));
     }
   });
   await waitFor(() => port !== 0, `${name} to listen`, 10_000);
-  return { url: `http://127.0.0.1:${port}`, child, posts, exited };
+  return { url: `http://127.0.0.1:${port}`, child, posts, held, exited };
 }
 
 const METHODS = ['GET', 'HEAD', 'PUT', 'DELETE', 'POST'] as const;
@@ -88,7 +97,7 @@ interface Outcome {
 }
 
 /** One request through a keep-alive agent; a small body for PUT, DELETE and POST. */
-function send(url: string, agent: http.Agent, method: string, id: string): Promise<Outcome> {
+function send(url: string, agent: http.Agent, method: string, id: string, hold = false): Promise<Outcome> {
   return new Promise((resolve) => {
     const body = method === 'PUT' || method === 'DELETE' || method === 'POST' ? `{"id":"${id}"}` : undefined;
     const u = new URL(url);
@@ -100,6 +109,7 @@ function send(url: string, agent: http.Agent, method: string, id: string): Promi
       agent,
       headers: {
         'x-request-id': id,
+        ...(hold ? { 'x-hold': '1' } : {}),
         ...(body === undefined ? {} : { 'content-type': 'application/json', 'content-length': body.length }),
       },
       signal: AbortSignal.timeout(20_000),
@@ -180,23 +190,32 @@ function assertPostsSafe(gw: TestGateway, a: UpstreamProcess, b: UpstreamProcess
 }
 
 test('an upstream SIGKILLed mid-load fails no idempotent request while another server is up', async (t) => {
-  const a = await spawnUpstream(t, 'a');
+  const a = await spawnUpstream(t, 'a', true);
   const b = await spawnUpstream(t, 'b');
   // Default retry settings: the point is that they cover this.
   const gw = await startGateway(
     t,
     config({ killed: { servers: [{ url: a.url }, { url: b.url }] } }, [{ name: 'all', upstream: 'killed' }]),
   );
-  const up = gw.runtime.upstreams.get('killed')!;
   const resetsBefore = await retries('killed', 'reset');
-  const outcomes = await load(gw, 'kill', 1000, 250, async () => {
-    // Kill while requests are in flight on `a`, so some break after they were sent.
-    await waitFor(() => up.status().servers[0]!.active > 0, 'requests in flight on a');
+  const agent = new http.Agent({ keepAlive: true });
+  t.after(() => agent.destroy());
+  let held: Promise<Outcome[]> | undefined;
+  const outcomes = await load(gw, 'kill', 600, 150, async () => {
+    // Besides the load in flight on `a`, requests it holds unanswered: certainly sent when it dies.
+    held = Promise.all(
+      ['GET', 'HEAD', 'PUT', 'DELETE', 'GET', 'HEAD', 'PUT', 'DELETE'].map((m, i) =>
+        send(gw.url(), agent, m, `kill-held-${i}`, true),
+      ),
+    );
+    await waitFor(() => a.held.length >= 2, 'requests held by a');
     a.child.kill('SIGKILL');
     await a.exited;
   });
-  assert.equal(outcomes.length, 1000);
-  assert.deepEqual(failedIdempotent(outcomes), []);
+  assert.equal(outcomes.length, 600);
+  const heldOutcomes = await held!;
+  assert.ok(a.held.length >= 2);
+  assert.deepEqual(failedIdempotent([...outcomes, ...heldOutcomes]), []);
   assertPostsSafe(gw, a, b, outcomes);
   assert.ok((await retries('killed', 'reset')) > resetsBefore, 'requests broken after sending were retried');
   assert.ok(
@@ -216,7 +235,7 @@ test('an upstream closed gracefully mid-load fails no idempotent request while a
     config({ closed: { servers: [{ url: a.url }, { url: b.url }] } }, [{ name: 'all', upstream: 'closed' }]),
   );
   const up = gw.runtime.upstreams.get('closed')!;
-  const outcomes = await load(gw, 'close', 1000, 250, async () => {
+  const outcomes = await load(gw, 'close', 600, 150, async () => {
     await waitFor(() => up.status().servers[0]!.active > 0, 'requests in flight on a');
     a.child.kill('SIGTERM');
     await a.exited;

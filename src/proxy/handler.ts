@@ -295,16 +295,17 @@ class Exchange {
   /** 103 Early Hints passed on to the client. */
   earlyHints = 0;
   /**
-   * The request body chunks sent so far, kept while an idempotent request may still be retried after
-   * its body was read; undefined when nothing is kept (no body, not idempotent, no Content-Length, or
-   * over MAX_REPLAY_BODY).
+   * The request body chunks read so far, kept while an idempotent request may still be retried after
+   * its body was read; undefined when nothing is kept (no body, not idempotent, or over MAX_REPLAY_BODY).
    */
   replay: Buffer[] | undefined;
   replayBytes = 0;
-  /** The request's Content-Length when a copy of its body is kept. */
-  replayLength = 0;
+  /** The request's Content-Length, -1 when it has none. */
+  replayLength = -1;
   /** The current attempt sends the kept body (its bytes were counted by the first attempt). */
   replaying = false;
+  /** A listener copies the body chunks into `replay`. */
+  tapped = false;
 
   constructor(
     handler: ProxyHandler,
@@ -393,12 +394,9 @@ class Exchange {
       if (up === undefined) throw new NoServerAvailableError(name);
       this.upstream = up;
       if (this.hasBody && up.config.retries.attempts > 0 && IDEMPOTENT.has(this.method)) {
-        // Only a declared length proves the copy whole: undici may read a last chunk it never writes.
-        const cl = Number(req.headers['content-length']);
-        if (cl > 0 && cl <= MAX_REPLAY_BODY) {
-          this.replay = [];
-          this.replayLength = cl;
-        }
+        const cl = req.headers['content-length'];
+        this.replayLength = cl === undefined ? -1 : Number(cl);
+        if (this.replayLength <= MAX_REPLAY_BODY) this.replay = [];
       }
       const rc = route.config;
       this.preserveHost = rc.preserveHost;
@@ -506,9 +504,14 @@ class Exchange {
     return up.retryBudget.tryAcquire();
   }
 
-  /** The whole request body was read from the client and kept (see `replay`). */
+  /**
+   * The whole request body was read from the client and kept (see `replay`): the stream ended, or all
+   * of its declared length was kept (undici destroys the stream when the connection breaks, so a
+   * body that was read completely may never emit its end).
+   */
   replayable(): boolean {
-    return this.replay !== undefined && this.replayBytes === this.replayLength && this.req.readableEnded;
+    if (this.replay === undefined) return false;
+    return this.req.readableEnded || this.replayBytes === this.replayLength;
   }
 
   /** The kept request body as one buffer (joined once). */
@@ -548,6 +551,21 @@ class Exchange {
     this.abortUpstream = abort;
     this.sent = true;
     if (this.finished) abort(new ClientClosedError());
+    else if (this.replay !== undefined && !this.replaying && !this.tapped) {
+      // Called before undici starts reading the body, so this listener sees every chunk it reads,
+      // also one it reads but cannot write because the connection just broke.
+      this.tapped = true;
+      this.req.on('data', (chunk: Buffer) => this.keep(chunk));
+    }
+  }
+
+  /** Keeps a copy of a request body chunk for a replay (see `replay`). */
+  keep(chunk: Buffer): void {
+    const replay = this.replay;
+    if (replay === undefined) return;
+    this.replayBytes += chunk.length;
+    if (this.replayBytes > MAX_REPLAY_BODY) this.replay = undefined;
+    else replay.push(chunk);
   }
 
   onBodySent(chunk: Buffer | string): void {
@@ -555,12 +573,6 @@ class Exchange {
     this.bytesIn += chunk.length;
     // Throwing here makes undici abort the attempt with this error.
     if (this.limit !== undefined && this.bytesIn > this.limit) throw new BodyTooLargeError(this.limit);
-    const replay = this.replay;
-    if (replay !== undefined) {
-      this.replayBytes += chunk.length;
-      if (this.replayBytes > MAX_REPLAY_BODY) this.replay = undefined;
-      else replay.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
-    }
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, _statusText: string): boolean {
