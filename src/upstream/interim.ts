@@ -104,8 +104,7 @@ class InterimFilter {
           data = data.subarray(0, i);
           break;
         }
-        const next = this.startMessage(data, i);
-        if (next === -1) {
+        if (!this.startMessage(data, i)) {
           socket.destroy(new UpstreamProtocolError('unsolicited-upgrade'));
           return null;
         }
@@ -148,11 +147,14 @@ class InterimFilter {
     return out.length === 1 ? out[0]! : Buffer.concat(out);
   }
 
-  /** Reads a status line at `i` (at least STATUS_PREFIX bytes, or not a status line); sets the state. */
-  private startMessage(data: Buffer, i: number): number {
+  /**
+   * Reads a status line at `i` (at least STATUS_PREFIX bytes, or not a status line) and sets the state;
+   * false for a 101 that the request did not ask for.
+   */
+  private startMessage(data: Buffer, i: number): boolean {
     if (!isStatusLine(data, i)) {
       this.state = PASS; // not HTTP/1.x: undici's parser refuses it
-      return i;
+      return true;
     }
     const status = (data[i + 9]! - 48) * 100 + (data[i + 10]! - 48) * 10 + (data[i + 11]! - 48);
     this.lineLength = 0;
@@ -160,11 +162,11 @@ class InterimFilter {
     this.teMatch = 0;
     if (status === 100) this.state = DROP;
     else if (status === 101) {
-      if (!this.requestHead.includes('\r\nupgrade: ')) return -1;
+      if (!this.requestHead.includes('\r\nupgrade: ')) return false;
       this.state = PASS; // the tunnel follows
     } else if (status < 200) this.state = INTERIM;
     else this.state = data[i + 7] === 0x30 ? HEAD10 : PASS;
-    return i;
+    return true;
   }
 
   /**
