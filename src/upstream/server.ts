@@ -111,7 +111,12 @@ export class Endpoint implements UpstreamServer {
     this.publishUp();
   }
 
+  /**
+   * Health as status shows it. An active check that finds the server down outranks a passive ejection:
+   * `down` is the one that keeps it out of panic mode too.
+   */
   get health(): ServerHealth {
+    if (this.checkState === 'down') return 'down';
     return this.ejectedUntil !== 0 ? 'ejected' : this.checkState;
   }
 
