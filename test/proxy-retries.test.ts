@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
@@ -205,4 +206,76 @@ test('failover: GETs keep succeeding while a backend is killed mid-run', async (
   assert.deepEqual(failures, []);
   assert.ok(killed);
   assert.ok(a.seen.length > 0 && b.seen.length > a.seen.length);
+});
+
+test('retry defaults: an idempotent request reset after it was sent is retried, with its whole body', async (t) => {
+  // The server reads the request, then breaks the connection without answering (as a killed process).
+  const reset = await startBackend(t, 'reset', (req) => req.socket.destroy());
+  const good = await startBackend(t, 'good');
+  const gw = await startGateway(
+    t,
+    // No `retries` key: the defaults are what is pinned here.
+    config({ app: { servers: [{ url: reset.url }, { url: good.url }], passive: { failures: 1000 } } }, [
+      { name: 'all', upstream: 'app' },
+    ]),
+  );
+  const body = Buffer.alloc(40_000, 'x');
+  const sha = createHash('sha256').update(body).digest('hex');
+  const sized = { 'content-length': body.length };
+  const chunked = { 'transfer-encoding': 'chunked' };
+  const cases: Array<[string, Record<string, string | number> | undefined]> = [
+    ['GET', undefined],
+    ['HEAD', undefined],
+    ['DELETE', undefined],
+    ['PUT', sized],
+    ['PUT', sized],
+    ['PUT', chunked],
+    ['PUT', chunked],
+  ];
+  for (const [method, headers] of cases) {
+    const r = await request(gw.url(), {
+      method,
+      path: '/p',
+      headers: headers ?? {},
+      body: headers === undefined ? undefined : body,
+    });
+    assert.equal(r.status, 200, method);
+    if (headers !== undefined) {
+      const seen = seenOf(r.body);
+      assert.equal(seen.bodyLength, body.length);
+      assert.equal(seen.sha256, sha, 'the replayed body is the one the client sent');
+    }
+  }
+  // Round-robin sent every other first attempt to the server that breaks: one of each PUT pair.
+  const replayed = gw.access.filter((e) => e.method === 'PUT' && e.retries === 1 && e.status === 200);
+  assert.equal(replayed.length, 2, 'a sized and a chunked PUT broke on the first server and were replayed');
+  assert.equal(reset.seen.filter((s) => s.method === 'PUT').length, 2);
+  // bytesIn counts the client's body once, not once per attempt.
+  for (const e of gw.access.filter((x) => x.method === 'PUT')) assert.equal(e.bytesIn, body.length);
+});
+
+test('retry defaults: a body over 64 KiB is not replayed; a POST is never sent twice', async (t) => {
+  const reset = await startBackend(t, 'reset', (req) => req.socket.destroy());
+  const good = await startBackend(t, 'good');
+  const gw = await startGateway(
+    t,
+    config({ app: { servers: [{ url: reset.url }, { url: good.url }], passive: { failures: 1000 } } }, [
+      { name: 'all', upstream: 'app' },
+    ]),
+  );
+  const big = Buffer.alloc(64 * 1024 + 1, 'y');
+  const cases: Array<{ method: string; headers: Record<string, string | number>; body: Buffer }> = [
+    { method: 'PUT', headers: { 'content-length': big.length }, body: big },
+    { method: 'PUT', headers: { 'transfer-encoding': 'chunked' }, body: big },
+    { method: 'POST', headers: { 'content-length': 4 }, body: Buffer.from('post') },
+  ];
+  for (const c of cases) {
+    const before = reset.seen.length + good.seen.length;
+    const statuses: number[] = [];
+    // Round-robin: of two requests, one goes to the server that resets first.
+    for (let i = 0; i < 2; i++) statuses.push((await request(gw.url(), { ...c, path: '/p' })).status);
+    assert.deepEqual(statuses.sort(), [200, 502], `${c.method} ${JSON.stringify(c.headers)}`);
+    assert.equal(reset.seen.length + good.seen.length - before, 2, 'each request reached one server once');
+  }
+  assert.ok(gw.access.every((e) => e.retries === 0));
 });

@@ -105,12 +105,17 @@ const DESCRIPTIONS: Record<string, string> = {
   'upstreams.<name>.healthCheck.fall': 'Consecutive failures that mark a server down',
   'upstreams.<name>.passive': 'Passive health: eject servers whose real requests fail',
   'upstreams.<name>.passive.ejectFor': 'How long an ejected server is left out',
-  'upstreams.<name>.passive.maxEjectedPercent': 'Never eject more than this share of the servers',
+  'upstreams.<name>.passive.maxEjectedPercent':
+    'Never eject when this share of the servers would be out of rotation (down by checks counts too); ' +
+    'when no server is usable, ejected servers not found down by checks still get traffic (panic mode)',
   'upstreams.<name>.timeouts': 'Timeouts towards the servers (long defaults suit long jobs and streams)',
   'upstreams.<name>.timeouts.connect': 'Time to open a connection',
   'upstreams.<name>.retries': 'Retries on another server (idempotent requests, or before any byte was sent)',
   'upstreams.<name>.retries.attempts': 'Retries after the first attempt',
-  'upstreams.<name>.retries.on': 'Conditions that are retried: connect-error, timeout, reset or a 5xx status',
+  'upstreams.<name>.retries.on':
+    'Conditions that are retried: connect-error, timeout, reset or a 5xx status. Once the request was ' +
+    'sent, only GET, HEAD, OPTIONS, PUT and DELETE are retried (a body up to 64 KiB is kept to replay); ' +
+    'a POST or PATCH never reaches a server twice',
   'upstreams.<name>.retries.backoff': 'Base of the jittered delay before a retry',
   'upstreams.<name>.queue': 'Requests wait here when every server is at maxConnections',
   'upstreams.<name>.queue.max': 'Longest queue (503 beyond)',

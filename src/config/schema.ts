@@ -413,7 +413,7 @@ const Upstream = z.strictObject({
   retries: z
     .strictObject({
       attempts: z.number().int().min(0).max(10).default(1),
-      on: z.array(RetryCondition).default(['connect-error']),
+      on: z.array(RetryCondition).default(['connect-error', 'reset']),
       backoff: Duration.default(25),
       budget: z
         .number()
@@ -422,7 +422,7 @@ const Upstream = z.strictObject({
         .default(0.2)
         .meta({ description: 'Retries allowed as a fraction of recent requests (plus 10/s)' }),
     })
-    .default({ attempts: 1, on: ['connect-error'], backoff: 25, budget: 0.2 }),
+    .default({ attempts: 1, on: ['connect-error', 'reset'], backoff: 25, budget: 0.2 }),
   maxConnections: z
     .number()
     .int()

@@ -143,6 +143,19 @@ export function classify(err: unknown, sent: boolean): ClassifiedError {
         outcome: 'client-abort',
       };
     }
+    if (code === 'GH_UPSTREAM_PROTOCOL') {
+      // Refused by the gateway's own framing checks: 101 unasked, chunked HTTP/1.0, a huge interim head
+      // (src/upstream/interim.ts), a transfer coding other than chunked (vetResponseFields).
+      return {
+        error: new UpstreamConnectError(
+          'invalid response from the upstream server',
+          err,
+          'GH_UPSTREAM_INVALID',
+        ),
+        kind: 'invalid',
+        outcome: 'connect-error',
+      };
+    }
     if (code === 'UND_ERR_ABORTED') {
       return { error: new ClientClosedError(), kind: 'local', outcome: 'client-abort' };
     }
@@ -152,6 +165,18 @@ export function classify(err: unknown, sent: boolean): ClassifiedError {
     kind: 'invalid',
     outcome: 'connect-error',
   };
+}
+
+/**
+ * True when `err` only says that a 204 or 304 response announced a Content-Length: such a response has
+ * no content whatever the field says (RFC 9110 §8.6 allows it in a 304: the size of the 200 it stands
+ * for), but undici 7 reports a length mismatch. The response is complete, not failed.
+ */
+export function isBodylessLengthNotice(err: unknown, status: number): boolean {
+  return (
+    (status === 304 || status === 204) &&
+    (err as { code?: unknown } | null)?.code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH'
+  );
 }
 
 /** Maps anything thrown inside the gateway to a GatehouseError (500 for the unexpected). */

@@ -28,7 +28,7 @@ import { type Http2ServerRequest, type Http2Session, constants as h2constants } 
 import type { BlockList, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
-import type { Dispatcher } from 'undici';
+import { type Dispatcher, errors as undiciErrors } from 'undici';
 import type { Config } from '../config/schema.js';
 import { allowOf, MethodNotAllowedError, routeRequest, USUAL_ALLOW } from '../core/methods.js';
 import { normalizeHost, normalizePath } from '../core/normalize.js';
@@ -51,6 +51,7 @@ import {
   upstreamDuration,
 } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
+import { UpstreamProtocolError } from '../upstream/interim.js';
 import type { Lease, SelectInput, Upstream } from '../upstream/types.js';
 import {
   type AccessGrant,
@@ -60,7 +61,7 @@ import {
   logAccess,
   serveBeforeRouting,
 } from './access.js';
-import { classify, type FailureKind, sendError, toGatehouseError } from './errors.js';
+import { classify, type FailureKind, isBodylessLengthNotice, sendError, toGatehouseError } from './errors.js';
 import {
   bodyParseError,
   checkFraming,
@@ -96,6 +97,18 @@ export interface HandlerOptions {
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+/**
+ * Largest request body kept to replay an idempotent request on another server after the first attempt
+ * read it (HAProxy's L7 retries likewise need the request in one buffer; Envoy buffers up to a limit).
+ */
+const MAX_REPLAY_BODY = 64 * 1024;
+/**
+ * Longest error body read and dropped before a retry (to keep the connection); a longer one, or one
+ * that never ends, costs the connection instead of holding the request.
+ */
+const MAX_DISCARD = 64 * 1024;
+/** 103 Early Hints passed on per request; more from one upstream answer are dropped. */
+const MAX_EARLY_HINTS = 4;
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT'];
 const NO_ROUTE = '(none)';
 
@@ -301,7 +314,10 @@ class Exchange {
   sent = false;
   /** A retryable 5xx is being read and discarded before the retry. */
   discarding = false;
+  bytesDiscarded = 0;
   responseStarted = false;
+  /** The final response's head, held until its first body bytes or its end (see `onHeaders`). */
+  pendingHead: string[] | undefined;
   /** The response was ended with its last body chunk (see `onData`). */
   responseEnded = false;
   /** Content-Length of the response, -1 when it has none. */
@@ -328,6 +344,20 @@ class Exchange {
   waitingDrain = false;
   /** The HTTP/2 connection of the stream (a closed stream forgets it), for reset accounting. */
   readonly h2session: Http2Session | undefined = undefined;
+  /** 103 Early Hints passed on to the client. */
+  earlyHints = 0;
+  /**
+   * The request body chunks read so far, kept while an idempotent request may still be retried after
+   * its body was read; undefined when nothing is kept (no body, not idempotent, or over MAX_REPLAY_BODY).
+   */
+  replay: Buffer[] | undefined;
+  replayBytes = 0;
+  /** The request's Content-Length, -1 when it has none. */
+  replayLength = -1;
+  /** The current attempt sends the kept body (its bytes were counted by the first attempt). */
+  replaying = false;
+  /** A listener copies the body chunks into `replay`. */
+  tapped = false;
 
   constructor(
     handler: ProxyHandler,
@@ -441,6 +471,11 @@ class Exchange {
       const up = this.runtime.upstreams.get(name);
       if (up === undefined) throw new NoServerAvailableError(name);
       this.upstream = up;
+      if (this.hasBody && up.config.retries.attempts > 0 && IDEMPOTENT.has(this.wireMethod)) {
+        const cl = req.headers['content-length'];
+        this.replayLength = cl === undefined ? -1 : Number(cl);
+        if (this.replayLength <= MAX_REPLAY_BODY) this.replay = [];
+      }
       const rc = route.config;
       this.preserveHost = rc.preserveHost;
       this.target = forwardPath(route, this.path, this.query);
@@ -531,6 +566,12 @@ class Exchange {
     this.serverId = server.id;
     const headers = this.headers!;
     if (!this.preserveHost) headers[1] = server.hostHeader;
+    let body: ProxyRequest | Buffer | null = null;
+    if (this.hasBody) {
+      // A retry after the body was read sends the kept copy (canRetry made sure it is whole).
+      this.replaying = this.req.readableDidRead && this.replay !== undefined;
+      body = this.replaying ? this.replayBody() : this.req;
+    }
     this.upstreamStart = performance.now();
     try {
       server.dispatcher.dispatch(
@@ -538,7 +579,7 @@ class Exchange {
           path: this.target,
           method: this.wireMethod as Dispatcher.HttpMethod,
           headers,
-          body: this.hasBody ? this.req : null,
+          body,
           headersTimeout: this.headersTimeout,
           bodyTimeout: this.bodyTimeout,
           idempotent: IDEMPOTENT.has(this.wireMethod),
@@ -566,11 +607,32 @@ class Exchange {
     } else {
       return false;
     }
-    // A body that was read (even partly) cannot be replayed.
-    if (this.hasBody && (this.req.readableDidRead || this.req.destroyed)) return false;
+    // A body that was read (even partly) can be sent again only from a whole kept copy.
+    if (this.hasBody && (this.req.readableDidRead || this.req.destroyed) && !this.replayable()) return false;
     // A non-idempotent request may only be retried when nothing of it reached a server.
     if (this.sent && !IDEMPOTENT.has(this.wireMethod)) return false;
     return up.retryBudget.tryAcquire();
+  }
+
+  /**
+   * The whole request body was read from the client and kept (see `replay`): the stream ended, or all
+   * of its declared length was kept (undici destroys the stream when the connection breaks, so a
+   * body that was read completely may never emit its end).
+   */
+  replayable(): boolean {
+    if (this.replay === undefined) return false;
+    return this.req.readableEnded || this.replayBytes === this.replayLength;
+  }
+
+  /** The kept request body as one buffer (joined once). */
+  replayBody(): Buffer {
+    const replay = this.replay!;
+    if (replay.length !== 1) {
+      const whole = Buffer.concat(replay);
+      replay.length = 0;
+      replay.push(whole);
+    }
+    return replay[0]!;
   }
 
   retry(reason: string): void {
@@ -599,10 +661,28 @@ class Exchange {
     this.abortUpstream = abort;
     this.sent = true;
     if (this.finished) abort(new ClientClosedError());
-    else if (this.hasBody && !this.req.complete) this.watchClient();
+    else {
+      if (this.hasBody && !this.req.complete) this.watchClient();
+      if (this.replay !== undefined && !this.replaying && !this.tapped) {
+        // Called before undici starts reading the body, so this listener sees every chunk it reads,
+        // also one it reads but cannot write because the connection just broke.
+        this.tapped = true;
+        this.req.on('data', (chunk: Buffer) => this.keep(chunk));
+      }
+    }
+  }
+
+  /** Keeps a copy of a request body chunk for a replay (see `replay`). */
+  keep(chunk: Buffer): void {
+    const replay = this.replay;
+    if (replay === undefined) return;
+    this.replayBytes += chunk.length;
+    if (this.replayBytes > MAX_REPLAY_BODY) this.replay = undefined;
+    else replay.push(chunk);
   }
 
   onBodySent(chunk: Buffer | string): void {
+    if (this.replaying) return;
     this.bytesIn += chunk.length;
     this.stall?.refresh();
     // Throwing here makes undici abort the attempt with this error.
@@ -610,13 +690,14 @@ class Exchange {
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, _statusText: string): boolean {
-    if (statusCode < 200) return true;
+    if (statusCode < 200) return this.onInterim(statusCode, rawHeaders);
     const ms = performance.now() - this.upstreamStart;
     this.upstreamMs = ms;
     observeUpstream(this.upstream!.name, ms / 1000);
     if (statusCode >= 500 && statusCode <= 504 && statusCode !== 501 && this.canRetry(statusCode)) {
       // Read the small error body so the connection can be reused, then retry.
       this.discarding = true;
+      this.bytesDiscarded = 0;
       this.retryStatus = statusCode;
       return true;
     }
@@ -626,31 +707,97 @@ class Exchange {
       return false;
     }
     const headers = buildResponseHeaders(
-      rawHeaders,
+      vetResponseFields(rawHeaders, ownCookiesOf(this.runtime.config)),
       this.rs!.responseEdits,
       this.requestId,
       this.lease?.setCookie,
     );
+    // RFC 9110 §8.6: no Content-Length in a 204 (some servers send one; undici then reports a mismatch).
+    if (statusCode === 204) removeField(headers, 'content-length');
     if (this.access !== undefined) addResponseHeaders(headers, this.access);
-    try {
-      res.writeHead(statusCode, headers);
-    } catch (err) {
-      this.abortUpstream?.(
-        new UpstreamConnectError('invalid response from the upstream server', err, 'GH_UPSTREAM_INVALID'),
-      );
+    this.status = statusCode;
+    this.resumeFn = resume;
+    // Streams (SSE, chunked) get their headers at once. A sized head would wait in Node for the first
+    // body bytes anyway; it waits here instead, so that a failure before any of them still gets a
+    // clean 502 (or a retry) rather than a connection cut after a head that never left.
+    this.contentLength = contentLengthOf(headers);
+    this.pendingHead = headers;
+    if (this.contentLength !== -1) return true;
+    const err = this.startResponse();
+    if (err !== undefined) {
+      this.abortUpstream?.(err);
       return false;
     }
-    this.status = statusCode;
-    this.responseStarted = true;
-    this.resumeFn = resume;
-    // Streams (SSE, chunked) get their headers at once; sized responses send them with the first chunk.
-    this.contentLength = contentLengthOf(headers);
-    if (this.contentLength === -1) res.flushHeaders();
+    res.flushHeaders();
     return true;
   }
 
+  /** Writes the response head held in `pendingHead`; returns the error when Node refuses it. */
+  startResponse(): UpstreamConnectError | undefined {
+    const headers = this.pendingHead!;
+    this.pendingHead = undefined;
+    try {
+      this.res.writeHead(this.status, headers);
+    } catch (err) {
+      return new UpstreamConnectError(
+        'invalid response from the upstream server',
+        err,
+        'GH_UPSTREAM_INVALID',
+      );
+    }
+    this.responseStarted = true;
+    return undefined;
+  }
+
+  /**
+   * An interim (1xx) response: 103 Early Hints are passed on (their Link fields only), others dropped.
+   * They do not move the deadline of the final response, which undici's timer would otherwise restart
+   * at each one: a server sending 102 Processing forever is cut at `timeouts.response`.
+   */
+  onInterim(statusCode: number, rawHeaders: Buffer[]): boolean {
+    if (statusCode === 103) this.forwardEarlyHints(rawHeaders);
+    const limit = this.headersTimeout;
+    if (limit !== undefined && limit > 0 && performance.now() - this.upstreamStart > limit) {
+      this.abortUpstream?.(new undiciErrors.HeadersTimeoutError());
+      return false;
+    }
+    return true;
+  }
+
+  /**
+   * Sends the Link fields of a 103 to the client before the final response (RFC 8297), never to an
+   * HTTP/1.0 client (RFC 9110 §15.2), at most MAX_EARLY_HINTS times; a value Node.js refuses is dropped.
+   */
+  forwardEarlyHints(rawHeaders: Buffer[]): void {
+    const req = this.req;
+    const res = this.res;
+    if (this.earlyHints >= MAX_EARLY_HINTS || this.finished || res.headersSent || res.destroyed) return;
+    if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return;
+    const links = earlyHintLinks(rawHeaders);
+    if (links === undefined) return;
+    this.earlyHints++;
+    try {
+      res.writeEarlyHints({ link: links });
+    } catch {
+      // Node.js validates Link values; hints are advisory, so a refused one is simply not sent.
+    }
+  }
+
   onData(chunk: Buffer): boolean {
-    if (this.discarding) return true;
+    if (this.discarding) {
+      this.bytesDiscarded += chunk.length;
+      if (this.bytesDiscarded <= MAX_DISCARD) return true;
+      // onError (discarding) releases the lease and retries.
+      this.abortUpstream?.(new ClientClosedError());
+      return false;
+    }
+    if (this.pendingHead !== undefined) {
+      const err = this.startResponse();
+      if (err !== undefined) {
+        this.abortUpstream?.(err);
+        return false;
+      }
+    }
     const res = this.res;
     this.bytesOut += chunk.length;
     // The last chunk of a sized body ends the response at once (for a small body, headers and body
@@ -678,6 +825,14 @@ class Exchange {
       this.retry(String(this.retryStatus));
       return;
     }
+    if (this.pendingHead !== undefined) {
+      const err = this.startResponse();
+      if (err !== undefined) {
+        this.releaseLease('connect-error');
+        this.fail(err);
+        return;
+      }
+    }
     const s = this.status;
     this.releaseLease(s === 502 || s === 503 || s === 504 ? 'http-5xx' : 'success');
     if (!this.responseEnded) this.res.end();
@@ -696,6 +851,13 @@ class Exchange {
       this.errorCode ??= 'GH_CLIENT_CLOSED';
       return;
     }
+    const headReceived = this.pendingHead !== undefined || this.responseStarted;
+    if (headReceived && this.bytesOut === 0 && isBodylessLengthNotice(err, this.status)) {
+      this.onComplete(null);
+      return;
+    }
+    // A head that never left is dropped: the client gets the error (or the retry's answer) instead.
+    this.pendingHead = undefined;
     const c = classify(err, this.sent);
     this.releaseLease(c.outcome);
     if (!this.responseStarted && this.canRetry(c.kind)) {
@@ -893,6 +1055,111 @@ function contentLengthOf(flat: readonly string[]): number {
     }
   }
   return -1;
+}
+
+/** Removes every field named `lower` (a lower-case name) from flat header pairs. */
+function removeField(flat: string[], lower: string): void {
+  for (let i = flat.length - 2; i >= 0; i -= 2) {
+    if (flat[i]!.toLowerCase() === lower) flat.splice(i, 2);
+  }
+}
+
+/** One link-value as Node.js accepts it in `writeEarlyHints` (`<uri>` and `;` parameters). */
+const LINK_VALUE = /^<[^>]*>(?:\s*;\s*[^;"\s]+(?:=(")?[^;"\s]*\1)?)*$/;
+
+/**
+ * The link-values of the Link fields in a 103 response, one per item (a field may list several,
+ * separated by commas outside `<…>` and quotes); undefined when there is none Node.js would accept.
+ */
+export function earlyHintLinks(rawHeaders: readonly Buffer[]): string[] | undefined {
+  let links: string[] | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.length !== 4 || rawHeaders[i]!.toString('latin1').toLowerCase() !== 'link') continue;
+    const value = rawHeaders[i + 1]!.toString('latin1');
+    let start = 0;
+    let inUri = false;
+    let inQuote = false;
+    for (let j = 0; j <= value.length; j++) {
+      const c = value.charCodeAt(j);
+      if (j < value.length) {
+        if (c === 0x3c && !inQuote) inUri = true;
+        else if (c === 0x3e && !inQuote) inUri = false;
+        else if (c === 0x22 && !inUri) inQuote = !inQuote;
+        if (c !== 0x2c || inUri || inQuote) continue;
+      }
+      const item = value.slice(start, j).trim();
+      start = j + 1;
+      if (!LINK_VALUE.test(item)) continue;
+      if (links === undefined) links = [item];
+      else links.push(item);
+    }
+  }
+  return links;
+}
+
+const ownCookiesCache = new WeakMap<Config, { names: ReadonlySet<string> | undefined }>();
+
+/**
+ * The cookies the gateway itself sets under a configuration: the session and login cookies and every
+ * upstream's sticky cookie; undefined when there is none. Compiled once per configuration.
+ */
+export function ownCookiesOf(config: Config): ReadonlySet<string> | undefined {
+  let c = ownCookiesCache.get(config);
+  if (c === undefined) {
+    const names = new Set<string>();
+    const session = config.identity?.session?.cookie;
+    if (session !== undefined) names.add(session).add(`${session}_login`);
+    for (const up of Object.values(config.upstreams)) if (up.sticky) names.add(up.sticky.cookie);
+    c = { names: names.size === 0 ? undefined : names };
+    ownCookiesCache.set(config, c);
+  }
+  return c.names;
+}
+
+/** The name of the cookie a Set-Cookie value sets (RFC 6265 §5.2: up to the first `=`, trimmed). */
+function setCookieName(value: Buffer): string {
+  const text = value.toString('latin1');
+  const eq = text.indexOf('=');
+  return (eq === -1 ? '' : text.slice(0, eq)).trim();
+}
+
+const SET_COOKIE = Buffer.from('set-cookie');
+const TRANSFER_ENCODING = Buffer.from('transfer-encoding');
+
+/** A raw field name equals `lower` (a lower-case letters-and-dashes name) in any case. */
+function isField(name: Buffer, lower: Buffer): boolean {
+  if (name.length !== lower.length) return false;
+  for (let i = 0; i < lower.length; i++) if ((name[i]! | 0x20) !== lower[i]) return false;
+  return true;
+}
+
+/**
+ * One pass over the upstream's final response fields, before they are forwarded:
+ * - a transfer coding other than a single `chunked` is refused (502): the gateway forwards the decoded
+ *   body without the hop-by-hop Transfer-Encoding, so `gzip` and chains would reach the client as
+ *   unlabelled coded bytes (HAProxy refuses them too);
+ * - Set-Cookie fields for a cookie the gateway owns (`own`) are removed: a backend could otherwise plant
+ *   a session of its choosing in the browser (session fixation), sign a user out, or re-pin stickiness.
+ * Returns `raw` itself when nothing is removed (the common case).
+ */
+export function vetResponseFields(raw: Buffer[], own: ReadonlySet<string> | undefined): Buffer[] {
+  let out: Buffer[] | undefined;
+  let codings = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    let drop = false;
+    if (name.length === 17 && isField(name, TRANSFER_ENCODING)) {
+      codings++;
+      if (codings > 1 || raw[i + 1]!.toString('latin1').trim().toLowerCase() !== 'chunked') {
+        throw new UpstreamProtocolError('transfer-coding');
+      }
+    } else if (own !== undefined && name.length === 10 && isField(name, SET_COOKIE)) {
+      drop = own.has(setCookieName(raw[i + 1]!));
+    }
+    if (drop && out === undefined) out = raw.slice(0, i);
+    else if (!drop && out !== undefined) out.push(name, raw[i + 1]!);
+  }
+  return out ?? raw;
 }
 
 /** Handles requests and upgrades of every listener; one instance per ListenerSet. */

@@ -1,7 +1,7 @@
 /**
  * The Upstream implementation: endpoints with their keep-alive pools, selection (stickiness, then the
- * balancing policy, backups only when no primary is usable), the wait queue, passive ejection, active
- * checks and DNS refresh.
+ * balancing policy, backups only when no primary is usable, ejected servers only in panic mode), the
+ * wait queue, passive ejection, active checks and DNS refresh.
  */
 import { createHash } from 'node:crypto';
 import type { Dispatcher } from 'undici';
@@ -104,6 +104,8 @@ export class UpstreamPool implements Upstream {
   private readonly scratch: Endpoint[] = [];
   private dnsTimer: NodeJS.Timeout | undefined;
   private dnsRunning = false;
+  /** Selection is in panic mode (see `panic`); kept to log only the transitions. */
+  private panicking = false;
   private started = false;
   private closed = false;
 
@@ -251,7 +253,13 @@ export class UpstreamPool implements Upstream {
     const now = Date.now();
     let usable = this.collect(this.primaries, exclude, now);
     if (usable === 0) usable = this.collect(this.backups, exclude, now);
-    if (usable === 0) return NONE;
+    if (usable === 0) {
+      usable = this.panic(exclude, now);
+      if (usable === 0) return NONE;
+    } else if (this.panicking) {
+      this.panicking = false;
+      this.logger.info('a server is usable again: panic mode ends');
+    }
     if (this.scratch.length === 0) return FULL;
     const ep = this.selector.select(this.scratch, input);
     this.scratch.length = 0;
@@ -265,6 +273,45 @@ export class UpstreamPool implements Upstream {
     let usable = 0;
     for (const ep of list) {
       if (!ep.usable || exclude?.has(ep.id)) continue;
+      usable++;
+      if (ep.full) continue;
+      ep.effWeight = ep.effectiveWeight(now, this.config.slowStart);
+      scratch.push(ep);
+    }
+    return usable;
+  }
+
+  /**
+   * Panic mode (Envoy's panic threshold): when no server is usable and passive ejection is all that
+   * stands between a server and traffic, balance across the ejected servers that no active check has
+   * found down, primaries first. Ejection guesses from errors that may belong to one path or one
+   * client; answering 503 for every request while such a server is up would be worse. A retry whose
+   * exclusions alone leave nothing usable is not a panic: it is answered by a usable excluded server.
+   */
+  private panic(exclude: ReadonlySet<string> | undefined, now: number): number {
+    if (exclude !== undefined && exclude.size > 0) {
+      for (const ep of this.endpoints) if (ep.usable) return 0;
+    }
+    let usable = this.collectPanic(this.primaries, exclude, now);
+    if (usable === 0) usable = this.collectPanic(this.backups, exclude, now);
+    if (usable > 0 && !this.panicking) {
+      this.panicking = true;
+      this.logger.warn('no usable server: balancing across ejected servers that are not down (panic mode)');
+    }
+    return usable;
+  }
+
+  /** `collect` for panic mode: ejected servers count as usable unless an active check found them down. */
+  private collectPanic(
+    list: readonly Endpoint[],
+    exclude: ReadonlySet<string> | undefined,
+    now: number,
+  ): number {
+    const scratch = this.scratch;
+    scratch.length = 0;
+    let usable = 0;
+    for (const ep of list) {
+      if (!ep.panicUsable || exclude?.has(ep.id)) continue;
       usable++;
       if (ep.full) continue;
       ep.effWeight = ep.effectiveWeight(now, this.config.slowStart);
@@ -305,14 +352,18 @@ export class UpstreamPool implements Upstream {
     }
   }
 
-  /** Passive ejection, never beyond `maxEjectedPercent` of the servers. */
+  /**
+   * Passive ejection, never beyond `maxEjectedPercent` of the servers. Servers out of rotation for any
+   * reason (down by active checks, ejected, drained with weight 0) count against the cap, so ejection
+   * cannot take the last servers that an active check still finds up.
+   */
   private maybeEject(ep: Endpoint): void {
     if (ep.ejectedUntil !== 0 || this.closed) return;
     const passive = this.config.passive;
-    let ejected = 0;
-    for (const e of this.endpoints) if (e.ejectedUntil !== 0) ejected++;
+    let out = 1;
+    for (const e of this.endpoints) if (e !== ep && !e.usable) out++;
     const cap = Math.floor((this.endpoints.length * passive.maxEjectedPercent) / 100);
-    if (ejected + 1 > cap) {
+    if (out > cap) {
       this.logger.debug({ server: ep.url, origin: ep.origin }, 'ejection skipped: cap reached');
       return;
     }

@@ -111,13 +111,26 @@ export class Endpoint implements UpstreamServer {
     this.publishUp();
   }
 
+  /**
+   * Health as status shows it. An active check that finds the server down outranks a passive ejection:
+   * `down` is the one that keeps it out of panic mode too.
+   */
   get health(): ServerHealth {
+    if (this.checkState === 'down') return 'down';
     return this.ejectedUntil !== 0 ? 'ejected' : this.checkState;
   }
 
   /** May take new requests (ignoring the connection limit). Weight 0 drains the server. */
   get usable(): boolean {
     return this.weight > 0 && this.checkState !== 'down' && this.ejectedUntil === 0;
+  }
+
+  /**
+   * May take requests when nothing else can (panic): like `usable`, but a passive ejection does not
+   * count, since only an active check proves a server down (Envoy's panic threshold).
+   */
+  get panicUsable(): boolean {
+    return this.weight > 0 && this.checkState !== 'down';
   }
 
   /** At its connection limit. */

@@ -1,7 +1,11 @@
-/** undici connect options for upstream HTTPS: custom CA, server name (SNI and verification), mTLS. */
+/**
+ * undici connectors for upstream servers: for HTTPS a custom CA, server name (SNI and verification) and
+ * mTLS; for every server the interim-response filter (`interim.ts`).
+ */
 import { isIP } from 'node:net';
 import { buildConnector } from 'undici';
 import type { UpstreamConfig } from '../config/schema.js';
+import { interimFilteringConnector } from './interim.js';
 import type { UpstreamBuildContext } from './types.js';
 
 /** TLS material of one upstream, resolved once per build. */
@@ -44,7 +48,7 @@ export function resolveTlsMaterial(
 
 /** How to connect to one endpoint: undici's `connect` option and the server name to pin on requests. */
 export interface EndpointConnect {
-  connect: buildConnector.BuildOptions | buildConnector.connector;
+  connect: buildConnector.connector;
   /**
    * undici derives a request's TLS server name from its Host header and reconnects when it changes;
    * pinning one name per endpoint keeps connections reusable whatever Host the client sent.
@@ -64,7 +68,10 @@ export function endpointConnect(
   material: UpstreamTlsMaterial,
   connectTimeout: number,
 ): EndpointConnect {
-  if (protocol !== 'https:') return { connect: { timeout: connectTimeout }, servername: undefined };
+  if (protocol !== 'https:') {
+    const connect = interimFilteringConnector(buildConnector({ timeout: connectTimeout }));
+    return { connect, servername: undefined };
+  }
   const forced = material.serverName ?? (isIP(configuredHost) === 0 ? configuredHost : undefined);
   const opts: buildConnector.BuildOptions = { timeout: connectTimeout, rejectUnauthorized: true };
   if (forced !== undefined) (opts as { servername?: string }).servername = forced;
@@ -72,8 +79,8 @@ export function endpointConnect(
   if (material.cert !== undefined) (opts as { cert?: string }).cert = material.cert;
   if (material.key !== undefined) (opts as { key?: string }).key = material.key;
   const base = buildConnector(opts);
-  const connect: buildConnector.connector = (options, callback) => {
+  const connect = interimFilteringConnector((options, callback) => {
     base({ ...options, servername: forced as string }, callback);
-  };
+  });
   return { connect, servername: forced ?? address };
 }

@@ -82,7 +82,8 @@ export interface Upstream {
   readonly config: UpstreamConfig;
   /**
    * Picks a server (stickiness first, then the balancing policy, backups only when no primary is
-   * available), skipping servers in `exclude`, and reserves a slot on it. When every candidate is at
+   * available, and when nothing is, the ejected servers that active checks do not find down), skipping
+   * servers in `exclude`, and reserves a slot on it. When every candidate is at
    * `maxConnections` the caller waits in a bounded queue. Synchronous when a slot is free.
    * Throws/rejects with NoServerAvailableError or QueueTimeoutError (both 503).
    */
