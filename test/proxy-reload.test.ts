@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import { test } from 'node:test';
 import { config, request, seenOf, startBackend, startGateway, waitFor } from './helpers/proxy.js';
 
@@ -109,4 +110,31 @@ test('close drains: new connections are refused, the in-flight request finishes'
   assert.equal(r.status, 200);
   assert.equal(r.body.toString(), 'finished');
   await closing;
+});
+
+test('a reload applies server.headersTimeout and keepAliveTimeout to a kept plain listener', async (t) => {
+  const b = await startBackend(t, 'b');
+  const cfg = (headersTimeout: string) =>
+    config({ app: { servers: [{ url: b.url }] } }, [{ name: 'all', upstream: 'app' }], {
+      server: { headersTimeout },
+    });
+  const gw = await startGateway(t, cfg('60s'));
+  const port = gw.port();
+  await gw.reload(cfg('1s'));
+  assert.equal(gw.port(), port, 'the listener was kept');
+  // Headers that never complete: answered 408 under the reloaded 1 s, not the 60 s it started with.
+  const socket = net.connect(port, '127.0.0.1');
+  t.after(() => socket.destroy());
+  let received = '';
+  socket.on('data', (d: Buffer) => {
+    received += d.toString('latin1');
+  });
+  const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+  socket.on('error', () => {});
+  socket.write('GET / HTTP/1.1\r\nHost: app.test\r\n');
+  const bound = setTimeout(() => socket.destroy(), 15_000);
+  t.after(() => clearTimeout(bound));
+  await closed;
+  assert.match(received, /^HTTP\/1\.1 408 /, `answer: ${JSON.stringify(received.slice(0, 40))}`);
+  assert.equal(b.seen.length, 0);
 });

@@ -344,16 +344,17 @@ export class ListenerSet {
   }
 
   #refresh(entry: ListenerEntry, runtime: Runtime): void {
+    const s = runtime.config.server;
+    // Node reads these per connection, so a reload applies them to a kept listener, plain or TLS.
+    Object.assign(entry.server, {
+      headersTimeout: s.headersTimeout,
+      keepAliveTimeout: s.keepAliveTimeout,
+    });
     if (entry.config.tls === undefined) return;
     const tlsRt: ListenerTlsRuntime | undefined = runtime.tls.get(entry.config.name);
     if (tlsRt === undefined) return;
     // Clients without SNI get the default context; replace it so new certificates apply to them too.
     (entry.server as https.Server).setSecureContext(tlsRt.defaultOptions as SecureContextOptions);
-    const s = runtime.config.server;
-    Object.assign(entry.server, {
-      headersTimeout: s.headersTimeout,
-      keepAliveTimeout: s.keepAliveTimeout,
-    });
     // New HTTP/2 connections get the reloaded limits; open ones keep what they were told.
     if (entry.config.tls.http2) (entry.server as http2.Http2SecureServer).updateSettings(http2Settings(s));
   }
