@@ -31,8 +31,6 @@ import { Coalescer } from './util/coalesce.js';
 
 /** How often generated assertion keys are re-read from a shared (Redis) store to pick up rotations. */
 const ASSERTION_SYNC_MS = 60_000;
-/** How long a state store replaced by a reload stays open for requests that still use it. */
-const STORE_GRACE_MS = 5_000;
 
 export type { ReloadResult };
 
@@ -290,9 +288,13 @@ export class Gateway {
     this.#retiring.add(retiring);
     if (built.retiredStore !== undefined) {
       const store = built.retiredStore;
-      const closing = retireStore(store, STORE_GRACE_MS, this.#logger, this.#retireAbort.signal).finally(() =>
-        this.#retiring.delete(closing),
-      );
+      const closing = retireStore(
+        store,
+        built.runtime.config.server.drainTimeout,
+        this.#logger,
+        this.#retireAbort.signal,
+        [...this.#older],
+      ).finally(() => this.#retiring.delete(closing));
       this.#retiring.add(closing);
     }
     try {

@@ -165,26 +165,21 @@ export async function closeStore(store: StateStore | undefined, logger: Logger):
 }
 
 /**
- * Closes the state store a reload replaced after a short grace period, so requests that were reading
- * a session from it when the swap happened can finish (bounded; `signal` ends the wait at shutdown).
+ * Closes a state store that a reload replaced once no request of an older runtime that uses it is still
+ * running (`holders`; such a request may be between a session lookup and its refresh), bounded by
+ * `maxWaitMs`; `signal` ends the wait at shutdown.
  */
 export async function retireStore(
   store: StateStore,
-  graceMs: number,
+  maxWaitMs: number,
   logger: Logger,
   signal?: AbortSignal,
+  holders: readonly Runtime[] = [],
 ): Promise<void> {
-  if (!signal?.aborted) {
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(done, graceMs);
-      timer.unref();
-      function done(): void {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', done);
-        resolve();
-      }
-      signal?.addEventListener('abort', done, { once: true });
-    });
+  const deadline = Date.now() + maxWaitMs;
+  const held = (): boolean => holders.some((rt) => rt.store === store && rt.inFlight.count > 0);
+  while (!signal?.aborted && Date.now() < deadline && held()) {
+    await new Promise((resolve) => setTimeout(resolve, 100).unref());
   }
   await closeStore(store, logger);
 }
