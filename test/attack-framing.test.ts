@@ -98,6 +98,24 @@ test('CL.TE and TE.CL: Content-Length with Transfer-Encoding is refused and the 
   assertNothingForwarded(up);
 });
 
+test('a request the parser refuses before it exists is still in the access log, with the parser code', async (t) => {
+  const { up, gw, port } = await setup(t);
+  const before = gw.access.length;
+  const r = await rawExchange(
+    port,
+    'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n' +
+      `0\r\n\r\n${SMUGGLED}`,
+  );
+  assertRefused(r, 400);
+  await waitFor(() => gw.access.length > before, 'the access-log line of the refused request');
+  const entry = gw.access.at(-1)!;
+  assert.equal(entry.status, 400);
+  assert.equal(entry.error, 'GH_BAD_REQUEST');
+  assert.equal(entry.client, '127.0.0.1');
+  assert.match(entry.detail ?? '', /^HPE_/);
+  assertNothingForwarded(up);
+});
+
 test('TE.TE: every obfuscated Transfer-Encoding is refused before anything is forwarded', async (t) => {
   const { up, port } = await setup(t);
   const body = `0\r\n\r\n${SMUGGLED}`;

@@ -26,6 +26,8 @@ export interface AccessEntry {
   retries: number;
   /** Stable error code when the gateway answered with an error itself. */
   error?: string;
+  /** For a request refused before it could be parsed: the parser's code (e.g. `HPE_INVALID_TRANSFER_ENCODING`). */
+  detail?: string;
   protocol?: string;
   /** Subject of the verified identity, when the request carried one. */
   identity?: string;

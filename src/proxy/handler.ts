@@ -1237,6 +1237,46 @@ export class ProxyHandler {
   }
 
   /**
+   * Records a request that Node's parser refused before there was a request to serve (smuggling
+   * attempts such as Content-Length with Transfer-Encoding, obs-fold, oversized or late headers): the
+   * requests metric and, when the access log is on, a line with the client, the status, `GH_BAD_REQUEST`
+   * and the parser's own code. A connection that timed out without sending a byte (a browser's
+   * preconnect) is counted but not logged.
+   */
+  logUnparsed(socket: Duplex, status: number, parserCode: string | undefined): void {
+    noRouteState ??= makeRouteState(NO_ROUTE, undefined);
+    countRequest(noRouteState, 'OTHER', status);
+    const log = this.accessLog;
+    if (log === undefined || !this.getRuntime().config.logging.access) return;
+    const s = socket as Partial<Socket>;
+    if (status === 408 && s.bytesRead === 0) return;
+    const entry: AccessEntry = {
+      time: isoTime(Date.now()),
+      requestId: requestIdFrom(undefined),
+      client: clientAddress(s.remoteAddress),
+      host: '',
+      method: '',
+      path: '',
+      route: undefined,
+      upstream: undefined,
+      server: undefined,
+      status,
+      bytesIn: 0,
+      bytesOut: 0,
+      duration: 0,
+      upstreamDuration: undefined,
+      retries: 0,
+      error: 'GH_BAD_REQUEST',
+    };
+    if (parserCode !== undefined) entry.detail = parserCode;
+    try {
+      log(entry);
+    } catch (err) {
+      this.logger.error({ err }, 'access log failed');
+    }
+  }
+
+  /**
    * A parse error after the headers (Node's `clientError` while a response is pending). When it is in
    * the body of the request being served, its exchange answers and aborts the upstream request; false
    * when it belongs to no exchange (the caller then destroys the socket).

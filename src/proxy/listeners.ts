@@ -112,6 +112,7 @@ function onClientError(
         : err.code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW'
           ? 413
           : 400;
+  handler.logUnparsed(socket, status, err.code);
   const body = `${status} ${STATUS_CODES[status]} (GH_BAD_REQUEST)\n`;
   socket.end(
     `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
