@@ -41,6 +41,8 @@ export interface FuzzTarget<T> {
   readonly arbitrary: fc.Arbitrary<T>;
   /** Feeds one input to the code under test; throws on a crash or calls `invariant` with false. */
   run(input: T, invariant: Invariant): void | Promise<void>;
+  /** Inputs the CI smoke test (test/fuzz-smoke.test.ts) runs; default 2000. */
+  readonly smokeRuns?: number;
   /** True when `run` returns a promise. */
   readonly async?: boolean;
   /** Turns a corpus file into an input (default: a `.json` file is parsed, any other is its text). */

@@ -165,6 +165,7 @@ function family(ip: string): 'ipv4' | 'ipv6' {
 export default defineTarget<Input>({
   name: 'policy',
   description: 'compileCidrs (src/policy/cidr.ts), compilePolicies and evaluation (src/policy/compile.ts)',
+  smokeRuns: 1000,
   invariants: {
     'cidr-compile': 'compileCidrs never throws; an entry is accepted or reported',
     'cidr-blocklist':
