@@ -140,7 +140,9 @@ export async function loadConfig(
   const rootAbs = path.resolve(file);
   const origins = new Origins(file);
   const out = new Collector(origins, options.sources);
-  const merged: Raw = {};
+  // Without a prototype, a `__proto__` key in a file is a key like any other (reported as unknown)
+  // instead of replacing the prototype, whose keys the schema would then read as if they were written.
+  const merged: Raw = Object.create(null);
   const read: string[] = [];
 
   const rootText = await out.source(rootAbs);
@@ -242,11 +244,16 @@ async function collect(
       isPlainObject(value) &&
       (firstFile === undefined || isPlainObject(merged[key]))
     ) {
-      merged[key] ??= {};
+      merged[key] ??= Object.create(null);
       const map = merged[key] as Raw;
       const names = o.maps.get(key) ?? new Map<string, string>();
       o.maps.set(key, names);
       for (const [name, def] of Object.entries(value)) {
+        // The schema's records skip this key silently (prototype-pollution guard): report it here.
+        if (name === '__proto__') {
+          out.inFile(display, `${key}.${name}`, `invalid name "${name}": must start with a letter or digit`);
+          continue;
+        }
         const other = names.get(name);
         if (other !== undefined) {
           out.inFile(display, `${key}.${name}`, `${MAP_NOUN[key]} "${name}" is also defined in ${other}`);
