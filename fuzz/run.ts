@@ -3,6 +3,7 @@
  * inputs and/or time per target, each in its own process so a hang is detected (no progress for
  * `--hang`) and targets can run side by side (`--jobs`). Prints per target: inputs executed, time,
  * crashes, invariant violations, known (pending) violations, corpus size. Exit code 1 on any finding.
+ * Default budget: 10 million inputs or 5 minutes per target, whichever comes first.
  *
  *   npm run fuzz -- --only config,units --runs 10000000 --time 30m --seed 7 --jobs 2
  *   npm run fuzz -- --only normalize --seed -1314919812 --replay 3:1:0   # replay a reported failure
@@ -17,8 +18,8 @@ import { loadTarget, type RunStats, runTarget, targetNames } from './harness.js'
 
 const USAGE = `usage: npm run fuzz -- [options]
   --only a,b        targets to run (default: all; --list shows them)
-  --runs N          inputs per target (default 1000000; 10M, 1e7 accepted)
-  --time D          time budget per target, e.g. 90s, 30m (default: none)
+  --runs N          inputs per target (default 10M; 500k, 1e7 accepted)
+  --time D          time budget per target, e.g. 90s, 30m (default 5m; 0s for none)
   --seed N          base seed (default: random, printed)
   --replay PATH     replay the failure printed with PATH (with its --seed and --only)
   --jobs N          targets run in parallel (default 1)
@@ -217,8 +218,8 @@ async function main(): Promise<number> {
     return 0;
   }
   const settings: Settings = {
-    runs: values.runs === undefined ? 1_000_000 : count(values.runs),
-    timeMs: values.time === undefined ? undefined : duration(values.time),
+    runs: values.runs === undefined ? 10_000_000 : count(values.runs),
+    timeMs: values.time === undefined ? 300_000 : duration(values.time) || undefined,
     seed: values.seed === undefined ? (Math.random() * 2 ** 31) | 0 : Number.parseInt(values.seed, 10),
     replay: values.replay,
     slowMs: values.slow === undefined ? 1000 : duration(values.slow),
@@ -259,9 +260,8 @@ async function main(): Promise<number> {
         const o = await runChild(n, settings, hangMs, (line) => console.log(line));
         outcomes.push(o);
         const s = o.stats;
-        console.log(
-          `${n}: ${s?.inputs ?? 0} inputs in ${((s?.ms ?? 0) / 1000).toFixed(1)}s${o.hang || o.exit || s?.failure ? ' - FINDING' : ''}`,
-        );
+        console.log(`${n}: ${s?.inputs ?? 0} inputs in ${((s?.ms ?? 0) / 1000).toFixed(1)}s`);
+        if (o.hang || o.exit || s?.failure) console.log(details(o, settings).join('\n'));
       }
     }),
   );
