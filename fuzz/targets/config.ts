@@ -9,7 +9,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { compileRoutes } from '../../src/core/routes.js';
 import { servedHostChecker } from '../../src/identity/login.js';
@@ -326,8 +326,12 @@ const document = fc.record(
     ),
     state: maybe(fc.record({ store: v(['memory', 'redis://127.0.0.1:6379/0'], ['mysql://x']) })),
     identity: maybe(identity),
-    upstreams: maybe(fc.dictionary(pick(['app', 'api', 'bad name']), upstream, { maxKeys: 2 })),
-    policies: maybe(fc.dictionary(pick(['p', 'q', 'bad name']), policy, { maxKeys: 2 })),
+    upstreams: maybe(
+      fc.dictionary(v(['app', 'api'], ['bad name', '__proto__', 'constructor']), upstream, { maxKeys: 2 }),
+    ),
+    policies: maybe(
+      fc.dictionary(v(['p', 'q'], ['bad name', '__proto__', 'toString']), policy, { maxKeys: 2 }),
+    ),
     routes: maybe(fc.array(route, { maxLength: 3 })),
     tests: maybe(fc.array(test, { maxLength: 2 })),
     include: rarely(
@@ -337,6 +341,13 @@ const document = fc.record(
       ),
     ),
     unknownKey: rarely(fc.constant(1)),
+    __proto__: rarely(
+      fc.record(
+        { listeners: fc.array(listener, { maxLength: 1 }), server: fc.constant({ drainTimeout: '1s' }) },
+        { requiredKeys: [] },
+      ),
+    ),
+    constructor: rarely(fc.constant({ name: 'x' })),
   },
   { requiredKeys: ['listeners'] },
 );
@@ -394,8 +405,9 @@ const fragment = fc
   .record(
     {
       routes: fc.array(route, { maxLength: 2 }),
-      upstreams: fc.dictionary(pick(['app', 'api', 'extra']), upstream, { maxKeys: 1 }),
-      policies: fc.dictionary(pick(['p', 'q']), policy, { maxKeys: 1 }),
+      upstreams: fc.dictionary(v(['app', 'api', 'extra'], ['__proto__']), upstream, { maxKeys: 1 }),
+      policies: fc.dictionary(v(['p', 'q'], ['__proto__']), policy, { maxKeys: 1 }),
+      __proto__: rarely(fc.constant({ logging: { level: 'debug' } })),
       listeners: fc.array(listener, { maxLength: 1 }),
       tests: fc.array(test, { maxLength: 1 }),
       include: fc.array(pick(INCLUDE_NAMES), { maxLength: 2 }),
@@ -428,6 +440,8 @@ export default defineTarget<{ main: string; includes: Array<{ name: string; text
     'problems-located':
       'a refused config has at least one problem, each naming the config file or an include, a path and a message',
     'values-usable': 'every number of an accepted config is finite',
+    'keys-reported':
+      'a top-level key of any file that is not a configuration section, and an upstream or policy named __proto__, make the config refused with a problem at that key',
     compiles: 'an accepted config compiles: routes, policies, trusted proxies, served hosts, its own tests',
   },
   async: true,
@@ -447,6 +461,47 @@ export default defineTarget<{ main: string; includes: Array<{ name: string; text
     } catch (err) {
       invariant('load-resolves', false, () => String((err as Error)?.stack ?? err));
       return;
+    }
+    const KNOWN = new Set([
+      'listeners',
+      'server',
+      'admin',
+      'state',
+      'identity',
+      'upstreams',
+      'policies',
+      'routes',
+      'tests',
+      'logging',
+      'include',
+    ]);
+    // A file that cannot be parsed stops validation (the rest would only give follow-on errors).
+    const unparsable =
+      !r.ok && r.problems.some((p) => p.path === '' && !p.message.startsWith('cannot read file'));
+    for (const [file, text] of Object.entries(sources)) {
+      if (unparsable) break;
+      // Only files that were read: an include nobody names is not part of the config.
+      if (!r.files.includes(file)) continue;
+      let doc: unknown;
+      try {
+        doc = parse(text, { maxAliasCount: 1000 });
+      } catch {
+        continue;
+      }
+      if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) continue;
+      const unknown = Object.keys(doc).filter((k) => !KNOWN.has(k));
+      for (const map of ['upstreams', 'policies']) {
+        const m = (doc as Record<string, unknown>)[map];
+        if (m !== null && typeof m === 'object' && Object.hasOwn(m, '__proto__'))
+          unknown.push(`${map}.__proto__`);
+      }
+      if (unknown.length === 0) continue;
+      invariant(
+        'keys-reported',
+        !r.ok && unknown.every((k) => r.problems.some((p) => p.path === k || p.path.startsWith(`${k}.`))),
+        () =>
+          `${JSON.stringify(unknown)}: ${r.ok ? 'accepted' : JSON.stringify(r.problems.map((p) => p.path))}`,
+      );
     }
     if (!r.ok) {
       invariant(
