@@ -274,7 +274,7 @@ export async function runTarget<T>(target: FuzzTarget<T>, options: RunOptions): 
     options.onProgress?.(stats);
     if (options.replay !== undefined) break;
     if (options.chunk === undefined && performance.now() - chunkStarted < 2000)
-      chunk = Math.min(chunk * 2, 256_000);
+      chunk = Math.min(chunk * 2, 64_000);
   }
   stats.ms = performance.now() - started;
   return stats;

@@ -9,7 +9,7 @@
  *   npm run fuzz -- --only normalize --seed -1314919812 --replay 3:1:0   # replay a reported failure
  */
 import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -24,7 +24,7 @@ const USAGE = `usage: npm run fuzz -- [options]
   --replay PATH     replay the failure printed with PATH (with its --seed and --only)
   --jobs N          targets run in parallel (default 1)
   --slow D          report inputs slower than D (default 1s)
-  --hang D          a target that shows no progress for D is a hang (default 120s)
+  --hang D          a target that uses D of CPU time without progress is a hang (default 120s)
   --strict          treat pending invariants as active (shrinks their violations to a minimal input)
   --json FILE       also write the results as JSON
   --list            list the targets and their invariants`;
@@ -81,6 +81,23 @@ interface Outcome {
   exit: string | undefined;
 }
 
+const startedAt = Date.now();
+
+/**
+ * CPU time (ms) a child process has used: user + system time from /proc (Linux); elsewhere wall time
+ * since start, which only makes the watchdog stricter.
+ */
+function cpuTimeOf(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // Fields 14 and 15 of stat (utime, stime) in clock ticks of 10 ms (USER_HZ is 100 on Linux).
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return Date.now() - startedAt;
+  }
+}
+
 function runChild(name: string, s: Settings, hangMs: number, log: (line: string) => void): Promise<Outcome> {
   const args = [
     '--import',
@@ -105,11 +122,15 @@ function runChild(name: string, s: Settings, hangMs: number, log: (line: string)
     let hang: string | undefined;
     let buffered = '';
     let lastShown = 0;
-    let timer = setTimeout(onHang, hangMs);
-    function onHang(): void {
-      hang = `no progress for ${hangMs / 1000}s in ${chunk || 'start-up'}`;
+    // The watchdog counts the CPU time the target spent since its last progress line, not wall time: on
+    // a busy machine a niced process may wait minutes for a core without hanging.
+    let progressAt = cpuTimeOf(proc.pid);
+    const timer = setInterval(() => {
+      const used = cpuTimeOf(proc.pid) - progressAt;
+      if (used < hangMs) return;
+      hang = `no progress after ${(used / 1000).toFixed(0)}s of CPU time in ${chunk || 'start-up'}`;
       proc.kill('SIGKILL');
-    }
+    }, 1000);
     proc.stdout.setEncoding('utf8');
     proc.stdout.on('data', (data: string) => {
       buffered += data;
@@ -125,8 +146,7 @@ function runChild(name: string, s: Settings, hangMs: number, log: (line: string)
           log(line);
           continue;
         }
-        clearTimeout(timer);
-        timer = setTimeout(onHang, hangMs);
+        progressAt = cpuTimeOf(proc.pid);
         if (msg.type === 'chunk') chunk = `the chunk of ${msg.size} inputs with --seed ${msg.seed}`;
         else if (msg.stats) {
           last = msg.stats;
@@ -139,7 +159,7 @@ function runChild(name: string, s: Settings, hangMs: number, log: (line: string)
       }
     });
     proc.on('exit', (code, signal) => {
-      clearTimeout(timer);
+      clearInterval(timer);
       const exit = code === 0 ? undefined : `exited with ${signal ?? code}`;
       resolve({ name, stats: last, hang, exit: hang ? undefined : exit });
     });
