@@ -84,10 +84,10 @@ export default defineTarget<{
     'only-the-key': 'an authenticator accepts exactly the configured key, nothing else',
     expiry: 'apiKeyExpiry gives undefined or a number of ms, never throws',
   },
-  pending: {
-    'generated-key-accepted':
-      'src/identity/apikeys.ts generateApiKey accepts ids of any length, but keys over 256 characters are refused: `gatehouse apikey create` with a 209-character id makes a key that never works',
-  },
+  // Known to fail until a fix lands: generateApiKey accepts ids of any length, but keys over 256 characters
+  // are refused: an id of 209 characters or more makes a key that never works.
+  // Deleting the next line switches it on.
+  pending: { 'generated-key-accepted': 'long key ids (src/identity/apikeys.ts)' },
   arbitrary: fc.record({ authorization, id, presented, expires }),
   run(input, invariant) {
     const a = input.authorization;

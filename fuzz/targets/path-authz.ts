@@ -150,10 +150,10 @@ export default defineTarget<string>({
     'backend-path-agrees':
       'when a request is allowed, the path a Tomcat-like backend acts on (path parameters removed, decoded, normalized) is allowed too',
   },
-  pending: {
-    'backend-path-agrees':
-      'path parameters are not yet taken out before routing (server.pathParameters): /admin;x is allowed on the app route while Tomcat serves /admin',
-  },
+  // Known to fail until a fix lands: path parameters are not yet taken out before routing: /admin;x is
+  // allowed on the app route while Tomcat serves /admin.
+  // Deleting the next line switches it on.
+  pending: { 'backend-path-agrees': 'path parameters (server.pathParameters)' },
   arbitrary: requestTarget,
   run(target, invariant) {
     const r = decide(target);
