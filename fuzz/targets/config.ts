@@ -5,7 +5,7 @@
  * either a configuration or its problems, each at a file and path; never an exception, never a hang; and a
  * configuration it accepts compiles.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
@@ -21,6 +21,7 @@ import { defineTarget, fragments } from '../harness.js';
 // The config lives in a directory of its own; `file:` references point at files made here once.
 const DIR = path.join(os.tmpdir(), `gatehouse-fuzz-config-${process.pid}`);
 mkdirSync(path.join(DIR, 'sub'), { recursive: true });
+process.once('exit', () => rmSync(DIR, { recursive: true, force: true }));
 mkdirSync(path.join(DIR, 'adir'), { recursive: true });
 writeFileSync(path.join(DIR, 'secret.txt'), 'a-session-secret-of-more-than-32-characters\n');
 writeFileSync(path.join(DIR, 'short.txt'), 'short');
