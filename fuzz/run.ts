@@ -6,7 +6,7 @@
  * Default budget: 10 million inputs or 5 minutes per target, whichever comes first.
  *
  *   npm run fuzz -- --only config,units --runs 10000000 --time 30m --seed 7 --jobs 2
- *   npm run fuzz -- --only normalize --seed -1314919812 --replay 3:1:0   # replay a reported failure
+ *   npm run fuzz -- --only normalize --seed=-1314919812 --replay 3:1:0   # replay a reported failure
  */
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -107,8 +107,7 @@ function runChild(name: string, s: Settings, hangMs: number, log: (line: string)
     name,
     '--runs',
     String(s.runs),
-    '--seed',
-    String(s.seed),
+    `--seed=${s.seed}`,
     '--slow',
     `${s.slowMs}ms`,
   ];
@@ -147,7 +146,7 @@ function runChild(name: string, s: Settings, hangMs: number, log: (line: string)
           continue;
         }
         progressAt = cpuTimeOf(proc.pid);
-        if (msg.type === 'chunk') chunk = `the chunk of ${msg.size} inputs with --seed ${msg.seed}`;
+        if (msg.type === 'chunk') chunk = `the chunk of ${msg.size} inputs with --seed=${msg.seed}`;
         else if (msg.stats) {
           last = msg.stats;
           const now = Date.now();
@@ -200,7 +199,7 @@ function details(o: Outcome, s: Settings): string[] {
     out.push(`${o.name}: ${f.kind === 'crash' ? 'CRASH' : `INVARIANT ${f.invariant}`}`);
     out.push(`  input: ${f.input}`);
     out.push(`  error: ${f.error.split('\n').join('\n         ')}`);
-    out.push(`  replay: npm run fuzz -- --only ${o.name} --seed ${f.seed} --replay ${f.path}`);
+    out.push(`  replay: npm run fuzz -- --only ${o.name} --seed=${f.seed} --replay ${f.path}`);
   }
   for (const [id, h] of o.stats?.pending ?? []) {
     out.push(

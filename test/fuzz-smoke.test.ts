@@ -37,7 +37,7 @@ for (const name of names) {
     if (f !== undefined) {
       assert.fail(
         `${f.kind === 'crash' ? 'crash' : `invariant ${f.invariant} violated`}\n  input: ${f.input}\n  error: ${f.error}\n` +
-          `  replay: npm run fuzz -- --only ${name} --seed ${f.seed} --replay ${f.path}`,
+          `  replay: npm run fuzz -- --only ${name} --seed=${f.seed} --replay ${f.path}`,
       );
     }
     assert.equal(stats.inputs, runs);
