@@ -263,6 +263,28 @@ test('a __proto__ key is reported as unknown, never read through the prototype o
   );
 });
 
+test('YAML warnings such as an unresolved tag are config warnings with their line, never printed by the YAML library', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const printed: string[] = [];
+  const onWarning = (w: Error): void => {
+    printed.push(w.message);
+  };
+  process.on('warning', onWarning);
+  t.after(() => process.off('warning', onWarning));
+  const file = d.write('main.yaml', `${BASE}logging: { level: !custom info }\n`);
+  const r = await loadConfig(file, {});
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(r.ok, true);
+  assert.ok(
+    r.warnings.some(
+      (w) => w.file === file && w.message === 'YAML warning at line 8, column 19: Unresolved tag: !custom',
+    ),
+    JSON.stringify(r.warnings),
+  );
+  assert.deepEqual(printed, []);
+});
+
 test('include cycles and missing included files are reported', async (t) => {
   const d = tempDir();
   t.after(() => d.remove());

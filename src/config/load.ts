@@ -197,7 +197,8 @@ async function collect(
 ): Promise<void> {
   read.push(abs);
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { prettyErrors: false, lineCounter, uniqueKeys: true });
+  // logLevel 'error': the YAML library would print its warnings itself; they are reported as config warnings.
+  const doc = parseDocument(text, { prettyErrors: false, lineCounter, uniqueKeys: true, logLevel: 'error' });
   if (doc.errors.length > 0) {
     for (const err of doc.errors) {
       const { line, col } = lineCounter.linePos(err.pos[0]);
@@ -205,6 +206,14 @@ async function collect(
     }
     out.unparsable = true;
     return;
+  }
+  for (const w of doc.warnings) {
+    const { line, col } = lineCounter.linePos(w.pos[0]);
+    out.warnings.push({
+      file: display,
+      path: '',
+      message: `YAML warning at line ${line}, column ${col}: ${w.message}`,
+    });
   }
   let data: unknown;
   try {
