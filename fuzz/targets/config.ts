@@ -485,7 +485,7 @@ export default defineTarget<{ main: string; includes: Array<{ name: string; text
       if (!r.files.includes(file)) continue;
       let doc: unknown;
       try {
-        doc = parse(text, { maxAliasCount: 1000 });
+        doc = parse(text, { maxAliasCount: 1000, logLevel: 'error' });
       } catch {
         continue;
       }
