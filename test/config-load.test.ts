@@ -239,6 +239,52 @@ test('a top-level key other than lists and maps may appear in only one file', as
   ]);
 });
 
+test('a __proto__ key is reported as unknown, never read through the prototype of the merged config', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  // Its only key is __proto__: before, its listeners were read as if written at the top level.
+  const only = d.write('only.yaml', '__proto__:\n  listeners: [{ name: plain, bind: 127.0.0.1:0 }]\n');
+  const problems = await problemsOf(only);
+  assert.ok(problems.includes(`${only}: __proto__: unknown key`), problems.join('\n'));
+  assert.ok(problems.includes(`${only}: listeners: is required`), problems.join('\n'));
+  // In an include and inside the merged maps, it is reported at its own file and path too.
+  const main = d.write('main.yaml', `include: [more.yaml]\n${BASE}`);
+  d.write(
+    'more.yaml',
+    '__proto__: { server: { drainTimeout: 1s } }\nupstreams:\n  __proto__: { servers: [{ url: http://127.0.0.1:9 }] }\n',
+  );
+  const inInclude = await problemsOf(main);
+  assert.ok(inInclude.includes(`${d.file('more.yaml')}: __proto__: unknown key`), inInclude.join('\n'));
+  assert.ok(
+    inInclude.includes(
+      `${d.file('more.yaml')}: upstreams.__proto__: invalid name "__proto__": must start with a letter or digit`,
+    ),
+    inInclude.join('\n'),
+  );
+});
+
+test('YAML warnings such as an unresolved tag are config warnings with their line, never printed by the YAML library', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const printed: string[] = [];
+  const onWarning = (w: Error): void => {
+    printed.push(w.message);
+  };
+  process.on('warning', onWarning);
+  t.after(() => process.off('warning', onWarning));
+  const file = d.write('main.yaml', `${BASE}logging: { level: !custom info }\n`);
+  const r = await loadConfig(file, {});
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(r.ok, true);
+  assert.ok(
+    r.warnings.some(
+      (w) => w.file === file && w.message === 'YAML warning at line 8, column 19: Unresolved tag: !custom',
+    ),
+    JSON.stringify(r.warnings),
+  );
+  assert.deepEqual(printed, []);
+});
+
 test('include cycles and missing included files are reported', async (t) => {
   const d = tempDir();
   t.after(() => d.remove());

@@ -28,3 +28,15 @@ test('rates parse to events per second', () => {
   assert.equal(parseRate('3600/h'), 1);
   assert.equal(parseRate('ten/s'), undefined);
 });
+
+test('a size, duration or rate too large to be exact is refused, never Infinity', () => {
+  const digits = '9'.repeat(400);
+  assert.equal(parseSize(digits), undefined);
+  assert.equal(parseSize(`${digits}KiB`), undefined);
+  assert.equal(parseSize('8589934592MiB'), undefined); // 2^53 bytes
+  assert.equal(parseSize('8589934591MiB'), 8589934591 * 1024 ** 2);
+  assert.equal(parseDuration(`${digits}ms`), undefined);
+  assert.equal(parseDuration('104249991375d'), undefined); // beyond 2^53 ms
+  assert.equal(parseRate(`${digits}/s`), undefined);
+  assert.equal(parseRate(`${'9'.repeat(300)}/h`), 1e300 / 3600);
+});

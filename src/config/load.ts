@@ -141,7 +141,9 @@ export async function loadConfig(
   const rootAbs = path.resolve(file);
   const origins = new Origins(file);
   const out = new Collector(origins, options.sources);
-  const merged: Raw = {};
+  // Without a prototype, a `__proto__` key in a file is a key like any other (reported as unknown)
+  // instead of replacing the prototype, whose keys the schema would then read as if they were written.
+  const merged: Raw = Object.create(null);
   const read: string[] = [];
 
   const rootText = await out.source(rootAbs);
@@ -196,7 +198,8 @@ async function collect(
 ): Promise<void> {
   read.push(abs);
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { prettyErrors: false, lineCounter, uniqueKeys: true });
+  // logLevel 'error': the YAML library would print its warnings itself; they are reported as config warnings.
+  const doc = parseDocument(text, { prettyErrors: false, lineCounter, uniqueKeys: true, logLevel: 'error' });
   if (doc.errors.length > 0) {
     for (const err of doc.errors) {
       const { line, col } = lineCounter.linePos(err.pos[0]);
@@ -204,6 +207,14 @@ async function collect(
     }
     out.unparsable = true;
     return;
+  }
+  for (const w of doc.warnings) {
+    const { line, col } = lineCounter.linePos(w.pos[0]);
+    out.warnings.push({
+      file: display,
+      path: '',
+      message: `YAML warning at line ${line}, column ${col}: ${w.message}`,
+    });
   }
   let data: unknown;
   try {
@@ -243,11 +254,16 @@ async function collect(
       isPlainObject(value) &&
       (firstFile === undefined || isPlainObject(merged[key]))
     ) {
-      merged[key] ??= {};
+      merged[key] ??= Object.create(null);
       const map = merged[key] as Raw;
       const names = o.maps.get(key) ?? new Map<string, string>();
       o.maps.set(key, names);
       for (const [name, def] of Object.entries(value)) {
+        // The schema's records skip this key silently (prototype-pollution guard): report it here.
+        if (name === '__proto__') {
+          out.inFile(display, `${key}.${name}`, `invalid name "${name}": must start with a letter or digit`);
+          continue;
+        }
         const other = names.get(name);
         if (other !== undefined) {
           out.inFile(display, `${key}.${name}`, `${MAP_NOUN[key]} "${name}" is also defined in ${other}`);
