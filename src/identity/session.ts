@@ -233,8 +233,11 @@ export class SessionManager {
     if (!SEALED.test(value)) return undefined;
     const dot = value.indexOf('.');
     const id = value.slice(0, dot);
-    const presented = Buffer.from(value.slice(dot + 1), 'base64url');
-    if (presented.length !== 32) return undefined;
+    const mac = value.slice(dot + 1);
+    const presented = Buffer.from(mac, 'base64url');
+    // 43 base64url characters carry 258 bits: only the spelling with the 2 spare bits zero is the seal,
+    // so a sealed value has exactly one form (no four spellings of every cookie).
+    if (presented.length !== 32 || presented.toString('base64url') !== mac) return undefined;
     for (let i = 0; i < this.#keys.length; i++) {
       if (timingSafeEqual(presented, this.#mac(i, id))) return { id, keyIndex: i };
     }
