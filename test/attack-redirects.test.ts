@@ -321,6 +321,8 @@ test('resolveReturnTo: checked after WHATWG parsing; never a network-path refere
     'https://app.example.com/.//evil.example/x',
     'https://other.example.com/a/..//evil.example/x',
     'https://other.example.com././/evil.example',
+    'https://other.example.com../x',
+    'HTTPS://other.example.com%2e%2e',
   ])
     assert.equal(resolveReturnTo(rd, here, served), undefined, rd);
   assert.equal(

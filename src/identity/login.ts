@@ -1086,6 +1086,8 @@ export function resolveReturnTo(
     if (m === null || m[2]!.includes('@')) return undefined;
     url = URL.parse(rd);
     if (url === null || url.username !== '' || url.password !== '') return undefined;
+    // One trailing dot is the same host (an absolute name); more is no host name at all.
+    if (url.hostname.endsWith('..')) return undefined;
     if (url.hostname.endsWith('.')) url.hostname = stripDot(url.hostname);
     if (url.origin !== here.origin) {
       const scheme = url.protocol === 'https:' ? 'https' : 'http';
