@@ -228,6 +228,12 @@ test('behind trusted proxies the client is the rightmost untrusted X-Forwarded-F
     headers: { 'x-request-id': 'xff-5', 'x-forwarded-for': '192.0.2.5:5678' },
   });
   assert.equal(entryOf('xff-5')?.client, '192.0.2.5');
+  // A zone id is no client address (it names an interface of the proxy): the walk ends there too.
+  await request(gw.url(), {
+    path: '/',
+    headers: { 'x-request-id': 'xff-6', 'x-forwarded-for': 'fe80::1%eth0' },
+  });
+  assert.equal(entryOf('xff-6')?.client, '127.0.0.1');
 });
 
 test('an untrusted peer cannot choose its address with X-Forwarded-For', async (t) => {

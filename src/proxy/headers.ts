@@ -278,7 +278,8 @@ function forwardedAddress(entry: string): string | undefined {
   } else if (a.indexOf(':') !== -1 && a.indexOf(':') === a.lastIndexOf(':')) {
     a = a.slice(0, a.indexOf(':')); // 192.0.2.1:5678
   }
-  return isIP(a) === 0 ? undefined : clientAddress(a);
+  // A zone id (`fe80::1%eth0`) names an interface of the proxy's host, never a client's address.
+  return isIP(a) === 0 || a.includes('%') ? undefined : clientAddress(a);
 }
 
 /**
