@@ -123,6 +123,9 @@ describe('API keys', () => {
       assert.ok(!looksLikeApiKey(s), s);
     }
     assert.throws(() => generateApiKey('bad id'), IdentityConfigError);
+    // An id so long that the key would exceed the 256 characters a presented key may have.
+    assert.throws(() => generateApiKey('a'.repeat(65)), IdentityConfigError);
+    assert.ok(looksLikeApiKey(generateApiKey('a'.repeat(64)).key));
     const a = new ApiKeyAuthenticator([{ id: 'etl.agent_2', hash: hashLine, subject: 's', groups: [] }]);
     assert.equal(reason(a.authenticate(key, 'r')), 'ok');
   });

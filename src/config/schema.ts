@@ -314,7 +314,7 @@ const Identity = z.strictObject({
   apiKeys: z
     .array(
       z.strictObject({
-        id: Name,
+        id: Name.max(64, 'must be at most 64 characters'),
         hash: z.string().regex(/^sha256:([0-9a-f]{64}|<hex>)$/, 'must be sha256:<64 hex digits>'),
         subject: z.string().min(1),
         groups: z.array(z.string()).default([]),

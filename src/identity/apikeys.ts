@@ -13,6 +13,9 @@ import type { AuthResult, Identity } from './types.js';
 /** One entry of `identity.apiKeys`. */
 export type ApiKeyConfig = NonNullable<Config['identity']>['apiKeys'][number];
 
+/** Longest key id: `ghk_<id>_<43 characters>` then stays far below the 256 characters a key may have. */
+export const MAX_API_KEY_ID_LENGTH = 64;
+
 /** Shorter credentials are refused without a lookup: too few characters to be a secret worth the name. */
 export const MIN_API_KEY_LENGTH = 16;
 
@@ -35,6 +38,10 @@ export function generateApiKey(id: string): { key: string; hashLine: string } {
     throw new IdentityConfigError(
       `api key id "${id}" must start with a letter or digit and use only A-Z a-z 0-9 _ . -`,
     );
+  }
+  // The key must stay within the 256 characters a presented key may have.
+  if (id.length > MAX_API_KEY_ID_LENGTH) {
+    throw new IdentityConfigError(`api key id must be at most ${MAX_API_KEY_ID_LENGTH} characters`);
   }
   const key = `ghk_${id}_${crypto.randomBytes(32).toString('base64url')}`;
   return { key, hashLine: hashApiKey(key) };
