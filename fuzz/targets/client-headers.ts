@@ -136,10 +136,6 @@ export default defineTarget<{
     'request-id':
       'the request id is always 1 to 128 of [A-Za-z0-9._:-], and a client id of that shape is kept',
   },
-  // Known to fail until a fix lands: forwardedAddress keeps IPv6 zone ids, and clientAddress turns
-  // ::ffff:198.51.100.7%1 into 198.51.100.7%1, which is no address.
-  // Deleting the next line switches it on.
-  pending: { 'client-plain-address': 'X-Forwarded-For zone ids (src/proxy/headers.ts)' },
   arbitrary: fc.record({ peer, peerTrusted: fc.boolean(), xff, connection, requestId }),
   run(input, invariant) {
     const client = effectiveClient(input.peer, input.peerTrusted, trusted, input.xff);

@@ -126,10 +126,6 @@ export default defineTarget<{ target: string; method: string; host: string | und
     'host-errors': 'normalizeHost throws only BadRequestError GH_BAD_HOST (400)',
     'host-shape': 'a normalized host is lower case, has no port, no trailing dot and is a fixed point',
   },
-  // Known to fail until a fix lands: an absolute-form target with "#" right after the authority (http://h#x)
-  // gives the path "#x".
-  // Deleting the next line switches it on.
-  pending: { 'path-slash': 'a # after the authority (src/core/normalize.ts)' },
   arbitrary: fc.record({ target, method, host }),
   run({ target, method, host }, invariant) {
     let n: ReturnType<typeof normalizePath> | undefined;
