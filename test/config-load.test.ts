@@ -372,3 +372,31 @@ test('a route path prefix that no normalized request path can carry is reported 
     ['routes.0.match.path', 'routes.1.match.path'],
   );
 });
+
+test('a timeout, interval or backoff longer than a timer can wait (24.8 days) is refused; session lifetimes may be longer', async () => {
+  const d = tempDir();
+  const file = d.write(
+    'gatehouse.yaml',
+    `
+listeners:
+  - { name: plain, bind: 127.0.0.1:0 }
+server: { drainTimeout: 30d }
+identity:
+  session: { secrets: ["a-session-secret-of-at-least-32-chars"], maxAge: 30d, idleTimeout: 25d }
+upstreams:
+  app:
+    servers: [{ url: http://127.0.0.1:9 }]
+    dns: { refresh: 25d }
+    healthCheck: { interval: 24d }
+routes:
+  - { name: app, upstream: app, public: true, websocket: { idleTimeout: 100d } }
+`,
+  );
+  const problems = await problemsOf(file);
+  const msg = 'must be at most 24d: a timer cannot wait longer';
+  assert.deepEqual(problems.sort(), [
+    `${file}: routes.0.websocket.idleTimeout: ${msg}`,
+    `${file}: server.drainTimeout: ${msg}`,
+    `${file}: upstreams.app.dns.refresh: ${msg}`,
+  ]);
+});

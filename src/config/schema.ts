@@ -26,6 +26,14 @@ export const Duration = z
     return ms;
   });
 
+/** The longest delay a Node.js timer can wait (2^31 - 1 ms, about 24.8 days); a longer one fires at once. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/** A duration the gateway waits with a timer (timeouts, intervals, backoffs): at most 24 days. */
+export const TimerDuration = Duration.refine((ms) => ms <= MAX_TIMER_MS, {
+  message: 'must be at most 24d: a timer cannot wait longer',
+});
+
 /** A size such as `512KiB`, `10MB` or a number of bytes; parsed to bytes. */
 export const Size = z
   .union([z.number().int().nonnegative(), z.string()])
@@ -150,7 +158,7 @@ const Http2Limits = z
       description:
         'Streams a client may cancel before their response started, per connection and resetWindow; beyond, GOAWAY ENHANCE_YOUR_CALM and close',
     }),
-    resetWindow: Duration.default(10_000).meta({ description: 'The window maxResets counts in' }),
+    resetWindow: TimerDuration.default(10_000).meta({ description: 'The window maxResets counts in' }),
   })
   .default(HTTP2_DEFAULTS)
   .meta({ description: 'HTTP/2 limits of HTTPS listeners' });
@@ -161,10 +169,10 @@ const Server = z
       description:
         'Proxies whose X-Forwarded-For is kept and extended (others are replaced) and whose other headers about the client (Forwarded, X-Real-IP, X-Forwarded-Port, ...) are kept (removed from other peers); behind them the client is the rightmost untrusted address in X-Forwarded-For',
     }),
-    headersTimeout: Duration.default(20_000).meta({
+    headersTimeout: TimerDuration.default(20_000).meta({
       description: 'Time a client has to send complete request headers (slowloris guard)',
     }),
-    keepAliveTimeout: Duration.default(65_000),
+    keepAliveTimeout: TimerDuration.default(65_000),
     maxHeaderSize: Size.default(16 * 1024).meta({
       description: 'Largest request header block accepted (431)',
     }),
@@ -179,7 +187,7 @@ const Server = z
           'HTTP/2: the stream is refused with ENHANCE_YOUR_CALM, as for a header list over maxHeaderSize)',
       }),
     maxBodySize: Size.optional().meta({ description: 'Default request body limit for every route (413)' }),
-    drainTimeout: Duration.default(30_000).meta({
+    drainTimeout: TimerDuration.default(30_000).meta({
       description: 'On SIGTERM, how long in-flight requests may take to finish',
     }),
     workers: z
@@ -190,11 +198,11 @@ const Server = z
       description:
         'What ";" path parameters become. strip: each segment\'s parameters (from ";" to the end of the segment) are removed before dot-segments are resolved, as Tomcat, Jetty and Spring do ("/admin;x" is "/admin", "/x/..;/admin" is "/admin"), and routes, policies and the upstream all see the stripped path; an encoded %3B stays a literal character. reject: any ";" in the path is refused with 400 GH_BAD_PATH',
     }),
-    clientIdleTimeout: Duration.default(60_000).meta({
+    clientIdleTimeout: TimerDuration.default(60_000).meta({
       description:
         "Longest client silence while the gateway waits for request body data, or for the client to read a response it holds back (408 before the response, abort after); a route's timeouts.idle applies when shorter",
     }),
-    tlsHandshakeTimeout: Duration.default(10_000).meta({
+    tlsHandshakeTimeout: TimerDuration.default(10_000).meta({
       description: 'Time a client has to complete the TLS handshake on HTTPS listeners',
     }),
     http2: Http2Limits,
@@ -360,8 +368,8 @@ const HealthCheck = z.strictObject({
   path: z.string().startsWith('/').default('/'),
   method: z.enum(['GET', 'HEAD']).default('GET'),
   host: z.string().optional().meta({ description: 'Host header for the check (default: the server host)' }),
-  interval: Duration.default(5000),
-  timeout: Duration.default(2000),
+  interval: TimerDuration.default(5000),
+  timeout: TimerDuration.default(2000),
   rise: z.number().int().positive().default(2),
   fall: z.number().int().positive().default(3),
   expectStatus: StatusList.optional().meta({ description: 'Healthy statuses (default: 200-399)' }),
@@ -369,7 +377,7 @@ const HealthCheck = z.strictObject({
 
 const PassiveHealth = z.strictObject({
   failures: z.number().int().positive().default(5).meta({ description: 'Consecutive failures that eject' }),
-  ejectFor: Duration.default(30_000),
+  ejectFor: TimerDuration.default(30_000),
   maxEjectedPercent: z.number().min(0).max(100).default(50),
 });
 
@@ -398,23 +406,23 @@ const Upstream = z.strictObject({
     .optional(),
   healthCheck: HealthCheck.optional(),
   passive: PassiveHealth.default({ failures: 5, ejectFor: 30_000, maxEjectedPercent: 50 }),
-  slowStart: Duration.default(0).meta({ description: 'Ramp-up time for a server that becomes healthy' }),
+  slowStart: TimerDuration.default(0).meta({ description: 'Ramp-up time for a server that becomes healthy' }),
   dns: z
-    .strictObject({ refresh: Duration.default(30_000) })
+    .strictObject({ refresh: TimerDuration.default(30_000) })
     .default({ refresh: 30_000 })
     .meta({ description: 'Host names in server URLs are re-resolved this often; every address is used' }),
   timeouts: z
     .strictObject({
-      connect: Duration.default(5000),
-      response: Duration.default(600_000).meta({ description: 'Until the response headers arrive' }),
-      idle: Duration.default(600_000).meta({ description: 'Longest silence while streaming a body' }),
+      connect: TimerDuration.default(5000),
+      response: TimerDuration.default(600_000).meta({ description: 'Until the response headers arrive' }),
+      idle: TimerDuration.default(600_000).meta({ description: 'Longest silence while streaming a body' }),
     })
     .default({ connect: 5000, response: 600_000, idle: 600_000 }),
   retries: z
     .strictObject({
       attempts: z.number().int().min(0).max(10).default(1),
       on: z.array(RetryCondition).default(['connect-error', 'reset']),
-      backoff: Duration.default(25),
+      backoff: TimerDuration.default(25),
       budget: z
         .number()
         .min(0)
@@ -430,7 +438,7 @@ const Upstream = z.strictObject({
     .optional()
     .meta({ description: 'Concurrent requests per server (a server may override it)' }),
   queue: z
-    .strictObject({ max: z.number().int().min(0).default(1000), timeout: Duration.default(30_000) })
+    .strictObject({ max: z.number().int().min(0).default(1000), timeout: TimerDuration.default(30_000) })
     .default({ max: 1000, timeout: 30_000 }),
   tls: z
     .strictObject({
@@ -565,10 +573,10 @@ const Route = z.strictObject({
     .union([
       z.boolean(),
       z.strictObject({
-        idleTimeout: Duration.default(3_600_000).meta({
+        idleTimeout: TimerDuration.default(3_600_000).meta({
           description: 'A tunnel with no data either way for this long is closed (default 1h)',
         }),
-        finTimeout: Duration.default(5_000).meta({
+        finTimeout: TimerDuration.default(5_000).meta({
           description:
             'A tunnel one side has closed (FIN) is closed this long after, if the other side has not closed too (default 5s)',
         }),
@@ -578,7 +586,7 @@ const Route = z.strictObject({
     .meta({ description: 'Allow WebSocket upgrades (true: idleTimeout 1h, finTimeout 5s)' }),
   maxBodySize: Size.optional().meta({ description: 'Request body limit (413)' }),
   timeouts: z
-    .strictObject({ response: Duration.optional(), idle: Duration.optional() })
+    .strictObject({ response: TimerDuration.optional(), idle: TimerDuration.optional() })
     .optional()
     .meta({ description: 'Override the upstream timeouts for this route' }),
   preserveHost: z
