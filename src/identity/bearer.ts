@@ -9,6 +9,7 @@ import { decodeJwt, type JWTPayload, errors as joseErrors, jwtVerify } from 'jos
 import { Counter } from 'prom-client';
 import type { Config } from '../config/schema.js';
 import { registry } from '../observe/metrics.js';
+import { verifiedEmail } from './claims.js';
 import { IdentityConfigError, JwksUnavailableError, RemoteKeySet, type WarnLogger } from './jwks.js';
 import type { AuthResult, Identity, ReasonCode } from './types.js';
 
@@ -357,11 +358,10 @@ export function groupsFromClaim(value: unknown): string[] {
 function toIdentity(payload: JWTPayload, cfg: BearerIssuerConfig): Identity {
   const sub = String(payload.sub);
   const username = payload.preferred_username;
-  const email = payload.email;
   return Object.freeze({
     subject: sub,
     user: typeof username === 'string' && username !== '' ? username : sub,
-    email: typeof email === 'string' ? email : undefined,
+    email: verifiedEmail(payload),
     groups: Object.freeze(groupsFromClaim(claimAt(payload, cfg.groupsClaim))),
     claims: Object.freeze(payload),
     authMethod: 'bearer',

@@ -11,6 +11,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import * as client from 'openid-client';
 import { GatehouseError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
+import { verifiedEmail } from './claims.js';
 import type { SessionProfile, SessionRecord, SessionTokens } from './session.js';
 
 /** A provider from `identity.providers`, with its client secret already resolved. */
@@ -372,13 +373,11 @@ export class OidcClient {
     }
     const subject = String(claims.sub ?? previous?.subject);
     const username = claims.preferred_username;
-    // An address the provider says it has not verified is not an identity: email rules must not match it.
-    const email = claims.email_verified === false ? undefined : claims.email;
     return {
       provider: this.name,
       subject,
       user: typeof username === 'string' && username !== '' ? username : subject,
-      email: typeof email === 'string' && email !== '' ? email : undefined,
+      email: verifiedEmail(claims),
       groups,
       claims,
     };
