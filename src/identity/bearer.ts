@@ -9,7 +9,7 @@ import { decodeJwt, type JWTPayload, errors as joseErrors, jwtVerify } from 'jos
 import { Counter } from 'prom-client';
 import type { Config } from '../config/schema.js';
 import { registry } from '../observe/metrics.js';
-import { verifiedEmail } from './claims.js';
+import { claimAt, verifiedEmail } from './claims.js';
 import { IdentityConfigError, JwksUnavailableError, RemoteKeySet, type WarnLogger } from './jwks.js';
 import type { AuthResult, Identity, ReasonCode } from './types.js';
 
@@ -335,17 +335,6 @@ function invalid(reason: ReasonCode, message: string): AuthResult {
 
 function truncate(s: string): string {
   return JSON.stringify(s.length > 100 ? `${s.slice(0, 100)}…` : s);
-}
-
-/** Reads a claim by exact name first (names such as `https://example.com/groups` contain dots), then by path. */
-function claimAt(payload: Record<string, unknown>, name: string): unknown {
-  if (Object.hasOwn(payload, name)) return payload[name];
-  let value: unknown = payload;
-  for (const part of name.split('.')) {
-    if (typeof value !== 'object' || value === null || !Object.hasOwn(value, part)) return undefined;
-    value = (value as Record<string, unknown>)[part];
-  }
-  return value;
 }
 
 /** Groups from an array of strings or a space-separated string (as OAuth `scope`); anything else: none. */
