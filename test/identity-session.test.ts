@@ -174,6 +174,19 @@ for (const backend of backends) {
       assert.equal(ended.kind === 'invalid' && ended.reason, 'session-expired');
     });
 
+    test('a closed store: a cached session is not served from the cache (fail closed)', async () => {
+      const store = await backend.make();
+      const now = 1_700_000_000_000;
+      const sm = new SessionManager(store, settings(), { now: () => now });
+      await waitFor(() => store.revocations.live, 5000, 'revocation feed');
+      const { id } = await sm.create(alice, tokens);
+      const cookie = `_gatehouse=${sm.seal(id)}`;
+      assert.equal((await sm.lookup(cookie)).kind, 'ok');
+      await store.close();
+      assert.equal(store.revocations.live, false);
+      await assert.rejects(sm.lookup(cookie), StateStoreError);
+    });
+
     test('maxAge ends a session however active it is', async (t) => {
       const store = await backend.make();
       t.after(() => store.close());
