@@ -119,6 +119,29 @@ describe('bearer JWTs against a real issuer', () => {
     assert.deepEqual(groupsFromClaim({ not: 'groups' }), []);
   });
 
+  test('unverified email: a token whose issuer says email_verified false carries no email for policy rules', async () => {
+    const c = clock();
+    const a = new BearerAuthenticator([cfg(idp.issuer, { jwksUri: idp.jwksUri })], { now: c.now });
+    const exp = sec(c.t) + 600;
+    for (const flag of [false, 'false']) {
+      const r = await a.authenticate(
+        await idp.sign(
+          { sub: `s-${String(flag)}`, aud: 'gatehouse-api', email: 'ceo@example.com', email_verified: flag },
+          { exp },
+        ),
+      );
+      assert.equal(r.kind, 'ok');
+      assert.equal(r.kind === 'ok' && r.identity.email, undefined, `email_verified: ${JSON.stringify(flag)}`);
+    }
+    const verified = await a.authenticate(
+      await idp.sign(
+        { sub: 's-true', aud: 'gatehouse-api', email: 'ceo@example.com', email_verified: true },
+        { exp },
+      ),
+    );
+    assert.equal(verified.kind === 'ok' && verified.identity.email, 'ceo@example.com');
+  });
+
   test('expired, not yet valid (clock tolerance honoured), wrong audience', async () => {
     const c = clock();
     const auth = new BearerAuthenticator([cfg(idp.issuer, { jwksUri: idp.jwksUri })], { now: c.now });

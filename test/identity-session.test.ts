@@ -165,6 +165,37 @@ for (const backend of backends) {
       assert.equal(await raw.get(`session:${id}`), undefined, 'removed from the store');
     });
 
+    test('idle timeout shorter than the touch interval: a session used every 10 s of a 30 s idle timeout lives on', async (t) => {
+      const store = await backend.make();
+      t.after(() => store.close());
+      let now = 1_700_000_000_000;
+      const sm = new SessionManager(store, settings({ idleTimeout: 30_000 }), { now: () => now });
+      const { id } = await sm.create(alice, tokens);
+      const cookie = `_gatehouse=${sm.seal(id)}`;
+      // Two minutes of use, never idle for more than 10 s.
+      for (let i = 0; i < 12; i++) {
+        now += 10_000;
+        const r = await sm.lookup(cookie);
+        assert.equal(r.kind, 'ok', `request ${i} at ${(i + 1) * 10} s`);
+      }
+      now += 30_000;
+      const ended = await sm.lookup(cookie);
+      assert.equal(ended.kind === 'invalid' && ended.reason, 'session-expired');
+    });
+
+    test('a closed store: a cached session is not served from the cache (fail closed)', async () => {
+      const store = await backend.make();
+      const now = 1_700_000_000_000;
+      const sm = new SessionManager(store, settings(), { now: () => now });
+      await waitFor(() => store.revocations.live, 5000, 'revocation feed');
+      const { id } = await sm.create(alice, tokens);
+      const cookie = `_gatehouse=${sm.seal(id)}`;
+      assert.equal((await sm.lookup(cookie)).kind, 'ok');
+      await store.close();
+      assert.equal(store.revocations.live, false);
+      await assert.rejects(sm.lookup(cookie), StateStoreError);
+    });
+
     test('maxAge ends a session however active it is', async (t) => {
       const store = await backend.make();
       t.after(() => store.close());

@@ -9,6 +9,7 @@ import { decodeJwt, type JWTPayload, errors as joseErrors, jwtVerify } from 'jos
 import { Counter } from 'prom-client';
 import type { Config } from '../config/schema.js';
 import { registry } from '../observe/metrics.js';
+import { claimAt, verifiedEmail } from './claims.js';
 import { IdentityConfigError, JwksUnavailableError, RemoteKeySet, type WarnLogger } from './jwks.js';
 import type { AuthResult, Identity, ReasonCode } from './types.js';
 
@@ -336,17 +337,6 @@ function truncate(s: string): string {
   return JSON.stringify(s.length > 100 ? `${s.slice(0, 100)}…` : s);
 }
 
-/** Reads a claim by exact name first (names such as `https://example.com/groups` contain dots), then by path. */
-function claimAt(payload: Record<string, unknown>, name: string): unknown {
-  if (Object.hasOwn(payload, name)) return payload[name];
-  let value: unknown = payload;
-  for (const part of name.split('.')) {
-    if (typeof value !== 'object' || value === null || !Object.hasOwn(value, part)) return undefined;
-    value = (value as Record<string, unknown>)[part];
-  }
-  return value;
-}
-
 /** Groups from an array of strings or a space-separated string (as OAuth `scope`); anything else: none. */
 export function groupsFromClaim(value: unknown): string[] {
   if (typeof value === 'string') return value.split(' ').filter((g) => g !== '');
@@ -357,11 +347,10 @@ export function groupsFromClaim(value: unknown): string[] {
 function toIdentity(payload: JWTPayload, cfg: BearerIssuerConfig): Identity {
   const sub = String(payload.sub);
   const username = payload.preferred_username;
-  const email = payload.email;
   return Object.freeze({
     subject: sub,
     user: typeof username === 'string' && username !== '' ? username : sub,
-    email: typeof email === 'string' ? email : undefined,
+    email: verifiedEmail(payload),
     groups: Object.freeze(groupsFromClaim(claimAt(payload, cfg.groupsClaim))),
     claims: Object.freeze(payload),
     authMethod: 'bearer',

@@ -120,6 +120,8 @@ const RANDOM43 = /^[A-Za-z0-9_-]{43}$/;
 const STATE_RE = /^[A-Za-z0-9_-]{16,128}$/;
 const MAX_RD = 4096;
 const DEFAULT_LOGIN_RATE_LIMIT: LoginRateLimit = Object.freeze({ max: 30, windowMs: 60_000 });
+/** Where the error and signed-out pages link to: a fresh sign-in that returns to this host's root. */
+const SIGN_IN_AGAIN = `${GATEHOUSE_PREFIX}login?rd=%2F`;
 
 /** Where the request arrived: scheme and the Host header's authority, checked against `facts.host`. */
 interface Here {
@@ -318,7 +320,7 @@ export class LoginService {
         case 'logout':
           return await this.#logout(req, res, facts, here, params);
         case 'signed-out':
-          sendPage(res, 200, signedOutPage({ signInHref: `${GATEHOUSE_PREFIX}login?rd=%2F` }), {}, method);
+          sendPage(res, 200, signedOutPage({ signInHref: SIGN_IN_AGAIN }), {}, method);
           return;
         case 'userinfo':
           return await this.#userinfo(req, res, facts);
@@ -664,7 +666,6 @@ export class LoginService {
     params: URLSearchParams,
   ) {
     const method = req.method;
-    const retry = `${GATEHOUSE_PREFIX}login?rd=%2F`;
     const state = params.get('state');
     const raw = state !== null && STATE_RE.test(state) ? await this.#store.take(`login:${state}`) : undefined;
     const login = raw === undefined ? undefined : parseJson<LoginState>(raw);
@@ -680,7 +681,7 @@ export class LoginService {
         'GH_LOGIN_STATE',
         'Sign-in not recognised',
         'This sign-in request is unknown, expired or already used. Please start again.',
-        retry,
+        SIGN_IN_AGAIN,
       );
       return;
     }
@@ -699,7 +700,7 @@ export class LoginService {
         'GH_LOGIN_STATE',
         'Sign-in not recognised',
         'This sign-in was started in another browser or on another site. Please start again.',
-        retry,
+        SIGN_IN_AGAIN,
       );
       return;
     }
@@ -712,7 +713,7 @@ export class LoginService {
         'GH_UNKNOWN_PROVIDER',
         'Unknown identity provider',
         'That identity provider is no longer configured.',
-        retry,
+        SIGN_IN_AGAIN,
       );
       return;
     }
@@ -767,7 +768,6 @@ export class LoginService {
     const code = params.get('code');
     const raw = code !== null && RANDOM43.test(code) ? await this.#store.take(`handoff:${code}`) : undefined;
     const h = raw === undefined ? undefined : parseJson<Handoff>(raw);
-    const retry = `${GATEHOUSE_PREFIX}login?rd=%2F`;
     const mine = this.#loginCookieValue(req);
     const bound = h !== undefined && mine !== undefined && sameHash(sha256(mine), h.hb);
     if (h === undefined || h.v !== 1 || h.origin !== here.origin || !bound) {
@@ -782,7 +782,7 @@ export class LoginService {
         'GH_HANDOFF',
         'Sign-in not recognised',
         'This sign-in link is unknown, expired, already used or meant for another browser.',
-        retry,
+        SIGN_IN_AGAIN,
       );
       return;
     }
@@ -795,7 +795,7 @@ export class LoginService {
         'GH_HANDOFF',
         'Session ended',
         'The session ended before it reached this site. Please sign in again.',
-        retry,
+        SIGN_IN_AGAIN,
       );
       return;
     }
@@ -830,13 +830,7 @@ export class LoginService {
       redirect(res, endSession.href, cookies, method);
       return;
     }
-    sendPage(
-      res,
-      200,
-      signedOutPage({ signInHref: `${GATEHOUSE_PREFIX}login?rd=%2F` }),
-      { 'set-cookie': cookies },
-      method,
-    );
+    sendPage(res, 200, signedOutPage({ signInHref: SIGN_IN_AGAIN }), { 'set-cookie': cookies }, method);
   }
 
   async #userinfo(req: IncomingMessage, res: ServerResponse, facts: LoginFacts) {
@@ -994,7 +988,6 @@ export class LoginService {
       res.destroy();
       return;
     }
-    const retry = `${GATEHOUSE_PREFIX}login?rd=%2F`;
     if (err instanceof OidcError) {
       const denied = err.code === 'GH_OIDC_DENIED';
       this.#logger.warn(
@@ -1007,7 +1000,7 @@ export class LoginService {
         : err.code === 'GH_OIDC_UNAVAILABLE'
           ? 'The identity provider cannot be reached right now.'
           : 'The identity provider sent an answer that could not be accepted.';
-      this.#fail(res, method, status, err.code, 'Sign-in failed', message, retry);
+      this.#fail(res, method, status, err.code, 'Sign-in failed', message, SIGN_IN_AGAIN);
       return;
     }
     if (err instanceof StateStoreError) {
@@ -1018,7 +1011,7 @@ export class LoginService {
         err.code,
         'Service unavailable',
         'Sign-in is unavailable right now. Please try again shortly.',
-        retry,
+        SIGN_IN_AGAIN,
       );
       return;
     }
@@ -1027,7 +1020,15 @@ export class LoginService {
       { code, host: facts.host, client: facts.clientIp, err: messageOf(err) },
       'login endpoint failed',
     );
-    this.#fail(res, method, 500, code, 'Something went wrong', 'The request could not be completed.', retry);
+    this.#fail(
+      res,
+      method,
+      500,
+      code,
+      'Something went wrong',
+      'The request could not be completed.',
+      SIGN_IN_AGAIN,
+    );
   }
 }
 

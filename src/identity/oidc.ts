@@ -11,6 +11,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import * as client from 'openid-client';
 import { GatehouseError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
+import { claimAt, verifiedEmail } from './claims.js';
 import type { SessionProfile, SessionRecord, SessionTokens } from './session.js';
 
 /** A provider from `identity.providers`, with its client secret already resolved. */
@@ -340,7 +341,7 @@ export class OidcClient {
     const claimsName = this.settings.groupsClaim;
     let claims: Record<string, unknown> =
       idClaims !== undefined ? cleanClaims(idClaims) : { ...previous?.claims };
-    let groupsSource: unknown = idClaims !== undefined ? claimPath(idClaims, claimsName) : undefined;
+    let groupsSource: unknown = idClaims !== undefined ? claimAt(idClaims, claimsName) : undefined;
     const needUserinfo =
       typeof config.serverMetadata().userinfo_endpoint === 'string' &&
       (idClaims === undefined || groupsSource === undefined || claims.email === undefined);
@@ -354,7 +355,7 @@ export class OidcClient {
       }
       // The ID token wins for claims it carries; userinfo fills the gaps (OIDC Core 5.3.2).
       claims = { ...cleanClaims(info), ...claims };
-      if (groupsSource === undefined) groupsSource = claimPath(info, claimsName);
+      if (groupsSource === undefined) groupsSource = claimAt(info, claimsName);
       if (groupsSource === undefined && idClaims === undefined) groupsSource = previous?.groups;
     } else if (groupsSource === undefined && idClaims === undefined) {
       groupsSource = previous?.groups;
@@ -372,13 +373,11 @@ export class OidcClient {
     }
     const subject = String(claims.sub ?? previous?.subject);
     const username = claims.preferred_username;
-    // An address the provider says it has not verified is not an identity: email rules must not match it.
-    const email = claims.email_verified === false ? undefined : claims.email;
     return {
       provider: this.name,
       subject,
       user: typeof username === 'string' && username !== '' ? username : subject,
-      email: typeof email === 'string' && email !== '' ? email : undefined,
+      email: verifiedEmail(claims),
       groups,
       claims,
     };
@@ -472,18 +471,6 @@ function cleanClaims(claims: Readonly<Record<string, unknown>>): Record<string, 
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(claims)) if (!PROTOCOL_CLAIMS.has(k) && v !== undefined) out[k] = v;
   return out;
-}
-
-/** A claim by exact name, else by dotted path (`realm_access.roles`). */
-export function claimPath(claims: Readonly<Record<string, unknown>>, path: string): unknown {
-  if (Object.hasOwn(claims, path)) return claims[path];
-  let cur: unknown = claims;
-  for (const part of path.split('.')) {
-    if (typeof cur !== 'object' || cur === null || Array.isArray(cur) || !Object.hasOwn(cur, part))
-      return undefined;
-    cur = (cur as Record<string, unknown>)[part];
-  }
-  return cur;
 }
 
 /** Groups from a claim value: an array of strings, or one string (space- or comma-separated lists are not split). */

@@ -35,7 +35,7 @@ export interface SessionSettings {
 export interface SessionManagerOptions {
   /** Clock in ms since the epoch (tests freeze it). */
   now?: () => number;
-  /** Least time between two writes of `lastSeen`, in ms (default 60 s). */
+  /** Least time between two writes of `lastSeen`, in ms (default 60 s; at most half the idle timeout). */
   touchInterval?: number;
   /** How long a loaded session is trusted without asking the store again, in ms (default 5 s). */
   cacheTtl?: number;
@@ -167,12 +167,10 @@ interface CacheEntry {
   readonly id: string;
   /** What revocations of this session are published as (`sessionTag`). */
   readonly tag: string;
-  record: SessionRecord;
-  identity: Identity;
-  checkedAt: number;
-  readonly reseal: boolean;
+  readonly record: SessionRecord;
+  readonly checkedAt: number;
   /** The answer for a cache hit, built once per load so hits allocate nothing. */
-  result: SessionLookup;
+  readonly result: SessionLookup;
 }
 
 /** Creates, finds, refreshes and revokes sessions; see the module comment. */
@@ -218,7 +216,8 @@ export class SessionManager {
       Buffer.from(hkdfSync('sha256', s, 'gatehouse', 'session cookie v1', 32)),
     );
     this.#now = options.now ?? Date.now;
-    this.#touchInterval = options.touchInterval ?? 60_000;
+    // A session in use must be touched before its idle timeout ends it, however short that timeout is.
+    this.#touchInterval = Math.min(options.touchInterval ?? 60_000, settings.idleTimeout / 2);
     this.#cacheTtl = options.cacheTtl ?? 5_000;
     this.#cacheSize = Math.max(1, options.cacheSize ?? 10_000);
   }
@@ -325,25 +324,20 @@ export class SessionManager {
         expired = true;
         continue;
       }
-      const identity = identityOf(loaded);
-      const reseal = opened.keyIndex !== 0;
       const result: SessionLookup = Object.freeze({
         kind: 'ok',
         id: opened.id,
         record: loaded,
-        identity,
-        reseal,
+        identity: identityOf(loaded),
+        reseal: opened.keyIndex !== 0,
       });
       // A revocation heard while the record was read may be this session's: then it is not kept.
       if (feed.live && feed.seq === seq) {
-        const tag = sessionTag(opened.id);
         this.#remember(value, {
           id: opened.id,
-          tag,
+          tag: sessionTag(opened.id),
           record: loaded,
-          identity,
           checkedAt: now,
-          reseal,
           result,
         });
       }
@@ -376,20 +370,14 @@ export class SessionManager {
     return typeof loaded === 'string' ? undefined : loaded;
   }
 
-  /** Replaces a session's record (after a token refresh); its lifetime is unchanged. */
+  /**
+   * Replaces a session's record (after a token refresh); its lifetime is unchanged. Every process,
+   * this one included (the feed delivers to its own caches too), drops its copy and reads the new
+   * record at its next lookup (groups may have changed).
+   */
   async update(id: string, record: SessionRecord): Promise<void> {
-    const now = this.#now();
-    await this.#write(id, record, now);
-    // Other processes drop their copy and read the new record (groups may have changed).
+    await this.#write(id, record, this.#now());
     await this.#announce([id]);
-    const identity = identityOf(record);
-    for (const entry of this.#cache.values()) {
-      if (entry.id !== id) continue;
-      entry.record = record;
-      entry.identity = identity;
-      entry.checkedAt = now;
-      entry.result = Object.freeze({ kind: 'ok', id, record, identity, reseal: entry.reseal });
-    }
   }
 
   /**

@@ -11,6 +11,7 @@
 import type { Config, PolicyConfig, RouteConfig } from '../config/schema.js';
 import { normalizePath } from '../core/normalize.js';
 import { GatehouseError, PolicyUnavailableError } from '../errors.js';
+import { claimAt } from '../identity/claims.js';
 import type { Identity, ReasonCode } from '../identity/types.js';
 import { type CidrSet, compileCidrs } from './cidr.js';
 import { compileTimeWindow, type TimeWindow } from './time.js';
@@ -138,22 +139,8 @@ function ipMatches(set: CidrSet, ip: string, effect: RuleEffect): boolean {
   return set.has(ip) ?? effect === 'deny';
 }
 
-function claimValue(claims: Readonly<Record<string, unknown>>, c: ClaimCondition): unknown {
-  if (Object.hasOwn(claims, c.path)) return claims[c.path];
-  const segments = c.segments;
-  if (segments === undefined) return undefined;
-  let cur: unknown = claims;
-  for (let i = 0; i < segments.length; i++) {
-    if (cur === null || typeof cur !== 'object') return undefined;
-    const key = segments[i]!;
-    if (!Object.hasOwn(cur, key)) return undefined;
-    cur = (cur as Record<string, unknown>)[key];
-  }
-  return cur;
-}
-
 function claimMatches(claims: Readonly<Record<string, unknown>>, c: ClaimCondition): boolean {
-  const value = claimValue(claims, c);
+  const value = claimAt(claims, c.path, c.segments);
   if (value === undefined || value === null) return false;
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) if (c.values.includes(value[i])) return true;

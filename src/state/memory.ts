@@ -149,6 +149,8 @@ export class MemoryStore implements StateStore {
 
   async close(): Promise<void> {
     this.#closed = true;
+    // Like every store: what session caches hold is no longer backed by anything (see the feed).
+    this.revocations.reset(false);
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
     this.#entries.clear();

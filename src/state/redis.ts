@@ -84,8 +84,8 @@ export class RedisStore implements StateStore {
   // Optimistic until the first failure: the first commands wait for the connection (connectTimeout).
   #available = true;
   #subscribed = false;
-  #pinging = false;
-  #pingingSubscriber = false;
+  /** The connections whose last PING is still unanswered. */
+  readonly #pinging = new Set<Redis>();
   /** Rejects of the calls waiting for Redis right now. */
   readonly #waiting = new Set<(err: Error) => void>();
   #closed = false;
@@ -305,46 +305,39 @@ export class RedisStore implements StateStore {
    */
   #probe(): void {
     if (this.#closed) return;
-    if (!this.#pinging) {
-      this.#pinging = true;
-      const late = setTimeout(() => this.#down(new Error('no answer to PING')), this.#probeTimeout);
-      late.unref();
-      this.#client
-        .ping()
-        .then(
-          () => {
-            clearTimeout(late);
-            this.#up();
-          },
-          (err: unknown) => {
-            clearTimeout(late);
-            this.#down(err);
-          },
-        )
-        .finally(() => {
-          this.#pinging = false;
-        });
-    }
-    if (!this.#pingingSubscriber) {
-      this.#pingingSubscriber = true;
-      const late = setTimeout(() => this.#unsubscribed(), this.#probeTimeout);
-      late.unref();
-      this.#subscriber
-        .ping()
-        .then(
-          () => {
-            clearTimeout(late);
-            if (!this.#subscribed) this.#subscribe();
-          },
-          () => {
-            clearTimeout(late);
-            this.#unsubscribed();
-          },
-        )
-        .finally(() => {
-          this.#pingingSubscriber = false;
-        });
-    }
+    this.#ping(
+      this.#client,
+      () => this.#up(),
+      (err) => this.#down(err),
+    );
+    this.#ping(
+      this.#subscriber,
+      () => {
+        if (!this.#subscribed) this.#subscribe();
+      },
+      () => this.#unsubscribed(),
+    );
+  }
+
+  /** PINGs `connection` unless its last PING is still unanswered; `failed` also when none comes in time. */
+  #ping(connection: Redis, answered: () => void, failed: (err: unknown) => void): void {
+    if (this.#pinging.has(connection)) return;
+    this.#pinging.add(connection);
+    const late = setTimeout(() => failed(new Error('no answer to PING')), this.#probeTimeout);
+    late.unref();
+    connection
+      .ping()
+      .then(
+        () => {
+          clearTimeout(late);
+          answered();
+        },
+        (err: unknown) => {
+          clearTimeout(late);
+          failed(err);
+        },
+      )
+      .finally(() => this.#pinging.delete(connection));
   }
 
   /** The subscriber connection failed or hangs: revocations may be missed until it subscribes again. */

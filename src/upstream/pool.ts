@@ -266,13 +266,21 @@ export class UpstreamPool implements Upstream {
     return this.lease(ep, this.sticky && cookieId !== ep.id ? this.sticky.issue(ep.id) : undefined);
   }
 
-  /** Fills `scratch` with usable, non-full endpoints of `list`; returns how many were usable at all. */
-  private collect(list: readonly Endpoint[], exclude: ReadonlySet<string> | undefined, now: number): number {
+  /**
+   * Fills `scratch` with the non-full endpoints of `list` that may take requests and returns how many
+   * may at all: the usable ones, or in panic mode those that no active check found down.
+   */
+  private collect(
+    list: readonly Endpoint[],
+    exclude: ReadonlySet<string> | undefined,
+    now: number,
+    panic = false,
+  ): number {
     const scratch = this.scratch;
     scratch.length = 0;
     let usable = 0;
     for (const ep of list) {
-      if (!ep.usable || exclude?.has(ep.id)) continue;
+      if (!(panic ? ep.panicUsable : ep.usable) || exclude?.has(ep.id)) continue;
       usable++;
       if (ep.full) continue;
       ep.effWeight = ep.effectiveWeight(now, this.config.slowStart);
@@ -292,30 +300,11 @@ export class UpstreamPool implements Upstream {
     if (exclude !== undefined && exclude.size > 0) {
       for (const ep of this.endpoints) if (ep.usable) return 0;
     }
-    let usable = this.collectPanic(this.primaries, exclude, now);
-    if (usable === 0) usable = this.collectPanic(this.backups, exclude, now);
+    let usable = this.collect(this.primaries, exclude, now, true);
+    if (usable === 0) usable = this.collect(this.backups, exclude, now, true);
     if (usable > 0 && !this.panicking) {
       this.panicking = true;
       this.logger.warn('no usable server: balancing across ejected servers that are not down (panic mode)');
-    }
-    return usable;
-  }
-
-  /** `collect` for panic mode: ejected servers count as usable unless an active check found them down. */
-  private collectPanic(
-    list: readonly Endpoint[],
-    exclude: ReadonlySet<string> | undefined,
-    now: number,
-  ): number {
-    const scratch = this.scratch;
-    scratch.length = 0;
-    let usable = 0;
-    for (const ep of list) {
-      if (!ep.panicUsable || exclude?.has(ep.id)) continue;
-      usable++;
-      if (ep.full) continue;
-      ep.effWeight = ep.effectiveWeight(now, this.config.slowStart);
-      scratch.push(ep);
     }
     return usable;
   }

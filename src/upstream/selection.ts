@@ -1,7 +1,8 @@
 /**
  * Balancing policies, one small selector each. A selector only ever sees candidates that are usable and
- * not full, already narrowed to primaries (or to backups when no primary is usable), so each one is a
- * pure choice among them. Effective weights (slow start applied) are in `Endpoint.effWeight`.
+ * not full, already narrowed to primaries (or to backups when no primary is usable; in panic mode, to
+ * the ejected servers no active check found down), so each one is a pure choice among them. Effective
+ * weights (slow start applied) are in `Endpoint.effWeight`.
  */
 import type { UpstreamConfig } from '../config/schema.js';
 import type { Endpoint } from './server.js';
