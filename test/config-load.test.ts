@@ -326,3 +326,37 @@ test('a route path prefix that no normalized request path can carry is reported 
     ['routes.0.match.path', 'routes.1.match.path'],
   );
 });
+
+test('a timeout or interval of 0 is refused at its key: it would mean no limit, or a busy loop', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    `
+listeners:
+  - { name: plain, bind: 127.0.0.1:0 }
+server: { headersTimeout: 0s, keepAliveTimeout: 0ms, clientIdleTimeout: 0m, drainTimeout: 0s }
+upstreams:
+  app:
+    servers: [{ url: http://127.0.0.1:9 }]
+    healthCheck: { interval: 0s, timeout: 0ms }
+    timeouts: { connect: 0s, response: 0s, idle: 0s }
+routes:
+  - { name: all, upstream: app, public: true, websocket: { idleTimeout: 0s, finTimeout: 0s }, timeouts: { idle: 0s } }
+`,
+  );
+  const problems = await problemsOf(file);
+  assert.deepEqual(problems.map((p) => p.split(': ').slice(1).join(': ')).sort(), [
+    'routes.0.timeouts.idle: must be more than 0',
+    'routes.0.websocket.finTimeout: must be more than 0',
+    'routes.0.websocket.idleTimeout: must be more than 0',
+    'server.clientIdleTimeout: must be more than 0',
+    'server.headersTimeout: must be more than 0',
+    'server.keepAliveTimeout: must be more than 0',
+    'upstreams.app.healthCheck.interval: must be more than 0',
+    'upstreams.app.healthCheck.timeout: must be more than 0',
+    'upstreams.app.timeouts.connect: must be more than 0',
+    'upstreams.app.timeouts.idle: must be more than 0',
+    'upstreams.app.timeouts.response: must be more than 0',
+  ]);
+});

@@ -26,6 +26,12 @@ export const Duration = z
     return ms;
   });
 
+/**
+ * A duration that must be above zero: a timeout or interval of 0 would mean "none" to Node.js or
+ * undici (no slowloris guard, connections held forever) or a busy loop (health checks).
+ */
+export const PositiveDuration = Duration.refine((ms) => ms > 0, { message: 'must be more than 0' });
+
 /** A size such as `512KiB`, `10MB` or a number of bytes; parsed to bytes. */
 export const Size = z
   .union([z.number().int().nonnegative(), z.string()])
@@ -150,7 +156,7 @@ const Http2Limits = z
       description:
         'Streams a client may cancel before their response started, per connection and resetWindow; beyond, GOAWAY ENHANCE_YOUR_CALM and close',
     }),
-    resetWindow: Duration.default(10_000).meta({ description: 'The window maxResets counts in' }),
+    resetWindow: PositiveDuration.default(10_000).meta({ description: 'The window maxResets counts in' }),
   })
   .default(HTTP2_DEFAULTS)
   .meta({ description: 'HTTP/2 limits of HTTPS listeners' });
@@ -161,10 +167,10 @@ const Server = z
       description:
         'Proxies whose X-Forwarded-For is kept and extended (others are replaced) and whose other headers about the client (Forwarded, X-Real-IP, X-Forwarded-Port, ...) are kept (removed from other peers); behind them the client is the rightmost untrusted address in X-Forwarded-For',
     }),
-    headersTimeout: Duration.default(20_000).meta({
+    headersTimeout: PositiveDuration.default(20_000).meta({
       description: 'Time a client has to send complete request headers (slowloris guard)',
     }),
-    keepAliveTimeout: Duration.default(65_000),
+    keepAliveTimeout: PositiveDuration.default(65_000),
     maxHeaderSize: Size.default(16 * 1024).meta({
       description: 'Largest request header block accepted (431)',
     }),
@@ -190,11 +196,11 @@ const Server = z
       description:
         'What ";" path parameters become. strip: each segment\'s parameters (from ";" to the end of the segment) are removed before dot-segments are resolved, as Tomcat, Jetty and Spring do ("/admin;x" is "/admin", "/x/..;/admin" is "/admin"), and routes, policies and the upstream all see the stripped path; an encoded %3B stays a literal character. reject: any ";" in the path is refused with 400 GH_BAD_PATH',
     }),
-    clientIdleTimeout: Duration.default(60_000).meta({
+    clientIdleTimeout: PositiveDuration.default(60_000).meta({
       description:
         "Longest client silence while the gateway waits for request body data, or for the client to read a response it holds back (408 before the response, abort after); a route's timeouts.idle applies when shorter",
     }),
-    tlsHandshakeTimeout: Duration.default(10_000).meta({
+    tlsHandshakeTimeout: PositiveDuration.default(10_000).meta({
       description: 'Time a client has to complete the TLS handshake on HTTPS listeners',
     }),
     http2: Http2Limits,
@@ -259,8 +265,10 @@ const Identity = z.strictObject({
         .array(SecretRef)
         .min(1)
         .meta({ description: 'Cookie sealing secrets: the first seals, any of them unseals (rotation)' }),
-      maxAge: Duration.default(12 * 3_600_000).meta({ description: 'Absolute session lifetime' }),
-      idleTimeout: Duration.default(3_600_000).meta({ description: 'Session ends after this long unused' }),
+      maxAge: PositiveDuration.default(12 * 3_600_000).meta({ description: 'Absolute session lifetime' }),
+      idleTimeout: PositiveDuration.default(3_600_000).meta({
+        description: 'Session ends after this long unused',
+      }),
       cookie: z.string().default('_gatehouse').meta({ description: 'Session cookie name' }),
       domain: z.string().optional().meta({ description: 'Cookie Domain attribute (default: host-only)' }),
       signInHost: z.string().optional().meta({
@@ -335,7 +343,7 @@ const Identity = z.strictObject({
       signingKey: SecretRef.optional().meta({
         description: 'Private JWK (file:PATH); default: generated and kept in the state store',
       }),
-      ttl: Duration.default(300_000),
+      ttl: PositiveDuration.default(300_000),
       algorithm: z.enum(['ES256', 'RS256', 'EdDSA']).default('ES256'),
       issuer: z.string().optional().meta({ description: 'iss claim (default: gatehouse)' }),
     })
@@ -360,8 +368,8 @@ const HealthCheck = z.strictObject({
   path: z.string().startsWith('/').default('/'),
   method: z.enum(['GET', 'HEAD']).default('GET'),
   host: z.string().optional().meta({ description: 'Host header for the check (default: the server host)' }),
-  interval: Duration.default(5000),
-  timeout: Duration.default(2000),
+  interval: PositiveDuration.default(5000),
+  timeout: PositiveDuration.default(2000),
   rise: z.number().int().positive().default(2),
   fall: z.number().int().positive().default(3),
   expectStatus: StatusList.optional().meta({ description: 'Healthy statuses (default: 200-399)' }),
@@ -391,7 +399,7 @@ const Upstream = z.strictObject({
   sticky: z
     .strictObject({
       cookie: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a valid cookie name'),
-      maxAge: Duration.optional(),
+      maxAge: PositiveDuration.optional(),
       path: z.string().default('/'),
       secure: z.boolean().optional(),
     })
@@ -400,14 +408,14 @@ const Upstream = z.strictObject({
   passive: PassiveHealth.default({ failures: 5, ejectFor: 30_000, maxEjectedPercent: 50 }),
   slowStart: Duration.default(0).meta({ description: 'Ramp-up time for a server that becomes healthy' }),
   dns: z
-    .strictObject({ refresh: Duration.default(30_000) })
+    .strictObject({ refresh: PositiveDuration.default(30_000) })
     .default({ refresh: 30_000 })
     .meta({ description: 'Host names in server URLs are re-resolved this often; every address is used' }),
   timeouts: z
     .strictObject({
-      connect: Duration.default(5000),
-      response: Duration.default(600_000).meta({ description: 'Until the response headers arrive' }),
-      idle: Duration.default(600_000).meta({ description: 'Longest silence while streaming a body' }),
+      connect: PositiveDuration.default(5000),
+      response: PositiveDuration.default(600_000).meta({ description: 'Until the response headers arrive' }),
+      idle: PositiveDuration.default(600_000).meta({ description: 'Longest silence while streaming a body' }),
     })
     .default({ connect: 5000, response: 600_000, idle: 600_000 }),
   retries: z
@@ -565,10 +573,10 @@ const Route = z.strictObject({
     .union([
       z.boolean(),
       z.strictObject({
-        idleTimeout: Duration.default(3_600_000).meta({
+        idleTimeout: PositiveDuration.default(3_600_000).meta({
           description: 'A tunnel with no data either way for this long is closed (default 1h)',
         }),
-        finTimeout: Duration.default(5_000).meta({
+        finTimeout: PositiveDuration.default(5_000).meta({
           description:
             'A tunnel one side has closed (FIN) is closed this long after, if the other side has not closed too (default 5s)',
         }),
@@ -578,7 +586,7 @@ const Route = z.strictObject({
     .meta({ description: 'Allow WebSocket upgrades (true: idleTimeout 1h, finTimeout 5s)' }),
   maxBodySize: Size.optional().meta({ description: 'Request body limit (413)' }),
   timeouts: z
-    .strictObject({ response: Duration.optional(), idle: Duration.optional() })
+    .strictObject({ response: PositiveDuration.optional(), idle: PositiveDuration.optional() })
     .optional()
     .meta({ description: 'Override the upstream timeouts for this route' }),
   preserveHost: z
