@@ -360,3 +360,20 @@ routes:
     'upstreams.app.timeouts.response: must be more than 0',
   ]);
 });
+
+test('a server URL with a query, fragment or user:password@ is refused: only its origin would be used', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    BASE.replace(
+      'app: { servers: [{ url: http://127.0.0.1:9 }] }',
+      `app: { servers: [{ url: "http://u:p@127.0.0.1:9" }, { url: "http://127.0.0.1:9?x=1" }, { url: "http://127.0.0.1:9#f" }, { url: "http://127.0.0.1:9/" }] }`,
+    ),
+  );
+  const problems = await problemsOf(file);
+  assert.deepEqual(
+    problems.map((p) => p.split(': ')[1]),
+    ['upstreams.app.servers.0.url', 'upstreams.app.servers.1.url', 'upstreams.app.servers.2.url'],
+  );
+});

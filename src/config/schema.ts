@@ -354,8 +354,10 @@ const Identity = z.strictObject({
 // Upstreams
 
 const UpstreamServer = z.strictObject({
-  url: z.string().refine((s) => /^https?:\/\/[^/]+\/?$/.test(s) && URL.canParse(s), {
-    message: 'must be an http:// or https:// origin such as http://10.0.0.5:8080 (no path)',
+  // A query, fragment or user:password@ would be dropped without a word: only the origin is used.
+  url: z.string().refine((s) => /^https?:\/\/[^/?#@]+\/?$/.test(s) && URL.canParse(s), {
+    message:
+      'must be an http:// or https:// origin such as http://10.0.0.5:8080 (no path, query, fragment or user:password@; credentials go in inject.headers)',
   }),
   weight: z.number().int().min(0).max(1000).default(1),
   backup: z.boolean().default(false),
