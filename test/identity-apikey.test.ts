@@ -127,6 +127,23 @@ describe('API keys', () => {
     assert.equal(reason(a.authenticate(key, 'r')), 'ok');
   });
 
+  test('a hash written in upper-case hex is accepted by the schema and matches its key', () => {
+    const upper = `sha256:${etl.hashLine.slice('sha256:'.length).toUpperCase()}`;
+    const parsed = ConfigSchema.safeParse({
+      listeners: [{ name: 'web', bind: '127.0.0.1:0' }],
+      identity: { apiKeys: [{ id: 'etl', hash: upper, subject: 'agent:etl' }] },
+    });
+    assert.ok(parsed.success, parsed.success ? '' : JSON.stringify(parsed.error.issues));
+    const a = new ApiKeyAuthenticator([{ id: 'etl', hash: upper, subject: 'agent:etl', groups: [] }]);
+    assert.equal(reason(a.authenticate(etl.key, 'r')), 'ok');
+    // The same key in both spellings is one key configured twice.
+    assert.throws(
+      () =>
+        new ApiKeyAuthenticator([entry('a', etl.key), { id: 'b', hash: upper, subject: 's', groups: [] }]),
+      IdentityConfigError,
+    );
+  });
+
   test('bad configuration is reported; the schema placeholder matches nothing', () => {
     assert.throws(
       () => new ApiKeyAuthenticator([entry('a', etl.key), entry('b', etl.key)]),

@@ -323,7 +323,7 @@ const Identity = z.strictObject({
     .array(
       z.strictObject({
         id: Name,
-        hash: z.string().regex(/^sha256:([0-9a-f]{64}|<hex>)$/, 'must be sha256:<64 hex digits>'),
+        hash: z.string().regex(/^sha256:([0-9a-fA-F]{64}|<hex>)$/, 'must be sha256:<64 hex digits>'),
         subject: z.string().min(1),
         groups: z.array(z.string()).default([]),
         expires: z.iso
