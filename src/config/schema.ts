@@ -59,6 +59,14 @@ export const Rate = z
     return perSecond;
   });
 
+/**
+ * An API key's expiry: an ISO date (the start of that day, UTC) or a date-time with seconds and an
+ * offset. Days that do not exist (2027-02-30) are refused, where Date.parse would roll them over.
+ */
+export const ApiKeyExpires = z.union([z.iso.datetime({ offset: true }), z.iso.date()], {
+  error: 'must be an ISO date such as 2027-01-01 or a date-time such as 2027-01-01T09:00:00Z',
+});
+
 /** A secret: a literal, `env:NAME` or `file:PATH` (relative to the config file; re-read on reload). */
 export const SecretRef = z.string().min(1).meta({
   description: 'A literal value, env:NAME, or file:PATH (re-read on reload and when the file changes)',
@@ -326,11 +334,9 @@ const Identity = z.strictObject({
         hash: z.string().regex(/^sha256:([0-9a-fA-F]{64}|<hex>)$/, 'must be sha256:<64 hex digits>'),
         subject: z.string().min(1),
         groups: z.array(z.string()).default([]),
-        expires: z.iso
-          .datetime({ offset: true })
-          .or(z.iso.date())
-          .optional()
-          .meta({ description: 'ISO date or date-time after which the key is refused' }),
+        expires: ApiKeyExpires.optional().meta({
+          description: 'ISO date or date-time after which the key is refused',
+        }),
         routes: z.array(z.string()).optional().meta({ description: 'Route names the key may be used on' }),
       }),
     )
