@@ -377,3 +377,32 @@ test('a server URL with a query, fragment or user:password@ is refused: only its
     ['upstreams.app.servers.0.url', 'upstreams.app.servers.1.url', 'upstreams.app.servers.2.url'],
   );
 });
+
+test('a header value with a line break or NUL is refused by check, literal or from a secret', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  d.write('token', 'abc\ndef\n');
+  const file = d.write(
+    'gh.yaml',
+    `
+listeners:
+  - { name: plain, bind: 127.0.0.1:0 }
+upstreams:
+  app:
+    servers: [{ url: http://127.0.0.1:9 }]
+    inject: { headers: { Authorization: "Bearer \${file:token}", X-Lit: "a\\r\\nX-Evil: 1", X-Ok: "\${env:TOKEN}" } }
+routes:
+  - name: all
+    upstream: app
+    public: true
+    headers: { request: { set: { X-A: "a\\nb" } }, response: { set: { X-B: "\\u0000" } } }
+`,
+  );
+  const problems = await problemsOf(file, { TOKEN: 'plain-token\n' });
+  assert.deepEqual(problems.map((p) => p.split(': ')[1]).sort(), [
+    'routes.0.headers.request.set.X-A',
+    'routes.0.headers.response.set.X-B',
+    'upstreams.app.inject.headers.Authorization',
+    'upstreams.app.inject.headers.X-Lit',
+  ]);
+});

@@ -672,7 +672,11 @@ function checkSecretRefs(data: Raw, out: Collector, secrets: SecretResolver): Re
     }
     pair(['upstreams', name, 'tls'], tls);
     for (const [header, value] of Object.entries(obj(obj(up.inject).headers))) {
-      resolve(['upstreams', name, 'inject', 'headers', header], value);
+      const at: Path = ['upstreams', name, 'inject', 'headers', header];
+      // The same test the gateway makes when it builds the upstream (src/upstream/index.ts).
+      const expanded = resolve(at, value)?.trim();
+      if (expanded !== undefined && /[\r\n\0]/.test(expanded))
+        out.at(at, 'expanded value contains a line break or NUL');
     }
   }
 

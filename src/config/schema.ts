@@ -116,6 +116,11 @@ const HttpMethod = z
 
 const HeaderName = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a valid HTTP header name');
 
+/** A header value the gateway sends: CR, LF and NUL would split or end the field (RFC 9110 §5.5). */
+const HeaderValue = z
+  .string()
+  .refine((v) => !/[\r\n\0]/.test(v), { message: 'must not contain a line break or NUL (RFC 9110 §5.5)' });
+
 // ---------------------------------------------------------------------------------------------
 // Listeners
 
@@ -506,7 +511,7 @@ const Policy = z.strictObject({
 // Routes
 
 const HeaderEdits = z.strictObject({
-  set: z.record(HeaderName, z.string()).default({}),
+  set: z.record(HeaderName, HeaderValue).default({}),
   remove: z.array(HeaderName).default([]),
 });
 
