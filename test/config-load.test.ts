@@ -406,3 +406,25 @@ routes:
     'upstreams.app.inject.headers.X-Lit',
   ]);
 });
+
+test('a CORS origin that no Origin header can equal is refused (trailing slash, default port, no scheme)', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    BASE.replace(
+      '  - { name: all, upstream: app }',
+      `  - name: all
+    upstream: app
+    public: true
+    cors:
+      origins: ["https://a.example/", "https://a.example:443", "a.example", "https://*.a.example", "null",
+                "https://A.example", "http://localhost:3000", "http://[::1]:8080", "*"]`,
+    ),
+  );
+  const problems = await problemsOf(file);
+  assert.deepEqual(
+    problems.map((p) => p.split(': ')[1]),
+    [0, 1, 2, 3, 4].map((i) => `routes.0.cors.origins.${i}`),
+  );
+});

@@ -116,6 +116,20 @@ const HttpMethod = z
 
 const HeaderName = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a valid HTTP header name');
 
+/**
+ * A CORS origin as browsers send it in `Origin` (RFC 6454 §6.1): compared as text, so a trailing
+ * slash, a path, a default port or a pattern would never match and is refused.
+ */
+const CorsOrigin = z
+  .string()
+  .refine(
+    (o) => o === '*' || (!o.includes('*') && URL.canParse(o) && new URL(o).origin === o.toLowerCase()),
+    {
+      message:
+        'must be "*" or an origin as browsers send it, such as https://app.example.com or http://localhost:3000 (no path, trailing slash, default port or wildcard)',
+    },
+  );
+
 /** A header value the gateway sends: CR, LF and NUL would split or end the field (RFC 9110 §5.5). */
 const HeaderValue = z
   .string()
@@ -568,7 +582,7 @@ const Route = z.strictObject({
   }),
   cors: z
     .strictObject({
-      origins: z.array(z.string()).min(1).meta({ description: 'Allowed origins, or ["*"]' }),
+      origins: z.array(CorsOrigin).min(1).meta({ description: 'Allowed origins, or ["*"]' }),
       methods: z
         .array(HttpMethod)
         .default(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'])
