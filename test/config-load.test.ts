@@ -428,3 +428,31 @@ test('a CORS origin that no Origin header can equal is refused (trailing slash, 
     [0, 1, 2, 3, 4].map((i) => `routes.0.cors.origins.${i}`),
   );
 });
+
+test('listeners and the admin listener on one port conflict when one address is a wildcard covering the other', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    BASE.replace(
+      '  - { name: plain, bind: 127.0.0.1:0 }',
+      `  - { name: all, bind: ":18401" }
+  - { name: lo, bind: "127.0.0.1:18401" }
+  - { name: v6, bind: "[::1]:18401" }
+  - { name: dual, bind: "[::]:18402" }
+  - { name: v4, bind: "10.0.0.1:18402" }
+  - { name: any, bind: "127.0.0.1:0" }
+  - { name: any2, bind: "0.0.0.0:0" }
+admin: { bind: "0.0.0.0:18401" }`,
+    ),
+  );
+  const problems = await problemsOf(file);
+  assert.deepEqual(
+    problems.map((p) => p.split(': ').slice(1).join(': ')),
+    [
+      'listeners.1.bind: 127.0.0.1:18401 is also used by listener all',
+      'listeners.4.bind: 10.0.0.1:18402 is also used by listener dual',
+      'admin.bind: 0.0.0.0:18401 is also used by listener all',
+    ],
+  );
+});
