@@ -400,3 +400,132 @@ routes:
     `${file}: upstreams.app.dns.refresh: ${msg}`,
   ]);
 });
+test('a timeout or interval of 0 is refused at its key: it would mean no limit, or a busy loop', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    `
+listeners:
+  - { name: plain, bind: 127.0.0.1:0 }
+server: { headersTimeout: 0s, keepAliveTimeout: 0ms, clientIdleTimeout: 0m, drainTimeout: 0s }
+upstreams:
+  app:
+    servers: [{ url: http://127.0.0.1:9 }]
+    healthCheck: { interval: 0s, timeout: 0ms }
+    timeouts: { connect: 0s, response: 0s, idle: 0s }
+routes:
+  - { name: all, upstream: app, public: true, websocket: { idleTimeout: 0s, finTimeout: 0s }, timeouts: { idle: 0s } }
+`,
+  );
+  const problems = await problemsOf(file);
+  assert.deepEqual(problems.map((p) => p.split(': ').slice(1).join(': ')).sort(), [
+    'routes.0.timeouts.idle: must be more than 0',
+    'routes.0.websocket.finTimeout: must be more than 0',
+    'routes.0.websocket.idleTimeout: must be more than 0',
+    'server.clientIdleTimeout: must be more than 0',
+    'server.headersTimeout: must be more than 0',
+    'server.keepAliveTimeout: must be more than 0',
+    'upstreams.app.healthCheck.interval: must be more than 0',
+    'upstreams.app.healthCheck.timeout: must be more than 0',
+    'upstreams.app.timeouts.connect: must be more than 0',
+    'upstreams.app.timeouts.idle: must be more than 0',
+    'upstreams.app.timeouts.response: must be more than 0',
+  ]);
+});
+
+test('a server URL with a query, fragment or user:password@ is refused: only its origin would be used', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    BASE.replace(
+      'app: { servers: [{ url: http://127.0.0.1:9 }] }',
+      `app: { servers: [{ url: "http://u:p@127.0.0.1:9" }, { url: "http://127.0.0.1:9?x=1" }, { url: "http://127.0.0.1:9#f" }, { url: "http://127.0.0.1:9/" }] }`,
+    ),
+  );
+  const problems = await problemsOf(file);
+  assert.deepEqual(
+    problems.map((p) => p.split(': ')[1]),
+    ['upstreams.app.servers.0.url', 'upstreams.app.servers.1.url', 'upstreams.app.servers.2.url'],
+  );
+});
+
+test('a header value with a line break or NUL is refused by check, literal or from a secret', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  d.write('token', 'abc\ndef\n');
+  const file = d.write(
+    'gh.yaml',
+    `
+listeners:
+  - { name: plain, bind: 127.0.0.1:0 }
+upstreams:
+  app:
+    servers: [{ url: http://127.0.0.1:9 }]
+    inject: { headers: { Authorization: "Bearer \${file:token}", X-Lit: "a\\r\\nX-Evil: 1", X-Ok: "\${env:TOKEN}" } }
+routes:
+  - name: all
+    upstream: app
+    public: true
+    headers: { request: { set: { X-A: "a\\nb" } }, response: { set: { X-B: "\\u0000" } } }
+`,
+  );
+  const problems = await problemsOf(file, { TOKEN: 'plain-token\n' });
+  assert.deepEqual(problems.map((p) => p.split(': ')[1]).sort(), [
+    'routes.0.headers.request.set.X-A',
+    'routes.0.headers.response.set.X-B',
+    'upstreams.app.inject.headers.Authorization',
+    'upstreams.app.inject.headers.X-Lit',
+  ]);
+});
+
+test('a CORS origin that no Origin header can equal is refused (trailing slash, default port, no scheme)', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    BASE.replace(
+      '  - { name: all, upstream: app }',
+      `  - name: all
+    upstream: app
+    public: true
+    cors:
+      origins: ["https://a.example/", "https://a.example:443", "a.example", "https://*.a.example", "null",
+                "https://A.example", "http://localhost:3000", "http://[::1]:8080", "*"]`,
+    ),
+  );
+  const problems = await problemsOf(file);
+  assert.deepEqual(
+    problems.map((p) => p.split(': ')[1]),
+    [0, 1, 2, 3, 4].map((i) => `routes.0.cors.origins.${i}`),
+  );
+});
+
+test('listeners and the admin listener on one port conflict when one address is a wildcard covering the other', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gh.yaml',
+    BASE.replace(
+      '  - { name: plain, bind: 127.0.0.1:0 }',
+      `  - { name: all, bind: ":18401" }
+  - { name: lo, bind: "127.0.0.1:18401" }
+  - { name: v6, bind: "[::1]:18401" }
+  - { name: dual, bind: "[::]:18402" }
+  - { name: v4, bind: "10.0.0.1:18402" }
+  - { name: any, bind: "127.0.0.1:0" }
+  - { name: any2, bind: "0.0.0.0:0" }
+admin: { bind: "0.0.0.0:18401" }`,
+    ),
+  );
+  const problems = await problemsOf(file);
+  assert.deepEqual(
+    problems.map((p) => p.split(': ').slice(1).join(': ')),
+    [
+      'listeners.1.bind: 127.0.0.1:18401 is also used by listener all',
+      'listeners.4.bind: 10.0.0.1:18402 is also used by listener dual',
+      'admin.bind: 0.0.0.0:18401 is also used by listener all',
+    ],
+  );
+});

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { type AddressInfo, createServer } from 'node:net';
 import { test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { Pool } from 'undici';
@@ -93,6 +94,75 @@ test('reload() swaps routes and upstreams; a rejected reload keeps the running c
     await metricValue('gatehouse_config_reloads_total', { result: 'rejected' }),
     rejectedBefore + 1,
   );
+});
+
+/** A TCP server holding `host:port` (port 0: any free one), to make a bind fail. */
+async function holdPort(host: string, port = 0): Promise<{ port: number; close: () => Promise<void> }> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, resolve);
+  });
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+test('a reload whose listener cannot bind keeps the running listeners open', async (t) => {
+  const d = tempDir();
+  const a = await startBackend('a');
+  const busy = await holdPort('127.0.0.1');
+  const file = d.write('gh.yaml', config({ one: [a] }, [['all', '/', 'one']]));
+  const gw = await Gateway.start({ configFile: file, logger: memoryLogger().logger, watch: false });
+  t.after(async () => {
+    await gw.shutdown();
+    await Promise.all([a.close(), busy.close()]);
+    d.remove();
+  });
+  const base = origin(gw);
+  // The listener moved to a port another process holds: the reload is refused...
+  d.write(
+    'gh.yaml',
+    config({ one: [a] }, [['all', '/', 'one']]).replace('127.0.0.1:0', `127.0.0.1:${busy.port}`),
+  );
+  const result = await gw.reload();
+  assert.equal(result.ok, false);
+  assert.match(result.ok ? '' : result.problems[0]!.message, /EADDRINUSE/);
+  // ...and the running configuration's listener still answers.
+  assert.equal((await get(`${base}/x`)).body.backend, 'a');
+  assert.equal(origin(gw), base);
+});
+
+test('a reload that moves a listener to a port it cannot take over reopens the old listener', async (t) => {
+  const d = tempDir();
+  const a = await startBackend('a');
+  const free = await holdPort('127.0.0.1');
+  await free.close();
+  // 127.0.0.2 holds the port the renamed listener asks for, which the running one holds on 127.0.0.1.
+  const busy = await holdPort('127.0.0.2', free.port);
+  const file = d.write(
+    'gh.yaml',
+    config({ one: [a] }, [['all', '/', 'one']]).replace('127.0.0.1:0', `127.0.0.1:${free.port}`),
+  );
+  const gw = await Gateway.start({ configFile: file, logger: memoryLogger().logger, watch: false });
+  t.after(async () => {
+    await gw.shutdown();
+    await Promise.all([a.close(), busy.close()]);
+    d.remove();
+  });
+  const base = origin(gw);
+  d.write(
+    'gh.yaml',
+    config({ one: [a] }, [['all', '/', 'one']]).replace(
+      '{ name: plain, bind: 127.0.0.1:0 }',
+      `{ name: plain, bind: "127.0.0.2:${free.port}" }`,
+    ),
+  );
+  const result = await gw.reload();
+  assert.equal(result.ok, false);
+  assert.equal(gw.runtime.generation, 1);
+  assert.equal((await get(`${base}/x`)).body.backend, 'a');
 });
 
 test('concurrent reload() calls are serialized and coalesced', async (t) => {

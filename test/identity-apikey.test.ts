@@ -130,6 +130,23 @@ describe('API keys', () => {
     assert.equal(reason(a.authenticate(key, 'r')), 'ok');
   });
 
+  test('a hash written in upper-case hex is accepted by the schema and matches its key', () => {
+    const upper = `sha256:${etl.hashLine.slice('sha256:'.length).toUpperCase()}`;
+    const parsed = ConfigSchema.safeParse({
+      listeners: [{ name: 'web', bind: '127.0.0.1:0' }],
+      identity: { apiKeys: [{ id: 'etl', hash: upper, subject: 'agent:etl' }] },
+    });
+    assert.ok(parsed.success, parsed.success ? '' : JSON.stringify(parsed.error.issues));
+    const a = new ApiKeyAuthenticator([{ id: 'etl', hash: upper, subject: 'agent:etl', groups: [] }]);
+    assert.equal(reason(a.authenticate(etl.key, 'r')), 'ok');
+    // The same key in both spellings is one key configured twice.
+    assert.throws(
+      () =>
+        new ApiKeyAuthenticator([entry('a', etl.key), { id: 'b', hash: upper, subject: 's', groups: [] }]),
+      IdentityConfigError,
+    );
+  });
+
   test('bad configuration is reported; the schema placeholder matches nothing', () => {
     assert.throws(
       () => new ApiKeyAuthenticator([entry('a', etl.key), entry('b', etl.key)]),
@@ -192,6 +209,20 @@ describe('gatehouse apikey create', () => {
     assert.equal(reason(auth.authenticate(key, 'other')), 'api-key-out-of-scope');
   });
 
+  test('check names an expiry that is not a date in plain words', () => {
+    const r = ConfigSchema.safeParse({
+      listeners: [{ name: 'web', bind: '127.0.0.1:0' }],
+      identity: { apiKeys: [{ id: 'x', hash: hashApiKey('k'), subject: 's', expires: '2027-02-30' }] },
+    });
+    assert.ok(!r.success);
+    assert.deepEqual(
+      r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`),
+      [
+        'identity.apiKeys.0.expires: must be an ISO date such as 2027-01-01 or a date-time such as 2027-01-01T09:00:00Z',
+      ],
+    );
+  });
+
   test('subjects and groups with YAML-special characters are quoted', async () => {
     const io = capture();
     assert.equal(
@@ -215,6 +246,9 @@ describe('gatehouse apikey create', () => {
       ['create', '--id', 'x'],
       ['create', '--id', 'x', '--subject', 's', '--expires', 'tomorrow'],
       ['create', '--id', 'x', '--subject', 's', '--expires', '2001-01-01'],
+      // Days that do not exist, and date-times without seconds: the configuration would refuse them.
+      ['create', '--id', 'x', '--subject', 's', '--expires', '2099-02-30'],
+      ['create', '--id', 'x', '--subject', 's', '--expires', '2099-01-01T10:00Z'],
       ['create', '--id', 'x', '--subject', 's', '--routes', 'bad route'],
       ['create', '--id', 'x', '--subject', 's', '--bogus', '1'],
       ['create', '--id', 'x', '--subject'],

@@ -183,6 +183,29 @@ for (const backend of backends) {
       assert.equal(ended.kind === 'invalid' && ended.reason, 'session-expired');
     });
 
+    test('a short idleTimeout slides with use: a session used every 5 s outlives an 8 s idleTimeout', async (t) => {
+      const raw = await backend.make();
+      t.after(() => raw.close());
+      const store = counting(raw);
+      let now = 1_700_000_000_000;
+      const sm = new SessionManager(store, settings({ maxAge: HOUR, idleTimeout: 8000 }), { now: () => now });
+      const { id } = await sm.create(alice, tokens);
+      const cookie = `_gatehouse=${sm.seal(id)}`;
+      const afterCreate = store.writes;
+      for (let i = 0; i < 12; i++) {
+        now += 5000; // a minute of use, never 8 s apart
+        assert.equal((await sm.lookup(cookie)).kind, 'ok', `use at ${(i + 1) * 5} s`);
+      }
+      assert.equal(
+        store.writes,
+        afterCreate + 12,
+        'each use more than a tenth of idleTimeout apart is written',
+      );
+      now += 8000;
+      const ended = await sm.lookup(cookie);
+      assert.equal(ended.kind === 'invalid' && ended.reason, 'session-expired');
+    });
+
     test('a closed store: a cached session is not served from the cache (fail closed)', async () => {
       const store = await backend.make();
       const now = 1_700_000_000_000;

@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { type TestContext, test } from 'node:test';
 import { registry } from '../src/observe/metrics.js';
 import { applyCheckResult, statusIsHealthy } from '../src/upstream/health.js';
@@ -100,6 +102,33 @@ test('a check that times out or cannot connect counts as a failure', async (t) =
   await waitFor(() => up.status().servers[0]!.health === 'down', 5000, 'server down');
   assert.ok(up.status().servers[0]!.lastCheck?.error);
   assert.throws(() => up.acquire({ clientIp: '127.0.0.1', headers: {} }), { code: 'GH_NO_SERVER' });
+});
+
+test('a check that times out is reported as a timeout, in the status and the log', async (t) => {
+  // Accepts the check and never answers it.
+  const silent = http.createServer(() => {});
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const log = memoryLogger();
+  const up = await createUpstream(
+    'hc-silent',
+    upstreamConfig({
+      servers: [{ url: `http://127.0.0.1:${(silent.address() as AddressInfo).port}` }],
+      healthCheck: { path: '/health', interval: '50ms', timeout: '100ms', fall: 1 },
+    }),
+    testContext(),
+    log.logger,
+  );
+  t.after(async () => {
+    await up.close();
+    silent.closeAllConnections();
+    await new Promise<void>((resolve) => silent.close(() => resolve()));
+  });
+  up.start();
+  await waitFor(() => up.status().servers[0]!.health === 'down', 5000, 'server down');
+  // The DOMException's numeric legacy code (23) said nothing; its name does.
+  assert.equal(up.status().servers[0]!.lastCheck?.error, 'TimeoutError');
+  const down = log.lines.find((l) => l.msg === 'server down');
+  assert.equal(down?.error, 'TimeoutError');
 });
 
 test('passive ejection after consecutive failures, capped by maxEjectedPercent', async (t) => {

@@ -333,7 +333,8 @@ language server:
 
 ## Conventions
 
-- **Durations** are strings such as \`500ms\`, \`30s\`, \`5m\`, \`12h\` or \`7d\`.
+- **Durations** are strings such as \`500ms\`, \`30s\`, \`5m\`, \`12h\` or \`7d\`; a timeout or an interval must be
+  more than 0 (there is no "no limit").
 - **Sizes** are a number of bytes or a string such as \`64KiB\`, \`10MB\`, \`1GiB\`.
 - **Secrets** are a literal value, \`env:NAME\` (an environment variable) or \`file:PATH\` (a file, with
   one trailing newline removed). \`file:\` paths are relative to the directory of the main configuration

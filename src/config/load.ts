@@ -6,6 +6,7 @@
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
@@ -446,10 +447,12 @@ function semanticChecks(data: Raw, out: Collector, secrets: SecretResolver, chec
 
   // Listeners: unique names and bind addresses (port 0 means "any free port" and never conflicts).
   const listenerNames = new Map<string, number>();
-  const binds = new Map<string, string>();
-  const bindKey = (bind: string): string | undefined => {
+  const binds: Array<{ host: string; port: number; owner: string }> = [];
+  /** The earlier listener whose address `bind` cannot be bound next to, if any. */
+  const takenBy = (bind: string): string | undefined => {
     const b = parseBind(bind);
-    return b && b.port !== 0 ? `${b.host}:${b.port}` : undefined;
+    if (b === undefined || b.port === 0) return undefined;
+    return binds.find((o) => o.port === b.port && bindsOverlap(o.host, b.host))?.owner;
   };
   list(data.listeners).forEach((l, i) => {
     const name = str(obj(l).name);
@@ -459,18 +462,17 @@ function semanticChecks(data: Raw, out: Collector, secrets: SecretResolver, chec
       else listenerNames.set(name, i);
     }
     const bind = str(obj(l).bind);
-    const key = bind && bindKey(bind);
-    if (key) {
-      const first = binds.get(key);
-      if (first !== undefined) out.at(['listeners', i, 'bind'], `${bind} is also used by ${first}`);
-      else binds.set(key, `listener ${name ?? i}`);
+    if (bind === undefined) return;
+    const first = takenBy(bind);
+    if (first !== undefined) out.at(['listeners', i, 'bind'], `${bind} is also used by ${first}`);
+    else {
+      const b = parseBind(bind);
+      if (b !== undefined && b.port !== 0) binds.push({ ...b, owner: `listener ${name ?? i}` });
     }
   });
   const adminBind = str(obj(data.admin).bind);
-  const adminKey = adminBind && bindKey(adminBind);
-  if (adminKey && binds.has(adminKey)) {
-    out.at(['admin', 'bind'], `${adminBind} is also used by ${binds.get(adminKey)}`);
-  }
+  const adminTaken = adminBind && takenBy(adminBind);
+  if (adminTaken) out.at(['admin', 'bind'], `${adminBind} is also used by ${adminTaken}`);
 
   // Routes: unique names, exactly one of upstream/split, references that resolve.
   const routeNames = new Map<string, number>();
@@ -629,6 +631,15 @@ function unknownName(kind: string, name: string, defined: Raw): string {
   );
 }
 
+/**
+ * True when two listening addresses on one port cannot both be bound: the same address, or a wildcard
+ * that covers the other (0.0.0.0 covers IPv4; "::" is dual-stack in Node.js and covers both).
+ */
+function bindsOverlap(a: string, b: string): boolean {
+  if (a === b || a === '::' || b === '::') return true;
+  return (a === '0.0.0.0' && isIP(b) !== 6) || (b === '0.0.0.0' && isIP(a) !== 6);
+}
+
 /** Resolves every secret reference the running gateway will need, and parses certificates and keys. */
 function checkSecretRefs(data: Raw, out: Collector, secrets: SecretResolver): Resolved {
   const resolve = (p: Path, value: unknown): string | undefined => {
@@ -688,7 +699,11 @@ function checkSecretRefs(data: Raw, out: Collector, secrets: SecretResolver): Re
     }
     pair(['upstreams', name, 'tls'], tls);
     for (const [header, value] of Object.entries(obj(obj(up.inject).headers))) {
-      resolve(['upstreams', name, 'inject', 'headers', header], value);
+      const at: Path = ['upstreams', name, 'inject', 'headers', header];
+      // The same test the gateway makes when it builds the upstream (src/upstream/index.ts).
+      const expanded = resolve(at, value)?.trim();
+      if (expanded !== undefined && /[\r\n\0]/.test(expanded))
+        out.at(at, 'expanded value contains a line break or NUL');
     }
   }
 

@@ -34,6 +34,17 @@ export const TimerDuration = Duration.refine((ms) => ms <= MAX_TIMER_MS, {
   message: 'must be at most 24d: a timer cannot wait longer',
 });
 
+/**
+ * A duration that must be above zero: a timeout or interval of 0 would mean "none" to Node.js or
+ * undici (no slowloris guard, connections held forever) or a busy loop (health checks).
+ */
+export const PositiveDuration = Duration.refine((ms) => ms > 0, { message: 'must be more than 0' });
+
+/** A duration waited with a timer that must also be above zero (see TimerDuration, PositiveDuration). */
+export const PositiveTimerDuration = PositiveDuration.refine((ms) => ms <= MAX_TIMER_MS, {
+  message: 'must be at most 24d: a timer cannot wait longer',
+});
+
 /** A size such as `512KiB`, `10MB` or a number of bytes; parsed to bytes. */
 export const Size = z
   .union([z.number().int().nonnegative(), z.string()])
@@ -60,6 +71,14 @@ export const Rate = z
     }
     return perSecond;
   });
+
+/**
+ * An API key's expiry: an ISO date (the start of that day, UTC) or a date-time with seconds and an
+ * offset. Days that do not exist (2027-02-30) are refused, where Date.parse would roll them over.
+ */
+export const ApiKeyExpires = z.union([z.iso.datetime({ offset: true }), z.iso.date()], {
+  error: 'must be an ISO date such as 2027-01-01 or a date-time such as 2027-01-01T09:00:00Z',
+});
 
 /** A secret: a literal, `env:NAME` or `file:PATH` (relative to the config file; re-read on reload). */
 export const SecretRef = z.string().min(1).meta({
@@ -110,6 +129,25 @@ const HttpMethod = z
 
 const HeaderName = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a valid HTTP header name');
 
+/**
+ * A CORS origin as browsers send it in `Origin` (RFC 6454 §6.1): compared as text, so a trailing
+ * slash, a path, a default port or a pattern would never match and is refused.
+ */
+const CorsOrigin = z
+  .string()
+  .refine(
+    (o) => o === '*' || (!o.includes('*') && URL.canParse(o) && new URL(o).origin === o.toLowerCase()),
+    {
+      message:
+        'must be "*" or an origin as browsers send it, such as https://app.example.com or http://localhost:3000 (no path, trailing slash, default port or wildcard)',
+    },
+  );
+
+/** A header value the gateway sends: CR, LF and NUL would split or end the field (RFC 9110 §5.5). */
+const HeaderValue = z
+  .string()
+  .refine((v) => !/[\r\n\0]/.test(v), { message: 'must not contain a line break or NUL (RFC 9110 §5.5)' });
+
 // ---------------------------------------------------------------------------------------------
 // Listeners
 
@@ -158,7 +196,9 @@ const Http2Limits = z
       description:
         'Streams a client may cancel before their response started, per connection and resetWindow; beyond, GOAWAY ENHANCE_YOUR_CALM and close',
     }),
-    resetWindow: TimerDuration.default(10_000).meta({ description: 'The window maxResets counts in' }),
+    resetWindow: PositiveTimerDuration.default(10_000).meta({
+      description: 'The window maxResets counts in',
+    }),
   })
   .default(HTTP2_DEFAULTS)
   .meta({ description: 'HTTP/2 limits of HTTPS listeners' });
@@ -169,10 +209,10 @@ const Server = z
       description:
         'Proxies whose X-Forwarded-For is kept and extended (others are replaced) and whose other headers about the client (Forwarded, X-Real-IP, X-Forwarded-Port, ...) are kept (removed from other peers); behind them the client is the rightmost untrusted address in X-Forwarded-For',
     }),
-    headersTimeout: TimerDuration.default(20_000).meta({
+    headersTimeout: PositiveTimerDuration.default(20_000).meta({
       description: 'Time a client has to send complete request headers (slowloris guard)',
     }),
-    keepAliveTimeout: TimerDuration.default(65_000),
+    keepAliveTimeout: PositiveTimerDuration.default(65_000),
     maxHeaderSize: Size.default(16 * 1024).meta({
       description: 'Largest request header block accepted (431)',
     }),
@@ -198,11 +238,11 @@ const Server = z
       description:
         'What ";" path parameters become. strip: each segment\'s parameters (from ";" to the end of the segment) are removed before dot-segments are resolved, as Tomcat, Jetty and Spring do ("/admin;x" is "/admin", "/x/..;/admin" is "/admin"), and routes, policies and the upstream all see the stripped path; an encoded %3B stays a literal character. reject: any ";" in the path is refused with 400 GH_BAD_PATH',
     }),
-    clientIdleTimeout: TimerDuration.default(60_000).meta({
+    clientIdleTimeout: PositiveTimerDuration.default(60_000).meta({
       description:
         "Longest client silence while the gateway waits for request body data, or for the client to read a response it holds back (408 before the response, abort after); a route's timeouts.idle applies when shorter",
     }),
-    tlsHandshakeTimeout: TimerDuration.default(10_000).meta({
+    tlsHandshakeTimeout: PositiveTimerDuration.default(10_000).meta({
       description: 'Time a client has to complete the TLS handshake on HTTPS listeners',
     }),
     http2: Http2Limits,
@@ -267,8 +307,10 @@ const Identity = z.strictObject({
         .array(SecretRef)
         .min(1)
         .meta({ description: 'Cookie sealing secrets: the first seals, any of them unseals (rotation)' }),
-      maxAge: Duration.default(12 * 3_600_000).meta({ description: 'Absolute session lifetime' }),
-      idleTimeout: Duration.default(3_600_000).meta({ description: 'Session ends after this long unused' }),
+      maxAge: PositiveDuration.default(12 * 3_600_000).meta({ description: 'Absolute session lifetime' }),
+      idleTimeout: PositiveDuration.default(3_600_000).meta({
+        description: 'Session ends after this long unused',
+      }),
       cookie: z.string().default('_gatehouse').meta({ description: 'Session cookie name' }),
       domain: z.string().optional().meta({ description: 'Cookie Domain attribute (default: host-only)' }),
       signInHost: z.string().optional().meta({
@@ -323,14 +365,12 @@ const Identity = z.strictObject({
     .array(
       z.strictObject({
         id: Name.max(64, 'must be at most 64 characters'),
-        hash: z.string().regex(/^sha256:([0-9a-f]{64}|<hex>)$/, 'must be sha256:<64 hex digits>'),
+        hash: z.string().regex(/^sha256:([0-9a-fA-F]{64}|<hex>)$/, 'must be sha256:<64 hex digits>'),
         subject: z.string().min(1),
         groups: z.array(z.string()).default([]),
-        expires: z.iso
-          .datetime({ offset: true })
-          .or(z.iso.date())
-          .optional()
-          .meta({ description: 'ISO date or date-time after which the key is refused' }),
+        expires: ApiKeyExpires.optional().meta({
+          description: 'ISO date or date-time after which the key is refused',
+        }),
         routes: z.array(z.string()).optional().meta({ description: 'Route names the key may be used on' }),
       }),
     )
@@ -343,7 +383,7 @@ const Identity = z.strictObject({
       signingKey: SecretRef.optional().meta({
         description: 'Private JWK (file:PATH); default: generated and kept in the state store',
       }),
-      ttl: Duration.default(300_000),
+      ttl: PositiveDuration.default(300_000),
       algorithm: z.enum(['ES256', 'RS256', 'EdDSA']).default('ES256'),
       issuer: z.string().optional().meta({ description: 'iss claim (default: gatehouse)' }),
     })
@@ -354,8 +394,10 @@ const Identity = z.strictObject({
 // Upstreams
 
 const UpstreamServer = z.strictObject({
-  url: z.string().refine((s) => /^https?:\/\/[^/]+\/?$/.test(s) && URL.canParse(s), {
-    message: 'must be an http:// or https:// origin such as http://10.0.0.5:8080 (no path)',
+  // A query, fragment or user:password@ would be dropped without a word: only the origin is used.
+  url: z.string().refine((s) => /^https?:\/\/[^/?#@]+\/?$/.test(s) && URL.canParse(s), {
+    message:
+      'must be an http:// or https:// origin such as http://10.0.0.5:8080 (no path, query, fragment or user:password@; credentials go in inject.headers)',
   }),
   weight: z.number().int().min(0).max(1000).default(1),
   backup: z.boolean().default(false),
@@ -368,8 +410,8 @@ const HealthCheck = z.strictObject({
   path: z.string().startsWith('/').default('/'),
   method: z.enum(['GET', 'HEAD']).default('GET'),
   host: z.string().optional().meta({ description: 'Host header for the check (default: the server host)' }),
-  interval: TimerDuration.default(5000),
-  timeout: TimerDuration.default(2000),
+  interval: PositiveTimerDuration.default(5000),
+  timeout: PositiveTimerDuration.default(2000),
   rise: z.number().int().positive().default(2),
   fall: z.number().int().positive().default(3),
   expectStatus: StatusList.optional().meta({ description: 'Healthy statuses (default: 200-399)' }),
@@ -399,7 +441,7 @@ const Upstream = z.strictObject({
   sticky: z
     .strictObject({
       cookie: z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a valid cookie name'),
-      maxAge: Duration.optional(),
+      maxAge: PositiveDuration.optional(),
       path: z.string().default('/'),
       secure: z.boolean().optional(),
     })
@@ -408,14 +450,18 @@ const Upstream = z.strictObject({
   passive: PassiveHealth.default({ failures: 5, ejectFor: 30_000, maxEjectedPercent: 50 }),
   slowStart: TimerDuration.default(0).meta({ description: 'Ramp-up time for a server that becomes healthy' }),
   dns: z
-    .strictObject({ refresh: TimerDuration.default(30_000) })
+    .strictObject({ refresh: PositiveTimerDuration.default(30_000) })
     .default({ refresh: 30_000 })
     .meta({ description: 'Host names in server URLs are re-resolved this often; every address is used' }),
   timeouts: z
     .strictObject({
-      connect: TimerDuration.default(5000),
-      response: TimerDuration.default(600_000).meta({ description: 'Until the response headers arrive' }),
-      idle: TimerDuration.default(600_000).meta({ description: 'Longest silence while streaming a body' }),
+      connect: PositiveTimerDuration.default(5000),
+      response: PositiveTimerDuration.default(600_000).meta({
+        description: 'Until the response headers arrive',
+      }),
+      idle: PositiveTimerDuration.default(600_000).meta({
+        description: 'Longest silence while streaming a body',
+      }),
     })
     .default({ connect: 5000, response: 600_000, idle: 600_000 }),
   retries: z
@@ -498,7 +544,7 @@ const Policy = z.strictObject({
 // Routes
 
 const HeaderEdits = z.strictObject({
-  set: z.record(HeaderName, z.string()).default({}),
+  set: z.record(HeaderName, HeaderValue).default({}),
   remove: z.array(HeaderName).default([]),
 });
 
@@ -555,7 +601,7 @@ const Route = z.strictObject({
   }),
   cors: z
     .strictObject({
-      origins: z.array(z.string()).min(1).meta({ description: 'Allowed origins, or ["*"]' }),
+      origins: z.array(CorsOrigin).min(1).meta({ description: 'Allowed origins, or ["*"]' }),
       methods: z
         .array(HttpMethod)
         .default(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'])
@@ -573,10 +619,10 @@ const Route = z.strictObject({
     .union([
       z.boolean(),
       z.strictObject({
-        idleTimeout: TimerDuration.default(3_600_000).meta({
+        idleTimeout: PositiveTimerDuration.default(3_600_000).meta({
           description: 'A tunnel with no data either way for this long is closed (default 1h)',
         }),
-        finTimeout: TimerDuration.default(5_000).meta({
+        finTimeout: PositiveTimerDuration.default(5_000).meta({
           description:
             'A tunnel one side has closed (FIN) is closed this long after, if the other side has not closed too (default 5s)',
         }),
@@ -586,7 +632,7 @@ const Route = z.strictObject({
     .meta({ description: 'Allow WebSocket upgrades (true: idleTimeout 1h, finTimeout 5s)' }),
   maxBodySize: Size.optional().meta({ description: 'Request body limit (413)' }),
   timeouts: z
-    .strictObject({ response: TimerDuration.optional(), idle: TimerDuration.optional() })
+    .strictObject({ response: PositiveTimerDuration.optional(), idle: PositiveTimerDuration.optional() })
     .optional()
     .meta({ description: 'Override the upstream timeouts for this route' }),
   preserveHost: z

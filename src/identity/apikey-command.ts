@@ -2,6 +2,7 @@
  * `gatehouse apikey create`: makes a new API key, prints it once, and prints the `identity.apiKeys`
  * entry (with only the key's hash) to paste into the configuration. Gatehouse never stores the key.
  */
+import { ApiKeyExpires } from '../config/schema.js';
 import { apiKeyExpiry, generateApiKey } from './apikeys.js';
 
 /** Where the command writes (the same shape as the CLI's `CliIo`). */
@@ -27,8 +28,6 @@ Options:
 `;
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-const DATE = /^\d{4}-\d{2}-\d{2}$/;
-const DATE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/;
 
 class UsageError extends Error {}
 
@@ -88,8 +87,12 @@ export async function runApiKeyCommand(argv: readonly string[], io: ApiKeyComman
     const routes = routesArg === undefined ? undefined : list(routesArg, 'routes', NAME);
     const expires = opts.get('--expires');
     if (expires !== undefined) {
-      const at = DATE.test(expires) || DATE_TIME.test(expires) ? apiKeyExpiry(expires) : undefined;
-      if (at === undefined) throw new UsageError(`--expires "${expires}" is not an ISO date or date-time`);
+      // The same check as the configuration's, so that the printed entry always validates.
+      const at = ApiKeyExpires.safeParse(expires).success ? apiKeyExpiry(expires) : undefined;
+      if (at === undefined)
+        throw new UsageError(
+          `--expires "${expires}" is not an ISO date (2027-01-01) or date-time (2027-01-01T09:00:00Z)`,
+        );
       if (at <= (io.now ?? Date.now)()) throw new UsageError(`--expires ${expires} is in the past`);
     }
 

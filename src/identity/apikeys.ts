@@ -96,12 +96,13 @@ export class ApiKeyAuthenticator {
         this.warnings.push(`${where}.hash: placeholder; key ${k.id} is refused until a real hash is set`);
         return;
       }
-      const m = /^sha256:([0-9a-f]{64})$/.exec(k.hash);
+      // sha256sum prints lower case, other tools (PowerShell's Get-FileHash) upper case: both are hex.
+      const m = /^sha256:([0-9a-fA-F]{64})$/.exec(k.hash);
       if (!m)
         throw new IdentityConfigError(
           `${where}.hash: must be sha256:<64 hex digits> (create one with gatehouse apikey create)`,
         );
-      const hex = m[1]!;
+      const hex = m[1]!.toLowerCase();
       if (this.#byHash.has(hex))
         throw new IdentityConfigError(`${where}.hash: the same key is configured twice`);
       const expiresAt = apiKeyExpiry(k.expires);

@@ -35,7 +35,7 @@ export interface SessionSettings {
 export interface SessionManagerOptions {
   /** Clock in ms since the epoch (tests freeze it). */
   now?: () => number;
-  /** Least time between two writes of `lastSeen`, in ms (default 60 s; at most half the idle timeout). */
+  /** Least time between two writes of `lastSeen`, in ms (default 60 s, at most a tenth of idleTimeout). */
   touchInterval?: number;
   /** How long a loaded session is trusted without asking the store again, in ms (default 5 s). */
   cacheTtl?: number;
@@ -216,8 +216,9 @@ export class SessionManager {
       Buffer.from(hkdfSync('sha256', s, 'gatehouse', 'session cookie v1', 32)),
     );
     this.#now = options.now ?? Date.now;
-    // A session in use must be touched before its idle timeout ends it, however short that timeout is.
-    this.#touchInterval = Math.min(options.touchInterval ?? 60_000, settings.idleTimeout / 2);
+    // A use is recorded up to touchInterval late, so the session may end that much before idleTimeout
+    // after its last use: a tenth of idleTimeout at most, else a 1m idleTimeout would end active sessions.
+    this.#touchInterval = Math.min(options.touchInterval ?? 60_000, settings.idleTimeout / 10);
     this.#cacheTtl = options.cacheTtl ?? 5_000;
     this.#cacheSize = Math.max(1, options.cacheSize ?? 10_000);
   }

@@ -149,31 +149,68 @@ export class ListenerSet {
   async apply(runtime: Runtime): Promise<void> {
     const wanted = new Map<string, ListenerConfig>();
     for (const l of runtime.config.listeners) wanted.set(listenerKey(l), l);
-    // Close removed listeners first so a listener moved to another name can take over the port.
-    for (const [key, entry] of this.#entries) {
-      if (wanted.has(key)) continue;
-      this.#entries.delete(key);
-      this.#track(this.#drain(entry, runtime.config.server.drainTimeout));
-    }
+    const removed = [...this.#entries.values()].filter((e) => !wanted.has(e.key));
+    const added = [...wanted].filter(([key]) => !this.#entries.has(key));
+    // A new listener on a port a removed one holds (a renamed or re-bound listener) can only bind once
+    // that one is closed; every other new listener binds first, while the running ones still serve.
+    const freed = new Set<number>();
+    for (const e of removed) freed.add(parseBind(e.config.bind)?.port ?? 0);
+    freed.delete(0);
+    const takesOver = ([, l]: [string, ListenerConfig]): boolean => freed.has(parseBind(l.bind)?.port ?? 0);
     const opened: ListenerEntry[] = [];
+    let closedRemoved = false;
     try {
-      for (const [key, l] of wanted) {
-        const existing = this.#entries.get(key);
-        if (existing !== undefined) {
-          this.#refresh(existing, runtime);
-          continue;
-        }
-        const entry = this.#create(key, l, runtime);
-        await this.#listen(entry);
-        opened.push(entry);
-        this.#entries.set(key, entry);
+      for (const [key, l] of added.filter((a) => !takesOver(a)))
+        opened.push(await this.#open(key, l, runtime));
+      const late = added.filter(takesOver);
+      if (late.length > 0) {
+        closedRemoved = true;
+        for (const entry of removed) this.#stopAccepting(entry);
+        for (const [key, l] of late) opened.push(await this.#open(key, l, runtime));
       }
     } catch (err) {
-      for (const entry of opened) {
-        this.#entries.delete(entry.key);
-        this.#track(this.#drain(entry, 0));
-      }
+      for (const entry of opened) this.#track(this.#drain(entry, 0));
+      // The reload is refused and the running configuration stays: so do its listeners.
+      if (closedRemoved) await this.#reopen(removed);
       throw err;
+    }
+    for (const entry of removed) {
+      this.#entries.delete(entry.key);
+      this.#track(this.#drain(entry, runtime.config.server.drainTimeout));
+    }
+    for (const entry of opened) this.#entries.set(entry.key, entry);
+    // Only once every listener is bound: a refused reload leaves kept listeners as they were.
+    for (const [key] of wanted) {
+      const kept = this.#entries.get(key);
+      if (kept !== undefined && !opened.includes(kept)) this.#refresh(kept, runtime);
+    }
+  }
+
+  async #open(key: string, l: ListenerConfig, runtime: Runtime): Promise<ListenerEntry> {
+    const entry = this.#create(key, l, runtime);
+    await this.#listen(entry);
+    return entry;
+  }
+
+  /** Stops a listener accepting so that its port is free; its connections go on until it is drained. */
+  #stopAccepting(entry: ListenerEntry): void {
+    if (entry.server.listening) entry.server.close();
+  }
+
+  /** Opens again, on the running runtime, listeners closed for a reload that then failed. */
+  async #reopen(entries: readonly ListenerEntry[]): Promise<void> {
+    const runtime = this.#getRuntime();
+    for (const old of entries) {
+      try {
+        const entry = await this.#open(old.key, old.config, runtime);
+        // The old server's connections still drain under its entry; the new one takes its place.
+        this.#entries.set(old.key, entry);
+        this.#track(this.#drain(old, runtime.config.server.drainTimeout));
+      } catch (err) {
+        this.#entries.delete(old.key);
+        this.#track(this.#drain(old, runtime.config.server.drainTimeout));
+        this.#logger.error({ err, listener: old.config.name }, 'listener could not be opened again');
+      }
     }
   }
 

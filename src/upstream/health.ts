@@ -131,8 +131,10 @@ export class ActiveHealthCheck {
         ? { at, ok, status: res.statusCode }
         : { at, ok, status: res.statusCode, error: 'unexpected status' };
     } catch (err) {
-      const e = err as { code?: string; message?: string; name?: string };
-      return { at, ok: false, error: e.code ?? e.name ?? e.message ?? 'check failed' };
+      const e = err as { code?: unknown; message?: string; name?: string };
+      // An AbortSignal.timeout() abort is a DOMException whose `code` is a number (23): use its name.
+      const code = typeof e.code === 'string' ? e.code : undefined;
+      return { at, ok: false, error: code ?? e.name ?? e.message ?? 'check failed' };
     }
   }
 }
