@@ -111,7 +111,8 @@ function runChild(name: string, s: Settings, hangMs: number, log: (line: string)
     '--slow',
     `${s.slowMs}ms`,
   ];
-  if (s.timeMs !== undefined) args.push('--time', `${s.timeMs}ms`);
+  // Always explicit: a target process given no --time would take the 5 min default.
+  args.push('--time', s.timeMs === undefined ? '0s' : `${s.timeMs}ms`);
   if (s.replay !== undefined) args.push('--replay', s.replay);
   if (s.strict) args.push('--strict');
   return new Promise((resolve) => {
