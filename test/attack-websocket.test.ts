@@ -506,6 +506,57 @@ test('smuggling: a 101 the client never asked for opens no tunnel', async (t) =>
   assert.match(second ?? '', /x-forwarded-for: 127\.0\.0\.1/, 'proxied as a request, not written raw');
 });
 
+test("session fixation: a backend's Set-Cookie for the gateway's own cookies is dropped from a 101 and from a declined handshake", async (t) => {
+  const planted =
+    'Set-Cookie: _gatehouse=attacker-session; Path=/; HttpOnly\r\nset-cookie: _gatehouse_login=x\r\n' +
+    'Set-Cookie: app=1; Path=/\r\n';
+  const backend = await startRawBackend(t, (s, first) => {
+    if (first.startsWith('GET /declined'))
+      s.end(`HTTP/1.1 403 Forbidden\r\n${planted}Content-Length: 2\r\n\r\nno`);
+    else if (first.startsWith('GET /coded'))
+      s.write(
+        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+          `Sec-WebSocket-Accept: ${accept(KEY)}\r\nTransfer-Encoding: gzip\r\n\r\n`,
+      );
+    else
+      s.write(
+        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+          `Sec-WebSocket-Accept: ${accept(KEY)}\r\n${planted}\r\n`,
+      );
+  });
+  const gw = await startGateway(
+    t,
+    config(
+      { app: { servers: [{ url: backend.url }] } },
+      [{ name: 'all', upstream: 'app', websocket: true }],
+      {
+        identity: { session: { secrets: [SECRET] } },
+      },
+    ),
+  );
+  for (const [path, status] of [
+    ['/live', '101'],
+    ['/declined', '403'],
+  ] as const) {
+    const c = await rawClient(t, gw.port());
+    c.socket.write(upgradeRequest(path));
+    await waitFor(() => c.data().includes('\r\n\r\n'), `the answer to ${path}`);
+    const head = c.data().slice(0, c.data().indexOf('\r\n\r\n'));
+    assert.ok(head.startsWith(`HTTP/1.1 ${status} `), head);
+    assert.doesNotMatch(head, /_gatehouse/i, `${path}: ${head}`);
+    assert.match(head, /Set-Cookie: app=1/, 'the application keeps its own cookies');
+    c.socket.destroy();
+  }
+  // A 101 with a field no answer may carry is refused like any other invalid answer: no tunnel.
+  const c = await rawClient(t, gw.port());
+  c.socket.write(upgradeRequest('/coded'));
+  await c.closed;
+  assert.match(c.data(), /^HTTP\/1\.1 502 [\s\S]*GH_UPSTREAM_INVALID/);
+  await waitFor(() => gw.access.some((e) => e.path === '/coded'), 'the refusal in the access log');
+  const logged = gw.access.find((e) => e.path === '/coded')!;
+  assert.deepEqual([logged.status, logged.error], [502, 'GH_UPSTREAM_INVALID']);
+});
+
 test('handshake: a missing or malformed Sec-WebSocket-Key, another method or version is refused before the backend', async (t) => {
   const backend = await startWsBackend(t);
   const gw = await startGateway(

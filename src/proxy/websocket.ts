@@ -8,7 +8,8 @@
  * and the assertion. Nothing under `/.gatehouse/` is upgraded. Only a valid opening handshake is
  * forwarded (GET, a 16-byte key, version 13), and no tunnel opens unless the upstream answers 101: a
  * refusal or another answer is relayed and the connection closed, so nothing the client sends after it
- * reaches the upstream (WebSocket smuggling).
+ * reaches the upstream (WebSocket smuggling). The upstream's answer is vetted like any other
+ * (`vetResponseFields`): its Set-Cookie for the gateway's own cookies never reaches the browser.
  *
  * Cross-site WebSocket hijacking: browsers send cookies and client certificates with a handshake that
  * any page opens, and the Same-Origin Policy does not apply to WebSockets (RFC 6455 §10.2), so a
@@ -59,7 +60,15 @@ import {
 } from './errors.js';
 import { checkHandshake } from './framing.js';
 import type { ProxyHandler } from './handler.js';
-import { acquireLease, forwardPath, hostHeaderOf, routeState, trustedOf } from './handler.js';
+import {
+  acquireLease,
+  forwardPath,
+  hostHeaderOf,
+  ownCookiesOf,
+  routeState,
+  trustedOf,
+  vetResponseFields,
+} from './handler.js';
 import {
   buildRequestHeaders,
   clientAddress,
@@ -250,6 +259,8 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   serverId: string | undefined;
   /** The access stage's verdict. */
   access: AccessGrant | undefined;
+  /** The cookies the gateway sets (`ownCookiesOf`): a backend's Set-Cookie for one is dropped. */
+  ownCookies: ReadonlySet<string> | undefined;
   host = '';
   originalHost = '';
   path = '';
@@ -371,6 +382,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       const up = runtime.upstreams.get(name);
       if (up === undefined) throw new NoServerAvailableError(name);
       this.up = up;
+      this.ownCookies = ownCookiesOf(runtime.config);
       target = forwardPath(route, facts.path, facts.query);
       const edits = routeState(route).requestEdits;
       headers = buildRequestHeaders({
@@ -473,6 +485,16 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
 
   onUpgrade(statusCode: number, rawHeaders: Buffer[] | string[] | null, socket: Duplex): void {
     this.abortUpstream = undefined;
+    let raw: Buffer[];
+    try {
+      // As on any answer: a backend never sets the gateway's own cookies (session fixation).
+      raw = vetResponseFields((rawHeaders ?? []) as Buffer[], this.ownCookies);
+    } catch (err) {
+      socket.on('error', ignoreError);
+      socket.destroy();
+      this.onError(err as Error);
+      return;
+    }
     const client = this.client;
     this.upstream = socket;
     this.status = statusCode;
@@ -483,7 +505,6 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       return;
     }
     let head = `HTTP/1.1 ${statusCode} ${STATUS_CODES[statusCode] ?? 'Switching Protocols'}\r\n`;
-    const raw = rawHeaders ?? [];
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i]!.toString();
       if (name.toLowerCase() === 'x-request-id') continue;
@@ -517,15 +538,17 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], _resume: () => void, statusText: string): boolean {
     if (statusCode < 200) return true;
-    // The server declined the upgrade: relay its answer and close.
+    // The server declined the upgrade: relay its answer and close. A field it may not send throws here,
+    // before anything is relayed, and undici's onError answers 502.
+    const raw = vetResponseFields(rawHeaders, this.ownCookies);
     this.status = statusCode;
     this.relaying = true;
     let head = `HTTP/1.1 ${statusCode} ${statusText || STATUS_CODES[statusCode] || ''}\r\n`;
-    for (let i = 0; i < rawHeaders.length; i += 2) {
-      const name = rawHeaders[i]!.toString('latin1');
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i]!.toString('latin1');
       const lower = name.toLowerCase();
       if (HOP_BY_HOP.has(lower) || lower === 'x-request-id' || lower === 'content-length') continue;
-      head += `${name}: ${rawHeaders[i + 1]!.toString('latin1')}\r\n`;
+      head += `${name}: ${raw[i + 1]!.toString('latin1')}\r\n`;
     }
     head += `Connection: close\r\nX-Request-Id: ${this.requestId}\r\n\r\n`;
     if (!this.client.destroyed) this.client.write(head);
