@@ -27,7 +27,7 @@ import {
   settings,
   windowUpdate,
 } from './helpers/h2raw.js';
-import { config, startGateway, type TestGateway, waitFor } from './helpers/proxy.js';
+import { config, seenOf, startBackend, startGateway, type TestGateway, waitFor } from './helpers/proxy.js';
 
 /** A backend that counts requests; `/hold*` never answers, `/endless` streams until cut, others answer. */
 async function backend(t: TestContext): Promise<{ url: string; paths: string[]; open: () => number }> {
@@ -354,6 +354,26 @@ test('GOAWAY from the client: streams in flight are answered, the connection clo
   c.write(goaway(1, CODE.PROTOCOL_ERROR));
   await within(c.closed, 10_000, 'the connection to close');
   assert.equal(await h2get(gw), 200);
+});
+
+test('cookie crumbs (RFC 9113 §8.2.3) reach the HTTP/1.1 upstream as one Cookie header, as the gateway read them', async (t) => {
+  const b = await startBackend(t, 'echo');
+  const gw = await h2Gateway(t, b.url);
+  const session = http2.connect(gw.url(), { rejectUnauthorized: false });
+  t.after(() => session.close());
+  const body = await new Promise<Buffer>((resolve, reject) => {
+    const s = session.request({ ':path': '/crumbs', cookie: ['a=1', 'b=2', 'c=3'] });
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('end', () => resolve(Buffer.concat(chunks)));
+    s.on('error', reject);
+  });
+  const seen = seenOf(body);
+  const cookies = seen.rawHeaders.filter(
+    (_, i) => i % 2 === 0 && seen.rawHeaders[i]!.toLowerCase() === 'cookie',
+  );
+  assert.equal(cookies.length, 1, `one Cookie line: ${JSON.stringify(seen.rawHeaders)}`);
+  assert.equal(seen.headers.cookie, 'a=1; b=2; c=3');
 });
 
 test('HTTP/2: after every attack above, the gateway still serves HTTP/2 and HTTP/1.1 on the same port', async (t) => {

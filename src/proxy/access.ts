@@ -714,7 +714,7 @@ export function forwardIdentity(
         headers.splice(i, 2);
       }
     }
-    // HTTP/2 clients send cookies as several crumbs (RFC 9113 §8.2.3): one Cookie header goes upstream.
+    // The client's Cookie line (HTTP/2 crumbs joined) comes back without the gateway's own cookies.
     if (cookies > 0 && grant.cookie !== undefined) headers.push('cookie', grant.cookie);
   }
   const assertion = grant.assertion;

@@ -391,6 +391,8 @@ export function buildRequestHeaders(input: ForwardInput): string[] {
   let xfProto: string | undefined;
   let xfHost: string | undefined;
   let authorization = false;
+  /** Index in `out` of the forwarded Cookie value, -1 before the first. */
+  let cookieAt = -1;
   // Connection tokens must be known before the pass that filters on them.
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
@@ -431,6 +433,15 @@ export function buildRequestHeaders(input: ForwardInput): string[] {
     }
     if (conn?.includes(lower)) continue;
     if (edits?.drop.has(lower) || injectLower?.includes(lower)) continue;
+    if (lower === 'cookie') {
+      // HTTP/2 sends cookies as crumbs (RFC 9113 §8.2.3); HTTP/1.1 allows one Cookie line (RFC 6265
+      // §5.4), and the gateway read them joined: the upstream gets them joined too.
+      if (cookieAt !== -1) {
+        out[cookieAt] += '; ' + raw[i + 1]!;
+        continue;
+      }
+      cookieAt = out.length + 1;
+    }
     out.push(name, raw[i + 1]!);
   }
   const drop = edits?.drop;
