@@ -356,6 +356,49 @@ test('GOAWAY from the client: streams in flight are answered, the connection clo
   assert.equal(await h2get(gw), 200);
 });
 
+test('a refusal by the access stage while the request body is still arriving sets no Connection header on HTTP/2 (a process warning) and ends the stream with RST_STREAM NO_ERROR after the 401', async (t) => {
+  const b = await backend(t);
+  const dir = tempDir();
+  t.after(() => dir.remove());
+  dir.write('cert.pem', cert.cert);
+  dir.write('key.pem', cert.key);
+  const warnings: string[] = [];
+  const onWarning = (w: Error): void => {
+    warnings.push(w.message);
+  };
+  process.on('warning', onWarning);
+  t.after(() => process.off('warning', onWarning));
+  const gw = await startGateway(
+    t,
+    {
+      ...config({ app: { servers: [{ url: b.url }] } }, [{ name: 'private', upstream: 'app', policy: 'p' }], {
+        listeners: [
+          {
+            name: 'web',
+            bind: '127.0.0.1:0',
+            tls: { certificates: [{ cert: 'file:cert.pem', key: 'file:key.pem' }] },
+          },
+        ],
+      }),
+      identity: { apiKeys: [{ id: 'k', hash: `sha256:${'0'.repeat(64)}`, subject: 's' }] },
+      policies: { p: { allow: [{ name: 'keys', authMethod: ['apiKey'] }] } },
+    },
+    { baseDir: dir.dir },
+  );
+  const c = await raw(t, gw);
+  c.write(
+    frame(FRAME.HEADERS, FLAG.END_HEADERS, 1, headerBlock(requestFields('/upload', 'POST'))),
+    frame(FRAME.DATA, 0, 1, Buffer.alloc(100, 1)),
+  );
+  await waitFor(() => c.resets().has(1), 'RST_STREAM on the refused stream', 10_000);
+  assert.ok(c.answered().has(1), 'the 401 came first');
+  assert.equal(c.resets().get(1), CODE.NO_ERROR);
+  assert.equal(b.paths.length, 0);
+  await waitFor(() => gw.access.length === 1, 'the access log line');
+  assert.deepEqual([gw.access[0]!.status, gw.access[0]!.error], [401, 'GH_UNAUTHENTICATED']);
+  assert.deepEqual(warnings, [], 'no connection-specific header was set on an HTTP/2 response');
+});
+
 test('cookie crumbs (RFC 9113 §8.2.3) reach the HTTP/1.1 upstream as one Cookie header, as the gateway read them', async (t) => {
   const b = await startBackend(t, 'echo');
   const gw = await h2Gateway(t, b.url);

@@ -30,6 +30,7 @@ import type { AccessEntry } from '../observe/log.js';
 import type { Runtime } from '../runtime.js';
 import { StateStoreError } from '../state/types.js';
 import { sendError } from './errors.js';
+import { closeAfter } from './framing.js';
 import type { HeaderEdits } from './headers.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 
@@ -475,7 +476,8 @@ function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, g
   const { req, res } = ex;
   // The client left while a credential was being checked: nothing to answer.
   if (res.headersSent || res.destroyed) return false;
-  if (requestBodyPending(req)) res.setHeader('connection', 'close');
+  // An unread body would follow on the connection: it closes after the answer (HTTP/2 resets the stream).
+  if (requestBodyPending(req)) closeAfter(req, res);
   const login = ex.runtime.identity.login;
   const toLogin = d.outcome === 'login' && login !== undefined;
   const extra = grant.responseHeaders;
