@@ -30,7 +30,7 @@ import type { AccessEntry } from '../observe/log.js';
 import type { Runtime } from '../runtime.js';
 import { StateStoreError } from '../state/types.js';
 import { sendError } from './errors.js';
-import { closeAfter } from './framing.js';
+import { bodyPending, closeAfter, resetAfterAnswer } from './framing.js';
 import type { HeaderEdits } from './headers.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 
@@ -476,8 +476,9 @@ function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, g
   const { req, res } = ex;
   // The client left while a credential was being checked: nothing to answer.
   if (res.headersSent || res.destroyed) return false;
-  // An unread body would follow on the connection: it closes after the answer (HTTP/2 resets the stream).
-  if (requestBodyPending(req)) closeAfter(req, res);
+  // An unread body would follow on the connection: it closes after the answer.
+  const pending = bodyPending(req);
+  if (pending) closeAfter(req, res);
   const login = ex.runtime.identity.login;
   const toLogin = d.outcome === 'login' && login !== undefined;
   const extra = grant.responseHeaders;
@@ -493,17 +494,16 @@ function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, g
   if (toLogin) {
     ex.status = 302;
     login.loginRedirect(req, res, facts, route);
-    return false;
-  }
-  if (d.outcome === 'forbidden') {
+  } else if (d.outcome === 'forbidden') {
     ex.status = 403;
     ex.errorCode = 'GH_FORBIDDEN';
     sendForbidden(req, res, d, ex.requestId);
-    return false;
+  } else {
+    ex.status = 401;
+    ex.errorCode = 'GH_UNAUTHENTICATED';
+    sendUnauthenticated(req, res, facts, route, d, ex.requestId, ex.runtime.identity);
   }
-  ex.status = 401;
-  ex.errorCode = 'GH_UNAUTHENTICATED';
-  sendUnauthenticated(req, res, facts, route, d, ex.requestId, ex.runtime.identity);
+  if (pending) resetAfterAnswer(req);
   return false;
 }
 
@@ -622,15 +622,6 @@ function refuse(ex: AccessExchange, err: GatehouseError): void {
   ex.status = err.status;
   ex.errorCode = err.code;
   sendError(ex.req, ex.res, err, ex.requestId);
-}
-
-function requestBodyPending(req: ProxyRequest): boolean {
-  if (req.complete) return false;
-  if (req.httpVersionMajor === 2) return !(req as unknown as Http2ServerRequest).stream.endAfterHeaders;
-  const h = req.headers;
-  return (
-    h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0')
-  );
 }
 
 // ---------------------------------------------------------------------------------------------

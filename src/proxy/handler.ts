@@ -24,7 +24,7 @@
  * per-request closures.
  */
 import { ServerResponse } from 'node:http';
-import { type Http2ServerRequest, type Http2Session, constants as h2constants } from 'node:http2';
+import type { Http2ServerRequest, Http2Session } from 'node:http2';
 import type { BlockList, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
@@ -64,12 +64,15 @@ import {
 import { classify, type FailureKind, isBodylessLengthNotice, sendError, toGatehouseError } from './errors.js';
 import {
   bodyParseError,
+  bodyPending,
   checkFraming,
   checkNoBody,
   closeAfter,
   connectionClosing,
   isHttp2,
   maxForwardsOf,
+  requestHasBody,
+  resetAfterAnswer,
   setMaxForwards,
   stripCredentials,
   traceEcho,
@@ -252,19 +255,6 @@ const NO_INJECT: ReadonlyArray<readonly [string, string]> = [];
 
 function retryTimer(ex: Exchange): void {
   ex.attempt();
-}
-
-/** Whether a request carries a body (HTTP/1 framing headers, or an HTTP/2 stream left open). */
-export function requestHasBody(req: ProxyRequest): boolean {
-  if (req.httpVersionMajor === 2) {
-    // An HTTP/1 request line may claim HTTP/2.0 too (refused with 505): it has no stream.
-    const stream = (req as unknown as Http2ServerRequest).stream;
-    if (stream !== undefined) return !stream.endAfterHeaders;
-  }
-  const h = req.headers;
-  if (h['transfer-encoding'] !== undefined) return true;
-  const cl = h['content-length'];
-  return cl !== undefined && cl !== '0';
 }
 
 /** One client request on its way through the proxy; also the undici dispatch handler for its attempts. */
@@ -949,17 +939,14 @@ class Exchange {
     this.errorCode = err.code;
     // An unread request body would follow on this connection: close it after the answer. So after a
     // 400: what follows a request the gateway could not make sense of is not trusted either.
-    const close = (requestHasBody(this.req) && !this.req.complete) || err.status === 400;
+    const close = bodyPending(this.req) || err.status === 400;
     if (close) closeAfter(this.req, this.res);
     // After the access stage the answer still carries its headers (a refreshed or cleared session
     // cookie, CORS), so a 502/503/504 neither loses a session update nor looks like a CORS failure.
     let extra = this.access?.responseHeaders;
     if (err instanceof MethodNotAllowedError) extra = (extra ?? []).concat('allow', err.allow);
-    sendError(this.req, this.res, err, this.requestId, close, extra);
-    // HTTP/2 has no Connection: close; RST_STREAM NO_ERROR after the answer tells the client to stop
-    // sending the body (RFC 9113 §8.1), and frees the stream instead of waiting for its END_STREAM.
-    if (close && this.h2session !== undefined)
-      (this.req as unknown as Http2ServerRequest).stream.close(h2constants.NGHTTP2_NO_ERROR);
+    sendError(this.req, this.res, err, this.requestId, extra);
+    if (close) resetAfterAnswer(this.req);
   }
 
   /**
