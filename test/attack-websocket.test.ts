@@ -247,6 +247,19 @@ test("CSWSH: the route's hosts decide, exact or *.wildcard on label boundaries, 
   assert.equal(backend.handshakes.length, allowed.length + 1);
 });
 
+test("CSWSH: a route whose match.host is '*' matches any host, so its own Host is its origin, as with no host", async (t) => {
+  const backend = await startWsBackend(t);
+  const { gw, cookie, origin } = await signedIn(t, { ws: { servers: [{ url: backend.url }] } }, [
+    { name: 'live', match: { host: '*', path: '/live' }, upstream: 'ws', policy: 'eng', websocket: true },
+  ]);
+  const own = await handshake(t, gw, '/live', { origin, headers: { cookie } });
+  assert.equal(own.status, 101, `${own.status} ${own.body}`);
+  const foreign = await handshake(t, gw, '/live', { origin: 'http://evil.example', headers: { cookie } });
+  assert.equal(foreign.status, 403);
+  assert.equal(codeOf(foreign), 'GH_WEBSOCKET_ORIGIN');
+  assert.equal(backend.handshakes.length, 1);
+});
+
 test('CSWSH: bearer and API-key handshakes are not affected by Origin', async (t) => {
   const backend = await startWsBackend(t);
   const key = generateApiKey('etl');

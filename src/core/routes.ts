@@ -14,7 +14,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Config, RouteConfig } from '../config/schema.js';
 import { GatehouseError } from '../errors.js';
 import { normalizePath } from './normalize.js';
-import type { CompiledRoute, RequestFacts, RouteTable } from './types.js';
+import type { CompiledRoute, RequestFacts, RouteHosts, RouteTable } from './types.js';
 
 /** One route as it sits in a host bucket. */
 interface Entry {
@@ -41,6 +41,7 @@ interface WildcardBucket {
 class Route implements CompiledRoute {
   readonly name: string;
   readonly config: RouteConfig;
+  readonly hosts: RouteHosts;
   readonly maxBodySize: number | undefined;
   readonly pathPrefix: string;
   readonly websocketIdleTimeout: number | undefined;
@@ -53,6 +54,7 @@ class Route implements CompiledRoute {
   constructor(config: RouteConfig, serverMaxBody: number | undefined, index: number) {
     this.name = config.name;
     this.config = config;
+    this.hosts = compileHosts(config.match.host);
     this.maxBodySize = config.maxBodySize ?? serverMaxBody;
     this.pathPrefix = normalizePrefix(config.match.path, index);
     const ws = config.websocket;
@@ -204,6 +206,20 @@ function hostKey(pattern: string): string {
   return h;
 }
 
+function compileHosts(match: string | string[] | undefined): RouteHosts {
+  const patterns = match === undefined ? [] : Array.isArray(match) ? match : [match];
+  const exact: string[] = [];
+  const suffixes: string[] = [];
+  let any = patterns.length === 0;
+  for (const pattern of patterns) {
+    const key = hostKey(pattern);
+    if (key === '*' || key === '') any = true;
+    else if (key.startsWith('*.')) suffixes.push(key.slice(1));
+    else exact.push(key);
+  }
+  return { exact, suffixes, any };
+}
+
 /** Compiles the routes of a configuration into a table for the hot path. */
 export function compileRoutes(config: Config): RouteTable {
   const compiled: CompiledRoute[] = [];
@@ -229,29 +245,23 @@ export function compileRoutes(config: Config): RouteTable {
       conditions: (rc.match.methods ? 1 : 0) + (headerConds?.length ? 1 : 0),
       order,
     };
-    const hosts =
-      rc.match.host === undefined ? [] : Array.isArray(rc.match.host) ? rc.match.host : [rc.match.host];
-    if (hosts.length === 0) anyHost.push(entry);
-    for (const pattern of hosts) {
-      const key = hostKey(pattern);
-      if (key === '*' || key === '') {
-        anyHost.push(entry);
-      } else if (key.startsWith('*.')) {
-        const suffix = key.slice(1);
-        let list = wildcardMap.get(suffix);
-        if (!list) {
-          list = [];
-          wildcardMap.set(suffix, list);
-        }
-        list.push(entry);
-      } else {
-        let list = exact.get(key);
-        if (!list) {
-          list = [];
-          exact.set(key, list);
-        }
-        list.push(entry);
+    const hosts = route.hosts;
+    if (hosts.any) anyHost.push(entry);
+    for (const suffix of hosts.suffixes) {
+      let list = wildcardMap.get(suffix);
+      if (!list) {
+        list = [];
+        wildcardMap.set(suffix, list);
       }
+      list.push(entry);
+    }
+    for (const key of hosts.exact) {
+      let list = exact.get(key);
+      if (!list) {
+        list = [];
+        exact.set(key, list);
+      }
+      list.push(entry);
     }
   });
   for (const list of exact.values()) list.sort(bySpecificity);

@@ -14,8 +14,8 @@
  * Cross-site WebSocket hijacking: browsers send cookies and client certificates with a handshake that
  * any page opens, and the Same-Origin Policy does not apply to WebSockets (RFC 6455 §10.2), so a
  * handshake that such a credential identified must carry an Origin of the route itself (a host of its
- * `match.host`, or the handshake's own Host when it has none, with the listener's scheme and the Host's
- * port) or one of its `cors.origins`; else a protected route refuses it (403 `GH_WEBSOCKET_ORIGIN`) and a
+ * `match.host`, or the handshake's own Host when it matches any host, with the listener's scheme and the
+ * Host's port) or one of its `cors.origins`; else a protected route refuses it (403 `GH_WEBSOCKET_ORIGIN`) and a
  * public route forwards it without the identity, as if the cookie were SameSite=Strict. A handshake
  * without Origin is not from a browser (browsers always send it, RFC 6455 §4.1), so no page can have
  * opened it: it passes. Bearer tokens and API keys are never sent by a browser on its own: not checked.
@@ -150,10 +150,6 @@ function checkOpeningHandshake(req: ProxyRequest): void {
 interface OriginRule {
   /** Exact host names of `match.host` (lower case). */
   readonly hosts: ReadonlySet<string>;
-  /** `.example.com` for each `*.example.com` of `match.host`: any subdomain, on a label boundary. */
-  readonly suffixes: readonly string[];
-  /** The route has no host condition: the handshake's own Host is the route's host. */
-  readonly anyHost: boolean;
   /** `cors.origins`, lower case. */
   readonly cors: ReadonlySet<string>;
   /** `cors.origins: ['*']` with `credentials: true`: the route accepts credentialed calls from anywhere. */
@@ -165,21 +161,10 @@ const originRules = new WeakMap<CompiledRoute, OriginRule>();
 function originRuleOf(route: CompiledRoute): OriginRule {
   let rule = originRules.get(route);
   if (rule === undefined) {
-    const match = route.config.match.host;
-    const patterns = match === undefined ? [] : Array.isArray(match) ? match : [match];
-    const hosts = new Set<string>();
-    const suffixes: string[] = [];
-    for (const p of patterns) {
-      const h = hostOnly(p.trim().toLowerCase());
-      if (h.startsWith('*.')) suffixes.push(h.slice(1));
-      else hosts.add(h);
-    }
     const cors = route.config.cors;
     const origins = new Set((cors?.origins ?? []).map((o) => o.toLowerCase()));
     rule = {
-      hosts,
-      suffixes,
-      anyHost: patterns.length === 0,
+      hosts: new Set(route.hosts.exact),
       cors: origins,
       corsAny: origins.has('*') && cors?.credentials === true,
     };
@@ -188,25 +173,12 @@ function originRuleOf(route: CompiledRoute): OriginRule {
   return rule;
 }
 
-/** A configured host pattern without port and trailing dot, as the route table keys it. */
-function hostOnly(pattern: string): string {
-  let h = pattern;
-  if (h.startsWith('[')) {
-    const close = h.indexOf(']');
-    if (close !== -1) h = h.slice(0, close + 1);
-  } else {
-    const colon = h.lastIndexOf(':');
-    if (colon !== -1) h = h.slice(0, colon);
-  }
-  return h.endsWith('.') ? h.slice(0, -1) : h;
-}
-
 const DEFAULT_PORT: Readonly<Record<string, string>> = { 'http:': '80', 'https:': '443' };
 
 /**
  * True when a browser page at `origin` may open this handshake with the browser's own credentials:
  * a `cors.origins` entry, or the listener's scheme with a host of the route (the handshake's Host when
- * the route has none) and the port of the handshake's Host. `null` and anything that is not a plain
+ * the route matches any host) and the port of the handshake's Host. `null` and anything that is not a plain
  * `scheme://host[:port]` never are.
  */
 function originAllowed(
@@ -230,9 +202,11 @@ function originAllowed(
   if (o.origin !== lower || o.protocol !== `${scheme}:`) return false;
   if ((o.port || DEFAULT_PORT[o.protocol]) !== (h.port || DEFAULT_PORT[h.protocol])) return false;
   const host = o.hostname;
-  if (rule.anyHost) return host === h.hostname.replace(/\.$/, '');
+  // A route for any host is the handshake's own host's.
+  if (route.hosts.any && host === h.hostname.replace(/\.$/, '')) return true;
   if (rule.hosts.has(host)) return true;
-  for (const suffix of rule.suffixes) if (host.length > suffix.length && host.endsWith(suffix)) return true;
+  for (const suffix of route.hosts.suffixes)
+    if (host.length > suffix.length && host.endsWith(suffix)) return true;
   return false;
 }
 
