@@ -32,6 +32,7 @@ import type { Config } from '../config/schema.js';
 import { parseBind } from '../config/schema.js';
 import type { RequestFacts } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
+import { noteErrorCode } from '../observe/access-log.js';
 import type { Logger } from '../observe/log.js';
 import { isMapped, parseIPv6 } from '../policy/cidr.js';
 import { type StateStore, StateStoreError } from '../state/types.js';
@@ -845,6 +846,7 @@ export class LoginService {
     if (auth.kind !== 'ok') {
       res.setHeader('www-authenticate', 'Bearer realm="gatehouse"');
       const reason = auth.kind === 'invalid' ? auth.reason : 'user-unauthenticated';
+      noteErrorCode(res, 'GH_UNAUTHENTICATED');
       sendJson(res, 401, { error: 'unauthenticated', reason }, req.method);
       return;
     }
@@ -986,6 +988,7 @@ export class LoginService {
     message: string,
     retryHref?: string,
   ) {
+    noteErrorCode(res, code);
     sendPage(res, status, errorPage({ title, message, code, retryHref }), {}, method);
   }
 

@@ -26,6 +26,7 @@ import { GATEHOUSE_PREFIX, type LoginService } from '../identity/login.js';
 import { type ClientCertificateSocket, certificateIdentity } from '../identity/mtls.js';
 import { appendSetCookie, forbiddenPage, sendPage, unauthorizedPage } from '../identity/pages.js';
 import type { AuthResult, Identity, ReasonCode } from '../identity/types.js';
+import { errorCodeOf } from '../observe/access-log.js';
 import type { AccessEntry } from '../observe/log.js';
 import type { Runtime } from '../runtime.js';
 import { StateStoreError } from '../state/types.js';
@@ -139,6 +140,7 @@ function serveReserved(ex: AccessExchange, facts: RequestFacts): void {
   req.resume();
   res.once('finish', () => {
     ex.status = res.statusCode;
+    ex.errorCode ??= errorCodeOf(res);
   });
   const method = facts.method;
   if (facts.path === JWKS_PATH) {
