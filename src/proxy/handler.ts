@@ -626,6 +626,8 @@ class Exchange {
   }
 
   retry(reason: string): void {
+    // The client left while a 5xx was being discarded (finish aborted it): nothing is retried or counted.
+    if (this.finished) return;
     this.retries++;
     retriesTotal.labels(this.upstream!.name, reason).inc();
     if (this.serverId !== undefined) {
