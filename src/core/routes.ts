@@ -220,6 +220,12 @@ function compileHosts(match: string | string[] | undefined): RouteHosts {
   return { exact, suffixes, any };
 }
 
+function addEntry(bucket: Map<string, Entry[]>, key: string, entry: Entry): void {
+  const list = bucket.get(key);
+  if (list === undefined) bucket.set(key, [entry]);
+  else list.push(entry);
+}
+
 /** Compiles the routes of a configuration into a table for the hot path. */
 export function compileRoutes(config: Config): RouteTable {
   const compiled: CompiledRoute[] = [];
@@ -247,22 +253,8 @@ export function compileRoutes(config: Config): RouteTable {
     };
     const hosts = route.hosts;
     if (hosts.any) anyHost.push(entry);
-    for (const suffix of hosts.suffixes) {
-      let list = wildcardMap.get(suffix);
-      if (!list) {
-        list = [];
-        wildcardMap.set(suffix, list);
-      }
-      list.push(entry);
-    }
-    for (const key of hosts.exact) {
-      let list = exact.get(key);
-      if (!list) {
-        list = [];
-        exact.set(key, list);
-      }
-      list.push(entry);
-    }
+    for (const suffix of hosts.suffixes) addEntry(wildcardMap, suffix, entry);
+    for (const key of hosts.exact) addEntry(exact, key, entry);
   });
   for (const list of exact.values()) list.sort(bySpecificity);
   const wildcards: WildcardBucket[] = [];

@@ -715,13 +715,17 @@ class Exchange {
     this.contentLength = contentLengthOf(headers);
     this.pendingHead = headers;
     if (this.contentLength !== -1) return true;
-    const err = this.startResponse();
-    if (err !== undefined) {
-      this.abortUpstream?.(err);
-      return false;
-    }
+    if (!this.sendHead()) return false;
     res.flushHeaders();
     return true;
+  }
+
+  /** Writes the held response head (`startResponse`); false when Node refused it and the attempt is aborted. */
+  sendHead(): boolean {
+    const err = this.startResponse();
+    if (err === undefined) return true;
+    this.abortUpstream?.(err);
+    return false;
   }
 
   /** Writes the response head held in `pendingHead`; returns the error when Node refuses it. */
@@ -783,13 +787,7 @@ class Exchange {
       this.abortUpstream?.(new ClientClosedError());
       return false;
     }
-    if (this.pendingHead !== undefined) {
-      const err = this.startResponse();
-      if (err !== undefined) {
-        this.abortUpstream?.(err);
-        return false;
-      }
-    }
+    if (this.pendingHead !== undefined && !this.sendHead()) return false;
     const res = this.res;
     this.bytesOut += chunk.length;
     // The last chunk of a sized body ends the response at once (for a small body, headers and body
