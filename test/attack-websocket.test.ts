@@ -570,6 +570,45 @@ test("session fixation: a backend's Set-Cookie for the gateway's own cookies is 
   assert.deepEqual([logged.status, logged.error], [502, 'GH_UPSTREAM_INVALID']);
 });
 
+test("a route's response header edits apply to a 101 and to a declined handshake, as to any answer", async (t) => {
+  const internal = 'X-Backend-Internal: db-7.internal\r\nServer: backend/1.2\r\n';
+  const backend = await startRawBackend(t, (s, first) => {
+    if (first.startsWith('GET /declined'))
+      s.end(`HTTP/1.1 403 Forbidden\r\n${internal}Content-Length: 2\r\n\r\nno`);
+    else
+      s.write(
+        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+          `Sec-WebSocket-Accept: ${accept(KEY)}\r\n${internal}\r\n`,
+      );
+  });
+  const gw = await startGateway(
+    t,
+    config({ app: { servers: [{ url: backend.url }] } }, [
+      {
+        name: 'all',
+        upstream: 'app',
+        websocket: true,
+        headers: {
+          response: { set: { 'X-Frame-Options': 'DENY' }, remove: ['X-Backend-Internal', 'server'] },
+        },
+      },
+    ]),
+  );
+  for (const [path, status] of [
+    ['/live', '101'],
+    ['/declined', '403'],
+  ] as const) {
+    const c = await rawClient(t, gw.port());
+    c.socket.write(upgradeRequest(path));
+    await waitFor(() => c.data().includes('\r\n\r\n'), `the answer to ${path}`);
+    const head = c.data().slice(0, c.data().indexOf('\r\n\r\n'));
+    assert.ok(head.startsWith(`HTTP/1.1 ${status} `), head);
+    assert.doesNotMatch(head, /X-Backend-Internal|backend\/1\.2/i, `${path}: ${head}`);
+    assert.match(head, /X-Frame-Options: DENY/, `${path}: ${head}`);
+    c.socket.destroy();
+  }
+});
+
 test('handshake: a missing or malformed Sec-WebSocket-Key, another method or version is refused before the backend', async (t) => {
   const backend = await startWsBackend(t);
   const gw = await startGateway(

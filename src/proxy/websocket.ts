@@ -9,7 +9,8 @@
  * forwarded (GET, a 16-byte key, version 13), and no tunnel opens unless the upstream answers 101: a
  * refusal or another answer is relayed and the connection closed, so nothing the client sends after it
  * reaches the upstream (WebSocket smuggling). The upstream's answer is vetted like any other
- * (`vetResponseFields`): its Set-Cookie for the gateway's own cookies never reaches the browser.
+ * (`vetResponseFields`): its Set-Cookie for the gateway's own cookies never reaches the browser, and the
+ * route's response header edits apply.
  *
  * Cross-site WebSocket hijacking: browsers send cookies and client certificates with a handshake that
  * any page opens, and the Same-Origin Policy does not apply to WebSockets (RFC 6455 §10.2), so a
@@ -73,6 +74,7 @@ import {
   buildRequestHeaders,
   clientAddress,
   effectiveClient,
+  type HeaderEdits,
   HOP_BY_HOP,
   isTrusted,
   requestIdFrom,
@@ -210,6 +212,26 @@ function originAllowed(
   return false;
 }
 
+/**
+ * The header lines of the upstream's answer to a handshake as the client gets them: its fields without
+ * X-Request-Id (the gateway writes its own) and the route's removals, then the route's set values. A
+ * declined handshake (`relayed`) also loses the hop-by-hop fields and Content-Length: it is relayed
+ * decoded and close-delimited.
+ */
+function answerFields(raw: readonly Buffer[], edits: HeaderEdits | undefined, relayed: boolean): string {
+  const drop = edits?.drop;
+  let out = '';
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1');
+    const lower = name.toLowerCase();
+    if (lower === 'x-request-id' || drop?.has(lower)) continue;
+    if (relayed && (HOP_BY_HOP.has(lower) || lower === 'content-length')) continue;
+    out += `${name}: ${raw[i + 1]!.toString('latin1')}\r\n`;
+  }
+  if (edits !== undefined) for (const [name, value] of edits.set) out += `${name}: ${value}\r\n`;
+  return out;
+}
+
 /** The undici handler for one handshake, and afterwards the tunnel itself. */
 class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   readonly handler: ProxyHandler;
@@ -235,6 +257,8 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   access: AccessGrant | undefined;
   /** The cookies the gateway sets (`ownCookiesOf`): a backend's Set-Cookie for one is dropped. */
   ownCookies: ReadonlySet<string> | undefined;
+  /** The route's `headers.response` edits, applied to the upstream's answer. */
+  responseEdits: HeaderEdits | undefined;
   host = '';
   originalHost = '';
   path = '';
@@ -358,7 +382,9 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       this.up = up;
       this.ownCookies = ownCookiesOf(runtime.config);
       target = forwardPath(route, facts.path, facts.query);
-      const edits = routeState(route).requestEdits;
+      const rs = routeState(route);
+      this.responseEdits = rs.responseEdits;
+      const edits = rs.requestEdits;
       headers = buildRequestHeaders({
         raw: req.rawHeaders,
         host: this.originalHost,
@@ -479,11 +505,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       return;
     }
     let head = `HTTP/1.1 ${statusCode} ${STATUS_CODES[statusCode] ?? 'Switching Protocols'}\r\n`;
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i]!.toString();
-      if (name.toLowerCase() === 'x-request-id') continue;
-      head += `${name}: ${raw[i + 1]!.toString()}\r\n`;
-    }
+    head += answerFields(raw, this.responseEdits, false);
     const cookie = this.lease?.setCookie;
     if (cookie !== undefined) head += `Set-Cookie: ${cookie}\r\n`;
     // The session layer's cookie (refresh, re-seal) and the CORS answer.
@@ -518,12 +540,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     this.status = statusCode;
     this.relaying = true;
     let head = `HTTP/1.1 ${statusCode} ${statusText || STATUS_CODES[statusCode] || ''}\r\n`;
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i]!.toString('latin1');
-      const lower = name.toLowerCase();
-      if (HOP_BY_HOP.has(lower) || lower === 'x-request-id' || lower === 'content-length') continue;
-      head += `${name}: ${raw[i + 1]!.toString('latin1')}\r\n`;
-    }
+    head += answerFields(raw, this.responseEdits, true);
     head += `Connection: close\r\nX-Request-Id: ${this.requestId}\r\n\r\n`;
     if (!this.client.destroyed) this.client.write(head);
     return true;
