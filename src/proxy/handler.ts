@@ -648,6 +648,16 @@ class Exchange {
   }
 
   // --- undici dispatch handler (the callback API: no wrapper objects, and it reports body progress)
+  //
+  // One attempt, in the order undici calls back (the flags that record each state in brackets):
+  //   dispatchTo ─► onConnect [sent]: client idle watch armed, body tapped for a replay
+  //     ├► onHeaders, retryable 5xx [discarding] ─► onComplete / onError ─► retry ─► attempt
+  //     ├► onHeaders, final: a sized head is held [pendingHead], a streamed one written [responseStarted]
+  //     │    ├► onData: the held head goes out with the first bytes; the last sized chunk ends [responseEnded]
+  //     │    └► onComplete: lease released, response ended
+  //     └► onError: before [responseStarted] retried (canRetry) or answered (fail); after, the client
+  //        stream is cut
+  // finish() (the client response closed) [finished] aborts whatever attempt still runs.
 
   onConnect(abort: (err?: Error) => void): void {
     this.abortUpstream = abort;
