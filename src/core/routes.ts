@@ -206,7 +206,8 @@ function hostKey(pattern: string): string {
   return h;
 }
 
-function compileHosts(match: string | string[] | undefined): RouteHosts {
+/** Compiles a route's `match.host` (see `RouteHosts`); the sign-in return check reads hosts this way too. */
+export function compileHosts(match: string | string[] | undefined): RouteHosts {
   const patterns = match === undefined ? [] : Array.isArray(match) ? match : [match];
   const exact: string[] = [];
   const suffixes: string[] = [];
