@@ -13,6 +13,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Config, RouteConfig } from '../config/schema.js';
 import { GatehouseError } from '../errors.js';
+import { METHOD_OVERRIDE_HEADERS } from './methods.js';
 import { normalizePath } from './normalize.js';
 import type { CompiledRoute, RequestFacts, RouteHosts, RouteTable } from './types.js';
 
@@ -109,14 +110,43 @@ export function pathPrefixProblem(prefix: string): string | undefined {
   return undefined;
 }
 
-/** Problems of the routes' `match.path` prefixes (config path and message), for the configuration loader. */
+/**
+ * Problems of the routes (config path and message), for the configuration loader: `match.path` prefixes
+ * no request path can carry, and method-override headers that a route with `methodOverride` would not
+ * forward as sent (its `headers.request` or its upstream's `inject` replaces or removes them), so the
+ * upstream would act on another method than the one routing and policy decided on.
+ */
 export function routeProblems(config: Config): Array<{ path: Array<string | number>; message: string }> {
   const out: Array<{ path: Array<string | number>; message: string }> = [];
   config.routes.forEach((r, i) => {
     const problem = pathPrefixProblem(r.match.path);
     if (problem !== undefined) out.push({ path: ['routes', i, 'match', 'path'], message: problem });
+    if (!r.methodOverride) return;
+    const edits = r.headers?.request;
+    const edited = overrideHeaderIn([...(edits?.remove ?? []), ...Object.keys(edits?.set ?? {})]);
+    if (edited !== undefined)
+      out.push({ path: ['routes', i, 'headers', 'request'], message: overrideMessage(edited, 'this route') });
+    const upstreams = r.split === undefined ? [r.upstream ?? ''] : r.split.targets.map((t) => t.upstream);
+    for (const name of upstreams) {
+      const injected = overrideHeaderIn(Object.keys(config.upstreams[name]?.inject?.headers ?? {}));
+      if (injected === undefined) continue;
+      const where = r.split === undefined ? ['routes', i, 'upstream'] : ['routes', i, 'split'];
+      out.push({ path: where, message: overrideMessage(injected, `upstream ${name}`) });
+      break;
+    }
   });
   return out;
+}
+
+function overrideHeaderIn(names: readonly string[]): string | undefined {
+  return names.find((n) => METHOD_OVERRIDE_HEADERS.includes(n.toLowerCase()));
+}
+
+function overrideMessage(header: string, who: string): string {
+  return (
+    `${header} is set or removed by ${who}, but methodOverride decides on the client's value: ` +
+    'the upstream would act on another method than the one routing and policy saw'
+  );
 }
 
 // The configured prefix is normalized like request paths so `/api//v1` and `/%7Eu` match what clients
