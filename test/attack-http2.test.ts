@@ -65,10 +65,12 @@ async function backend(t: TestContext): Promise<{ url: string; paths: string[]; 
 
 const cert = selfSigned();
 
+/** A gateway with an HTTP/2 listener; `routes` and `top` (identity, policies) replace the public route. */
 async function h2Gateway(
   t: TestContext,
   backendUrl: string,
   server: Record<string, unknown> = {},
+  more: { routes?: unknown[]; top?: Record<string, unknown> } = {},
 ): Promise<TestGateway> {
   const dir = tempDir();
   t.after(() => dir.remove());
@@ -76,16 +78,23 @@ async function h2Gateway(
   dir.write('key.pem', cert.key);
   return startGateway(
     t,
-    config({ app: { servers: [{ url: backendUrl }] } }, [{ name: 'all', upstream: 'app' }], {
-      listeners: [
+    {
+      ...config(
+        { app: { servers: [{ url: backendUrl }] } },
+        more.routes ?? [{ name: 'all', upstream: 'app' }],
         {
-          name: 'web',
-          bind: '127.0.0.1:0',
-          tls: { certificates: [{ cert: 'file:cert.pem', key: 'file:key.pem' }] },
+          listeners: [
+            {
+              name: 'web',
+              bind: '127.0.0.1:0',
+              tls: { certificates: [{ cert: 'file:cert.pem', key: 'file:key.pem' }] },
+            },
+          ],
+          server,
         },
-      ],
-      server,
-    }),
+      ),
+      ...more.top,
+    },
     { baseDir: dir.dir },
   );
 }
@@ -358,32 +367,23 @@ test('GOAWAY from the client: streams in flight are answered, the connection clo
 
 test('a refusal by the access stage while the request body is still arriving sets no Connection header on HTTP/2 (a process warning) and ends the stream with RST_STREAM NO_ERROR after the 401', async (t) => {
   const b = await backend(t);
-  const dir = tempDir();
-  t.after(() => dir.remove());
-  dir.write('cert.pem', cert.cert);
-  dir.write('key.pem', cert.key);
   const warnings: string[] = [];
   const onWarning = (w: Error): void => {
     warnings.push(w.message);
   };
   process.on('warning', onWarning);
   t.after(() => process.off('warning', onWarning));
-  const gw = await startGateway(
+  const gw = await h2Gateway(
     t,
+    b.url,
+    {},
     {
-      ...config({ app: { servers: [{ url: b.url }] } }, [{ name: 'private', upstream: 'app', policy: 'p' }], {
-        listeners: [
-          {
-            name: 'web',
-            bind: '127.0.0.1:0',
-            tls: { certificates: [{ cert: 'file:cert.pem', key: 'file:key.pem' }] },
-          },
-        ],
-      }),
-      identity: { apiKeys: [{ id: 'k', hash: `sha256:${'0'.repeat(64)}`, subject: 's' }] },
-      policies: { p: { allow: [{ name: 'keys', authMethod: ['apiKey'] }] } },
+      routes: [{ name: 'private', upstream: 'app', policy: 'p' }],
+      top: {
+        identity: { apiKeys: [{ id: 'k', hash: `sha256:${'0'.repeat(64)}`, subject: 's' }] },
+        policies: { p: { allow: [{ name: 'keys', authMethod: ['apiKey'] }] } },
+      },
     },
-    { baseDir: dir.dir },
   );
   const c = await raw(t, gw);
   c.write(

@@ -519,24 +519,37 @@ test('smuggling: a 101 the client never asked for opens no tunnel', async (t) =>
   assert.match(second ?? '', /x-forwarded-for: 127\.0\.0\.1/, 'proxied as a request, not written raw');
 });
 
-test("session fixation: a backend's Set-Cookie for the gateway's own cookies is dropped from a 101 and from a declined handshake", async (t) => {
-  const planted =
-    'Set-Cookie: _gatehouse=attacker-session; Path=/; HttpOnly\r\nset-cookie: _gatehouse_login=x\r\n' +
-    'Set-Cookie: app=1; Path=/\r\n';
-  const backend = await startRawBackend(t, (s, first) => {
+/**
+ * A backend that answers a handshake for `/declined` with 403, for `/coded` with a 101 carrying a
+ * transfer coding, and for any other path with a 101; `fields` (header lines) go into the first two.
+ */
+function answeringBackend(t: TestContext, fields: string): ReturnType<typeof startRawBackend> {
+  const upgraded = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept(KEY)}\r\n`;
+  return startRawBackend(t, (s, first) => {
     if (first.startsWith('GET /declined'))
-      s.end(`HTTP/1.1 403 Forbidden\r\n${planted}Content-Length: 2\r\n\r\nno`);
-    else if (first.startsWith('GET /coded'))
-      s.write(
-        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-          `Sec-WebSocket-Accept: ${accept(KEY)}\r\nTransfer-Encoding: gzip\r\n\r\n`,
-      );
-    else
-      s.write(
-        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-          `Sec-WebSocket-Accept: ${accept(KEY)}\r\n${planted}\r\n`,
-      );
+      s.end(`HTTP/1.1 403 Forbidden\r\n${fields}Content-Length: 2\r\n\r\nno`);
+    else if (first.startsWith('GET /coded')) s.write(`${upgraded}Transfer-Encoding: gzip\r\n\r\n`);
+    else s.write(`${upgraded}${fields}\r\n`);
   });
+}
+
+/** The head of the gateway's answer to a handshake for `path`, checked to have `status`. */
+async function answerHead(t: TestContext, gw: TestGateway, path: string, status: string): Promise<string> {
+  const c = await rawClient(t, gw.port());
+  c.socket.write(upgradeRequest(path));
+  await waitFor(() => c.data().includes('\r\n\r\n'), `the answer to ${path}`);
+  c.socket.destroy();
+  const head = c.data().slice(0, c.data().indexOf('\r\n\r\n'));
+  assert.ok(head.startsWith(`HTTP/1.1 ${status} `), head);
+  return head;
+}
+
+test("session fixation: a backend's Set-Cookie for the gateway's own cookies is dropped from a 101 and from a declined handshake", async (t) => {
+  const backend = await answeringBackend(
+    t,
+    'Set-Cookie: _gatehouse=attacker-session; Path=/; HttpOnly\r\nset-cookie: _gatehouse_login=x\r\n' +
+      'Set-Cookie: app=1; Path=/\r\n',
+  );
   const gw = await startGateway(
     t,
     config(
@@ -551,14 +564,9 @@ test("session fixation: a backend's Set-Cookie for the gateway's own cookies is 
     ['/live', '101'],
     ['/declined', '403'],
   ] as const) {
-    const c = await rawClient(t, gw.port());
-    c.socket.write(upgradeRequest(path));
-    await waitFor(() => c.data().includes('\r\n\r\n'), `the answer to ${path}`);
-    const head = c.data().slice(0, c.data().indexOf('\r\n\r\n'));
-    assert.ok(head.startsWith(`HTTP/1.1 ${status} `), head);
+    const head = await answerHead(t, gw, path, status);
     assert.doesNotMatch(head, /_gatehouse/i, `${path}: ${head}`);
     assert.match(head, /Set-Cookie: app=1/, 'the application keeps its own cookies');
-    c.socket.destroy();
   }
   // A 101 with a field no answer may carry is refused like any other invalid answer: no tunnel.
   const c = await rawClient(t, gw.port());
@@ -571,16 +579,7 @@ test("session fixation: a backend's Set-Cookie for the gateway's own cookies is 
 });
 
 test("a route's response header edits apply to a 101 and to a declined handshake, as to any answer", async (t) => {
-  const internal = 'X-Backend-Internal: db-7.internal\r\nServer: backend/1.2\r\n';
-  const backend = await startRawBackend(t, (s, first) => {
-    if (first.startsWith('GET /declined'))
-      s.end(`HTTP/1.1 403 Forbidden\r\n${internal}Content-Length: 2\r\n\r\nno`);
-    else
-      s.write(
-        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-          `Sec-WebSocket-Accept: ${accept(KEY)}\r\n${internal}\r\n`,
-      );
-  });
+  const backend = await answeringBackend(t, 'X-Backend-Internal: db-7.internal\r\nServer: backend/1.2\r\n');
   const gw = await startGateway(
     t,
     config({ app: { servers: [{ url: backend.url }] } }, [
@@ -598,14 +597,9 @@ test("a route's response header edits apply to a 101 and to a declined handshake
     ['/live', '101'],
     ['/declined', '403'],
   ] as const) {
-    const c = await rawClient(t, gw.port());
-    c.socket.write(upgradeRequest(path));
-    await waitFor(() => c.data().includes('\r\n\r\n'), `the answer to ${path}`);
-    const head = c.data().slice(0, c.data().indexOf('\r\n\r\n'));
-    assert.ok(head.startsWith(`HTTP/1.1 ${status} `), head);
+    const head = await answerHead(t, gw, path, status);
     assert.doesNotMatch(head, /X-Backend-Internal|backend\/1\.2/i, `${path}: ${head}`);
     assert.match(head, /X-Frame-Options: DENY/, `${path}: ${head}`);
-    c.socket.destroy();
   }
 });
 
