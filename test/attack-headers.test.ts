@@ -9,10 +9,10 @@ import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import { connect } from 'node:net';
 import { test } from 'node:test';
+import { METHOD_OVERRIDE_HEADERS } from '../src/core/methods.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import {
   buildRequestHeaders,
-  METHOD_OVERRIDE_HEADERS,
   REWRITE_REQUEST_HEADERS,
   TRUSTED_ONLY_REQUEST_HEADERS,
 } from '../src/proxy/headers.js';
@@ -225,7 +225,7 @@ test('method override: X-HTTP-Method-Override and its kin are removed unless the
       { name: 'reports', upstream: 'app', public: true },
     ]),
   );
-  for (const name of OVERRIDE) assert.ok(METHOD_OVERRIDE_HEADERS.has(name.toLowerCase()), name);
+  for (const name of OVERRIDE) assert.ok(METHOD_OVERRIDE_HEADERS.includes(name.toLowerCase()), name);
   const headers = ['Host', 'a.test'];
   for (const name of OVERRIDE) {
     for (const n of [...casings(name), ...underscored(name)]) headers.push(n, 'DELETE');

@@ -27,7 +27,7 @@ import {
   settings,
   windowUpdate,
 } from './helpers/h2raw.js';
-import { config, startGateway, type TestGateway, waitFor } from './helpers/proxy.js';
+import { config, seenOf, startBackend, startGateway, type TestGateway, waitFor } from './helpers/proxy.js';
 
 /** A backend that counts requests; `/hold*` never answers, `/endless` streams until cut, others answer. */
 async function backend(t: TestContext): Promise<{ url: string; paths: string[]; open: () => number }> {
@@ -65,10 +65,12 @@ async function backend(t: TestContext): Promise<{ url: string; paths: string[]; 
 
 const cert = selfSigned();
 
+/** A gateway with an HTTP/2 listener; `routes` and `top` (identity, policies) replace the public route. */
 async function h2Gateway(
   t: TestContext,
   backendUrl: string,
   server: Record<string, unknown> = {},
+  more: { routes?: unknown[]; top?: Record<string, unknown> } = {},
 ): Promise<TestGateway> {
   const dir = tempDir();
   t.after(() => dir.remove());
@@ -76,16 +78,23 @@ async function h2Gateway(
   dir.write('key.pem', cert.key);
   return startGateway(
     t,
-    config({ app: { servers: [{ url: backendUrl }] } }, [{ name: 'all', upstream: 'app' }], {
-      listeners: [
+    {
+      ...config(
+        { app: { servers: [{ url: backendUrl }] } },
+        more.routes ?? [{ name: 'all', upstream: 'app' }],
         {
-          name: 'web',
-          bind: '127.0.0.1:0',
-          tls: { certificates: [{ cert: 'file:cert.pem', key: 'file:key.pem' }] },
+          listeners: [
+            {
+              name: 'web',
+              bind: '127.0.0.1:0',
+              tls: { certificates: [{ cert: 'file:cert.pem', key: 'file:key.pem' }] },
+            },
+          ],
+          server,
         },
-      ],
-      server,
-    }),
+      ),
+      ...more.top,
+    },
     { baseDir: dir.dir },
   );
 }
@@ -354,6 +363,60 @@ test('GOAWAY from the client: streams in flight are answered, the connection clo
   c.write(goaway(1, CODE.PROTOCOL_ERROR));
   await within(c.closed, 10_000, 'the connection to close');
   assert.equal(await h2get(gw), 200);
+});
+
+test('a refusal by the access stage while the request body is still arriving sets no Connection header on HTTP/2 (a process warning) and ends the stream with RST_STREAM NO_ERROR after the 401', async (t) => {
+  const b = await backend(t);
+  const warnings: string[] = [];
+  const onWarning = (w: Error): void => {
+    warnings.push(w.message);
+  };
+  process.on('warning', onWarning);
+  t.after(() => process.off('warning', onWarning));
+  const gw = await h2Gateway(
+    t,
+    b.url,
+    {},
+    {
+      routes: [{ name: 'private', upstream: 'app', policy: 'p' }],
+      top: {
+        identity: { apiKeys: [{ id: 'k', hash: `sha256:${'0'.repeat(64)}`, subject: 's' }] },
+        policies: { p: { allow: [{ name: 'keys', authMethod: ['apiKey'] }] } },
+      },
+    },
+  );
+  const c = await raw(t, gw);
+  c.write(
+    frame(FRAME.HEADERS, FLAG.END_HEADERS, 1, headerBlock(requestFields('/upload', 'POST'))),
+    frame(FRAME.DATA, 0, 1, Buffer.alloc(100, 1)),
+  );
+  await waitFor(() => c.resets().has(1), 'RST_STREAM on the refused stream', 10_000);
+  assert.ok(c.answered().has(1), 'the 401 came first');
+  assert.equal(c.resets().get(1), CODE.NO_ERROR);
+  assert.equal(b.paths.length, 0);
+  await waitFor(() => gw.access.length === 1, 'the access log line');
+  assert.deepEqual([gw.access[0]!.status, gw.access[0]!.error], [401, 'GH_UNAUTHENTICATED']);
+  assert.deepEqual(warnings, [], 'no connection-specific header was set on an HTTP/2 response');
+});
+
+test('cookie crumbs (RFC 9113 §8.2.3) reach the HTTP/1.1 upstream as one Cookie header, as the gateway read them', async (t) => {
+  const b = await startBackend(t, 'echo');
+  const gw = await h2Gateway(t, b.url);
+  const session = http2.connect(gw.url(), { rejectUnauthorized: false });
+  t.after(() => session.close());
+  const body = await new Promise<Buffer>((resolve, reject) => {
+    const s = session.request({ ':path': '/crumbs', cookie: ['a=1', 'b=2', 'c=3'] });
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('end', () => resolve(Buffer.concat(chunks)));
+    s.on('error', reject);
+  });
+  const seen = seenOf(body);
+  const cookies = seen.rawHeaders.filter(
+    (_, i) => i % 2 === 0 && seen.rawHeaders[i]!.toLowerCase() === 'cookie',
+  );
+  assert.equal(cookies.length, 1, `one Cookie line: ${JSON.stringify(seen.rawHeaders)}`);
+  assert.equal(seen.headers.cookie, 'a=1; b=2; c=3');
 });
 
 test('HTTP/2: after every attack above, the gateway still serves HTTP/2 and HTTP/1.1 on the same port', async (t) => {

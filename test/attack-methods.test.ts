@@ -399,6 +399,35 @@ test('method override is refused (400) on a GET (a cross-site <img>), when confl
   assert.equal(seen.length, 1);
 });
 
+test('method override: an override header named in Connection (removed before forwarding) is refused, never decided on as the override while the upstream gets the POST', async (t) => {
+  const { gw, seen } = await setup(t);
+  // /api/put takes only PUT: decided as the override it would admit a POST the upstream acts on.
+  for (const [name, connection] of [
+    ['x-http-method-override', 'x-http-method-override'],
+    ['x-http-method', 'keep-alive, X-HTTP-Method'],
+    ['x-method-override', 'X-Method-Override '],
+  ] as const) {
+    const r = await request(gw.url(), {
+      method: 'POST',
+      path: '/api/put',
+      headers: { ...AUTH, [name]: 'PUT', connection },
+      body: 'x=1',
+    });
+    assert.equal(r.status, 400, `${name} named in Connection: ${connection}`);
+    assert.match(r.body.toString(), /GH_BAD_METHOD_OVERRIDE/);
+  }
+  assert.equal(seen.length, 0, 'nothing reached the upstream');
+  // Another header named in Connection does not matter.
+  const other = await request(gw.url(), {
+    method: 'POST',
+    path: '/api/put',
+    headers: { ...AUTH, 'x-http-method-override': 'PUT', connection: 'x-other' },
+    body: 'x=1',
+  });
+  assert.equal(other.status, 200);
+  assert.equal(seen[0]?.headers['x-http-method-override'], 'PUT');
+});
+
 test('method override on a route without opt-in changes nothing: routing, policy and the log see the POST', async (t) => {
   const { gw, seen } = await setup(t);
   const r = await request(gw.url(), {

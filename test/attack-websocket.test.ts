@@ -247,6 +247,19 @@ test("CSWSH: the route's hosts decide, exact or *.wildcard on label boundaries, 
   assert.equal(backend.handshakes.length, allowed.length + 1);
 });
 
+test("CSWSH: a route whose match.host is '*' matches any host, so its own Host is its origin, as with no host", async (t) => {
+  const backend = await startWsBackend(t);
+  const { gw, cookie, origin } = await signedIn(t, { ws: { servers: [{ url: backend.url }] } }, [
+    { name: 'live', match: { host: '*', path: '/live' }, upstream: 'ws', policy: 'eng', websocket: true },
+  ]);
+  const own = await handshake(t, gw, '/live', { origin, headers: { cookie } });
+  assert.equal(own.status, 101, `${own.status} ${own.body}`);
+  const foreign = await handshake(t, gw, '/live', { origin: 'http://evil.example', headers: { cookie } });
+  assert.equal(foreign.status, 403);
+  assert.equal(codeOf(foreign), 'GH_WEBSOCKET_ORIGIN');
+  assert.equal(backend.handshakes.length, 1);
+});
+
 test('CSWSH: bearer and API-key handshakes are not affected by Origin', async (t) => {
   const backend = await startWsBackend(t);
   const key = generateApiKey('etl');
@@ -504,6 +517,90 @@ test('smuggling: a 101 the client never asked for opens no tunnel', async (t) =>
   assert.equal(c.data().split('HTTP/1.1 502 ').length, 3, c.data());
   const second = backend.received.find((r) => r.startsWith('GET /internal'));
   assert.match(second ?? '', /x-forwarded-for: 127\.0\.0\.1/, 'proxied as a request, not written raw');
+});
+
+/**
+ * A backend that answers a handshake for `/declined` with 403, for `/coded` with a 101 carrying a
+ * transfer coding, and for any other path with a 101; `fields` (header lines) go into the first two.
+ */
+function answeringBackend(t: TestContext, fields: string): ReturnType<typeof startRawBackend> {
+  const upgraded = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept(KEY)}\r\n`;
+  return startRawBackend(t, (s, first) => {
+    if (first.startsWith('GET /declined'))
+      s.end(`HTTP/1.1 403 Forbidden\r\n${fields}Content-Length: 2\r\n\r\nno`);
+    else if (first.startsWith('GET /coded')) s.write(`${upgraded}Transfer-Encoding: gzip\r\n\r\n`);
+    else s.write(`${upgraded}${fields}\r\n`);
+  });
+}
+
+/** The head of the gateway's answer to a handshake for `path`, checked to have `status`. */
+async function answerHead(t: TestContext, gw: TestGateway, path: string, status: string): Promise<string> {
+  const c = await rawClient(t, gw.port());
+  c.socket.write(upgradeRequest(path));
+  await waitFor(() => c.data().includes('\r\n\r\n'), `the answer to ${path}`);
+  c.socket.destroy();
+  const head = c.data().slice(0, c.data().indexOf('\r\n\r\n'));
+  assert.ok(head.startsWith(`HTTP/1.1 ${status} `), head);
+  return head;
+}
+
+test("session fixation: a backend's Set-Cookie for the gateway's own cookies is dropped from a 101 and from a declined handshake", async (t) => {
+  const backend = await answeringBackend(
+    t,
+    'Set-Cookie: _gatehouse=attacker-session; Path=/; HttpOnly\r\nset-cookie: _gatehouse_login=x\r\n' +
+      'Set-Cookie: app=1; Path=/\r\n',
+  );
+  const gw = await startGateway(
+    t,
+    config(
+      { app: { servers: [{ url: backend.url }] } },
+      [{ name: 'all', upstream: 'app', websocket: true }],
+      {
+        identity: { session: { secrets: [SECRET] } },
+      },
+    ),
+  );
+  for (const [path, status] of [
+    ['/live', '101'],
+    ['/declined', '403'],
+  ] as const) {
+    const head = await answerHead(t, gw, path, status);
+    assert.doesNotMatch(head, /_gatehouse/i, `${path}: ${head}`);
+    assert.match(head, /Set-Cookie: app=1/, 'the application keeps its own cookies');
+  }
+  // A 101 with a field no answer may carry is refused like any other invalid answer: no tunnel.
+  const c = await rawClient(t, gw.port());
+  c.socket.write(upgradeRequest('/coded'));
+  await c.closed;
+  assert.match(c.data(), /^HTTP\/1\.1 502 [\s\S]*GH_UPSTREAM_INVALID/);
+  await waitFor(() => gw.access.some((e) => e.path === '/coded'), 'the refusal in the access log');
+  const logged = gw.access.find((e) => e.path === '/coded')!;
+  assert.deepEqual([logged.status, logged.error], [502, 'GH_UPSTREAM_INVALID']);
+});
+
+test("a route's response header edits apply to a 101 and to a declined handshake, as to any answer", async (t) => {
+  const backend = await answeringBackend(t, 'X-Backend-Internal: db-7.internal\r\nServer: backend/1.2\r\n');
+  const gw = await startGateway(
+    t,
+    config({ app: { servers: [{ url: backend.url }] } }, [
+      {
+        name: 'all',
+        upstream: 'app',
+        websocket: true,
+        headers: {
+          response: { set: { 'X-Frame-Options': 'DENY' }, remove: ['X-Backend-Internal', 'server'] },
+        },
+      },
+    ]),
+  );
+  for (const [path, status] of [
+    ['/live', '101'],
+    ['/declined', '403'],
+  ] as const) {
+    const head = await answerHead(t, gw, path, status);
+    assert.doesNotMatch(head, /X-Backend-Internal|backend\/1\.2/i, `${path}: ${head}`);
+    assert.match(head, /X-Frame-Options: DENY/, `${path}: ${head}`);
+  }
 });
 
 test('handshake: a missing or malformed Sec-WebSocket-Key, another method or version is refused before the backend', async (t) => {

@@ -168,3 +168,29 @@ test('a route prefix that request paths can never carry is a configuration probl
     (err: unknown) => err instanceof GatehouseError && err.code === 'GH_CONFIG_INVALID',
   );
 });
+
+test('a route with methodOverride whose own headers or upstream would replace or remove the override header is a configuration problem', () => {
+  const config = (route: Record<string, unknown>, inject?: Record<string, string>) =>
+    ConfigSchema.parse({
+      listeners: [{ name: 'l', bind: '127.0.0.1:0' }],
+      upstreams: {
+        a: { servers: [{ url: 'http://127.0.0.1:1' }], ...(inject ? { inject: { headers: inject } } : {}) },
+      },
+      routes: [{ name: 'api', upstream: 'a', methodOverride: true, ...route }],
+    });
+  const problems = (c: ReturnType<typeof config>) => routeProblems(c).map((p) => p.path.join('.'));
+  // Policy would decide on the override while the upstream got the POST without it, or another value.
+  assert.deepEqual(problems(config({ headers: { request: { remove: ['X-HTTP-Method-Override'] } } })), [
+    'routes.0.headers.request',
+  ]);
+  assert.deepEqual(problems(config({ headers: { request: { set: { 'x-method-override': 'GET' } } } })), [
+    'routes.0.headers.request',
+  ]);
+  assert.deepEqual(problems(config({}, { 'X-HTTP-Method': 'PUT' })), ['routes.0.upstream']);
+  // Without methodOverride the headers are the route's to edit; other headers are always fine.
+  assert.deepEqual(
+    problems(config({ methodOverride: false, headers: { request: { remove: ['x-http-method'] } } })),
+    [],
+  );
+  assert.deepEqual(problems(config({ headers: { request: { remove: ['x-other'] } } })), []);
+});

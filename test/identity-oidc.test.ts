@@ -456,7 +456,11 @@ test('fromConfig builds the service from the configuration, resolving secrets; s
     upstreams: { u: { servers: [{ url: 'http://127.0.0.1:9001' }] } },
     routes: [
       { name: 'a', match: { host: 'airbyte.example.com' }, upstream: 'u' },
-      { name: 'b', match: { host: ['*.jobs.example.com', 'Exact.Example.com:8443'] }, upstream: 'u' },
+      {
+        name: 'b',
+        match: { host: ['*.jobs.example.com', 'Exact.Example.com:8443', '[2001:db8::1]:8443'] },
+        upstream: 'u',
+      },
       { name: 'c', upstream: 'u' },
     ],
   });
@@ -484,6 +488,8 @@ test('fromConfig builds the service from the configuration, resolving secrets; s
   assert.equal(served('x.jobs.example.com', 443, 'https'), true);
   assert.equal(served('jobs.example.com', 443, 'https'), false, 'a wildcard never covers the apex');
   assert.equal(served('exact.example.com', 443, 'https'), true);
+  // The route table's reading of a host pattern: an IPv6 literal's port is not part of its name.
+  assert.equal(served('[2001:db8::1]', 8443, 'https'), true);
   assert.equal(served('login.example.com', 443, 'https'), true);
   assert.equal(served('127.0.0.1', 8080, 'http'), true);
   assert.equal(served('evil.com', 443, 'https'), false, 'a catch-all route does not make every host served');

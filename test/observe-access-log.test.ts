@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import { createAccessLog } from '../src/observe/access-log.js';
 import type { AccessEntry } from '../src/observe/log.js';
 import { LineCollector } from './helpers/observe.js';
+import { config, request, startBackend, startGateway, waitFor } from './helpers/proxy.js';
 
 test('the access log writes one JSON line per request with every field and nothing else', () => {
   const out = new LineCollector();
@@ -80,4 +81,32 @@ test('fields given to the access log (a cluster worker number) lead every line',
   assert.equal(out.lines.length, 1);
   assert.match(out.lines[0] ?? '', /^\{"worker":3,"time":"2025-01-02T03:04:05.678Z","requestId":"req-9",/);
   assert.equal(JSON.parse(out.lines[0] ?? '').worker, 3);
+});
+
+test("the sign-in endpoints' answers are logged with their status and stable code, like the gateway's own refusals", async (t) => {
+  const backend = await startBackend(t, 'app');
+  const gw = await startGateway(t, {
+    ...config({ app: { servers: [{ url: backend.url }] } }, [{ name: 'all', upstream: 'app' }]),
+    identity: {
+      session: { secrets: ['observe-access-log-session-secret-0123456789'] },
+      // Never contacted: every request below is answered before the provider would be.
+      providers: [
+        { name: 'corp', type: 'oidc', issuer: 'http://127.0.0.1:9', clientId: 'c', clientSecret: 's' },
+      ],
+    },
+  });
+  const cases: Array<[string, string, number, string]> = [
+    ['POST', '/.gatehouse/login', 405, 'GH_METHOD_NOT_ALLOWED'],
+    ['GET', '/.gatehouse/userinfo', 401, 'GH_UNAUTHENTICATED'],
+    ['GET', '/.gatehouse/nothing-here', 404, 'GH_NOT_FOUND'],
+  ];
+  for (const [method, path, status] of cases) {
+    const r = await request(gw.url(), { method, path, headers: { 'content-length': '0' } });
+    assert.equal(r.status, status, `${method} ${path}`);
+  }
+  await waitFor(() => gw.access.length === cases.length, 'an access log line per request');
+  assert.deepEqual(
+    gw.access.map((e) => [e.method, e.path, e.status, e.error]),
+    cases,
+  );
 });

@@ -3,7 +3,8 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
-import { config, request, seenOf, startBackend, startGateway } from './helpers/proxy.js';
+import { registry } from '../src/observe/metrics.js';
+import { config, request, seenOf, startBackend, startGateway, waitFor } from './helpers/proxy.js';
 
 /** A port on 127.0.0.1 where nothing listens (bound once, then closed). */
 async function deadPort(): Promise<number> {
@@ -278,4 +279,43 @@ test('retry defaults: a body over 64 KiB is not replayed; a POST is never sent t
     assert.equal(reset.seen.length + good.seen.length - before, 2, 'each request reached one server once');
   }
   assert.ok(gw.access.every((e) => e.retries === 0));
+});
+
+test('a client that leaves while a retryable 5xx body is being discarded ends the exchange: no retry is counted or sent', async (t) => {
+  let got = 0;
+  const holding = await startBackend(t, 'holding', (_req, res) => {
+    got++;
+    // A retryable status whose body never ends: the gateway reads it to reuse the connection.
+    res.writeHead(503, { 'content-type': 'text/plain', 'content-length': 100 });
+    res.write('partial');
+  });
+  const gw = await startGateway(
+    t,
+    config(
+      {
+        'discard-left': {
+          servers: [{ url: holding.url }],
+          retries: { attempts: 1, on: [503], backoff: '1ms' },
+          passive: { failures: 1000 },
+        },
+      },
+      [{ name: 'all', upstream: 'discard-left' }],
+    ),
+  );
+  const req = http.get({ host: '127.0.0.1', port: gw.port(), path: '/x', agent: false });
+  req.on('error', () => {});
+  await waitFor(() => got === 1, 'the first attempt');
+  req.destroy();
+  await waitFor(() => gw.access.length === 1, 'the access log line');
+  // Longer than the backoff: a retry, if one were scheduled, would have been sent by now.
+  await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(
+    gw.access.map((e) => [e.status, e.error, e.retries]),
+    [[499, 'GH_CLIENT_CLOSED', 0]],
+  );
+  const retries = (await registry.metrics())
+    .split('\n')
+    .filter((l) => l.startsWith('gatehouse_retries_total{') && l.includes('upstream="discard-left"'));
+  assert.deepEqual(retries, [], 'no retry counted for a client that left');
+  assert.equal(got, 1, 'no second attempt');
 });

@@ -5,6 +5,7 @@
  *   route with the request's own method ................................. no route: 404 GH_NO_ROUTE
  *   method override (only on a route with `methodOverride: true`)
  *     carried by anything but a POST, conflicting, invalid, or to HEAD ... 400 GH_BAD_METHOD_OVERRIDE
+ *     named in Connection (it would not reach the upstream) ............. 400 GH_BAD_METHOD_OVERRIDE
  *     route again with the overriding method: that route must opt in too .. 400 GH_BAD_METHOD_OVERRIDE
  *   CONNECT always, TRACE unless the route sets `trace: true` ... 405 GH_METHOD_NOT_ALLOWED with Allow
  *
@@ -119,10 +120,23 @@ function applyOverride(
     throw new MethodOverrideError('only a POST may carry a method override', route);
   // The upstream may answer the overridden request as a HEAD, without the body its framing announces.
   if (override === 'HEAD') throw new MethodOverrideError('a POST cannot be overridden to HEAD', route);
+  // A header named in Connection is removed before forwarding (RFC 9110 §7.6.1): the upstream would
+  // act on the POST that routing and policy never saw.
+  if (connectionNamesOverride(facts.headers.connection))
+    throw new MethodOverrideError('a method override header is named in Connection', route);
   facts.method = override;
   const target = table.match(facts);
   if (target !== undefined && target.config.methodOverride !== true) {
     throw new MethodOverrideError(`route ${target.name} does not accept method overrides`, target);
   }
   return target;
+}
+
+/** True when a Connection header value lists one of the method-override headers. */
+function connectionNamesOverride(value: string | string[] | undefined): boolean {
+  if (value === undefined) return false;
+  for (const token of (typeof value === 'string' ? value : value.join(',')).split(',')) {
+    if (METHOD_OVERRIDE_HEADERS.includes(token.trim().toLowerCase())) return true;
+  }
+  return false;
 }

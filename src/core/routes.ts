@@ -13,8 +13,9 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Config, RouteConfig } from '../config/schema.js';
 import { GatehouseError } from '../errors.js';
+import { METHOD_OVERRIDE_HEADERS } from './methods.js';
 import { normalizePath } from './normalize.js';
-import type { CompiledRoute, RequestFacts, RouteTable } from './types.js';
+import type { CompiledRoute, RequestFacts, RouteHosts, RouteTable } from './types.js';
 
 /** One route as it sits in a host bucket. */
 interface Entry {
@@ -41,6 +42,7 @@ interface WildcardBucket {
 class Route implements CompiledRoute {
   readonly name: string;
   readonly config: RouteConfig;
+  readonly hosts: RouteHosts;
   readonly maxBodySize: number | undefined;
   readonly pathPrefix: string;
   readonly websocketIdleTimeout: number | undefined;
@@ -53,6 +55,7 @@ class Route implements CompiledRoute {
   constructor(config: RouteConfig, serverMaxBody: number | undefined, index: number) {
     this.name = config.name;
     this.config = config;
+    this.hosts = compileHosts(config.match.host);
     this.maxBodySize = config.maxBodySize ?? serverMaxBody;
     this.pathPrefix = normalizePrefix(config.match.path, index);
     const ws = config.websocket;
@@ -107,14 +110,43 @@ export function pathPrefixProblem(prefix: string): string | undefined {
   return undefined;
 }
 
-/** Problems of the routes' `match.path` prefixes (config path and message), for the configuration loader. */
+/**
+ * Problems of the routes (config path and message), for the configuration loader: `match.path` prefixes
+ * no request path can carry, and method-override headers that a route with `methodOverride` would not
+ * forward as sent (its `headers.request` or its upstream's `inject` replaces or removes them), so the
+ * upstream would act on another method than the one routing and policy decided on.
+ */
 export function routeProblems(config: Config): Array<{ path: Array<string | number>; message: string }> {
   const out: Array<{ path: Array<string | number>; message: string }> = [];
   config.routes.forEach((r, i) => {
     const problem = pathPrefixProblem(r.match.path);
     if (problem !== undefined) out.push({ path: ['routes', i, 'match', 'path'], message: problem });
+    if (!r.methodOverride) return;
+    const edits = r.headers?.request;
+    const edited = overrideHeaderIn([...(edits?.remove ?? []), ...Object.keys(edits?.set ?? {})]);
+    if (edited !== undefined)
+      out.push({ path: ['routes', i, 'headers', 'request'], message: overrideMessage(edited, 'this route') });
+    const upstreams = r.split === undefined ? [r.upstream ?? ''] : r.split.targets.map((t) => t.upstream);
+    for (const name of upstreams) {
+      const injected = overrideHeaderIn(Object.keys(config.upstreams[name]?.inject?.headers ?? {}));
+      if (injected === undefined) continue;
+      const where = r.split === undefined ? ['routes', i, 'upstream'] : ['routes', i, 'split'];
+      out.push({ path: where, message: overrideMessage(injected, `upstream ${name}`) });
+      break;
+    }
   });
   return out;
+}
+
+function overrideHeaderIn(names: readonly string[]): string | undefined {
+  return names.find((n) => METHOD_OVERRIDE_HEADERS.includes(n.toLowerCase()));
+}
+
+function overrideMessage(header: string, who: string): string {
+  return (
+    `${header} is set or removed by ${who}, but methodOverride decides on the client's value: ` +
+    'the upstream would act on another method than the one routing and policy saw'
+  );
 }
 
 // The configured prefix is normalized like request paths so `/api//v1` and `/%7Eu` match what clients
@@ -204,6 +236,27 @@ function hostKey(pattern: string): string {
   return h;
 }
 
+/** Compiles a route's `match.host` (see `RouteHosts`); the sign-in return check reads hosts this way too. */
+export function compileHosts(match: string | string[] | undefined): RouteHosts {
+  const patterns = match === undefined ? [] : Array.isArray(match) ? match : [match];
+  const exact: string[] = [];
+  const suffixes: string[] = [];
+  let any = patterns.length === 0;
+  for (const pattern of patterns) {
+    const key = hostKey(pattern);
+    if (key === '*' || key === '') any = true;
+    else if (key.startsWith('*.')) suffixes.push(key.slice(1));
+    else exact.push(key);
+  }
+  return { exact, suffixes, any };
+}
+
+function addEntry(bucket: Map<string, Entry[]>, key: string, entry: Entry): void {
+  const list = bucket.get(key);
+  if (list === undefined) bucket.set(key, [entry]);
+  else list.push(entry);
+}
+
 /** Compiles the routes of a configuration into a table for the hot path. */
 export function compileRoutes(config: Config): RouteTable {
   const compiled: CompiledRoute[] = [];
@@ -229,30 +282,10 @@ export function compileRoutes(config: Config): RouteTable {
       conditions: (rc.match.methods ? 1 : 0) + (headerConds?.length ? 1 : 0),
       order,
     };
-    const hosts =
-      rc.match.host === undefined ? [] : Array.isArray(rc.match.host) ? rc.match.host : [rc.match.host];
-    if (hosts.length === 0) anyHost.push(entry);
-    for (const pattern of hosts) {
-      const key = hostKey(pattern);
-      if (key === '*' || key === '') {
-        anyHost.push(entry);
-      } else if (key.startsWith('*.')) {
-        const suffix = key.slice(1);
-        let list = wildcardMap.get(suffix);
-        if (!list) {
-          list = [];
-          wildcardMap.set(suffix, list);
-        }
-        list.push(entry);
-      } else {
-        let list = exact.get(key);
-        if (!list) {
-          list = [];
-          exact.set(key, list);
-        }
-        list.push(entry);
-      }
-    }
+    const hosts = route.hosts;
+    if (hosts.any) anyHost.push(entry);
+    for (const suffix of hosts.suffixes) addEntry(wildcardMap, suffix, entry);
+    for (const key of hosts.exact) addEntry(exact, key, entry);
   });
   for (const list of exact.values()) list.sort(bySpecificity);
   const wildcards: WildcardBucket[] = [];

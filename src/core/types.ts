@@ -24,10 +24,22 @@ export interface RequestFacts {
   tls: boolean;
 }
 
+/** A route's `match.host`, compiled once: which request hosts (see `normalizeHost`) it answers. */
+export interface RouteHosts {
+  /** Exact host names: lower case, without port or trailing dot. */
+  readonly exact: readonly string[];
+  /** `.example.com` for each `*.example.com`: any subdomain, on a label boundary, never the apex. */
+  readonly suffixes: readonly string[];
+  /** No host condition, or `*`: any host. */
+  readonly any: boolean;
+}
+
 /** A route ready for the hot path. */
 export interface CompiledRoute {
   readonly name: string;
   readonly config: RouteConfig;
+  /** The hosts the route answers (routing and the WebSocket Origin check share them). */
+  readonly hosts: RouteHosts;
   /** Upstream name for this request (applies the weighted split and the pin header). */
   pickUpstream(headers: IncomingHttpHeaders): string;
   /** Effective body limit in bytes, or undefined for none. */

@@ -30,8 +30,10 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Config } from '../config/schema.js';
 import { parseBind } from '../config/schema.js';
+import { compileHosts } from '../core/routes.js';
 import type { RequestFacts } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
+import { noteErrorCode } from '../observe/access-log.js';
 import type { Logger } from '../observe/log.js';
 import { isMapped, parseIPv6 } from '../policy/cidr.js';
 import { type StateStore, StateStoreError } from '../state/types.js';
@@ -839,6 +841,7 @@ export class LoginService {
     if (auth.kind !== 'ok') {
       res.setHeader('www-authenticate', 'Bearer realm="gatehouse"');
       const reason = auth.kind === 'invalid' ? auth.reason : 'user-unauthenticated';
+      noteErrorCode(res, 'GH_UNAUTHENTICATED');
       sendJson(res, 401, { error: 'unauthenticated', reason }, req.method);
       return;
     }
@@ -980,6 +983,7 @@ export class LoginService {
     message: string,
     retryHref?: string,
   ) {
+    noteErrorCode(res, code);
     sendPage(res, status, errorPage({ title, message, code, retryHref }), {}, method);
   }
 
@@ -1123,14 +1127,9 @@ export function servedHostChecker(config: Config): ServedHostCheck {
       exact.add(b.host.includes(':') ? `[${b.host}]` : b.host.toLowerCase());
   }
   for (const r of config.routes) {
-    const hosts =
-      r.match.host === undefined ? [] : Array.isArray(r.match.host) ? r.match.host : [r.match.host];
-    for (const h of hosts) {
-      const key = hostPattern(h);
-      if (key === '' || key === '*') continue;
-      if (key.startsWith('*.')) suffixes.push(key.slice(1));
-      else exact.add(key);
-    }
+    const hosts = compileHosts(r.match.host);
+    for (const h of hosts.exact) exact.add(h);
+    suffixes.push(...hosts.suffixes);
   }
   const signIn = config.identity?.session?.signInHost;
   if (signIn !== undefined) {
@@ -1145,15 +1144,6 @@ export function servedHostChecker(config: Config): ServedHostCheck {
     const h = stripDot(hostname.toLowerCase());
     return exact.has(h) || suffixes.some((s) => h.length > s.length && h.endsWith(s));
   };
-}
-
-function hostPattern(pattern: string): string {
-  let h = pattern.trim().toLowerCase();
-  if (!h.startsWith('[')) {
-    const colon = h.lastIndexOf(':');
-    if (colon !== -1) h = h.slice(0, colon);
-  }
-  return stripDot(h);
 }
 
 function stripDot(h: string): string {

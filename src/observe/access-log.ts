@@ -85,3 +85,19 @@ export function isoTime(ms: number): string {
   const milli = whole - second * 1000;
   return isoPrefix + (milli < 10 ? '00' : milli < 100 ? '0' : '') + milli + 'Z';
 }
+
+const kErrorCode = Symbol('gatehouse.errorCode');
+type CodedResponse = { [kErrorCode]?: string };
+
+/**
+ * Notes the stable code of an error answer written outside the proxy's own error path (the sign-in
+ * endpoints), so that the request's access-log line carries it like any other refusal.
+ */
+export function noteErrorCode(res: object, code: string): void {
+  (res as CodedResponse)[kErrorCode] = code;
+}
+
+/** The code `noteErrorCode` left on a response, if any. */
+export function errorCodeOf(res: object): string | undefined {
+  return (res as CodedResponse)[kErrorCode];
+}

@@ -26,10 +26,12 @@ import { GATEHOUSE_PREFIX, type LoginService } from '../identity/login.js';
 import { type ClientCertificateSocket, certificateIdentity } from '../identity/mtls.js';
 import { appendSetCookie, forbiddenPage, sendPage, unauthorizedPage } from '../identity/pages.js';
 import type { AuthResult, Identity, ReasonCode } from '../identity/types.js';
+import { errorCodeOf } from '../observe/access-log.js';
 import type { AccessEntry } from '../observe/log.js';
 import type { Runtime } from '../runtime.js';
 import { StateStoreError } from '../state/types.js';
 import { sendError } from './errors.js';
+import { bodyPending, closeAfter, resetAfterAnswer } from './framing.js';
 import type { HeaderEdits } from './headers.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 
@@ -138,6 +140,7 @@ function serveReserved(ex: AccessExchange, facts: RequestFacts): void {
   req.resume();
   res.once('finish', () => {
     ex.status = res.statusCode;
+    ex.errorCode ??= errorCodeOf(res);
   });
   const method = facts.method;
   if (facts.path === JWKS_PATH) {
@@ -475,7 +478,9 @@ function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, g
   const { req, res } = ex;
   // The client left while a credential was being checked: nothing to answer.
   if (res.headersSent || res.destroyed) return false;
-  if (requestBodyPending(req)) res.setHeader('connection', 'close');
+  // An unread body would follow on the connection: it closes after the answer.
+  const pending = bodyPending(req);
+  if (pending) closeAfter(req, res);
   const login = ex.runtime.identity.login;
   const toLogin = d.outcome === 'login' && login !== undefined;
   const extra = grant.responseHeaders;
@@ -491,17 +496,16 @@ function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, g
   if (toLogin) {
     ex.status = 302;
     login.loginRedirect(req, res, facts, route);
-    return false;
-  }
-  if (d.outcome === 'forbidden') {
+  } else if (d.outcome === 'forbidden') {
     ex.status = 403;
     ex.errorCode = 'GH_FORBIDDEN';
     sendForbidden(req, res, d, ex.requestId);
-    return false;
+  } else {
+    ex.status = 401;
+    ex.errorCode = 'GH_UNAUTHENTICATED';
+    sendUnauthenticated(req, res, facts, route, d, ex.requestId, ex.runtime.identity);
   }
-  ex.status = 401;
-  ex.errorCode = 'GH_UNAUTHENTICATED';
-  sendUnauthenticated(req, res, facts, route, d, ex.requestId, ex.runtime.identity);
+  if (pending) resetAfterAnswer(req);
   return false;
 }
 
@@ -622,15 +626,6 @@ function refuse(ex: AccessExchange, err: GatehouseError): void {
   sendError(ex.req, ex.res, err, ex.requestId);
 }
 
-function requestBodyPending(req: ProxyRequest): boolean {
-  if (req.complete) return false;
-  if (req.httpVersionMajor === 2) return !(req as unknown as Http2ServerRequest).stream.endAfterHeaders;
-  const h = req.headers;
-  return (
-    h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0')
-  );
-}
-
 // ---------------------------------------------------------------------------------------------
 // The forwarded request and the response
 
@@ -714,7 +709,7 @@ export function forwardIdentity(
         headers.splice(i, 2);
       }
     }
-    // HTTP/2 clients send cookies as several crumbs (RFC 9113 §8.2.3): one Cookie header goes upstream.
+    // The client's Cookie line (HTTP/2 crumbs joined) comes back without the gateway's own cookies.
     if (cookies > 0 && grant.cookie !== undefined) headers.push('cookie', grant.cookie);
   }
   const assertion = grant.assertion;

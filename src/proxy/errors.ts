@@ -192,16 +192,14 @@ function wantsJson(accept: string | string[] | undefined): boolean {
 
 /**
  * Writes a short error response (plain text, or JSON when the client accepts only JSON). When the
- * response has already started, the client stream is destroyed instead. `close` asks an HTTP/1.1
- * client to close the connection (used when an unread request body would otherwise follow); `extra`
- * holds further header name/value pairs (a flat list).
+ * response has already started, the client stream is destroyed instead. `extra` holds further header
+ * name/value pairs (a flat list). To close the connection after it, call `closeAfter` first.
  */
 export function sendError(
   req: ProxyRequest,
   res: ProxyResponse,
   err: GatehouseError,
   requestId: string,
-  close = false,
   extra?: readonly string[],
 ): void {
   if (res.headersSent || res.destroyed) {
@@ -229,7 +227,6 @@ export function sendError(
     'x-request-id',
     requestId,
   ];
-  if (close && req.httpVersionMajor === 1) headers.push('connection', 'close');
   if (extra !== undefined) headers.push(...extra);
   res.writeHead(status, headers);
   res.end(req.method === 'HEAD' ? undefined : body);

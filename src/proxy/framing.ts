@@ -18,7 +18,7 @@
  * Once the gateway decides to close a connection, any request pipelined behind is dropped unanswered:
  * it is never forwarded.
  */
-import type { Http2ServerRequest } from 'node:http2';
+import { type Http2ServerRequest, constants as h2constants } from 'node:http2';
 import { BadRequestError, GatehouseError } from '../errors.js';
 import type { ProxyRequest, ProxyResponse } from './types.js';
 
@@ -63,12 +63,27 @@ export function connectionClosing(req: ProxyRequest): boolean {
   return socket === null || socket[kClosing] === true || !socket.writable;
 }
 
-/** The HTTP/1 request announces a body (Transfer-Encoding, or a Content-Length other than 0). */
-function announcesBody(req: ProxyRequest): boolean {
+/** Whether a request carries a body (HTTP/1 framing headers, or an HTTP/2 stream left open). */
+export function requestHasBody(req: ProxyRequest): boolean {
+  if (isHttp2(req)) return !(req as unknown as Http2ServerRequest).stream.endAfterHeaders;
   const h = req.headers;
   if (h['transfer-encoding'] !== undefined) return true;
   const cl = h['content-length'];
   return cl !== undefined && cl !== '0';
+}
+
+/** Some of the request body has yet to arrive: an answer now leaves the rest on the connection. */
+export function bodyPending(req: ProxyRequest): boolean {
+  return !req.complete && requestHasBody(req);
+}
+
+/**
+ * Ends an HTTP/2 request stream after its answer, when the body is still arriving (no Connection: close
+ * there): RST_STREAM NO_ERROR tells the client to stop sending it (RFC 9113 §8.1) and frees the stream.
+ * Node.js does it by itself only for a body that nothing has started to read.
+ */
+export function resetAfterAnswer(req: ProxyRequest): void {
+  if (isHttp2(req)) (req as unknown as Http2ServerRequest).stream.close(h2constants.NGHTTP2_NO_ERROR);
 }
 
 /**
@@ -155,7 +170,7 @@ function checkHttp2Host(req: ProxyRequest): void {
 export function checkHandshake(req: ProxyRequest, maxHeadersCount: number): void {
   checkFraming(req, maxHeadersCount);
   if (req.method !== 'GET') throw new BadFramingError('a WebSocket handshake must be a GET');
-  if (announcesBody(req)) throw new BadFramingError('a WebSocket handshake cannot carry a body');
+  if (requestHasBody(req)) throw new BadFramingError('a WebSocket handshake cannot carry a body');
 }
 
 /**
@@ -163,7 +178,7 @@ export function checkHandshake(req: ProxyRequest, maxHeadersCount: number): void
  * cannot have a body read: one that announces a body is refused (400).
  */
 export function checkNoBody(req: ProxyRequest): void {
-  if (announcesBody(req)) throw new BadFramingError('this request cannot carry a body');
+  if (requestHasBody(req)) throw new BadFramingError('this request cannot carry a body');
 }
 
 /** The error a request body that failed to parse (a `clientError` after the headers) is answered with. */

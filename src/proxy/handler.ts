@@ -24,7 +24,7 @@
  * per-request closures.
  */
 import { ServerResponse } from 'node:http';
-import { type Http2ServerRequest, type Http2Session, constants as h2constants } from 'node:http2';
+import type { Http2ServerRequest, Http2Session } from 'node:http2';
 import type { BlockList, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
@@ -64,12 +64,15 @@ import {
 import { classify, type FailureKind, isBodylessLengthNotice, sendError, toGatehouseError } from './errors.js';
 import {
   bodyParseError,
+  bodyPending,
   checkFraming,
   checkNoBody,
   closeAfter,
   connectionClosing,
   isHttp2,
   maxForwardsOf,
+  requestHasBody,
+  resetAfterAnswer,
   setMaxForwards,
   stripCredentials,
   traceEcho,
@@ -252,19 +255,6 @@ const NO_INJECT: ReadonlyArray<readonly [string, string]> = [];
 
 function retryTimer(ex: Exchange): void {
   ex.attempt();
-}
-
-/** Whether a request carries a body (HTTP/1 framing headers, or an HTTP/2 stream left open). */
-export function requestHasBody(req: ProxyRequest): boolean {
-  if (req.httpVersionMajor === 2) {
-    // An HTTP/1 request line may claim HTTP/2.0 too (refused with 505): it has no stream.
-    const stream = (req as unknown as Http2ServerRequest).stream;
-    if (stream !== undefined) return !stream.endAfterHeaders;
-  }
-  const h = req.headers;
-  if (h['transfer-encoding'] !== undefined) return true;
-  const cl = h['content-length'];
-  return cl !== undefined && cl !== '0';
 }
 
 /** One client request on its way through the proxy; also the undici dispatch handler for its attempts. */
@@ -636,6 +626,8 @@ class Exchange {
   }
 
   retry(reason: string): void {
+    // The client left while a 5xx was being discarded (finish aborted it): nothing is retried or counted.
+    if (this.finished) return;
     this.retries++;
     retriesTotal.labels(this.upstream!.name, reason).inc();
     if (this.serverId !== undefined) {
@@ -656,6 +648,16 @@ class Exchange {
   }
 
   // --- undici dispatch handler (the callback API: no wrapper objects, and it reports body progress)
+  //
+  // One attempt, in the order undici calls back (the flags that record each state in brackets):
+  //   dispatchTo ─► onConnect [sent]: client idle watch armed, body tapped for a replay
+  //     ├► onHeaders, retryable 5xx [discarding] ─► onComplete / onError ─► retry ─► attempt
+  //     ├► onHeaders, final: a sized head is held [pendingHead], a streamed one written [responseStarted]
+  //     │    ├► onData: the held head goes out with the first bytes; the last sized chunk ends [responseEnded]
+  //     │    └► onComplete: lease released, response ended
+  //     └► onError: before [responseStarted] retried (canRetry) or answered (fail); after, the client
+  //        stream is cut
+  // finish() (the client response closed) [finished] aborts whatever attempt still runs.
 
   onConnect(abort: (err?: Error) => void): void {
     this.abortUpstream = abort;
@@ -723,13 +725,17 @@ class Exchange {
     this.contentLength = contentLengthOf(headers);
     this.pendingHead = headers;
     if (this.contentLength !== -1) return true;
-    const err = this.startResponse();
-    if (err !== undefined) {
-      this.abortUpstream?.(err);
-      return false;
-    }
+    if (!this.sendHead()) return false;
     res.flushHeaders();
     return true;
+  }
+
+  /** Writes the held response head (`startResponse`); false when Node refused it and the attempt is aborted. */
+  sendHead(): boolean {
+    const err = this.startResponse();
+    if (err === undefined) return true;
+    this.abortUpstream?.(err);
+    return false;
   }
 
   /** Writes the response head held in `pendingHead`; returns the error when Node refuses it. */
@@ -791,13 +797,7 @@ class Exchange {
       this.abortUpstream?.(new ClientClosedError());
       return false;
     }
-    if (this.pendingHead !== undefined) {
-      const err = this.startResponse();
-      if (err !== undefined) {
-        this.abortUpstream?.(err);
-        return false;
-      }
-    }
+    if (this.pendingHead !== undefined && !this.sendHead()) return false;
     const res = this.res;
     this.bytesOut += chunk.length;
     // The last chunk of a sized body ends the response at once (for a small body, headers and body
@@ -949,17 +949,14 @@ class Exchange {
     this.errorCode = err.code;
     // An unread request body would follow on this connection: close it after the answer. So after a
     // 400: what follows a request the gateway could not make sense of is not trusted either.
-    const close = (requestHasBody(this.req) && !this.req.complete) || err.status === 400;
+    const close = bodyPending(this.req) || err.status === 400;
     if (close) closeAfter(this.req, this.res);
     // After the access stage the answer still carries its headers (a refreshed or cleared session
     // cookie, CORS), so a 502/503/504 neither loses a session update nor looks like a CORS failure.
     let extra = this.access?.responseHeaders;
     if (err instanceof MethodNotAllowedError) extra = (extra ?? []).concat('allow', err.allow);
-    sendError(this.req, this.res, err, this.requestId, close, extra);
-    // HTTP/2 has no Connection: close; RST_STREAM NO_ERROR after the answer tells the client to stop
-    // sending the body (RFC 9113 §8.1), and frees the stream instead of waiting for its END_STREAM.
-    if (close && this.h2session !== undefined)
-      (this.req as unknown as Http2ServerRequest).stream.close(h2constants.NGHTTP2_NO_ERROR);
+    sendError(this.req, this.res, err, this.requestId, extra);
+    if (close) resetAfterAnswer(this.req);
   }
 
   /**

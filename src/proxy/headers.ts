@@ -7,6 +7,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { BlockList, isIP } from 'node:net';
+import { METHOD_OVERRIDE_HEADERS } from '../core/methods.js';
 
 /** Connection-specific headers (RFC 9110 7.6.1, RFC 9113 8.2.2); never forwarded in either direction. */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set([
@@ -158,9 +159,6 @@ const REWRITE_REQUEST = [
   'x-envoy-original-path',
 ];
 
-/** Method override (Express method-override, Symfony, Laravel, ASP.NET Web API, OData, Google APIs). */
-const OVERRIDE_REQUEST = ['x-http-method-override', 'x-http-method', 'x-method-override'];
-
 function classTable(): Map<string, number> {
   const m = new Map<string, number>();
   const add = (names: Iterable<string>, c: number): void => {
@@ -168,7 +166,7 @@ function classTable(): Map<string, number> {
   };
   add(PROXY_REQUEST, C_PROXY);
   add(REWRITE_REQUEST, C_REWRITE);
-  add(OVERRIDE_REQUEST, C_OVERRIDE);
+  add(METHOD_OVERRIDE_HEADERS, C_OVERRIDE);
   add(REPLACED_REQUEST, C_OWN);
   add(HOP_BY_HOP, C_HOP);
   m.set('authorization', C_FIRST);
@@ -178,22 +176,11 @@ function classTable(): Map<string, number> {
 /** Lower-case request header name to its class; names not in it are forwarded. */
 const REQUEST_CLASS: ReadonlyMap<string, number> = classTable();
 
-/**
- * Request header names the gateway removes from untrusted peers, sets itself or never forwards (lower
- * case): hop-by-hop, address/scheme/host/identity, URL rewrite and method-override headers.
- */
-export const MANAGED_REQUEST_HEADERS: ReadonlySet<string> = new Set(
-  [...REQUEST_CLASS].filter(([, c]) => c !== C_FIRST).map(([name]) => name),
-);
-
 /** The headers that describe the client and are kept only from `server.trustedProxies` (lower case). */
 export const TRUSTED_ONLY_REQUEST_HEADERS: ReadonlySet<string> = new Set(PROXY_REQUEST);
 
 /** URL rewrite headers, never forwarded (lower case). */
 export const REWRITE_REQUEST_HEADERS: ReadonlySet<string> = new Set(REWRITE_REQUEST);
-
-/** Method-override headers, forwarded only on routes that opt in (lower case). */
-export const METHOD_OVERRIDE_HEADERS: ReadonlySet<string> = new Set(OVERRIDE_REQUEST);
 
 const GATEHOUSE_PREFIX = 'x-gatehouse-';
 
@@ -392,6 +379,8 @@ export function buildRequestHeaders(input: ForwardInput): string[] {
   let xfProto: string | undefined;
   let xfHost: string | undefined;
   let authorization = false;
+  /** Index in `out` of the forwarded Cookie value, -1 before the first. */
+  let cookieAt = -1;
   // Connection tokens must be known before the pass that filters on them.
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
@@ -432,6 +421,15 @@ export function buildRequestHeaders(input: ForwardInput): string[] {
     }
     if (conn?.includes(lower)) continue;
     if (edits?.drop.has(lower) || injectLower?.includes(lower)) continue;
+    if (lower === 'cookie') {
+      // HTTP/2 sends cookies as crumbs (RFC 9113 §8.2.3); HTTP/1.1 allows one Cookie line (RFC 6265
+      // §5.4), and the gateway read them joined: the upstream gets them joined too.
+      if (cookieAt !== -1) {
+        out[cookieAt] += '; ' + raw[i + 1]!;
+        continue;
+      }
+      cookieAt = out.length + 1;
+    }
     out.push(name, raw[i + 1]!);
   }
   const drop = edits?.drop;

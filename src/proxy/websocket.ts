@@ -8,13 +8,15 @@
  * and the assertion. Nothing under `/.gatehouse/` is upgraded. Only a valid opening handshake is
  * forwarded (GET, a 16-byte key, version 13), and no tunnel opens unless the upstream answers 101: a
  * refusal or another answer is relayed and the connection closed, so nothing the client sends after it
- * reaches the upstream (WebSocket smuggling).
+ * reaches the upstream (WebSocket smuggling). The upstream's answer is vetted like any other
+ * (`vetResponseFields`): its Set-Cookie for the gateway's own cookies never reaches the browser, and the
+ * route's response header edits apply.
  *
  * Cross-site WebSocket hijacking: browsers send cookies and client certificates with a handshake that
  * any page opens, and the Same-Origin Policy does not apply to WebSockets (RFC 6455 §10.2), so a
  * handshake that such a credential identified must carry an Origin of the route itself (a host of its
- * `match.host`, or the handshake's own Host when it has none, with the listener's scheme and the Host's
- * port) or one of its `cors.origins`; else a protected route refuses it (403 `GH_WEBSOCKET_ORIGIN`) and a
+ * `match.host`, or the handshake's own Host when it matches any host, with the listener's scheme and the
+ * Host's port) or one of its `cors.origins`; else a protected route refuses it (403 `GH_WEBSOCKET_ORIGIN`) and a
  * public route forwards it without the identity, as if the cookie were SameSite=Strict. A handshake
  * without Origin is not from a browser (browsers always send it, RFC 6455 §4.1), so no page can have
  * opened it: it passes. Bearer tokens and API keys are never sent by a browser on its own: not checked.
@@ -59,11 +61,20 @@ import {
 } from './errors.js';
 import { checkHandshake } from './framing.js';
 import type { ProxyHandler } from './handler.js';
-import { acquireLease, forwardPath, hostHeaderOf, routeState, trustedOf } from './handler.js';
+import {
+  acquireLease,
+  forwardPath,
+  hostHeaderOf,
+  ownCookiesOf,
+  routeState,
+  trustedOf,
+  vetResponseFields,
+} from './handler.js';
 import {
   buildRequestHeaders,
   clientAddress,
   effectiveClient,
+  type HeaderEdits,
   HOP_BY_HOP,
   isTrusted,
   requestIdFrom,
@@ -141,10 +152,6 @@ function checkOpeningHandshake(req: ProxyRequest): void {
 interface OriginRule {
   /** Exact host names of `match.host` (lower case). */
   readonly hosts: ReadonlySet<string>;
-  /** `.example.com` for each `*.example.com` of `match.host`: any subdomain, on a label boundary. */
-  readonly suffixes: readonly string[];
-  /** The route has no host condition: the handshake's own Host is the route's host. */
-  readonly anyHost: boolean;
   /** `cors.origins`, lower case. */
   readonly cors: ReadonlySet<string>;
   /** `cors.origins: ['*']` with `credentials: true`: the route accepts credentialed calls from anywhere. */
@@ -156,21 +163,10 @@ const originRules = new WeakMap<CompiledRoute, OriginRule>();
 function originRuleOf(route: CompiledRoute): OriginRule {
   let rule = originRules.get(route);
   if (rule === undefined) {
-    const match = route.config.match.host;
-    const patterns = match === undefined ? [] : Array.isArray(match) ? match : [match];
-    const hosts = new Set<string>();
-    const suffixes: string[] = [];
-    for (const p of patterns) {
-      const h = hostOnly(p.trim().toLowerCase());
-      if (h.startsWith('*.')) suffixes.push(h.slice(1));
-      else hosts.add(h);
-    }
     const cors = route.config.cors;
     const origins = new Set((cors?.origins ?? []).map((o) => o.toLowerCase()));
     rule = {
-      hosts,
-      suffixes,
-      anyHost: patterns.length === 0,
+      hosts: new Set(route.hosts.exact),
       cors: origins,
       corsAny: origins.has('*') && cors?.credentials === true,
     };
@@ -179,25 +175,12 @@ function originRuleOf(route: CompiledRoute): OriginRule {
   return rule;
 }
 
-/** A configured host pattern without port and trailing dot, as the route table keys it. */
-function hostOnly(pattern: string): string {
-  let h = pattern;
-  if (h.startsWith('[')) {
-    const close = h.indexOf(']');
-    if (close !== -1) h = h.slice(0, close + 1);
-  } else {
-    const colon = h.lastIndexOf(':');
-    if (colon !== -1) h = h.slice(0, colon);
-  }
-  return h.endsWith('.') ? h.slice(0, -1) : h;
-}
-
 const DEFAULT_PORT: Readonly<Record<string, string>> = { 'http:': '80', 'https:': '443' };
 
 /**
  * True when a browser page at `origin` may open this handshake with the browser's own credentials:
  * a `cors.origins` entry, or the listener's scheme with a host of the route (the handshake's Host when
- * the route has none) and the port of the handshake's Host. `null` and anything that is not a plain
+ * the route matches any host) and the port of the handshake's Host. `null` and anything that is not a plain
  * `scheme://host[:port]` never are.
  */
 function originAllowed(
@@ -221,10 +204,32 @@ function originAllowed(
   if (o.origin !== lower || o.protocol !== `${scheme}:`) return false;
   if ((o.port || DEFAULT_PORT[o.protocol]) !== (h.port || DEFAULT_PORT[h.protocol])) return false;
   const host = o.hostname;
-  if (rule.anyHost) return host === h.hostname.replace(/\.$/, '');
+  // A route for any host is the handshake's own host's.
+  if (route.hosts.any && host === h.hostname.replace(/\.$/, '')) return true;
   if (rule.hosts.has(host)) return true;
-  for (const suffix of rule.suffixes) if (host.length > suffix.length && host.endsWith(suffix)) return true;
+  for (const suffix of route.hosts.suffixes)
+    if (host.length > suffix.length && host.endsWith(suffix)) return true;
   return false;
+}
+
+/**
+ * The header lines of the upstream's answer to a handshake as the client gets them: its fields without
+ * X-Request-Id (the gateway writes its own) and the route's removals, then the route's set values. A
+ * declined handshake (`relayed`) also loses the hop-by-hop fields and Content-Length: it is relayed
+ * decoded and close-delimited.
+ */
+function answerFields(raw: readonly Buffer[], edits: HeaderEdits | undefined, relayed: boolean): string {
+  const drop = edits?.drop;
+  let out = '';
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1');
+    const lower = name.toLowerCase();
+    if (lower === 'x-request-id' || drop?.has(lower)) continue;
+    if (relayed && (HOP_BY_HOP.has(lower) || lower === 'content-length')) continue;
+    out += `${name}: ${raw[i + 1]!.toString('latin1')}\r\n`;
+  }
+  if (edits !== undefined) for (const [name, value] of edits.set) out += `${name}: ${value}\r\n`;
+  return out;
 }
 
 /** The undici handler for one handshake, and afterwards the tunnel itself. */
@@ -250,6 +255,10 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   serverId: string | undefined;
   /** The access stage's verdict. */
   access: AccessGrant | undefined;
+  /** The cookies the gateway sets (`ownCookiesOf`): a backend's Set-Cookie for one is dropped. */
+  ownCookies: ReadonlySet<string> | undefined;
+  /** The route's `headers.response` edits, applied to the upstream's answer. */
+  responseEdits: HeaderEdits | undefined;
   host = '';
   originalHost = '';
   path = '';
@@ -371,8 +380,11 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       const up = runtime.upstreams.get(name);
       if (up === undefined) throw new NoServerAvailableError(name);
       this.up = up;
+      this.ownCookies = ownCookiesOf(runtime.config);
       target = forwardPath(route, facts.path, facts.query);
-      const edits = routeState(route).requestEdits;
+      const rs = routeState(route);
+      this.responseEdits = rs.responseEdits;
+      const edits = rs.requestEdits;
       headers = buildRequestHeaders({
         raw: req.rawHeaders,
         host: this.originalHost,
@@ -473,6 +485,16 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
 
   onUpgrade(statusCode: number, rawHeaders: Buffer[] | string[] | null, socket: Duplex): void {
     this.abortUpstream = undefined;
+    let raw: Buffer[];
+    try {
+      // As on any answer: a backend never sets the gateway's own cookies (session fixation).
+      raw = vetResponseFields((rawHeaders ?? []) as Buffer[], this.ownCookies);
+    } catch (err) {
+      socket.on('error', ignoreError);
+      socket.destroy();
+      this.onError(err as Error);
+      return;
+    }
     const client = this.client;
     this.upstream = socket;
     this.status = statusCode;
@@ -483,12 +505,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       return;
     }
     let head = `HTTP/1.1 ${statusCode} ${STATUS_CODES[statusCode] ?? 'Switching Protocols'}\r\n`;
-    const raw = rawHeaders ?? [];
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i]!.toString();
-      if (name.toLowerCase() === 'x-request-id') continue;
-      head += `${name}: ${raw[i + 1]!.toString()}\r\n`;
-    }
+    head += answerFields(raw, this.responseEdits, false);
     const cookie = this.lease?.setCookie;
     if (cookie !== undefined) head += `Set-Cookie: ${cookie}\r\n`;
     // The session layer's cookie (refresh, re-seal) and the CORS answer.
@@ -517,16 +534,13 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], _resume: () => void, statusText: string): boolean {
     if (statusCode < 200) return true;
-    // The server declined the upgrade: relay its answer and close.
+    // The server declined the upgrade: relay its answer and close. A field it may not send throws here,
+    // before anything is relayed, and undici's onError answers 502.
+    const raw = vetResponseFields(rawHeaders, this.ownCookies);
     this.status = statusCode;
     this.relaying = true;
     let head = `HTTP/1.1 ${statusCode} ${statusText || STATUS_CODES[statusCode] || ''}\r\n`;
-    for (let i = 0; i < rawHeaders.length; i += 2) {
-      const name = rawHeaders[i]!.toString('latin1');
-      const lower = name.toLowerCase();
-      if (HOP_BY_HOP.has(lower) || lower === 'x-request-id' || lower === 'content-length') continue;
-      head += `${name}: ${rawHeaders[i + 1]!.toString('latin1')}\r\n`;
-    }
+    head += answerFields(raw, this.responseEdits, true);
     head += `Connection: close\r\nX-Request-Id: ${this.requestId}\r\n\r\n`;
     if (!this.client.destroyed) this.client.write(head);
     return true;
