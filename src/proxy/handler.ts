@@ -1190,7 +1190,13 @@ export class ProxyHandler {
       ex.start();
     } catch (err) {
       this.logger.error({ err }, 'request handling failed');
-      ex.fail(toGatehouseError(err));
+      try {
+        ex.fail(toGatehouseError(err));
+      } catch (failed) {
+        // Not even an error answer could be written: the request must still never take the process down.
+        this.logger.error({ err: failed }, 'error answer failed');
+        ex.res.destroy();
+      }
     }
   }
 
