@@ -529,3 +529,21 @@ admin: { bind: "0.0.0.0:18401" }`,
     ],
   );
 });
+
+test('an admin listener off loopback without a token is a warning at admin.bind (the API would answer 403)', async () => {
+  const d = tempDir();
+  const base = 'listeners: [{ name: l, bind: "127.0.0.1:0" }]\n';
+  const off = await loadConfig(d.write('off.yaml', `${base}admin: { bind: "0.0.0.0:19900" }\n`), {});
+  assert.equal(off.ok, true);
+  assert.deepEqual(off.warnings.map(formatProblem), [
+    `${d.file('off.yaml')}: admin.bind: 0.0.0.0:19900 is not a loopback address and admin.token is not set: /api/v1 will answer 403`,
+  ]);
+  for (const admin of [
+    '{ bind: "127.0.0.1:19900" }',
+    '{ bind: "[::1]:19900" }',
+    '{ bind: "0.0.0.0:19900", token: t }',
+  ]) {
+    const r = await loadConfig(d.write('on.yaml', `${base}admin: ${admin}\n`), {});
+    assert.deepEqual(r.warnings, [], admin);
+  }
+});

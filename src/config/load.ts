@@ -473,6 +473,17 @@ function semanticChecks(data: Raw, out: Collector, secrets: SecretResolver, chec
   const adminBind = str(obj(data.admin).bind);
   const adminTaken = adminBind && takenBy(adminBind);
   if (adminTaken) out.at(['admin', 'bind'], `${adminBind} is also used by ${adminTaken}`);
+  // Without a token the admin API answers only on loopback (it fails closed): say so before start does.
+  if (data.admin !== undefined && obj(data.admin).token === undefined) {
+    const b = parseBind(adminBind || '127.0.0.1:9900');
+    const host = b?.host.toLowerCase();
+    if (host !== undefined && !(host.startsWith('127.') || host === '::1' || host === 'localhost')) {
+      out.warnAt(
+        ['admin', 'bind'],
+        `${adminBind} is not a loopback address and admin.token is not set: /api/v1 will answer 403`,
+      );
+    }
+  }
 
   // Routes: unique names, exactly one of upstream/split, references that resolve.
   const routeNames = new Map<string, number>();

@@ -507,6 +507,12 @@ const Upstream = z.strictObject({
 // ---------------------------------------------------------------------------------------------
 // Policies
 
+/** A time of day as HH:MM (24-hour clock), for policy `time` rules. */
+const ClockTime = z
+  .string()
+  .regex(/^\d{2}:\d{2}$/, 'must be a time of day as HH:MM, e.g. 09:00 or 17:30 (to may be 24:00)')
+  .meta({ description: 'Time of day, HH:MM (24-hour clock)' });
+
 const Rule = z.strictObject({
   email: z.array(z.string()).optional(),
   domain: z.array(z.string()).optional(),
@@ -521,14 +527,8 @@ const Rule = z.strictObject({
   time: z
     .strictObject({
       days: z.array(z.enum(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'])).optional(),
-      from: z
-        .string()
-        .regex(/^\d{2}:\d{2}$/)
-        .optional(),
-      to: z
-        .string()
-        .regex(/^\d{2}:\d{2}$/)
-        .optional(),
+      from: ClockTime.optional(),
+      to: ClockTime.optional(),
       timezone: z.string().optional(),
     })
     .optional(),
