@@ -357,3 +357,39 @@ test('an error the gateway answers after the access stage keeps its CORS headers
   assert.equal(other.status, 502);
   assert.equal(other.headers['access-control-allow-origin'], undefined);
 });
+
+test('answers the gateway writes itself count their body bytes in the access log and bytes metric', async (t) => {
+  const b = await startBackend(t, 'b');
+  const gw = await startGateway(
+    t,
+    config({ app: { servers: [{ url: b.url }] } }, [
+      {
+        name: 'guarded',
+        match: { path: '/guarded' },
+        upstream: 'app',
+        policy: { allow: [{ groups: ['x'] }] },
+      },
+    ]),
+  );
+  const cases: Array<[string, Record<string, string>, number]> = [
+    ['/nowhere', { 'x-request-id': 'bytes-404' }, 404],
+    ['/guarded/x', { 'x-request-id': 'bytes-401', accept: 'application/json' }, 401],
+    ['/.gatehouse/jwks.json', { 'x-request-id': 'bytes-jwks' }, 200],
+    ['/.gatehouse/nothing', { 'x-request-id': 'bytes-reserved-404' }, 404],
+  ];
+  for (const [path, headers, status] of cases) {
+    const r = await request(gw.url(), { path, headers });
+    assert.equal(r.status, status, path);
+    const entry = gw.access.find((e) => e.requestId === headers['x-request-id']);
+    assert.ok(entry, path);
+    assert.ok(r.body.length > 0, path);
+    assert.equal(entry.bytesOut, r.body.length, `${path}: bytesOut is the body sent`);
+  }
+  const head = await request(gw.url(), {
+    method: 'HEAD',
+    path: '/nowhere',
+    headers: { 'x-request-id': 'bytes-head' },
+  });
+  assert.equal(head.status, 404);
+  assert.equal(gw.access.find((e) => e.requestId === 'bytes-head')?.bytesOut, 0, 'no body for HEAD');
+});

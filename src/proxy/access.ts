@@ -46,6 +46,8 @@ export interface AccessExchange {
   status: number;
   /** Stable code for the access log, set when the stage refuses. */
   errorCode: string | undefined;
+  /** Body bytes of an answer the stage wrote itself, for the access log. */
+  bytesOut: number;
   /** The stage's verdict (also on refusals, for the access log). */
   access: AccessGrant | undefined;
 }
@@ -150,12 +152,12 @@ function serveReserved(ex: AccessExchange, facts: RequestFacts): void {
       return;
     }
     const body = Buffer.from(id.assertion.jwksJson());
-    res.writeHead(200, {
-      'content-type': 'application/jwk-set+json',
-      'content-length': body.length,
-      'cache-control': 'public, max-age=300',
-      'x-request-id': ex.requestId,
-    });
+    // Set as headers (not writeHead's argument) so the access log can read the length back.
+    res.setHeader('content-type', 'application/jwk-set+json');
+    res.setHeader('content-length', body.length);
+    res.setHeader('cache-control', 'public, max-age=300');
+    res.setHeader('x-request-id', ex.requestId);
+    res.writeHead(200);
     res.end(method === 'HEAD' ? undefined : body);
     return;
   }
@@ -185,7 +187,7 @@ function servePreflight(ex: AccessExchange, facts: RequestFacts, wanted: string)
   if (allowed === undefined) {
     ex.status = 403;
     ex.errorCode = 'GH_CORS_ORIGIN';
-    sendError(
+    ex.bytesOut = sendError(
       req,
       res,
       new GatehouseError('GH_CORS_ORIGIN', 403, 'this origin may not call this route'),
@@ -623,7 +625,7 @@ function describeIdentity(i: Identity): Record<string, unknown> {
 function refuse(ex: AccessExchange, err: GatehouseError): void {
   ex.status = err.status;
   ex.errorCode = err.code;
-  sendError(ex.req, ex.res, err, ex.requestId);
+  ex.bytesOut = sendError(ex.req, ex.res, err, ex.requestId);
 }
 
 // ---------------------------------------------------------------------------------------------

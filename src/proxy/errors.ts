@@ -194,6 +194,7 @@ function wantsJson(accept: string | string[] | undefined): boolean {
  * Writes a short error response (plain text, or JSON when the client accepts only JSON). When the
  * response has already started, the client stream is destroyed instead. `extra` holds further header
  * name/value pairs (a flat list). To close the connection after it, call `closeAfter` first.
+ * Returns the body bytes written (for the access log's `bytesOut`).
  */
 export function sendError(
   req: ProxyRequest,
@@ -201,10 +202,10 @@ export function sendError(
   err: GatehouseError,
   requestId: string,
   extra?: readonly string[],
-): void {
+): number {
   if (res.headersSent || res.destroyed) {
     res.destroy();
-    return;
+    return 0;
   }
   const status = err.status >= 400 && err.status <= 599 ? err.status : 500;
   const reason = STATUS_CODES[status] ?? 'Error';
@@ -229,5 +230,10 @@ export function sendError(
   ];
   if (extra !== undefined) headers.push(...extra);
   res.writeHead(status, headers);
-  res.end(req.method === 'HEAD' ? undefined : body);
+  if (req.method === 'HEAD') {
+    res.end();
+    return 0;
+  }
+  res.end(body);
+  return Buffer.byteLength(body);
 }

@@ -955,7 +955,7 @@ class Exchange {
     // cookie, CORS), so a 502/503/504 neither loses a session update nor looks like a CORS failure.
     let extra = this.access?.responseHeaders;
     if (err instanceof MethodNotAllowedError) extra = (extra ?? []).concat('allow', err.allow);
-    sendError(this.req, this.res, err, this.requestId, extra);
+    this.bytesOut = sendError(this.req, this.res, err, this.requestId, extra);
     if (close) resetAfterAnswer(this.req);
   }
 
@@ -999,6 +999,11 @@ class Exchange {
       streamClosed(this.h2session);
       // A stream the client cancelled before any answer counts against its connection (rapid reset).
       if (!res.headersSent) noteClientReset(this.h2session, this.runtime.config, this.handler.logger);
+    }
+    // An answer of the gateway's own (a page, JSON, jwks.json) set its length as a header.
+    if (this.bytesOut === 0 && !this.responseStarted) {
+      const length = Number(res.getHeader('content-length'));
+      if (length > 0 && this.req.method !== 'HEAD') this.bytesOut = length;
     }
     const durationMs = performance.now() - this.t0;
     noRouteState ??= makeRouteState(NO_ROUTE, undefined);
