@@ -479,19 +479,20 @@ export class ClusterPrimary {
     const targets = this.#servingWorkers();
     // The workers load exactly the texts validated here, even if the file changed since.
     const results = await Promise.all(
-      targets.map(async ({ slot, worker }): Promise<{ slot: Slot; result: ReloadResult }> => {
+      targets.map(async ({ slot, worker }): Promise<{ id: number; result: ReloadResult }> => {
         try {
           const result = await this.#pending.request(worker, 'reload', RELOAD_TIMEOUT_MS, loaded.sources);
           if (result.ok && slot.worker === worker) slot.generation = generation;
-          return { slot, result };
+          return { id: worker.id, result };
         } catch (err) {
-          return { slot, result: { ok: false, problems: [problem(file, (err as Error).message)] } };
+          return { id: worker.id, result: { ok: false, problems: [problem(file, (err as Error).message)] } };
         }
       }),
     );
     const failed = results.filter((r) => !r.result.ok);
-    const problems = failed.flatMap(({ slot, result }) =>
-      result.ok ? [] : result.problems.map((p) => ({ ...p, message: `worker ${slot.index}: ${p.message}` })),
+    // Named by the number the worker's own log lines carry (`worker`).
+    const problems = failed.flatMap(({ id, result }) =>
+      result.ok ? [] : result.problems.map((p) => ({ ...p, message: `worker ${id}: ${p.message}` })),
     );
     // No worker could apply it: the instance keeps its configuration, and new workers start with that.
     if (targets.length > 0 && failed.length === targets.length) return this.#reject(problems, 'worker');
