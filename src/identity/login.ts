@@ -71,7 +71,7 @@ export interface LoginRoute {
 
 /**
  * Whether a return address may point at this host: true when a route or listener of the gateway serves
- * `hostname` on `port`. Injected by the integrator (see `servedHostChecker`).
+ * `hostname` on `port`. Injected by the caller (see `servedHostChecker`).
  */
 export type ServedHostCheck = (hostname: string, port: number, scheme: 'http' | 'https') => boolean;
 
