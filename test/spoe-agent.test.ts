@@ -363,14 +363,38 @@ test('1,000 NOTIFYs pipelined in one write get 1,000 ACKs with matching ids, out
 });
 
 test('a frame with several messages gets one ACK with their actions concatenated in order', async (t) => {
-  const { port } = await startAgent(t, {
-    onMessage: (m) => (m.name === 'slow' ? Promise.resolve(decide(m)) : decide(m)),
+  const { agent, port } = await startAgent(t, {
+    onMessage: (m) => {
+      if (m.name === 'slow') return Promise.resolve(decide(m));
+      if (m.name === 'reject') return Promise.reject(new Error('store down'));
+      if (m.name === 'throw') throw new Error('decision bug');
+      return decide(m);
+    },
   });
   const c = await rawClient(t, port);
   await c.hello();
   c.write(encodeNotify(1, 1, [check('/admin'), { ...check('/b'), name: 'slow' }]));
   await c.until(() => c.acks().length === 1, 'the ACK');
   assert.deepEqual(decodeAck(c.acks()[0]!), [...decide(check('/admin')), ...decide(check('/b'))]);
+  // One failing message fails the whole frame closed; a rejection before a throw is not left unhandled
+  // (an unhandled rejection would end this test process).
+  c.write(
+    encodeNotify(1, 2, [
+      { ...check('/c'), name: 'reject' },
+      { ...check('/d'), name: 'throw' },
+    ]),
+  );
+  c.write(
+    encodeNotify(1, 3, [
+      { ...check('/e'), name: 'slow' },
+      { ...check('/f'), name: 'reject' },
+    ]),
+  );
+  await c.until(() => c.acks().length === 3, 'three ACKs');
+  assert.deepEqual(decodeAck(c.acks()[1]!), []);
+  assert.deepEqual(decodeAck(c.acks()[2]!), []);
+  assert.equal(agent.stats().failClosedAcks, 2);
+  await new Promise((r) => setTimeout(r, 50));
   await assertServes(t, port);
 });
 
@@ -390,24 +414,32 @@ test('fail closed: a throwing, rejecting or non-list decision, or an ACK over ma
       if (url === '/throw') throw new Error('decision bug');
       if (url === '/reject') return Promise.reject(new Error('store down'));
       if (url === '/null') return null as unknown as SpopAction[];
+      if (url === '/bad-thenable')
+        return {
+          // biome-ignore lint/suspicious/noThenProperty: a broken thenable, on purpose
+          then() {
+            throw new Error('broken thenable');
+          },
+        } as unknown as Promise<SpopAction[]>;
       if (url === '/big') return [setVar('seen', str('x'.repeat(2000)))];
       return decide(m);
     },
   });
   const c = await rawClient(t, port);
   await c.hello();
-  const paths = ['/throw', '/reject', '/null', '/big', '/fine'];
+  const paths = ['/throw', '/reject', '/null', '/big', '/bad-thenable', '/fine'];
   paths.forEach((p, i) => {
     c.write(encodeNotify(9, i + 1, [check(p)]));
   });
-  await c.until(() => c.acks().length === paths.length, 'five ACKs');
+  await c.until(() => c.acks().length === paths.length, 'six ACKs');
   const byId = new Map(c.acks().map((a) => [a.frameId, decodeAck(a)]));
-  for (let i = 1; i <= 4; i++) assert.deepEqual(byId.get(i), [], `${paths[i - 1]} gets no variables`);
-  assert.deepEqual(byId.get(5), decide(check('/fine')));
+  for (let i = 1; i <= 5; i++) assert.deepEqual(byId.get(i), [], `${paths[i - 1]} gets no variables`);
+  assert.deepEqual(byId.get(6), decide(check('/fine')));
   assert.equal(c.isClosed(), false, 'the connection is kept');
-  assert.equal(agent.stats().failClosedAcks, 4);
+  assert.equal(agent.stats().failClosedAcks, 5);
   assert.deepEqual(logged.sort(), [
     'ack-too-big',
+    'decision-failed',
     'decision-failed',
     'decision-failed',
     'decision-not-a-list',

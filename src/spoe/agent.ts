@@ -203,7 +203,11 @@ class SpoeConnection {
     switch (frame.type) {
       case FrameType.NOTIFY:
         if (this.#state === 'hello') throw new SpopError(SpopStatus.INVALID, 'NOTIFY before HAPROXY-HELLO');
-        if (this.queued > 0 || this.#waitingDrain || this.#inFlight >= this.settings.maxInFlight) {
+        if (this.#state === 'draining') {
+          // Read before the pause took hold: decided like the rest of what was received.
+          this.#queue.push(frame);
+          this.#pump();
+        } else if (this.queued > 0 || this.#waitingDrain || this.#inFlight >= this.settings.maxInFlight) {
           this.#queue.push(frame);
           this.#flow();
         } else this.#notify(frame);
@@ -269,7 +273,9 @@ class SpoeConnection {
     this.#inFlight++;
     this.agent.counters.inFlight++;
     if (this.#inFlight >= this.settings.maxInFlight) this.#flow();
-    result.then(
+    // Promise.resolve returns a native promise as it is, and makes a foreign thenable safe: a `then`
+    // that throws or calls back twice cannot settle this frame twice.
+    Promise.resolve(result).then(
       (actions) => this.#settled(streamId, frameId, actions, undefined),
       (err: unknown) => this.#settled(streamId, frameId, undefined, err ?? new Error('rejected')),
     );
@@ -281,7 +287,14 @@ class SpoeConnection {
     const results: Array<SpopAction[] | PromiseLike<SpopAction[]>> = [];
     let async = false;
     for (const m of messages) {
-      const r = onMessage(m, context);
+      let r: SpopAction[] | PromiseLike<SpopAction[]>;
+      try {
+        r = onMessage(m, context);
+      } catch (e) {
+        // The frame fails closed; the promises of the messages before must not become unhandled rejections.
+        for (const p of results) if (isThenable(p)) Promise.resolve(p).catch(() => {});
+        throw e;
+      }
       if (isThenable(r)) async = true;
       results.push(r);
     }
