@@ -542,6 +542,34 @@ test('a peer that stops reading: the agent stops reading too, its output buffer 
   await assertServes(t, port);
 });
 
+test('a peer that resets the connection mid-pipeline: only that connection ends, late decisions are dropped', async (t) => {
+  const release: Array<() => void> = [];
+  const { agent, port } = await startAgent(t, {
+    onMessage: (m, ctx) =>
+      ctx.connectionId === 1 ? new Promise((resolve) => release.push(() => resolve(decide(m)))) : decide(m),
+  });
+  const c = await rawClient(t, port);
+  await c.hello();
+  for (let i = 1; i <= 3; i++) c.write(encodeNotify(1, i, [check(`/p/${i}`)]));
+  await c.until(() => release.length === 3, 'three decisions running');
+  c.socket.resetAndDestroy();
+  await new Promise<void>((resolve) => {
+    const timer = setInterval(() => {
+      if (agent.stats().connections.open === 0) {
+        clearInterval(timer);
+        resolve();
+      }
+    }, 10);
+  });
+  for (const r of release) r();
+  await new Promise((r) => setTimeout(r, 20));
+  const s = agent.stats();
+  assert.equal(s.droppedAcks, 3);
+  assert.equal(s.inFlight, 0);
+  assert.equal(s.acks, 0);
+  await assertServes(t, port);
+});
+
 test('idleTimeout: a connection without traffic and nothing in flight gets AGENT-DISCONNECT (2)', async (t) => {
   const { port } = await startAgent(t, { idleTimeout: 200 });
   const c = await rawClient(t, port);
@@ -561,8 +589,10 @@ test('close(grace): running decisions finish and their ACKs go out before AGENT-
   const c = await rawClient(t, port);
   await c.hello();
   for (let i = 1; i <= 5; i++) c.write(encodeNotify(1, i, [check(`/p/${i}`)]));
-  await c.until(() => agent.stats().inFlight === 2, 'two decisions running');
-  await new Promise((r) => setTimeout(r, 20)); // the rest is read and queued
+  await c.until(
+    () => agent.stats().inFlight === 2 && agent.stats().queued === 3,
+    'two running, three queued',
+  );
   const closing = agent.close(5000);
   await c.closedWithin();
   await closing;
