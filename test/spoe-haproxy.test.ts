@@ -113,7 +113,7 @@ async function startAgent(t: TestContext) {
             ];
             const ack = encodeAck(frame.streamId, frame.frameId, actions, maxFrameSize);
             // A delay that depends on the path makes later NOTIFYs overtake earlier ones.
-            const delay = /^\/r\/(\d+)/.exec(path) ? Number(path.slice(3)) % 15 : 0;
+            const delay = Number(/^\/r\/(\d+)/.exec(path)?.[1] ?? 0) % 15;
             inFlight++;
             maxInFlight = Math.max(maxInFlight, inFlight);
             setTimeout(() => {
