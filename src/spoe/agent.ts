@@ -139,7 +139,7 @@ class SpoeConnection {
   #maxFrameSize: number;
   #inFlight = 0;
   /** NOTIFYs split from the current chunk while at the in-flight cap or waiting for 'drain'. */
-  #queue: SpopFrame[] = [];
+  #queue: Array<SpopFrame | undefined> = [];
   #queueHead = 0;
   #waitingDrain = false;
   #paused = false;
@@ -174,16 +174,8 @@ class SpoeConnection {
     }, settings.helloTimeout);
   }
 
-  get inFlight(): number {
-    return this.#inFlight;
-  }
-
   get queued(): number {
     return this.#queue.length - this.#queueHead;
-  }
-
-  get finished(): boolean {
-    return this.#state === 'closed';
   }
 
   #data(chunk: Buffer): void {
@@ -261,6 +253,7 @@ class SpoeConnection {
     const { streamId, frameId } = frame;
     let result: SpopAction[] | PromiseLike<SpopAction[]>;
     try {
+      // One small context per frame: an async decision may keep it, so it cannot be reused.
       result = this.#decide(messages, { connectionId: this.id, streamId, frameId });
     } catch (e) {
       this.#ack(streamId, frameId, undefined, e);
@@ -353,7 +346,7 @@ class SpoeConnection {
     const max = this.settings.maxInFlight;
     while (this.queued > 0 && this.#inFlight < max && !this.#waitingDrain && this.#state !== 'closed') {
       const frame = this.#queue[this.#queueHead]!;
-      this.#queue[this.#queueHead++] = undefined as unknown as SpopFrame;
+      this.#queue[this.#queueHead++] = undefined; // let the chunk it points into go
       if (this.#queueHead === this.#queue.length) {
         this.#queue = [];
         this.#queueHead = 0;
@@ -410,14 +403,15 @@ class SpoeConnection {
     this.#finish(err.status, err.message);
   }
 
-  /**
-   * Writes the last frame (AGENT-DISCONNECT with `status`, or `last`), ends the write side, and reads
-   * and discards until the peer closes or the linger time passes.
-   */
+  /** Ends the connection now with AGENT-DISCONNECT; decisions still running are dropped. */
   finish(status: number, message: string): void {
     this.#finish(status, message);
   }
 
+  /**
+   * Writes the last frame (AGENT-DISCONNECT with `status`, or `last`), ends the write side, and reads
+   * and discards until the peer closes or the linger time passes.
+   */
   #finish(status: number | undefined, message: string | undefined, last?: Buffer): void {
     if (this.#state === 'closed') return;
     this.#state = 'closed';
