@@ -26,7 +26,13 @@ import {
   type SpopValue,
 } from '../src/spoe/codec.js';
 import { tempDir } from './helpers/gateway.js';
-import { freePort, haproxyBinary, haproxyVersion, startHaproxy } from './helpers/haproxy.js';
+import {
+  freePort,
+  haproxyBinary,
+  haproxyVersion,
+  spoeHaproxyConfig,
+  startHaproxy,
+} from './helpers/haproxy.js';
 import { startBackend } from './helpers/proxy.js';
 
 /** What the test agent saw of one NOTIFY. */
@@ -107,7 +113,7 @@ async function startAgent(t: TestContext) {
             ];
             const ack = encodeAck(frame.streamId, frame.frameId, actions, maxFrameSize);
             // A delay that depends on the path makes later NOTIFYs overtake earlier ones.
-            const delay = /^\/r\/(\d+)/.exec(path) ? Number(path.slice(3)) % 15 : 0;
+            const delay = Number(/^\/r\/(\d+)/.exec(path)?.[1] ?? 0) % 15;
             inFlight++;
             maxInFlight = Math.max(maxInFlight, inFlight);
             setTimeout(() => {
@@ -140,54 +146,6 @@ async function startAgent(t: TestContext) {
   };
 }
 
-/** The haproxy.cfg and SPOE file of this test, on loopback ports only. */
-function configs(frontendPort: number, agentPort: number, backendPort: number, spoeFile: string) {
-  const haproxyCfg = `global
-  maxconn 2000
-  log stderr format raw local0 notice
-
-defaults
-  mode http
-  log global
-  timeout connect 2s
-  timeout client 20s
-  timeout server 20s
-
-frontend fe
-  bind 127.0.0.1:${frontendPort}
-  filter spoe engine gatehouse config ${spoeFile}
-  # Fail closed: no decision from the agent (down, error, timeout) refuses the request.
-  http-request deny deny_status 500 unless { var(txn.gatehouse.status) -m found }
-  http-request return status 403 if { var(txn.gatehouse.status) -m int 403 }
-  http-request set-header X-Gh-Seen %[var(txn.gatehouse.seen)]
-  default_backend be
-
-backend be
-  server echo 127.0.0.1:${backendPort}
-
-backend gatehouse-agents
-  mode tcp
-  timeout connect 2s
-  timeout server 30s
-  server agent 127.0.0.1:${agentPort}
-`;
-  const spoeCfg = `[gatehouse]
-spoe-agent gatehouse-agent
-  messages gatehouse-check
-  option var-prefix gatehouse
-  option set-on-error error
-  timeout hello 2s
-  timeout idle 30s
-  timeout processing 5s
-  use-backend gatehouse-agents
-
-spoe-message gatehouse-check
-  args method=method url=url host=req.hdr(host) src=src headers=req.hdrs_bin tls=ssl_fc
-  event on-frontend-http-request
-`;
-  return { haproxyCfg, spoeCfg };
-}
-
 async function setUp(t: TestContext) {
   haproxyBinary(); // fails loudly, saying how to install it, before anything starts
   const agent = await startAgent(t);
@@ -196,7 +154,12 @@ async function setUp(t: TestContext) {
   t.after(() => dir.remove());
   const frontendPort = await freePort();
   const spoeFile = dir.file('spoe.cfg');
-  const { haproxyCfg, spoeCfg } = configs(frontendPort, agent.port, backend.port, spoeFile);
+  const { haproxyCfg, spoeCfg } = spoeHaproxyConfig({
+    frontendPort,
+    agentPort: agent.port,
+    backendPort: backend.port,
+    spoeFile,
+  });
   dir.write('spoe.cfg', spoeCfg);
   const cfgFile = dir.write('haproxy.cfg', haproxyCfg);
   const haproxy = await startHaproxy(t, cfgFile, frontendPort);

@@ -99,3 +99,72 @@ export async function startHaproxy(t: TestContext, configFile: string, readyPort
   }
   return h;
 }
+
+/** Ports and files of a HAProxy in front of a SPOE agent and one HTTP backend. */
+export interface SpoeHaproxyPorts {
+  frontendPort: number;
+  agentPort: number;
+  backendPort: number;
+  /** Path of the SPOE file that `haproxy.cfg` names. */
+  spoeFile: string;
+  /** `retries` of the agent backend (HAProxy's default, 3, when unset); 0 refuses at once while the agent is down. */
+  agentRetries?: number;
+  /**
+   * SPOE `timeout processing` (default 5s). While no agent connection can be made, HAProxy 2.6 holds a
+   * request this long before it gives up and the fail-closed rule refuses it.
+   */
+  processingTimeout?: string;
+}
+
+/**
+ * The haproxy.cfg and SPOE file of the companion-mode tests, on loopback ports only: a mode-http
+ * frontend sends `gatehouse-check` (method, url, host, src, headers, tls) to the agent; the agent's
+ * `txn.gatehouse.status` decides (403 refused, missing refused with 500: fail closed) and
+ * `txn.gatehouse.seen` is forwarded to the backend as `X-Gh-Seen`.
+ */
+export function spoeHaproxyConfig(p: SpoeHaproxyPorts): { haproxyCfg: string; spoeCfg: string } {
+  const haproxyCfg = `global
+  maxconn 2000
+  log stderr format raw local0 notice
+
+defaults
+  mode http
+  log global
+  timeout connect 2s
+  timeout client 20s
+  timeout server 20s
+
+frontend fe
+  bind 127.0.0.1:${p.frontendPort}
+  filter spoe engine gatehouse config ${p.spoeFile}
+  # Fail closed: no decision from the agent (down, error, timeout) refuses the request.
+  http-request deny deny_status 500 unless { var(txn.gatehouse.status) -m found }
+  http-request return status 403 if { var(txn.gatehouse.status) -m int 403 }
+  http-request set-header X-Gh-Seen %[var(txn.gatehouse.seen)]
+  default_backend be
+
+backend be
+  server echo 127.0.0.1:${p.backendPort}
+
+backend gatehouse-agents
+  mode tcp
+  timeout connect 2s
+  timeout server 30s${p.agentRetries === undefined ? '' : `\n  retries ${p.agentRetries}`}
+  server agent 127.0.0.1:${p.agentPort}
+`;
+  const spoeCfg = `[gatehouse]
+spoe-agent gatehouse-agent
+  messages gatehouse-check
+  option var-prefix gatehouse
+  option set-on-error error
+  timeout hello 2s
+  timeout idle 30s
+  timeout processing ${p.processingTimeout ?? '5s'}
+  use-backend gatehouse-agents
+
+spoe-message gatehouse-check
+  args method=method url=url host=req.hdr(host) src=src headers=req.hdrs_bin tls=ssl_fc
+  event on-frontend-http-request
+`;
+  return { haproxyCfg, spoeCfg };
+}
