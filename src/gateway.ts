@@ -31,6 +31,8 @@ import { Coalescer } from './util/coalesce.js';
 
 /** How often generated assertion keys are re-read from a shared (Redis) store to pick up rotations. */
 const ASSERTION_SYNC_MS = 60_000;
+/** How often a provisional assertion key (the store was down when it was needed) retries the store. */
+const PROVISIONAL_SYNC_MS = 5_000;
 
 export type { ReloadResult };
 
@@ -153,6 +155,10 @@ export class Gateway {
       await closeStore(built.runtime.store, logger);
       throw err;
     }
+    if (built.runtime.identity.assertion.provisional)
+      logger.warn(
+        'the state store could not be read: identity assertions are signed with a key of this instance alone until it answers',
+      );
     gw.#startAssertionSync();
     configGeneration.set(built.runtime.generation);
     if (opts.watch !== false) {
@@ -333,16 +339,40 @@ export class Gateway {
 
   /**
    * With a shared store, another instance may rotate the generated assertion key: re-read it about every
-   * minute so this instance signs with, and publishes, the same keys.
+   * minute so this instance signs with, and publishes, the same keys. A signer built while the store was
+   * down (a provisional key of its own) tries every few seconds until it has the shared set.
    */
   #startAssertionSync(): void {
+    let last = Date.now();
+    let running = false;
+    let warned = false;
     this.#assertionSync = setInterval(() => {
       const runtime = this.#runtime;
-      if (runtime.store.kind !== 'redis' || this.#closing !== undefined) return;
-      runtime.identity.assertion.sync().catch((err: unknown) => {
-        this.#logger.warn({ err }, 'assertion keys could not be re-read from the state store');
-      });
-    }, ASSERTION_SYNC_MS);
+      if (runtime.store.kind !== 'redis' || this.#closing !== undefined || running) return;
+      const signer = runtime.identity.assertion;
+      if (!signer.provisional && Date.now() - last < ASSERTION_SYNC_MS) return;
+      last = Date.now();
+      running = true;
+      const wasProvisional = signer.provisional;
+      signer
+        .sync()
+        .then(
+          () => {
+            warned = false;
+            if (wasProvisional && !signer.provisional)
+              this.#logger.info('assertion keys read from the state store: signing with the shared key');
+          },
+          (err: unknown) => {
+            // While provisional, one warning per outage rather than one every few seconds.
+            if (wasProvisional && warned) return;
+            warned = wasProvisional;
+            this.#logger.warn({ err }, 'assertion keys could not be re-read from the state store');
+          },
+        )
+        .finally(() => {
+          running = false;
+        });
+    }, PROVISIONAL_SYNC_MS);
     this.#assertionSync.unref();
   }
 

@@ -12,6 +12,7 @@
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { type TestContext, test } from 'node:test';
+import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from 'jose';
 import { Gateway } from '../src/gateway.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import { stateStoreUp } from '../src/observe/metrics.js';
@@ -190,4 +191,91 @@ test('Redis refuses (killed) and comes back empty on the same port: fail closed,
     s.lines.some((l) => l.msg === 'state store (Redis) unavailable'),
     'the outage is logged',
   );
+});
+
+test('a gateway started while Redis is down serves token and public routes, signs with a key of its own, and adopts the shared key when Redis is back', {
+  timeout: 120_000,
+}, async (t) => {
+  const redis = await startRedisServer();
+  t.after(() => redis.close());
+  // Nothing else holds the event loop while the server dies (its guard's pipe is unreferenced).
+  const alive = setInterval(() => {}, 1000);
+  t.after(() => clearInterval(alive));
+  await redis.kill();
+  const backend = await startBackend(t, 'app');
+  const key = await makeKey('k1');
+  const issuer = await startIssuer([key]);
+  t.after(() => issuer.close());
+  const apiKey = generateApiKey('etl');
+  const d = tempDir();
+  t.after(() => d.remove());
+  const file = d.write(
+    'gatehouse.yaml',
+    `listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+state: { store: "${redis.url}" }
+logging: { level: info }
+upstreams: { app: { servers: [{ url: "${backend.url}" }] } }
+identity:
+  session: { secrets: ["${SECRET}"] }
+  bearer: [{ issuer: "${issuer.issuer}", audiences: [gatehouse-api] }]
+  apiKeys: [{ id: etl, hash: "${apiKey.hashLine}", subject: "agent:etl", groups: [agents] }]
+routes:
+  - { name: app, match: { path: /app }, upstream: app, identityHeaders: true }
+  - { name: open, match: { path: /open }, upstream: app, public: true }
+`,
+  );
+  const startOne = async () => {
+    const { logger, lines } = memoryLogger();
+    const gw = await Gateway.start({
+      configFile: file,
+      logger,
+      watch: false,
+      createStore: (url, log) => new RedisStore(url, log, { commandTimeout: 30_000, probeTimeout: 500 }),
+    });
+    t.after(() => gw.shutdown());
+    return { gw, lines, origin: `http://${HOST}:${gw.address('plain')!.port}` };
+  };
+  // Redis is down: the gateway starts anyway (it refused to before, as if the configuration were invalid).
+  const first = await startOne();
+  assert.ok(
+    first.lines.some((l) => String(l.msg).includes('signed with a key of this instance alone')),
+    'the provisional key is logged',
+  );
+  const token = await issuer.sign({ sub: 'svc', aud: 'gatehouse-api' });
+  const assertionOf = async (origin: string, headers: Record<string, string>) => {
+    const before = backend.seen.length;
+    const r = await hop(`${origin}/app/x`, new CookieJar(), { accept: 'application/json', headers });
+    assert.equal(r.status, 200, r.body);
+    assert.equal(backend.seen.length, before + 1);
+    const assertion = backend.seen.at(-1)!.headers['x-gatehouse-assertion'];
+    assert.equal(typeof assertion, 'string', 'the upstream got an assertion');
+    return assertion as string;
+  };
+  const kidOf = (jwt: string) =>
+    (JSON.parse(Buffer.from(jwt.split('.')[0]!, 'base64url').toString()) as { kid: string }).kid;
+  const jwksOf = async (origin: string) => {
+    const r = await hop(`${origin}/.gatehouse/jwks.json`, new CookieJar(), { accept: 'application/json' });
+    assert.equal(r.status, 200);
+    return createLocalJWKSet(JSON.parse(r.body) as JSONWebKeySet);
+  };
+  const provisional = await assertionOf(first.origin, { authorization: `Bearer ${token}` });
+  await assertionOf(first.origin, { 'x-api-key': apiKey.key });
+  assert.equal((await hop(`${first.origin}/open/x`, new CookieJar())).status, 200);
+  // The provisional key is published: a backend can verify what it was sent.
+  await jwtVerify(provisional, await jwksOf(first.origin));
+  assert.equal(first.gw.runtime.identity.assertion.provisional, true);
+
+  await redis.restart();
+  await waitFor(() => !first.gw.runtime.identity.assertion.provisional, 20_000, 'the shared key adopted');
+  const shared = await assertionOf(first.origin, { authorization: `Bearer ${token}` });
+  assert.notEqual(kidOf(shared), kidOf(provisional), 'signs with the stored key now');
+  // Both keys are published: assertions signed before the switch still verify until they expire.
+  const jwks = await jwksOf(first.origin);
+  await jwtVerify(provisional, jwks);
+  await jwtVerify(shared, jwks);
+  assert.ok(first.lines.some((l) => String(l.msg).includes('signing with the shared key')));
+  // A second instance on the same Redis signs with the same key.
+  const second = await startOne();
+  assert.equal(second.gw.runtime.identity.assertion.provisional, false);
+  assert.equal(kidOf(await assertionOf(second.origin, { authorization: `Bearer ${token}` })), kidOf(shared));
 });

@@ -190,6 +190,11 @@ export class AssertionSigner {
   readonly algorithm: AssertionAlgorithm;
   /** Assertions signed so far (cache misses). */
   signatures = 0;
+  /**
+   * The key store could not be read when this signer was built and nothing was carried over: it signs
+   * with a key of its own, kept only in this process, until `sync()` adopts the stored set.
+   */
+  provisional = false;
   readonly #now: () => number;
   readonly #store: AssertionKeyStore | undefined;
   #current: SigningKey;
@@ -254,13 +259,20 @@ export class AssertionSigner {
     } catch (err) {
       // A reload while the store is down (a Redis outage) keeps the keys the running configuration
       // signs with; `sync()` adopts the stored set once the store answers again.
+      // A start while the store is down signs with a key of this process alone (published in its own
+      // jwks.json), so routes that need no store keep working; `sync()` adopts the stored set once the
+      // store answers, keeping this key published until its assertions have expired.
+      if (!(err instanceof StateStoreError)) throw err;
       const previous = opts.previous;
-      const carried =
-        err instanceof StateStoreError && previous !== undefined
-          ? previous.#generatedKeys(settings.algorithm)
-          : undefined;
-      if (carried === undefined) throw err;
-      keys = carried;
+      const carried = previous === undefined ? undefined : previous.#generatedKeys(settings.algorithm);
+      const provisional = carried === undefined;
+      keys = carried ?? [
+        makeKey(generateKeyObject(settings.algorithm), settings.algorithm, now(), undefined, false, 'key'),
+      ];
+      const signer = new AssertionSigner(settings, keys, store, now);
+      signer.provisional = provisional || previous?.provisional === true;
+      signer.#inherit(previous);
+      return signer;
     }
     const signer = new AssertionSigner(settings, keys, store, now);
     signer.#inherit(opts.previous);
@@ -540,6 +552,7 @@ export class AssertionSigner {
       this.#now,
     );
     this.#adopt(keys);
+    this.provisional = false;
   }
 
   #adopt(keys: SigningKey[]): void {
