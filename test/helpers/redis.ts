@@ -141,6 +141,9 @@ function spawnServer(port: number): Guarded {
     exited,
     async end() {
       proc.stdin?.end();
+      // Held while waiting: with nothing else pending, an unreferenced child would let the event loop
+      // run empty before `exited` settles.
+      proc.ref();
       await exited;
     },
   };
