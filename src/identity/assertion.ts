@@ -253,29 +253,26 @@ export class AssertionSigner {
       return signer;
     }
     const store = opts.keyStore ?? defaultStore;
+    const previous = opts.previous;
     let keys: SigningKey[];
+    let provisional = false;
     try {
       keys = await AssertionSigner.#loadOrCreate(store, settings, now);
     } catch (err) {
-      // A reload while the store is down (a Redis outage) keeps the keys the running configuration
-      // signs with; `sync()` adopts the stored set once the store answers again.
-      // A start while the store is down signs with a key of this process alone (published in its own
-      // jwks.json), so routes that need no store keep working; `sync()` adopts the stored set once the
-      // store answers, keeping this key published until its assertions have expired.
+      // The store is down (a Redis outage). A reload keeps the keys the running configuration signs
+      // with; a start, or a reload that changes the algorithm, signs with a key of this process alone
+      // (published in its own jwks.json), so routes that need no store keep working. `sync()` adopts the
+      // stored set once the store answers, keeping these keys published until their assertions expire.
       if (!(err instanceof StateStoreError)) throw err;
-      const previous = opts.previous;
       const carried = previous === undefined ? undefined : previous.#generatedKeys(settings.algorithm);
-      const provisional = carried === undefined;
       keys = carried ?? [
         makeKey(generateKeyObject(settings.algorithm), settings.algorithm, now(), undefined, false, 'key'),
       ];
-      const signer = new AssertionSigner(settings, keys, store, now);
-      signer.provisional = provisional || previous?.provisional === true;
-      signer.#inherit(previous);
-      return signer;
+      provisional = carried === undefined || previous?.provisional === true;
     }
     const signer = new AssertionSigner(settings, keys, store, now);
-    signer.#inherit(opts.previous);
+    signer.provisional = provisional;
+    signer.#inherit(previous);
     return signer;
   }
 
