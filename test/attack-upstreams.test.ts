@@ -13,6 +13,7 @@ import net from 'node:net';
 import { type TestContext, test } from 'node:test';
 import type { AccessEntry } from '../src/observe/log.js';
 import { selfSigned } from './helpers/gateway.js';
+import { listenUntilEnd } from './helpers/listen.js';
 import { config, startBackend, startGateway, type TestGateway, waitFor } from './helpers/proxy.js';
 
 /** One request as the raw upstream read it. */
@@ -45,11 +46,8 @@ const OK = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok';
 async function rawUpstream(t: TestContext, script: Script, opts: { onHead?: boolean } = {}) {
   const requests: RawRequest[] = [];
   let connections = 0;
-  const sockets = new Set<net.Socket>();
   const server = net.createServer((sock) => {
     const connection = ++connections;
-    sockets.add(sock);
-    sock.on('close', () => sockets.delete(sock));
     sock.on('error', () => {});
     let buf = Buffer.alloc(0);
     let head: string | undefined;
@@ -84,15 +82,7 @@ async function rawUpstream(t: TestContext, script: Script, opts: { onHead?: bool
       }
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  const port = (server.address() as net.AddressInfo).port;
+  const port = await listenUntilEnd(t, server);
   const raw: RawUpstream = { url: `http://127.0.0.1:${port}`, requests, connections: () => connections };
   return raw;
 }

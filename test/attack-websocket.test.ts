@@ -14,6 +14,7 @@ import { generateApiKey } from '../src/identity/apikeys.js';
 import { registry } from '../src/observe/metrics.js';
 import { spawnCli, tempDir } from './helpers/gateway.js';
 import { makePki } from './helpers/identity.js';
+import { listenUntilEnd } from './helpers/listen.js';
 import { startIdp } from './helpers/oidc.js';
 import { config, startGateway, type TestGateway, waitFor } from './helpers/proxy.js';
 import { signInOverHttp } from './helpers/signin.js';
@@ -402,17 +403,7 @@ async function startRawBackend(
       }
     });
   });
-  const sockets = new Set<Socket>();
-  server.on('connection', (s) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(async () => {
-    for (const s of sockets) s.destroy();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, received, server };
+  return { url: `http://127.0.0.1:${await listenUntilEnd(t, server)}`, received, server };
 }
 
 /** A raw client connection to the gateway: everything it received, and when it closed. */

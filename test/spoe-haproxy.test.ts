@@ -33,6 +33,7 @@ import {
   spoeHaproxyConfig,
   startHaproxy,
 } from './helpers/haproxy.js';
+import { listenUntilEnd } from './helpers/listen.js';
 import { startBackend } from './helpers/proxy.js';
 
 /** What the test agent saw of one NOTIFY. */
@@ -52,10 +53,7 @@ async function startAgent(t: TestContext) {
   const disconnects: string[] = [];
   let connections = 0;
   let maxInFlight = 0;
-  const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => {});
     const conn = ++connections;
     const splitter = new FrameSplitter(65_536);
@@ -127,16 +125,9 @@ async function startAgent(t: TestContext) {
       }
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  );
+  const port = await listenUntilEnd(t, server);
   return {
-    port: (server.address() as net.AddressInfo).port,
+    port,
     hellos,
     notified,
     errors,
