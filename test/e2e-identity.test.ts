@@ -9,10 +9,10 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from 'jose';
 import WebSocket from 'ws';
+import { answer } from '../src/core/answer.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import { generateAssertionJwk } from '../src/identity/assertion.js';
 import { SessionManager } from '../src/identity/session.js';
-import { authorize } from '../src/proxy/access.js';
 import type { StateStore } from '../src/state/types.js';
 import { makeKey, startIssuer, type TestIssuer } from './helpers/identity.js';
 import {
@@ -528,10 +528,13 @@ describe('machine identities through the gateway', () => {
         headers,
         clientIp: '127.0.0.1',
         tls: false,
+        listener: 'web',
+        scheme: 'http' as const,
+        upgrade: false,
+        certificate: undefined,
       };
-      const req = { headers, httpVersionMajor: 1, socket: {} } as unknown as http.IncomingMessage;
       const route = gw.runtime.routes.match(facts)!;
-      return authorize(gw.runtime, req, { name: 'web', tls: false }, facts, route);
+      return answer(gw.runtime, facts, route);
     };
     const first = decide({ authorization: `Bearer ${jwt}` }, '/data');
     assert.ok(first instanceof Promise, 'a new token is verified asynchronously');

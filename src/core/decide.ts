@@ -8,6 +8,7 @@
  *   credential presented but not acceptable
  *     session expired/invalid, HTML navigation, login offered  login  302 session-expired | session-invalid
  *     valid API key used outside its routes ................... forbidden 403 api-key-out-of-scope
+ *     session or certificate on a WebSocket from another Origin  forbidden 403 origin-not-allowed
  *     anything else (bearer, API key, certificate, session) ... unauthenticated 401 token-expired, ...
  *   no credential
  *     a deny rule that needs no identity matches ............. forbidden 403 policy-deny:<rule>
@@ -83,6 +84,7 @@ export function statusForReason(reason: ReasonCode): number {
       return 200;
     case 'no-allow-rule':
     case 'api-key-out-of-scope':
+    case 'origin-not-allowed':
       return 403;
     default:
       if (reason.startsWith('policy-allow:')) return 200;
@@ -193,6 +195,7 @@ const REASON_TEXT: Readonly<Record<string, string>> = {
   'session-expired': 'the session has expired',
   'session-invalid': 'the session is not valid',
   'certificate-invalid': 'the client certificate is not accepted',
+  'origin-not-allowed': 'this origin may not open a WebSocket with these credentials',
 };
 
 /** A short human sentence for a reason code, e.g. `denied by rule data-eng.deny[0]`. */

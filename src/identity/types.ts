@@ -45,6 +45,7 @@ export type ReasonCode =
   | 'session-expired'
   | 'session-invalid'
   | 'certificate-invalid'
+  | 'origin-not-allowed'
   | `policy-deny:${string}`
   | `policy-allow:${string}`;
 

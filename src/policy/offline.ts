@@ -6,7 +6,17 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { isIP } from 'node:net';
 import type { Config } from '../config/schema.js';
-import { type Decision, decideAccess, isBrowserNavigation, loginProviders } from '../core/decide.js';
+import {
+  decisionFor,
+  FROM_API_KEY_HEADER,
+  FROM_AUTHORIZATION,
+  FROM_CERTIFICATE,
+  FROM_NOTHING,
+  FROM_SESSION,
+  type RequestDescription,
+} from '../core/answer.js';
+import { type Decision, loginProviders } from '../core/decide.js';
+import { describeRequest } from '../core/describe.js';
 import { MethodNotAllowedError, MethodOverrideError, routeRequest } from '../core/methods.js';
 import { normalizeHost, normalizePath } from '../core/normalize.js';
 import { compileRoutes } from '../core/routes.js';
@@ -73,6 +83,13 @@ export interface OfflineResult {
 }
 
 const AUTH_METHODS: readonly AuthMethod[] = ['session', 'bearer', 'apiKey', 'mtls'];
+/** Where the gateway would have read a credential of each kind (a WebSocket's Origin check depends on it). */
+const SOURCE_OF: Readonly<Record<AuthMethod, number>> = {
+  session: FROM_SESSION,
+  bearer: FROM_AUTHORIZATION,
+  apiKey: FROM_API_KEY_HEADER,
+  mtls: FROM_CERTIFICATE,
+};
 const IDENTITY_KEYS = new Set([
   'email',
   'groups',
@@ -164,25 +181,34 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
     loginProviders: [],
   };
 
-  let path: string;
-  let query: string;
-  let host: string;
-  let authority: string;
-  try {
-    authority = URL.canParse(req.url) ? new URL(req.url).host : '';
-    host = normalizeHost(authority);
-    ({ path, query } = normalizePath(target, method, ctx.config.server.pathParameters));
-  } catch (err) {
-    return { ...empty, outcome: rejection(err) };
-  }
   const headers: IncomingHttpHeaders = {};
   for (const [name, value] of Object.entries(req.headers ?? {})) headers[name.toLowerCase()] = value;
-  headers.host = authority;
   // Described requests come from a browser unless they say otherwise with their own Accept header.
   headers.accept ??= 'text/html';
   const tls = req.url.toLowerCase().startsWith('https:');
+  let facts: RequestDescription;
+  try {
+    const authority = URL.canParse(req.url) ? new URL(req.url).host : '';
+    headers.host = authority;
+    const upgrade = headers.upgrade;
+    facts = describeRequest(
+      {
+        method,
+        target,
+        host: authority,
+        headers,
+        clientIp,
+        tls,
+        listener: '',
+        upgrade: typeof upgrade === 'string' && upgrade.toLowerCase() === 'websocket',
+      },
+      ctx.config.server.pathParameters,
+    );
+  } catch (err) {
+    return { ...empty, outcome: rejection(err) };
+  }
+  const { host, path } = facts;
   // The gateway's own routing, with its method rules (override, TRACE and CONNECT refused).
-  const facts: RequestFacts = { method, host, authority, path, query, headers, clientIp, tls };
   let route: CompiledRoute;
   try {
     route = routeRequest(ctx.routes, facts);
@@ -206,16 +232,8 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
   let outcome: Decision | Rejection;
   try {
     policy = route.config.public ? undefined : ctx.policies.forRoute(route.config);
-    outcome = decideAccess(
-      {
-        route,
-        auth,
-        request,
-        browser: isBrowserNavigation(facts.method, headers),
-        loginAvailable: providers.length > 0,
-      },
-      ctx.policies,
-    );
+    const source = identity === undefined ? FROM_NOTHING : SOURCE_OF[identity.authMethod];
+    outcome = decisionFor(ctx.policies, providers.length > 0, facts, route, auth, source, req.now);
   } catch (err) {
     outcome = rejection(err);
   }

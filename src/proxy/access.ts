@@ -3,33 +3,35 @@
  *
  *   before routing   `/.gatehouse/*` on every host: jwks.json, the login endpoints, else 404;
  *                    a CORS preflight for a route with `cors`: answered here, without a login
- *   after routing    authenticate (Authorization Bearer: API key or JWT by shape; the API key header;
- *                    the client certificate on mTLS listeners; the session cookie), then `decideAccess`:
+ *   after routing    `answer()` of the decision core (core/answer.ts), rendered here:
  *                    allow → forward with identity headers and the signed assertion;
  *                    login → 302 to /.gatehouse/login; unauthenticated → 401 + WWW-Authenticate;
  *                    forbidden → 403 page or JSON saying who and why (never a redirect)
- *
- * A credential that was presented but is not acceptable never falls back to another one. A cached
- * bearer token or an API key is decided synchronously (no promise); only a token-cache miss and a
- * session lookup wait. A state store that cannot answer fails closed with 503 `GH_STATE_UNAVAILABLE`,
- * except on public routes, which never depend on it: they skip the session while the store is known to
- * be down and wait for it at most `PUBLIC_SESSION_WAIT_MS` otherwise.
  */
 import type { Http2ServerRequest } from 'node:http2';
-import { type Decision, decideAccess, describeReason, isBrowserNavigation } from '../core/decide.js';
+import {
+  type Answer,
+  allowedOrigin,
+  answer,
+  DROP_API_KEY,
+  DROP_AUTHORIZATION,
+  DROP_COOKIE,
+  identityHeaderPairs,
+  type RequestDescription,
+  signInAddress,
+  wwwAuthenticate,
+} from '../core/answer.js';
+import { type Decision, describeReason } from '../core/decide.js';
 import type { CompiledRoute, RequestFacts } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
-import { looksLikeApiKey } from '../identity/apikeys.js';
-import { bearerToken, looksLikeJwt } from '../identity/bearer.js';
 import type { IdentityRuntime } from '../identity/index.js';
-import { GATEHOUSE_PREFIX, type LoginService } from '../identity/login.js';
-import { type ClientCertificateSocket, certificateIdentity } from '../identity/mtls.js';
+import { GATEHOUSE_PREFIX } from '../identity/login.js';
+import type { ClientCertificateSocket } from '../identity/mtls.js';
 import { appendSetCookie, forbiddenPage, sendPage, unauthorizedPage } from '../identity/pages.js';
-import type { AuthResult, Identity, ReasonCode } from '../identity/types.js';
+import type { Identity } from '../identity/types.js';
 import { errorCodeOf } from '../observe/access-log.js';
 import type { AccessEntry } from '../observe/log.js';
 import type { Runtime } from '../runtime.js';
-import { StateStoreError } from '../state/types.js';
 import { sendError } from './errors.js';
 import { bodyPending, closeAfter, resetAfterAnswer } from './framing.js';
 import type { HeaderEdits } from './headers.js';
@@ -49,55 +51,10 @@ export interface AccessExchange {
   /** Body bytes of an answer the stage wrote itself, for the access log. */
   bytesOut: number;
   /** The stage's verdict (also on refusals, for the access log). */
-  access: AccessGrant | undefined;
+  access: Answer | undefined;
 }
-
-/** The verdict of the access stage for one request, with what it means for the forwarded request. */
-export interface AccessGrant {
-  readonly decision: Decision;
-  /** `X-Gatehouse-Assertion` for the upstream (allowed requests with an identity). */
-  readonly assertion: string | undefined;
-  /** Send `X-Gatehouse-User`/`-Email`/`-Groups` (the route's `identityHeaders`). */
-  readonly identityHeaders: boolean;
-  /** Which of the client's gateway credentials the upstream must not receive (`DROP_*` bits). */
-  readonly drop: number;
-  /** The API key header (lower case), for `DROP_API_KEY`. */
-  readonly apiKeyHeader: string;
-  /** The Cookie header without the gateway's cookies, for `DROP_COOKIE` (undefined: none left). */
-  readonly cookie: string | undefined;
-  /** Flat `[name, value, ...]` added to the client response: session Set-Cookie, CORS. */
-  readonly responseHeaders: readonly string[] | undefined;
-  /**
-   * Where the identity of the decision came from (`FROM_*`; `FROM_NOTHING` when it has none). A session
-   * cookie or a client certificate is sent by the browser on its own, so a WebSocket handshake it
-   * authenticates must come from an allowed Origin.
-   */
-  readonly source: CredentialSource;
-}
-
-/** The Authorization header carried the gateway credential that identified the caller. */
-export const DROP_AUTHORIZATION = 1;
-/** The configured API key header. */
-export const DROP_API_KEY = 2;
-/** The gateway's session and login cookies inside Cookie. */
-export const DROP_COOKIE = 4;
 
 const JWKS_PATH = `${GATEHOUSE_PREFIX}jwks.json`;
-const NONE: AuthResult = Object.freeze({ kind: 'none' });
-// Where the credential that decided came from.
-/** No credential identified the caller. */
-export const FROM_NOTHING = 0;
-/** The Authorization header (a bearer JWT or an API key). */
-export const FROM_AUTHORIZATION = 1;
-/** The API key header. */
-export const FROM_API_KEY_HEADER = 2;
-/** The client certificate. */
-export const FROM_CERTIFICATE = 3;
-/** The session cookie. */
-export const FROM_SESSION = 4;
-/** One of the `FROM_*` values. */
-export type CredentialSource = 0 | 1 | 2 | 3 | 4;
-
 /** Not found under the reserved prefix (404). */
 class ReservedNotFoundError extends GatehouseError {
   constructor() {
@@ -216,245 +173,17 @@ function servePreflight(ex: AccessExchange, facts: RequestFacts, wanted: string)
   return true;
 }
 
-type CorsConfig = NonNullable<CompiledRoute['config']['cors']>;
-
-/** The Access-Control-Allow-Origin value for `origin`, or undefined when it is not allowed. */
-function allowedOrigin(cors: CorsConfig, origin: string): string | undefined {
-  // With credentials the origin must be named, never `*` (Fetch standard, CORS check).
-  if (cors.origins.includes('*')) return cors.credentials ? origin : '*';
-  const lower = origin.toLowerCase();
-  for (const o of cors.origins) if (o.toLowerCase() === lower) return origin;
-  return undefined;
-}
-
-/** Response headers of an actual CORS request from an allowed origin; undefined otherwise. */
-function corsHeaders(route: CompiledRoute, origin: string | undefined): string[] | undefined {
-  const cors = route.config.cors;
-  if (cors === undefined || origin === undefined) return undefined;
-  const allowed = allowedOrigin(cors, origin);
-  if (allowed === undefined) return undefined;
-  const out = ['access-control-allow-origin', allowed, 'vary', 'Origin'];
-  if (cors.credentials) out.push('access-control-allow-credentials', 'true');
-  return out;
-}
-
 // ---------------------------------------------------------------------------------------------
 // After routing: authenticate and decide
 
-/**
- * Authenticates the request and decides access on `route`. Synchronous unless a credential needs I/O
- * (a bearer token not yet verified, a session cookie); the promise rejects with `StateStoreError` when
- * the store cannot answer on a protected route, and `decideAccess` may throw `PolicyUnavailableError`.
- */
-export function authorize(
-  runtime: Runtime,
-  req: ProxyRequest,
-  listener: ListenerInfo,
-  facts: RequestFacts,
-  route: CompiledRoute,
-): AccessGrant | Promise<AccessGrant> {
-  const id = runtime.identity;
-  const headers = req.headers;
-  const now = Date.now();
-  let source = FROM_NOTHING;
-  let result: AuthResult | Promise<AuthResult> = NONE;
-  const authorization = headers.authorization;
-  const credential =
-    authorization !== undefined && (id.bearer.enabled || id.apiKeys.enabled)
-      ? bearerToken(authorization)
-      : undefined;
-  if (credential !== undefined) {
-    source = FROM_AUTHORIZATION;
-    // A key made by `gatehouse apikey create` has its own shape; a credential that is not a JWT either
-    // is a key of the operator's own making, looked up by its hash like any other.
-    result =
-      looksLikeApiKey(credential) || !id.bearer.enabled || (id.apiKeys.enabled && !looksLikeJwt(credential))
-        ? id.apiKeys.authenticate(credential, route.name, now)
-        : id.bearer.authenticate(credential, now);
-  } else if (id.apiKeys.enabled) {
-    const key = headers[id.apiKeyHeader];
-    if (typeof key === 'string') {
-      source = FROM_API_KEY_HEADER;
-      result = id.apiKeys.authenticate(key, route.name, now);
-    }
-  }
-  if (result instanceof Promise) {
-    const s = source;
-    return result.then((r) => afterCredentials(runtime, req, listener, facts, route, r, s, now));
-  }
-  return afterCredentials(runtime, req, listener, facts, route, result, source, now);
-}
-
-function afterCredentials(
-  runtime: Runtime,
-  req: ProxyRequest,
-  listener: ListenerInfo,
-  facts: RequestFacts,
-  route: CompiledRoute,
-  auth: AuthResult,
-  from: number,
-  now: number,
-): AccessGrant | Promise<AccessGrant> {
-  const id = runtime.identity;
-  let result = auth;
-  let source = from;
-  if (result.kind === 'none' && id.certificateListeners.has(listener.name)) {
-    const socket = certificateSocket(req);
-    if (socket !== undefined) {
-      result = certificateIdentity(socket, now);
-      if (result.kind !== 'none') source = FROM_CERTIFICATE;
-    }
-  }
-  const login = id.login;
-  const sessionCookie = id.sessionCookie;
-  const cookie = req.headers.cookie;
-  // A quick look for the cookie's name first: the session lookup itself is asynchronous.
-  if (
-    result.kind === 'none' &&
-    login !== undefined &&
-    sessionCookie !== undefined &&
-    cookie?.includes(sessionCookie)
-  ) {
-    if (route.config.public) return publicSession(runtime, req, facts, route, login, cookie, now);
-    // A protected route fails closed (503) when the store cannot answer, at once while it is known down.
-    return login
-      .authenticateSession(cookie, facts, route)
-      .then((session) => conclude(runtime, req, facts, route, session, FROM_SESSION, now, session.setCookie));
-  }
-  return conclude(runtime, req, facts, route, result, source, now, undefined);
-}
-
-/**
- * How long a public route waits for the session behind a cookie before it answers without it: public
- * routes never depend on the state store, so a store that is slow, or down and not yet known to be,
- * costs them this much at most.
- */
-export const PUBLIC_SESSION_WAIT_MS = 250;
-
-/**
- * The session on a public route: attached when the store answers in time, else the request goes on
- * anonymous (no identity headers, no assertion), and at once while the store is known to be down.
- */
-function publicSession(
-  runtime: Runtime,
-  req: ProxyRequest,
-  facts: RequestFacts,
-  route: CompiledRoute,
-  login: LoginService,
-  cookie: string,
-  now: number,
-): AccessGrant | Promise<AccessGrant> {
-  if (!runtime.store.available)
-    return conclude(runtime, req, facts, route, NONE, FROM_NOTHING, now, undefined);
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), PUBLIC_SESSION_WAIT_MS);
-  });
-  const session = login.authenticateSession(cookie, facts, route).catch((err: unknown) => {
-    if (err instanceof StateStoreError) return undefined;
-    throw err;
-  });
-  return Promise.race([session, late]).then((found) => {
-    clearTimeout(timer);
-    if (found === undefined) return conclude(runtime, req, facts, route, NONE, FROM_NOTHING, now, undefined);
-    return conclude(runtime, req, facts, route, found, FROM_SESSION, now, found.setCookie);
-  });
-}
-
 /** The client certificate's socket: the TLS socket, or for HTTP/2 the session's (one per connection). */
-function certificateSocket(req: ProxyRequest): ClientCertificateSocket | undefined {
+export function certificateSocket(req: ProxyRequest): ClientCertificateSocket | undefined {
   if (req.httpVersionMajor === 2) {
     return (req as unknown as Http2ServerRequest).stream?.session?.socket as
       | ClientCertificateSocket
       | undefined;
   }
   return req.socket as ClientCertificateSocket;
-}
-
-const simpleGrants = new WeakMap<Decision, AccessGrant>();
-
-function conclude(
-  runtime: Runtime,
-  req: ProxyRequest,
-  facts: RequestFacts,
-  route: CompiledRoute,
-  auth: AuthResult,
-  source: number,
-  now: number,
-  setCookie: string | undefined,
-): AccessGrant {
-  const id = runtime.identity;
-  const headers = req.headers;
-  const loginAvailable = id.loginRoutes.has(route.name);
-  const decision = decideAccess(
-    {
-      route,
-      auth,
-      request: { method: facts.method, host: facts.host, path: facts.path, clientIp: facts.clientIp, now },
-      // Only a route that offers login redirects, so the Accept header is looked at only then.
-      browser: loginAvailable && isBrowserNavigation(facts.method, headers),
-      loginAvailable,
-    },
-    runtime.policies,
-  );
-  const rc = route.config;
-  let drop = 0;
-  let cookie: string | undefined;
-  if (!rc.passCredentials) {
-    if (source === FROM_AUTHORIZATION && auth.kind === 'ok') drop |= DROP_AUTHORIZATION;
-    // The API key header is the gateway's by configuration: never forwarded while keys are configured.
-    if (id.apiKeys.enabled && headers[id.apiKeyHeader] !== undefined) drop |= DROP_API_KEY;
-    const login = id.login;
-    const raw = headers.cookie;
-    if (login !== undefined && raw !== undefined) {
-      const stripped = login.stripCookies(raw);
-      if (stripped !== raw) {
-        drop |= DROP_COOKIE;
-        cookie = stripped;
-      }
-    }
-  }
-  let responseHeaders: string[] | undefined;
-  if (setCookie !== undefined) responseHeaders = ['set-cookie', setCookie];
-  const origin = headers.origin;
-  if (rc.cors !== undefined && typeof origin === 'string') {
-    const cors = corsHeaders(route, origin);
-    if (cors !== undefined)
-      responseHeaders = responseHeaders === undefined ? cors : responseHeaders.concat(cors);
-  }
-  const identity = decision.identity;
-  const assertion =
-    decision.outcome === 'allow' && identity !== undefined
-      ? id.assertion.sign(identity, facts.host, now)
-      : undefined;
-  if (assertion === undefined && drop === 0 && responseHeaders === undefined && Object.isFrozen(decision)) {
-    // The anonymous answers of the decision core are shared constants: so are their grants.
-    let g = simpleGrants.get(decision);
-    if (g === undefined) {
-      g = Object.freeze({
-        decision,
-        assertion: undefined,
-        identityHeaders: false,
-        drop: 0,
-        apiKeyHeader: '',
-        cookie: undefined,
-        responseHeaders: undefined,
-        source: FROM_NOTHING,
-      });
-      simpleGrants.set(decision, g);
-    }
-    return g;
-  }
-  return {
-    decision,
-    assertion,
-    identityHeaders: rc.identityHeaders,
-    drop,
-    apiKeyHeader: id.apiKeyHeader,
-    cookie,
-    responseHeaders,
-    source: identity === undefined ? FROM_NOTHING : (source as CredentialSource),
-  };
 }
 
 /**
@@ -465,15 +194,15 @@ function conclude(
  */
 export function admit(
   ex: AccessExchange,
-  facts: RequestFacts,
+  desc: RequestDescription,
   route: CompiledRoute,
 ): boolean | Promise<boolean> {
-  const grant = authorize(ex.runtime, ex.req, ex.listener, facts, route);
-  if (grant instanceof Promise) return grant.then((g) => settle(ex, facts, route, g));
-  return settle(ex, facts, route, grant);
+  const a = answer(ex.runtime, desc, route);
+  if (a instanceof Promise) return a.then((g) => settle(ex, desc, route, g));
+  return settle(ex, desc, route, a);
 }
 
-function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, grant: AccessGrant): boolean {
+function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, grant: Answer): boolean {
   ex.access = grant;
   const d = grant.decision;
   if (d.outcome === 'allow') return true;
@@ -511,36 +240,8 @@ function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, g
   return false;
 }
 
-/**
- * The error a refused WebSocket handshake (see `authorize`) is answered with: 401 or 403 with the
- * reason; a handshake is never redirected to login. Undefined when the upgrade may be forwarded.
- */
-export function refusalOf(grant: AccessGrant): GatehouseError | undefined {
-  const d = grant.decision;
-  if (d.outcome === 'allow') return undefined;
-  if (d.outcome === 'forbidden') return new GatehouseError('GH_FORBIDDEN', 403, `forbidden: ${d.reason}`);
-  return new GatehouseError('GH_UNAUTHENTICATED', 401, `unauthenticated: ${d.reason}`);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Responses of the stage
-
-const TOKEN_REASONS = new Set<ReasonCode>([
-  'token-expired',
-  'token-not-yet-valid',
-  'token-invalid',
-  'token-wrong-audience',
-  'token-wrong-issuer',
-  'token-unknown-issuer',
-  'api-key-invalid',
-  'api-key-expired',
-]);
-
-/** `WWW-Authenticate` for a 401 (RFC 6750 §3): `error="invalid_token"` when a presented token was refused. */
-export function wwwAuthenticate(reason: ReasonCode): string {
-  if (!TOKEN_REASONS.has(reason)) return 'Bearer realm="gatehouse"';
-  return `Bearer realm="gatehouse", error="invalid_token", error_description="${describeReason(reason)}"`;
-}
 
 function acceptsHtml(req: ProxyRequest): boolean {
   const accept = req.headers.accept;
@@ -577,13 +278,7 @@ function sendUnauthenticated(
     });
     return;
   }
-  let signInHref: string | undefined;
-  if (id.loginRoutes.has(route.name)) {
-    const params = new URLSearchParams({ rd: facts.path + facts.query });
-    const providers = route.config.providers;
-    if (providers !== undefined) params.set('providers', providers.join(','));
-    signInHref = `${GATEHOUSE_PREFIX}login?${params}`;
-  }
+  const signInHref = id.loginRoutes.has(route.name) ? signInAddress(route, facts) : undefined;
   sendPage(res, 401, unauthorizedPage({ reason: d.reason, reasonText, signInHref }), {}, req.method);
 }
 
@@ -631,44 +326,6 @@ function refuse(ex: AccessExchange, err: GatehouseError): void {
 // ---------------------------------------------------------------------------------------------
 // The forwarded request and the response
 
-const identityHeaderCache = new WeakMap<Identity, readonly string[]>();
-
-/**
- * Header values must be visible ASCII (RFC 9110 §5.5): names, emails and groups from an identity
- * provider may not be, so such values are percent-encoded as UTF-8 (commas too inside a list item).
- */
-export function headerSafe(value: string, listItem = false): string {
-  for (let i = 0; i < value.length; i++) {
-    const c = value.charCodeAt(i);
-    if (c < 0x20 || c > 0x7e || (listItem && c === 0x2c)) {
-      let out = '';
-      for (const byte of Buffer.from(value, 'utf8')) {
-        out +=
-          byte < 0x21 || byte > 0x7e || byte === 0x25 || (listItem && byte === 0x2c)
-            ? `%${byte.toString(16).toUpperCase().padStart(2, '0')}`
-            : String.fromCharCode(byte);
-      }
-      return out;
-    }
-  }
-  return value;
-}
-
-/** `X-Gatehouse-User`, `-Email`, `-Groups` of an identity, computed once per identity object. */
-function identityHeaderPairs(identity: Identity): readonly string[] {
-  let pairs = identityHeaderCache.get(identity);
-  if (pairs === undefined) {
-    const out = ['x-gatehouse-user', headerSafe(identity.user)];
-    if (identity.email !== undefined) out.push('x-gatehouse-email', headerSafe(identity.email));
-    if (identity.groups.length > 0) {
-      out.push('x-gatehouse-groups', identity.groups.map((g) => headerSafe(g, true)).join(','));
-    }
-    pairs = Object.freeze(out);
-    identityHeaderCache.set(identity, pairs);
-  }
-  return pairs;
-}
-
 /** True when the route's header edits or the upstream's injected credentials set or remove `lower`. */
 function owned(
   lower: string,
@@ -687,7 +344,7 @@ function owned(
  */
 export function forwardIdentity(
   headers: string[],
-  grant: AccessGrant,
+  grant: Answer,
   edits: HeaderEdits | undefined,
   inject: ReadonlyArray<readonly [string, string]>,
 ): void {
@@ -729,7 +386,7 @@ export function forwardIdentity(
  * Adds the grant's response headers (session Set-Cookie, CORS) to the upstream's response headers
  * (flat). The gateway's CORS answer replaces the upstream's own Access-Control-Allow-* headers.
  */
-export function addResponseHeaders(headers: string[], grant: AccessGrant): void {
+export function addResponseHeaders(headers: string[], grant: Answer): void {
   const extra = grant.responseHeaders;
   if (extra === undefined) return;
   for (let i = 0; i < extra.length; i += 2) {
@@ -744,7 +401,7 @@ export function addResponseHeaders(headers: string[], grant: AccessGrant): void 
 }
 
 /** Adds the access decision to an access-log entry: who (subject), how, why and which rule. */
-export function logAccess(entry: AccessEntry, grant: AccessGrant): void {
+export function logAccess(entry: AccessEntry, grant: Answer): void {
   const d = grant.decision;
   const identity = d.identity;
   if (identity !== undefined) {

@@ -30,9 +30,10 @@ import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import { type Dispatcher, errors as undiciErrors } from 'undici';
 import type { Config } from '../config/schema.js';
+import type { Answer } from '../core/answer.js';
+import { describeRequest } from '../core/describe.js';
 import { allowOf, MethodNotAllowedError, routeRequest, USUAL_ALLOW } from '../core/methods.js';
-import { normalizeHost, normalizePath } from '../core/normalize.js';
-import type { CompiledRoute, RequestFacts } from '../core/types.js';
+import type { CompiledRoute } from '../core/types.js';
 import {
   BodyTooLargeError,
   ClientClosedError,
@@ -54,9 +55,9 @@ import type { Runtime } from '../runtime.js';
 import { UpstreamProtocolError } from '../upstream/interim.js';
 import type { Lease, SelectInput, Upstream } from '../upstream/types.js';
 import {
-  type AccessGrant,
   addResponseHeaders,
   admit,
+  certificateSocket,
   forwardIdentity,
   logAccess,
   serveBeforeRouting,
@@ -321,7 +322,7 @@ class Exchange {
   status = 0;
   errorCode: string | undefined;
   /** The access stage's verdict (identity, reason, rule; what to forward). */
-  access: AccessGrant | undefined;
+  access: Answer | undefined;
   originalHost = '';
   /** Status of a retryable 5xx being discarded. */
   retryStatus = 0;
@@ -395,21 +396,26 @@ class Exchange {
     try {
       // CONNECT names an authority, not a resource: never proxied (RFC 9110 §9.3.6).
       if (this.method === 'CONNECT') throw new MethodNotAllowedError('CONNECT', USUAL_ALLOW);
-      const target = normalizePath(req.url ?? '', this.method, this.runtime.config.server.pathParameters);
-      this.path = target.path;
-      this.query = target.query;
-      this.originalHost = target.authority ?? hostHeaderOf(req) ?? '';
-      this.host = normalizeHost(this.originalHost);
-      const facts: RequestFacts = {
-        method: this.method,
-        host: this.host,
-        authority: this.originalHost,
-        path: this.path,
-        query: this.query,
-        headers: req.headers,
-        clientIp: this.clientIp,
-        tls: this.listener.tls,
-      };
+      const listener = this.listener;
+      const facts = describeRequest(
+        {
+          method: this.method,
+          target: req.url ?? '',
+          host: hostHeaderOf(req),
+          headers: req.headers,
+          clientIp: this.clientIp,
+          tls: listener.tls,
+          listener: listener.name,
+          certificate: this.runtime.identity.certificateListeners.has(listener.name)
+            ? certificateSocket(req)
+            : undefined,
+        },
+        this.runtime.config.server.pathParameters,
+      );
+      this.path = facts.path;
+      this.query = facts.query;
+      this.originalHost = facts.authority;
+      this.host = facts.host;
       if (serveBeforeRouting(this, facts)) return;
       const route = routeRequest(this.runtime.routes, facts);
       this.method = facts.method;

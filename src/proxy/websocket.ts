@@ -26,7 +26,15 @@ import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import { normalizeHost, normalizePath } from '../core/normalize.js';
+import {
+  type Answer,
+  answer,
+  type RequestDescription,
+  refusalError,
+  refusalOf,
+  wwwAuthenticate,
+} from '../core/answer.js';
+import { describeRequest } from '../core/describe.js';
 import type { CompiledRoute, RequestFacts } from '../core/types.js';
 import { GatehouseError, NoRouteError, NoServerAvailableError } from '../errors.js';
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
@@ -39,24 +47,13 @@ import {
 } from '../observe/metrics.js';
 import type { InFlight, Runtime } from '../runtime.js';
 import type { Lease, Upstream } from '../upstream/types.js';
-import {
-  type AccessGrant,
-  authorize,
-  FROM_CERTIFICATE,
-  FROM_NOTHING,
-  FROM_SESSION,
-  forwardIdentity,
-  logAccess,
-  refusalOf,
-  wwwAuthenticate,
-} from './access.js';
+import { certificateSocket, forwardIdentity, logAccess } from './access.js';
 import {
   BadWebSocketHandshakeError,
   classify,
   toGatehouseError,
   UnsupportedUpgradeError,
   WebSocketNotAllowedError,
-  WebSocketOriginError,
   WebSocketVersionError,
 } from './errors.js';
 import { checkHandshake } from './framing.js';
@@ -148,70 +145,6 @@ function checkOpeningHandshake(req: ProxyRequest): void {
   if (req.headers['sec-websocket-version'] !== '13') throw new WebSocketVersionError();
 }
 
-/** The Origins a route accepts on handshakes identified by an ambient credential, compiled once. */
-interface OriginRule {
-  /** Exact host names of `match.host` (lower case). */
-  readonly hosts: ReadonlySet<string>;
-  /** `cors.origins`, lower case. */
-  readonly cors: ReadonlySet<string>;
-  /** `cors.origins: ['*']` with `credentials: true`: the route accepts credentialed calls from anywhere. */
-  readonly corsAny: boolean;
-}
-
-const originRules = new WeakMap<CompiledRoute, OriginRule>();
-
-function originRuleOf(route: CompiledRoute): OriginRule {
-  let rule = originRules.get(route);
-  if (rule === undefined) {
-    const cors = route.config.cors;
-    const origins = new Set((cors?.origins ?? []).map((o) => o.toLowerCase()));
-    rule = {
-      hosts: new Set(route.hosts.exact),
-      cors: origins,
-      corsAny: origins.has('*') && cors?.credentials === true,
-    };
-    originRules.set(route, rule);
-  }
-  return rule;
-}
-
-const DEFAULT_PORT: Readonly<Record<string, string>> = { 'http:': '80', 'https:': '443' };
-
-/**
- * True when a browser page at `origin` may open this handshake with the browser's own credentials:
- * a `cors.origins` entry, or the listener's scheme with a host of the route (the handshake's Host when
- * the route matches any host) and the port of the handshake's Host. `null` and anything that is not a plain
- * `scheme://host[:port]` never are.
- */
-function originAllowed(
-  route: CompiledRoute,
-  origin: string,
-  scheme: 'http' | 'https',
-  hostHeader: string,
-): boolean {
-  const rule = originRuleOf(route);
-  const lower = origin.toLowerCase();
-  if (rule.corsAny || rule.cors.has(lower)) return true;
-  let o: URL;
-  let h: URL;
-  try {
-    o = new URL(lower);
-    h = new URL(`${scheme}://${hostHeader}`);
-  } catch {
-    return false;
-  }
-  // `new URL` accepts more than an origin (paths, userinfo, default ports): only its own form passes.
-  if (o.origin !== lower || o.protocol !== `${scheme}:`) return false;
-  if ((o.port || DEFAULT_PORT[o.protocol]) !== (h.port || DEFAULT_PORT[h.protocol])) return false;
-  const host = o.hostname;
-  // A route for any host is the handshake's own host's.
-  if (route.hosts.any && host === h.hostname.replace(/\.$/, '')) return true;
-  if (rule.hosts.has(host)) return true;
-  for (const suffix of route.hosts.suffixes)
-    if (host.length > suffix.length && host.endsWith(suffix)) return true;
-  return false;
-}
-
 /**
  * The header lines of the upstream's answer to a handshake as the client gets them: its fields without
  * X-Request-Id (the gateway writes its own) and the route's removals, then the route's set values. A
@@ -254,7 +187,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   lease: Lease | undefined;
   serverId: string | undefined;
   /** The access stage's verdict. */
-  access: AccessGrant | undefined;
+  access: Answer | undefined;
   /** The cookies the gateway sets (`ownCookiesOf`): a backend's Set-Cookie for one is dropped. */
   ownCookies: ReadonlySet<string> | undefined;
   /** The route's `headers.response` edits, applied to the upstream's answer. */
@@ -308,7 +241,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     // Until close(), a reload keeps the upstreams of this runtime open.
     this.inFlight = runtime.inFlight;
     this.inFlight.count++;
-    let facts: RequestFacts;
+    let facts: RequestDescription;
     let route: CompiledRoute;
     try {
       checkHandshake(req, runtime.config.server.maxHeadersCount);
@@ -316,30 +249,36 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       if (typeof upgrade !== 'string' || upgrade.toLowerCase() !== 'websocket')
         throw new UnsupportedUpgradeError();
       checkOpeningHandshake(req);
-      const t = normalizePath(req.url ?? '', req.method, runtime.config.server.pathParameters);
-      this.path = t.path;
-      this.originalHost = t.authority ?? hostHeaderOf(req) ?? '';
-      this.host = normalizeHost(this.originalHost);
-      if (t.path.startsWith(GATEHOUSE_PREFIX)) {
+      facts = describeRequest(
+        {
+          method: req.method ?? 'GET',
+          target: req.url ?? '',
+          host: hostHeaderOf(req),
+          headers: req.headers,
+          clientIp: this.clientIp,
+          tls: this.listener.tls,
+          listener: this.listener.name,
+          scheme: this.scheme(),
+          upgrade: true,
+          certificate: runtime.identity.certificateListeners.has(this.listener.name)
+            ? certificateSocket(req)
+            : undefined,
+        },
+        runtime.config.server.pathParameters,
+      );
+      this.path = facts.path;
+      this.originalHost = facts.authority;
+      this.host = facts.host;
+      if (facts.path.startsWith(GATEHOUSE_PREFIX)) {
         throw new GatehouseError('GH_NOT_FOUND', 404, 'nothing under /.gatehouse/ accepts an upgrade');
       }
-      facts = {
-        method: req.method ?? 'GET',
-        host: this.host,
-        authority: this.originalHost,
-        path: t.path,
-        query: t.query,
-        headers: req.headers,
-        clientIp: this.clientIp,
-        tls: this.listener.tls,
-      };
       const matched = runtime.routes.match(facts);
       if (matched === undefined) throw new NoRouteError();
       route = matched;
       this.route = route;
       const ws = route.config.websocket;
       if (typeof ws === 'object') this.finTimeout = ws.finTimeout;
-      const grant = authorize(runtime, req, this.listener, facts, route);
+      const grant = answer(runtime, facts, route);
       if (grant instanceof Promise) {
         grant.then(
           (g) => this.admitted(runtime, facts, route, g),
@@ -354,27 +293,16 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   }
 
   /** After the access stage: refuse, or pick the upstream, build the headers and acquire a lease. */
-  admitted(runtime: Runtime, facts: RequestFacts, route: CompiledRoute, grant: AccessGrant): void {
+  admitted(runtime: Runtime, facts: RequestFacts, route: CompiledRoute, grant: Answer): void {
     if (this.closed) return;
     const req = this.req;
     this.access = grant;
     let headers: string[];
     let target: string;
     try {
-      const refusal = refusalOf(grant);
-      if (refusal !== undefined) throw refusal;
+      const refusal = refusalOf(grant, facts);
+      if (refusal !== undefined) throw refusalError(refusal);
       if (route.websocketIdleTimeout === undefined) throw new WebSocketNotAllowedError();
-      if ((grant.source === FROM_SESSION || grant.source === FROM_CERTIFICATE) && !this.sameOrigin(route)) {
-        if (!route.config.public) throw new WebSocketOriginError();
-        // A public route serves anyone: it still does, but not as the browser's user.
-        grant = {
-          ...grant,
-          decision: { ...grant.decision, identity: undefined },
-          assertion: undefined,
-          source: FROM_NOTHING,
-        };
-        this.access = grant;
-      }
       this.idleTimeout = route.websocketIdleTimeout;
       const name = route.pickUpstream(req.headers);
       const up = runtime.upstreams.get(name);
@@ -420,17 +348,14 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   }
 
   /** The handshake's Origin (when it has one) may use the browser's credentials on `route`. */
-  sameOrigin(route: CompiledRoute): boolean {
-    const origin = this.req.headers.origin;
-    if (origin === undefined) return true;
-    // Behind a trusted TLS-terminating proxy the page's scheme is the one the proxy forwards.
-    let scheme: 'http' | 'https' = this.listener.tls ? 'https' : 'http';
-    if (!this.listener.tls && this.peerTrusted) {
+  /** The scheme of the page that opens the handshake: behind a trusted TLS-terminating proxy, the forwarded one. */
+  scheme(): 'http' | 'https' {
+    if (this.listener.tls) return 'https';
+    if (this.peerTrusted) {
       const proto = this.req.headers['x-forwarded-proto'];
-      if (typeof proto === 'string' && proto.split(',')[0]!.trim().toLowerCase() === 'https')
-        scheme = 'https';
+      if (typeof proto === 'string' && proto.split(',')[0]!.trim().toLowerCase() === 'https') return 'https';
     }
-    return originAllowed(route, origin, scheme, this.originalHost);
+    return 'http';
   }
 
   dispatch(lease: Lease, headers: string[], target: string): void {
