@@ -18,9 +18,8 @@ import {
 import { type Decision, loginProviders } from '../core/decide.js';
 import { describeRequest } from '../core/describe.js';
 import { MethodNotAllowedError, MethodOverrideError, routeRequest } from '../core/methods.js';
-import { normalizeHost, normalizePath } from '../core/normalize.js';
 import { compileRoutes } from '../core/routes.js';
-import type { CompiledRoute, RequestFacts, RouteTable } from '../core/types.js';
+import type { CompiledRoute, RouteTable } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
 import type { AuthMethod, AuthResult, Identity } from '../identity/types.js';
 import { compilePolicies } from './compile.js';
