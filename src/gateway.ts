@@ -27,6 +27,7 @@ import {
   retireUpstreams,
   type StateStoreFactory,
 } from './runtime-build.js';
+import { SpoeService } from './spoe/service.js';
 import { Coalescer } from './util/coalesce.js';
 
 /** How often generated assertion keys are re-read from a shared (Redis) store to pick up rotations. */
@@ -81,6 +82,7 @@ export class Gateway {
   #ownsLogger = false;
   #runtime: Runtime;
   #listeners!: ListenerSet;
+  #spoe!: SpoeService;
   readonly #admin = new AdminSlot(
     (token) =>
       new AdminServer({
@@ -136,20 +138,24 @@ export class Gateway {
     // A cluster worker's lines say which worker served the request, like its other log lines.
     const worker = opts.logBindings?.worker;
     const sink = opts.accessLog ?? createAccessLog(undefined, worker === undefined ? undefined : { worker });
+    // Checked per entry so that a reload can turn the access log on or off.
+    const accessLog = (entry: AccessEntry): void => {
+      if (gw.#runtime.config.logging.access) sink(entry);
+    };
     gw.#listeners = new ListenerSet({
       getRuntime: () => gw.#runtime,
       logger,
-      // Checked per entry so that a reload can turn the access log on or off.
-      accessLog: (entry) => {
-        if (gw.#runtime.config.logging.access) sink(entry);
-      },
+      accessLog,
     });
+    gw.#spoe = new SpoeService({ getRuntime: () => gw.#runtime, logger, accessLog });
     try {
       await gw.#listeners.apply(built.runtime);
+      await gw.#spoe.sync(built.runtime.config.spoe, 0);
       for (const u of built.runtime.upstreams.values()) u.start();
       await gw.#syncAdmin(loaded);
     } catch (err) {
       await gw.#listeners.close(0).catch(() => {});
+      await gw.#spoe.close(0).catch(() => {});
       await gw.#admin.close().catch(() => {});
       await closeUpstreams(built.runtime.upstreams.values(), logger);
       await closeStore(built.runtime.store, logger);
@@ -177,6 +183,7 @@ export class Gateway {
           address: formatAddress(gw.address(l.name)),
         })),
         admin: formatAddress(gw.#admin.address),
+        spoe: gw.#spoe.port === undefined ? undefined : gw.#spoe.bind,
       },
       'gateway started',
     );
@@ -191,6 +198,11 @@ export class Gateway {
   /** Bound address of a listener by name. */
   address(listenerName: string): AddressInfo | undefined {
     return this.#listeners.address(listenerName);
+  }
+
+  /** The port the SPOE agent listens on, when `spoe` is configured. */
+  spoePort(): number | undefined {
+    return this.#spoe.port;
   }
 
   /** Bound address of the admin listener, when one is configured. */
@@ -227,7 +239,10 @@ export class Gateway {
     }
     // A reload that is building must finish first, so that its upstreams are closed below too.
     await this.#reloads.idle();
-    await this.#listeners.close(this.#runtime.config.server.drainTimeout);
+    await Promise.all([
+      this.#listeners.close(this.#runtime.config.server.drainTimeout),
+      this.#spoe.close(this.#runtime.config.server.drainTimeout),
+    ]);
     this.#retireAbort.abort();
     await Promise.all(this.#retiring);
     await this.#admin.close().catch((err: unknown) => this.#logger.warn({ err }, 'closing admin failed'));
@@ -264,6 +279,13 @@ export class Gateway {
     } catch (err) {
       if (err instanceof ConfigError) return this.#reject(err.problems, 'invalid');
       return this.#reject([problem(file, `cannot build the runtime: ${(err as Error).message}`)], 'error');
+    }
+    try {
+      await this.#spoe.sync(built.runtime.config.spoe, built.runtime.config.server.drainTimeout);
+    } catch (err) {
+      await closeUpstreams(built.created, this.#logger);
+      await closeStore(built.createdStore, this.#logger);
+      return this.#reject([problem(file, `cannot start the SPOE agent: ${(err as Error).message}`)], 'error');
     }
     try {
       await this.#listeners.apply(built.runtime);

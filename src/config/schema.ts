@@ -268,6 +268,18 @@ const Admin = z.strictObject({
   }),
 });
 
+const Spoe = z.strictObject({
+  bind: BindAddress.meta({
+    description: 'Address of the HAProxy SPOE agent (SPOP 2.0), e.g. 127.0.0.1:12345',
+  }),
+  maxFrameSize: z.number().int().min(256).max(65536).default(16380).meta({
+    description: "Largest frame the agent accepts; negotiated down to HAProxy's (its default is 16380)",
+  }),
+  maxInFlightPerConnection: z.number().int().min(1).max(10000).default(64).meta({
+    description: 'Requests decided at once on one agent connection before the agent stops reading it',
+  }),
+});
+
 const State = z.strictObject({
   store: z
     .string()
@@ -685,6 +697,7 @@ export const ConfigSchema = z.strictObject({
   listeners: z.array(Listener).min(1, 'at least one listener is required'),
   server: Server,
   admin: Admin.optional(),
+  spoe: Spoe.optional().meta({ description: 'Decisions for an HAProxy in front: the SPOE agent' }),
   state: State.default({ store: 'memory' }),
   identity: Identity.optional(),
   upstreams: z.record(Name, Upstream).default({}),
@@ -702,6 +715,7 @@ export const ConfigSchema = z.strictObject({
 /** The validated configuration: durations in ms, sizes in bytes, defaults filled in. */
 export type Config = z.output<typeof ConfigSchema>;
 export type ListenerConfig = z.output<typeof Listener>;
+export type SpoeConfig = z.output<typeof Spoe>;
 export type UpstreamConfig = z.output<typeof Upstream>;
 export type UpstreamServerConfig = z.output<typeof UpstreamServer>;
 export type RouteConfig = z.output<typeof Route>;

@@ -37,6 +37,8 @@ export interface AccessEntry {
   reason?: string;
   /** The policy rule that decided, if one did. */
   rule?: string;
+  /** The data plane that decided, when it is not the built-in proxy: `spoe` or `forward-auth`. */
+  plane?: string;
 }
 
 /** Creates the process logger (JSON lines to stdout, or to `destination`). */

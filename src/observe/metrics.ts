@@ -318,6 +318,23 @@ export const requestDuration = new FastHistogram({
   registers: [registry],
 });
 
+/** Access decisions of the data planes that decide without forwarding (SPOE, forward-auth). */
+export const decisionsTotal = new FastCounter({
+  name: 'gatehouse_decisions_total',
+  help: 'Access decisions given to HAProxy (spoe) or to a proxy asking forward-auth, by route, status and reason',
+  labelNames: ['plane', 'route', 'status', 'reason'] as const,
+  registers: [registry],
+});
+
+/** Time `answer()` took for the decision-only data planes. */
+export const answerDuration = new FastHistogram({
+  name: 'gatehouse_answer_duration_seconds',
+  help: 'Time to answer one decision request (describe, route, authenticate, decide, sign), per data plane',
+  labelNames: ['plane'] as const,
+  buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+  registers: [registry],
+});
+
 /** Bytes received from clients and sent to them, per route. */
 export const bytesTotal = new FastCounter({
   name: 'gatehouse_bytes_total',
