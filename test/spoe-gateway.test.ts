@@ -14,13 +14,16 @@ import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from 'jose';
 import { Gateway } from '../src/gateway.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import type { AccessEntry } from '../src/observe/log.js';
+import { launchBrowser, newPage, pageJson, signIn, WAIT } from './helpers/browser.js';
 import { ROOT, tempDir } from './helpers/gateway.js';
 import { freePort, startHaproxy } from './helpers/haproxy.js';
 import { makeKey, startIssuer } from './helpers/identity.js';
-import { memoryLogger, request, seenOf, startBackend } from './helpers/proxy.js';
+import { startIdp, type TestIdp } from './helpers/oidc.js';
+import { memoryLogger, request, type Seen, seenOf, startBackend } from './helpers/proxy.js';
 
 const EXAMPLES = path.join(ROOT, 'examples/haproxy');
 const SESSION_SECRET = 'spoe-example-session-secret-0123456789abcdef';
+const HOST = 'app.gatehouse.test';
 
 interface Setup {
   front: string;
@@ -34,11 +37,15 @@ interface Setup {
   haproxyOutput(): string;
 }
 
-async function setup(t: TestContext): Promise<Setup> {
+async function setup(
+  t: TestContext,
+  oidc?: (front: number) => Promise<{ issuer: string; clientSecret: string }>,
+): Promise<Setup> {
   const idp = await startIssuer([await makeKey('k1', 'ES256')]);
   t.after(() => idp.close());
   const backend = await startBackend(t, 'app');
   const [front, signin, agent] = [await freePort(), await freePort(), await freePort()];
+  const provider = await oidc?.(front);
   const d = tempDir();
   t.after(() => d.remove());
   const key = generateApiKey('etl-agent');
@@ -49,6 +56,7 @@ async function setup(t: TestContext): Promise<Setup> {
       .replaceAll('127.0.0.1:12345', `127.0.0.1:${agent}`)
       .replaceAll('127.0.0.1:9000', `127.0.0.1:${backend.port}`);
   const yaml = ports(readFileSync(path.join(EXAMPLES, 'gatehouse.yaml'), 'utf8'))
+    .replace(/issuer: https:\/\/idp\.example\.com,/, `issuer: "${provider?.issuer ?? idp.issuer}",`)
     .replaceAll('https://idp.example.com', idp.issuer)
     .replace('sha256:<hex>', key.hashLine);
   const configFile = path.join(d.dir, 'gatehouse.yaml');
@@ -73,7 +81,7 @@ async function setup(t: TestContext): Promise<Setup> {
     logger: memoryLogger().logger,
     watch: false,
     accessLog: (e) => access.push(e),
-    env: { GATEHOUSE_SESSION_SECRET: SESSION_SECRET, OIDC_CLIENT_SECRET: 'unused' },
+    env: { GATEHOUSE_SESSION_SECRET: SESSION_SECRET, OIDC_CLIENT_SECRET: provider?.clientSecret ?? 'unused' },
   });
   t.after(() => gw.shutdown());
   assert.equal(gw.spoePort(), agent);
@@ -256,4 +264,44 @@ test('HAProxy + SPOE agent: path tricks, ambiguous credentials and bad targets d
   const down = await request(s.front, { path: '/ok', headers: { authorization: `Bearer ${eng}` } });
   assert.equal(down.status, 503);
   assert.equal(s.backend.seen.length, n);
+});
+
+test('HAProxy + SPOE agent: a person signs in with a real browser through HAProxy and reaches the application as themself', {
+  timeout: 120_000,
+}, async (t) => {
+  let idp: TestIdp | undefined;
+  const s = await setup(t, async (front) => {
+    idp = await startIdp(t, { redirectUris: [`http://${HOST}:${front}/.gatehouse/callback`] });
+    return { issuer: idp.issuer, clientSecret: idp.clientSecret };
+  });
+  const origin = `http://${HOST}:${new URL(s.front).port}`;
+  const browser = await launchBrowser(t);
+  const alice = await newPage(browser);
+  await alice.context.addCookies([{ name: 'theme', value: 'dark', url: origin }]);
+  await alice.page.goto(`${origin}/pipelines/report?x=1`);
+  assert.ok(alice.page.url().startsWith(`${idp!.issuer}/`), alice.page.url());
+  await signIn(alice.page, 'alice');
+  await alice.page.waitForURL(`${origin}/pipelines/report?x=1`, { timeout: WAIT });
+  const seen = await pageJson<Seen>(alice.page);
+  assert.equal(seen.url, '/pipelines/report?x=1');
+  assert.equal(seen.headers['x-gatehouse-user'], 'alice');
+  assert.equal(seen.headers['x-gatehouse-groups'], 'data-eng');
+  assert.equal(
+    seen.headers.cookie,
+    'theme=dark',
+    "the session cookie stays at the edge; the application's own passes",
+  );
+  const entry = s.access.find(
+    (e) => e.plane === 'spoe' && e.path === '/pipelines/report' && e.status === 200,
+  );
+  assert.equal(entry?.identity, 'alice');
+  assert.equal(entry?.authMethod, 'session');
+  // bob is not a data engineer: 403 with the reason, rendered by HAProxy.
+  const bob = await newPage(browser);
+  await bob.page.goto(`${origin}/pipelines`);
+  await signIn(bob.page, 'bob');
+  await bob.page.waitForURL(`${origin}/pipelines`, { timeout: WAIT });
+  const denied = await bob.page.goto(`${origin}/pipelines`);
+  assert.equal(denied?.status(), 403);
+  assert.match((await bob.page.textContent('body')) ?? '', /no-allow-rule/);
 });
