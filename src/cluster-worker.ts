@@ -73,6 +73,8 @@ export async function runWorker(configFile: string): Promise<never> {
         const counted = await requestsTotal.get();
         const requests = counted.values.reduce((n, v) => n + v.value, 0);
         const report = buildStatusReport(gw.runtime, startedAt, (name) => gw.address(name));
+        const spoe = gw.spoeStatus();
+        if (spoe !== undefined) report.spoe = spoe;
         return { ...report, requests } as WorkerReplies[K];
       }
       case 'metrics':

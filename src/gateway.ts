@@ -27,7 +27,7 @@ import {
   retireUpstreams,
   type StateStoreFactory,
 } from './runtime-build.js';
-import { SpoeService } from './spoe/service.js';
+import { SpoeService, type SpoeStatus } from './spoe/service.js';
 import { Coalescer } from './util/coalesce.js';
 
 /** How often generated assertion keys are re-read from a shared (Redis) store to pick up rotations. */
@@ -92,6 +92,7 @@ export class Gateway {
         token,
         ready: () => this.#closing === undefined,
         listenerAddress: (name) => this.address(name),
+        spoeStatus: () => this.spoeStatus(),
       }),
   );
   #adminEnabled = true;
@@ -203,6 +204,11 @@ export class Gateway {
   /** The port the SPOE agent listens on, when `spoe` is configured. */
   spoePort(): number | undefined {
     return this.#spoe.port;
+  }
+
+  /** The SPOE agent's address and counters, when `spoe` is configured. */
+  spoeStatus(): SpoeStatus | undefined {
+    return this.#spoe?.status();
   }
 
   /** Bound address of the admin listener, when one is configured. */

@@ -14,6 +14,7 @@ import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from 'jose';
 import { Gateway } from '../src/gateway.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import type { AccessEntry } from '../src/observe/log.js';
+import { registry } from '../src/observe/metrics.js';
 import { launchBrowser, newPage, pageJson, signIn, WAIT } from './helpers/browser.js';
 import { ROOT, tempDir } from './helpers/gateway.js';
 import { freePort, startHaproxy } from './helpers/haproxy.js';
@@ -203,6 +204,16 @@ test('HAProxy + SPOE agent from examples/haproxy: bearer, API key, session; iden
   const ss = seenOf(viaSession.body);
   assert.equal(ss.headers['x-gatehouse-user'], 'dora');
   assert.equal(ss.headers.cookie, 'theme=dark');
+  // Both the status and /metrics show the agent at work.
+  const st = s.gw.spoeStatus();
+  assert.ok(st && st.connections.open >= 1 && st.notifies >= 5, JSON.stringify(st));
+  const metrics = await registry.metrics();
+  assert.match(
+    metrics,
+    /gatehouse_decisions_total\{plane="spoe",route="pipelines",status="403",reason="policy-deny:contractors"\} [1-9]/,
+  );
+  assert.match(metrics, /gatehouse_answer_duration_seconds_count\{plane="spoe"\} [1-9]/);
+  assert.match(metrics, /gatehouse_spoe_connections [1-9]/);
   // A forged session cookie sends a browser to sign in again.
   const forged = await request(s.front, {
     path: '/pipelines',

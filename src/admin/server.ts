@@ -17,6 +17,7 @@ import {
   setUpstreamStatusSource,
 } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
+import type { SpoeStatus } from '../spoe/service.js';
 import type { UpstreamStatus } from '../upstream/types.js';
 import { dashboardCsp, dashboardHtml } from './dashboard.js';
 
@@ -36,6 +37,8 @@ export interface AdminServerOptions {
   ready?(): boolean;
   /** Bound address of a data-plane listener, shown in the status. */
   listenerAddress?(name: string): AddressInfo | undefined;
+  /** The SPOE agent's address and counters, when it runs (shown in the status). */
+  spoeStatus?(): SpoeStatus | undefined;
   /**
    * Renders `/metrics` instead of this process's registry: a cluster primary aggregates its workers'.
    */
@@ -83,6 +86,8 @@ export interface StatusReport {
     websocket: boolean;
   }>;
   upstreams: UpstreamStatus[];
+  /** Present when `spoe` is configured (this process's agent). */
+  spoe?: SpoeStatus;
   /** Present in multi-process mode: every worker process; upstreams above are one worker's view. */
   workers?: WorkerStatus[];
 }
@@ -299,7 +304,10 @@ export class AdminServer {
     if (this.#opts.status) return await this.#opts.status();
     const runtime = this.#runtime();
     if (runtime === undefined) return undefined;
-    return buildStatusReport(runtime, this.#startedAt, (name) => this.#opts.listenerAddress?.(name));
+    const report = buildStatusReport(runtime, this.#startedAt, (name) => this.#opts.listenerAddress?.(name));
+    const spoe = this.#opts.spoeStatus?.();
+    if (spoe !== undefined) report.spoe = spoe;
+    return report;
   }
 }
 

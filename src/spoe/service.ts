@@ -23,6 +23,18 @@ export interface SpoeServiceOptions {
   readonly accessLog: (entry: AccessEntry) => void;
 }
 
+/** The SPOE agent in `/api/v1/status`. */
+export interface SpoeStatus {
+  bind: string;
+  port: number;
+  connections: { open: number; total: number };
+  frames: { in: number; out: number };
+  notifies: number;
+  /** Frames answered without a decision: HAProxy refused those requests. */
+  failClosed: number;
+  inFlight: number;
+}
+
 const running = new Set<SpoeAgent>();
 let metricsRegistered = false;
 
@@ -90,9 +102,20 @@ export class SpoeService {
     return this.#port;
   }
 
-  /** Counters of the running agent, for `/api/v1/status`. */
-  stats(): SpoeAgentStats | undefined {
-    return this.#agent?.stats();
+  /** The agent's address and counters, for `/api/v1/status`; undefined when it does not run. */
+  status(): SpoeStatus | undefined {
+    const agent = this.#agent;
+    if (agent === undefined || this.#bind === undefined || this.#port === undefined) return undefined;
+    const s = agent.stats();
+    return {
+      bind: this.#bind,
+      port: this.#port,
+      connections: { open: s.connections.open, total: s.connections.total },
+      frames: { in: s.frames.in, out: s.frames.out },
+      notifies: s.notifies,
+      failClosed: s.failClosedAcks,
+      inFlight: s.inFlight,
+    };
   }
 
   /**
