@@ -5,13 +5,15 @@
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { type CryptoKey, exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { type CryptoKey, exportJWK, exportSPKI, generateKeyPair, SignJWT } from 'jose';
 
 export const BENCH_AUDIENCE = 'gatehouse-bench';
 export const BENCH_ALG = 'RS256';
 
 export interface BenchIssuer {
   readonly issuer: string;
+  /** The signing key's public half as PEM (SPKI), for HAProxy's `jwt_verify`. */
+  readonly publicPem: string;
   /** A token for subject `bench-agent` in group `bench`; `jti` makes each one distinct. */
   sign(jti: string): Promise<string>;
   close(): Promise<void>;
@@ -40,8 +42,10 @@ export async function startBenchIssuer(): Promise<BenchIssuer> {
   });
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const key: CryptoKey = privateKey;
+  const publicPem = await exportSPKI(publicKey);
   return {
     issuer: base,
+    publicPem,
     sign: (jti) =>
       new SignJWT({ groups: ['bench'], jti })
         .setProtectedHeader({ alg: BENCH_ALG, kid: 'bench-1', typ: 'JWT' })

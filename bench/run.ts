@@ -114,6 +114,8 @@ const allProxies = [
   'gatehouse+jwt',
   'haproxy',
   'haproxy+bearer',
+  'haproxy+spoe',
+  'haproxy+jwt_verify',
   'minimal-undici',
   'node-http-proxy',
 ];
@@ -497,6 +499,13 @@ async function runAutocannon(
 interface Running {
   child: ChildProcess;
   port: number;
+  /** Further processes the proxy's CPU includes (the Gatehouse SPOE agent behind `haproxy+spoe`). */
+  others?: ChildProcess[];
+}
+
+/** Every process whose CPU time a proxy's measurement counts. */
+function pidsOf(r: Running): number[] {
+  return [r.child.pid as number, ...(r.others ?? []).map((c) => c.pid as number)];
 }
 
 /** A command the proxy is started under (valgrind for the instruction counts), and its start timeout. */
@@ -557,6 +566,7 @@ async function startGatehouse(
   jwt?: { issuer: string; adminPort: number },
   wrap?: Wrap,
   baseline?: string,
+  spoePort?: number,
 ): Promise<Running & { note: string }> {
   const port = await freePort();
   const dir = tempDir();
@@ -567,6 +577,7 @@ async function startGatehouse(
       'listeners:',
       `  - { name: bench, bind: "127.0.0.1:${port}" }`,
       'server: { keepAliveTimeout: 120s }',
+      ...(spoePort === undefined ? [] : [`spoe: { bind: "127.0.0.1:${spoePort}" }`]),
       'upstreams:',
       '  backend:',
       `    servers: [{ url: "http://127.0.0.1:${backendPort}" }]`,
@@ -581,14 +592,75 @@ async function startGatehouse(
     ].join('\n'),
   );
   const { cmd, args, note } = gatehouseCommand(baseline);
-  const variant = jwt ? 'gatehouse+jwt' : accessLog ? 'gatehouse+log' : 'gatehouse';
+  const variant =
+    spoePort !== undefined
+      ? 'gatehouse-agent'
+      : jwt
+        ? 'gatehouse+jwt'
+        : accessLog
+          ? 'gatehouse+log'
+          : 'gatehouse';
   const name = baseline === undefined ? variant : variant.replace('gatehouse', 'baseline');
   const child = start(name, cmd, [...args, 'start', '-c', file], 1, accessLog, wrap?.prefix);
   await waitForPort(port, child, name, wrap?.startTimeoutMs);
+  if (spoePort !== undefined) await waitForPort(spoePort, child, name, wrap?.startTimeoutMs);
   return { child, port, note };
 }
 
-async function startHaproxy(backendPort: number, wrap?: Wrap): Promise<Running> {
+/**
+ * HAProxy's identity variants on the bench route, in front of the same backend:
+ * `spoe` asks the Gatehouse SPOE agent at `agentPort` (examples/haproxy/gatehouse-spoe.conf, with the
+ * example's enforcement rules: refuse without a decision or when it is not an allow, drop the bearer
+ * token, set the identity headers and the assertion from the variables); `jwtPem` checks the bearer
+ * token's signature with HAProxy's own `jwt_verify` against that public key (no claims, no policy, no
+ * headers: all HAProxy can do by itself).
+ */
+interface HaproxyIdentity {
+  spoe?: { agentPort: number };
+  jwtPem?: string;
+}
+
+function haproxyIdentityLines(dir: string, id: HaproxyIdentity | undefined): string[] {
+  if (id?.spoe !== undefined) {
+    const spoeFile = join(dir, 'gatehouse-spoe.conf');
+    writeFileSync(spoeFile, readFileSync(join(root, 'examples/haproxy/gatehouse-spoe.conf'), 'utf8'));
+    return [
+      `  filter spoe engine gatehouse config ${spoeFile}`,
+      '  http-request deny deny_status 503 if !{ var(txn.gatehouse.status) -m found }',
+      '  http-request deny deny_status 403 if !{ var(txn.gatehouse.status) -m int 200 }',
+      '  http-request del-header Authorization if { var(txn.gatehouse.drop_authorization) -m found }',
+      '  http-request set-header X-Gatehouse-User "%[var(txn.gatehouse.user)]" if { var(txn.gatehouse.user) -m found }',
+      '  http-request set-header X-Gatehouse-Email "%[var(txn.gatehouse.email)]" if { var(txn.gatehouse.email) -m found }',
+      '  http-request set-header X-Gatehouse-Groups "%[var(txn.gatehouse.groups)]" if { var(txn.gatehouse.groups) -m found }',
+      '  http-request set-header X-Gatehouse-Assertion "%[var(txn.gatehouse.assertion)]" if { var(txn.gatehouse.assertion) -m found }',
+    ];
+  }
+  if (id?.jwtPem !== undefined) {
+    const pem = join(dir, 'issuer.pem');
+    writeFileSync(pem, id.jwtPem);
+    return [
+      '  http-request set-var(txn.bearer) http_auth_bearer',
+      "  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')",
+      `  http-request deny deny_status 401 unless { var(txn.alg) -m str ${BENCH_ALG} }`,
+      `  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"${pem}") -m int 1 }`,
+    ];
+  }
+  return [];
+}
+
+/** The agents' backend of `haproxy+spoe`. */
+function haproxyAgentLines(id: HaproxyIdentity | undefined): string[] {
+  if (id?.spoe === undefined) return [];
+  return [
+    'backend gatehouse-agents',
+    '  mode tcp',
+    '  timeout connect 2s',
+    '  timeout server 120s',
+    `  server agent 127.0.0.1:${id.spoe.agentPort}`,
+  ];
+}
+
+async function startHaproxy(backendPort: number, wrap?: Wrap, identity?: HaproxyIdentity): Promise<Running> {
   const port = await freePort();
   const dir = tempDir();
   const file = join(dir, 'haproxy.cfg');
@@ -606,6 +678,7 @@ async function startHaproxy(backendPort: number, wrap?: Wrap): Promise<Running> 
       '  option http-keep-alive',
       'frontend bench',
       `  bind 127.0.0.1:${port}`,
+      ...haproxyIdentityLines(dir, identity),
       '  default_backend backend',
       'backend backend',
       '  http-reuse always',
@@ -615,6 +688,7 @@ async function startHaproxy(backendPort: number, wrap?: Wrap): Promise<Running> 
       '  http-request set-header X-Forwarded-Host %[req.hdr(host)]',
       '  http-request set-header X-Request-Id %[uuid]',
       `  server s1 127.0.0.1:${backendPort} maxconn 1000`,
+      ...haproxyAgentLines(identity),
       '',
     ].join('\n'),
   );
@@ -875,6 +949,8 @@ interface Row extends LoadResult {
   round: number;
   cpuUsPerRequest: number | undefined;
   cpuSeconds: number | undefined;
+  /** Of `cpuUsPerRequest`, what the further processes spent (the SPOE agent of `haproxy+spoe`). */
+  othersCpuUsPerRequest?: number | undefined;
 }
 
 /** A proxy and scenario over all rounds: medians, with the CPU range and every sample. */
@@ -945,6 +1021,19 @@ function table(summaries: Summary[], rows: readonly Row[]): string {
       `| ${r.scenario} | ${r.proxy} | ${fmt(r.rps, 0)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.cpuUsPerRequest)}${range} | ${fmtRatio(hap)} | ${fmtRatio(nhp)} | ${r.errors + r.non2xx} |`,
     );
   }
+  // The share of the further processes (the SPOE agent), median over the rounds.
+  for (const r of summaries) {
+    const parts = r.samples.flatMap((x) =>
+      x.othersCpuUsPerRequest === undefined ? [] : [x.othersCpuUsPerRequest],
+    );
+    if (parts.length === 0) continue;
+    const agent = median(parts);
+    const all = r.cpuUsPerRequest ?? Number.NaN;
+    lines.push(
+      '',
+      `${r.proxy}, ${r.scenario}: HAProxy ${fmt(all - agent)} µs/req + Gatehouse agent ${fmt(agent)} µs/req (medians)`,
+    );
+  }
   return lines.join('\n');
 }
 
@@ -979,6 +1068,15 @@ const TARGETS: readonly { label: string; scenario: Scenario; proxy: string; base
     base: 'haproxy+bearer',
     max: 2.5,
   },
+  // HAProxy with the Gatehouse SPOE agent (identity, policy, identity headers, assertion) against
+  // HAProxy's own jwt_verify (a signature check only), on the same requests; CPU of HAProxy + agent.
+  {
+    label: 'HAProxy + SPOE agent, same requests',
+    scenario: 'small',
+    proxy: 'haproxy+spoe',
+    base: 'haproxy+jwt_verify',
+    max: 0.6,
+  },
 ];
 
 interface TargetResult {
@@ -998,6 +1096,15 @@ function targetResults(rows: readonly Row[]): TargetResult[] {
   });
 }
 
+/** The proxies whose load carries the bench's bearer token. */
+const BEARER_PROXIES = new Set([
+  'gatehouse+jwt',
+  'haproxy+bearer',
+  'baseline+jwt',
+  'haproxy+spoe',
+  'haproxy+jwt_verify',
+]);
+
 // ---------------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
@@ -1016,7 +1123,7 @@ async function main(): Promise<void> {
       '\n*** bench: HAProxy is not installed: SKIPPING HAProxy (install it with: apt-get install haproxy) ***\n\n',
     );
     notes.push('HAProxy skipped: not installed (apt-get install haproxy)');
-    for (const p of ['haproxy', 'haproxy+bearer'])
+    for (const p of ['haproxy', 'haproxy+bearer', 'haproxy+spoe', 'haproxy+jwt_verify'])
       if (wanted.includes(p)) wanted.splice(wanted.indexOf(p), 1);
   }
   const proxies = opts.loadTests ? wanted : [];
@@ -1050,11 +1157,7 @@ async function main(): Promise<void> {
   // The token issuer of `gatehouse+jwt`, and the one long-lived token wrk sends (to `haproxy+bearer` too).
   let issuer: BenchIssuer | undefined;
   let bearer: Record<string, string> = {};
-  if (
-    [...proxies, ...counted].some(
-      (p) => p === 'gatehouse+jwt' || p === 'haproxy+bearer' || p === 'baseline+jwt',
-    )
-  ) {
+  if ([...proxies, ...counted].some((p) => BEARER_PROXIES.has(p))) {
     issuer = await startBenchIssuer();
     bearer = { Authorization: `Bearer ${await issuer.sign('wrk')}` };
   }
@@ -1062,8 +1165,7 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   const failed = new Set<string>();
   /** The request headers a proxy's load carries: the bearer token for the two identity comparisons. */
-  const headersFor = (proxy: string): Record<string, string> =>
-    proxy === 'gatehouse+jwt' || proxy === 'haproxy+bearer' || proxy === 'baseline+jwt' ? bearer : {};
+  const headersFor = (proxy: string): Record<string, string> => (BEARER_PROXIES.has(proxy) ? bearer : {});
   async function startProxy(proxy: string, wrap?: Wrap): Promise<Running> {
     if (proxy === 'gatehouse' || proxy === 'gatehouse+log' || proxy === 'gatehouse+jwt') {
       const jwt =
@@ -1084,6 +1186,22 @@ async function main(): Promise<void> {
       return gw;
     }
     if (proxy === 'haproxy' || proxy === 'haproxy+bearer') return startHaproxy(backendPort, wrap);
+    if (proxy === 'haproxy+spoe' && issuer) {
+      // The whole deployment on the proxies' CPU: HAProxy and the Gatehouse agent it asks.
+      const agentPort = await freePort();
+      const agent = await startGatehouse(
+        backendPort,
+        false,
+        { issuer: issuer.issuer, adminPort: await freePort() },
+        wrap,
+        undefined,
+        agentPort,
+      );
+      const h = await startHaproxy(backendPort, wrap, { spoe: { agentPort } });
+      return { ...h, others: [agent.child] };
+    }
+    if (proxy === 'haproxy+jwt_verify' && issuer)
+      return startHaproxy(backendPort, wrap, { jwtPem: issuer.publicPem });
     return startPeer(proxy, backendPort, opts.peerNodeFlags, wrap);
   }
   /**
@@ -1109,16 +1227,21 @@ async function main(): Promise<void> {
     const r = running.get(proxy);
     if (r === undefined || failed.has(proxy)) return;
     try {
-      const pid = r.child.pid as number;
-      const before = cpuTicks(pid);
+      const pids = pidsOf(r);
+      const otherPids = pids.slice(1);
+      const before = cpuTicks(...pids);
+      const othersBefore = otherPids.length > 0 ? cpuTicks(...otherPids) : 0;
       const load = await runLoad(urlOf(r, scenario), opts.connections, opts.durationS, headersFor(proxy));
-      const cpuSeconds = (cpuTicks(pid) - before) / clkTck;
-      if (r.child.exitCode !== null || r.child.signalCode !== null)
-        throw new Error(`exited during the run (${r.child.exitCode ?? r.child.signalCode})`);
+      const cpuSeconds = (cpuTicks(...pids) - before) / clkTck;
+      const othersSeconds = otherPids.length > 0 ? (cpuTicks(...otherPids) - othersBefore) / clkTck : 0;
+      for (const c of [r.child, ...(r.others ?? [])]) {
+        if (c.exitCode !== null || c.signalCode !== null)
+          throw new Error(`exited during the run (${c.exitCode ?? c.signalCode})`);
+      }
       if (load.requests === 0) throw new Error('no response during the run');
       // A proxy may go on working after the load stops (responses to connections that wrk closed, still
       // being read from the backend). The next measurement starts when it and the backend are idle.
-      await waitIdle([pid, backend.pid as number]);
+      await waitIdle([...pids, backend.pid as number]);
       const row: Row = {
         proxy,
         scenario,
@@ -1127,9 +1250,11 @@ async function main(): Promise<void> {
         cpuSeconds: round(cpuSeconds, 2),
         cpuUsPerRequest: load.requests > 0 ? round((cpuSeconds * 1e6) / load.requests, 1) : undefined,
       };
+      if (otherPids.length > 0 && load.requests > 0)
+        row.othersCpuUsPerRequest = round((othersSeconds * 1e6) / load.requests, 1);
       rows.push(row);
       process.stdout.write(
-        `  ${proxy.padEnd(16)} ${scenario.padEnd(5)} ${fmt(load.rps, 0).padStart(8)} req/s  p50 ${fmt(load.p50Ms, 2)} ms  p99 ${fmt(load.p99Ms, 2)} ms  CPU ${fmt(row.cpuUsPerRequest)} µs/req\n`,
+        `  ${proxy.padEnd(16)} ${scenario.padEnd(5)} ${fmt(load.rps, 0).padStart(8)} req/s  p50 ${fmt(load.p50Ms, 2)} ms  p99 ${fmt(load.p99Ms, 2)} ms  CPU ${fmt(row.cpuUsPerRequest)} µs/req${row.othersCpuUsPerRequest === undefined ? '' : ` (agent ${fmt(row.othersCpuUsPerRequest)})`}\n`,
       );
     } catch (err) {
       fail(proxy, err);

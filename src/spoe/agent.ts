@@ -180,10 +180,15 @@ class SpoeConnection {
 
   #data(chunk: Buffer): void {
     if (this.#state === 'closed') return; // discarding until the peer closes
+    // The ACKs decided at once for the frames of one chunk leave in one write.
+    const socket = this.socket;
+    socket.cork();
     try {
       this.#splitter.push(chunk, this.#onFrame);
     } catch (e) {
       this.#fail(e);
+    } finally {
+      socket.uncork();
     }
   }
 
