@@ -139,12 +139,24 @@ export function serveForwardAuth(ex: ForwardAuthExchange): void {
   );
   if (verdict instanceof Promise) {
     verdict.then(
-      (v) => render(ex, v, original),
+      (v) => later(ex, () => render(ex, v, original)),
       (err: unknown) =>
-        refuseRequest(ex, new GatehouseError('GH_INTERNAL', 500, 'internal error', { cause: err })),
+        later(ex, () =>
+          refuseRequest(ex, new GatehouseError('GH_INTERNAL', 500, 'internal error', { cause: err })),
+        ),
     );
   } else {
     render(ex, verdict, original);
+  }
+}
+
+/** Answers after a credential check; nothing that goes wrong here may escape as a rejection. */
+function later(ex: ForwardAuthExchange, answer: () => void): void {
+  try {
+    answer();
+  } catch {
+    // Not even an answer could be written: the proxy sees the connection close and fails closed.
+    ex.res.destroy();
   }
 }
 
