@@ -178,6 +178,10 @@ const Listener = z.strictObject({
   name: Name,
   bind: BindAddress.meta({ description: 'host:port to listen on, e.g. 127.0.0.1:8080 or :443' }),
   tls: ListenerTls.optional(),
+  forwardAuth: z.boolean().default(false).meta({
+    description:
+      'Serve GET /.gatehouse/auth here: decisions for nginx auth_request, Caddy forward_auth and Traefik forwardAuth in front (their address must be in server.trustedProxies)',
+  }),
 });
 
 // ---------------------------------------------------------------------------------------------

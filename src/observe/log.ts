@@ -29,6 +29,11 @@ export interface AccessEntry {
   /** For a request refused before it could be parsed: the parser's code (e.g. `HPE_INVALID_TRANSFER_ENCODING`). */
   detail?: string;
   protocol?: string;
+  /**
+   * The data plane that decided, when it is not the built-in proxy: `forward-auth` (then method, host
+   * and path are the original request's, as the proxy in front described it).
+   */
+  plane?: string;
   /** Subject of the verified identity, when the request carried one. */
   identity?: string;
   /** How the identity was established: session, bearer, apiKey or mtls. */

@@ -22,8 +22,15 @@ import {
   wwwAuthenticate,
 } from '../core/answer.js';
 import { type Decision, describeReason } from '../core/decide.js';
+import { normalizeHost } from '../core/normalize.js';
 import type { CompiledRoute, RequestFacts } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
+import {
+  FORWARD_AUTH_PATH,
+  type ForwardAuthExchange,
+  serveForwardAuth,
+  servesForwardAuth,
+} from '../forwardauth/endpoint.js';
 import type { IdentityRuntime } from '../identity/index.js';
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
 import type { ClientCertificateSocket } from '../identity/mtls.js';
@@ -38,7 +45,7 @@ import type { HeaderEdits } from './headers.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 
 /** What the access stage needs of the request being served (the handler's exchange fits). */
-export interface AccessExchange {
+export interface AccessExchange extends ForwardAuthExchange {
   readonly runtime: Runtime;
   readonly req: ProxyRequest;
   readonly res: ProxyResponse;
@@ -118,15 +125,52 @@ function serveReserved(ex: AccessExchange, facts: RequestFacts): void {
     res.end(method === 'HEAD' ? undefined : body);
     return;
   }
+  if (facts.path === FORWARD_AUTH_PATH && servesForwardAuth(ex.runtime.config, ex.listener.name)) {
+    serveForwardAuth(ex);
+    return;
+  }
   const login = id.login;
   if (login?.handles(facts.path)) {
     // `handle` answers completely and never throws; the catch only guards against a broken promise.
-    login.handle(req, res, facts).catch((err: unknown) => {
+    const here = ex.peerTrusted ? behindProxy(facts, req.headers) : facts;
+    login.handle(req, res, here).catch((err: unknown) => {
       refuse(ex, new GatehouseError('GH_LOGIN_FAILED', 500, 'internal error', { cause: err }));
     });
     return;
   }
   refuse(ex, new ReservedNotFoundError());
+}
+
+/**
+ * The sign-in endpoints' view of a request that a trusted proxy forwarded: the host and scheme the
+ * browser used (X-Forwarded-Host, X-Forwarded-Proto), so that the OIDC redirect URI, the return address
+ * and the cookies' `Secure` flag are the public site's, not the hop between the proxy and the gateway.
+ * Their first entry is the one the outermost proxy wrote; a value that is not a plain host or scheme
+ * is ignored (the Host header and the listener's scheme stay).
+ */
+export function behindProxy(facts: RequestFacts, headers: ProxyRequest['headers']): RequestFacts {
+  const fh = headers['x-forwarded-host'];
+  const fp = headers['x-forwarded-proto'];
+  if (typeof fh !== 'string' && typeof fp !== 'string') return facts;
+  let { host, authority, tls } = facts;
+  if (typeof fh === 'string') {
+    const first = fh.split(',')[0]!.trim();
+    try {
+      const h = normalizeHost(first);
+      if (h !== '') {
+        host = h;
+        authority = first;
+      }
+    } catch {
+      // Not a host: the Host header stays.
+    }
+  }
+  if (typeof fp === 'string') {
+    const p = fp.split(',')[0]!.trim().toLowerCase();
+    if (p === 'https') tls = true;
+    else if (p === 'http') tls = false;
+  }
+  return { ...facts, host, authority, tls };
 }
 
 /**

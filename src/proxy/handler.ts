@@ -323,6 +323,8 @@ class Exchange {
   errorCode: string | undefined;
   /** The access stage's verdict (identity, reason, rule; what to forward). */
   access: Answer | undefined;
+  /** The data plane for the access log when it is not the proxy itself (`forward-auth`). */
+  plane: string | undefined;
   originalHost = '';
   /** Status of a retryable 5xx being discarded. */
   retryStatus = 0;
@@ -1043,6 +1045,7 @@ class Exchange {
         protocol: 'HTTP/' + this.req.httpVersion,
       };
       if (this.errorCode !== undefined) entry.error = this.errorCode;
+      if (this.plane !== undefined) entry.plane = this.plane;
       if (this.access !== undefined) logAccess(entry, this.access);
       try {
         log(entry);

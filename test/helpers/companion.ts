@@ -1,0 +1,174 @@
+/**
+ * Real nginx and Caddy for the forward-auth tests: finds the binaries (failing loudly when one is
+ * missing, never skipping), writes the project's example files with the test's addresses in place of
+ * the documented ones, runs the proxy in the foreground inside the test's temporary directory, waits
+ * until it accepts connections, and stops it when the test ends, whatever happened.
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import type { TestContext } from 'node:test';
+import { ROOT } from './gateway.js';
+
+function findBinary(
+  what: string,
+  candidates: ReadonlyArray<string | undefined>,
+  args: string[],
+  pattern: RegExp,
+  install: string,
+): string {
+  for (const bin of candidates) {
+    if (!bin) continue;
+    const r = spawnSync(bin, args, { encoding: 'utf8' });
+    if (r.status === 0 && pattern.test(`${r.stdout}${r.stderr}`)) return bin;
+  }
+  throw new Error(`${what} is not installed: this test runs against the real one. ${install}`);
+}
+
+/** The nginx binary: NGINX_PATH, else `nginx` on the PATH or in /usr/sbin. */
+export function nginxBinary(): string {
+  return findBinary(
+    'nginx',
+    [process.env.NGINX_PATH, 'nginx', '/usr/sbin/nginx'],
+    ['-v'],
+    /nginx version/,
+    'Install it with `apt-get install nginx` (or set NGINX_PATH).',
+  );
+}
+
+/** The Caddy binary: CADDY_PATH, else `caddy` on the PATH or in /usr/bin. */
+export function caddyBinary(): string {
+  return findBinary(
+    'caddy',
+    [process.env.CADDY_PATH, 'caddy', '/usr/bin/caddy'],
+    ['version'],
+    /v?2\./,
+    'Install it with `apt-get install caddy` (or set CADDY_PATH).',
+  );
+}
+
+/**
+ * The text of `examples/<file>` with every `[documented, actual]` pair replaced. Each documented value
+ * must occur in the file: an example that no longer names it fails here, not in a confusing way later.
+ */
+export function exampleWith(file: string, replacements: ReadonlyArray<readonly [string, string]>): string {
+  let text = readFileSync(path.join(ROOT, 'examples', file), 'utf8');
+  for (const [from, to] of replacements) {
+    if (!text.includes(from)) throw new Error(`examples/${file} no longer contains ${from}`);
+    text = text.replaceAll(from, to);
+  }
+  return text;
+}
+
+/** A running proxy process. */
+export interface Companion {
+  readonly proc: ChildProcess;
+  /** Everything it wrote to stdout and stderr. */
+  output(): string;
+  stop(): Promise<void>;
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+async function run(
+  t: TestContext,
+  what: string,
+  bin: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  readyPort: number,
+  stopSignal: NodeJS.Signals,
+): Promise<Companion> {
+  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  let out = '';
+  proc.stdout?.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
+  proc.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
+  let exited = false;
+  const exit = new Promise<void>((resolve) =>
+    proc.once('exit', () => {
+      exited = true;
+      resolve();
+    }),
+  );
+  const c: Companion = {
+    proc,
+    output: () => out,
+    async stop() {
+      if (exited) return;
+      proc.kill(stopSignal);
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
+      await exit;
+      clearTimeout(timer);
+    },
+  };
+  t.after(() => c.stop());
+  const deadline = Date.now() + 20_000;
+  while (!(await canConnect(readyPort))) {
+    if (exited) throw new Error(`${what} exited at start-up:\n${out}`);
+    if (Date.now() > deadline) throw new Error(`${what} did not listen on ${readyPort} within 20s:\n${out}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return c;
+}
+
+/**
+ * Starts nginx on `config` (text) with `dir` as its prefix (pid, temporary files), after `nginx -t`
+ * accepted it, and waits until `readyPort` accepts connections. Stopped when the test ends.
+ */
+export async function startNginx(
+  t: TestContext,
+  dir: string,
+  config: string,
+  readyPort: number,
+): Promise<Companion> {
+  const bin = nginxBinary();
+  mkdirSync(path.join(dir, 'temp'), { recursive: true });
+  const file = path.join(dir, 'nginx.conf');
+  writeFileSync(file, config);
+  const prefix = `${dir}/`;
+  const check = spawnSync(bin, ['-t', '-q', '-p', prefix, '-c', file], { encoding: 'utf8' });
+  if (check.status !== 0) throw new Error(`nginx -t refused the config:\n${check.stdout}${check.stderr}`);
+  return run(t, 'nginx', bin, ['-p', prefix, '-c', file], process.env, readyPort, 'SIGTERM');
+}
+
+/**
+ * Starts Caddy on `caddyfile` (text) with HOME and the XDG directories inside `dir`, so it writes
+ * nothing elsewhere, after `caddy validate` accepted it; waits until `readyPort` accepts connections.
+ */
+export async function startCaddy(
+  t: TestContext,
+  dir: string,
+  caddyfile: string,
+  readyPort: number,
+): Promise<Companion> {
+  const bin = caddyBinary();
+  const file = path.join(dir, 'Caddyfile');
+  writeFileSync(file, caddyfile);
+  const env: NodeJS.ProcessEnv = {
+    PATH: process.env.PATH,
+    HOME: dir,
+    XDG_CONFIG_HOME: path.join(dir, 'config'),
+    XDG_DATA_HOME: path.join(dir, 'data'),
+  };
+  const check = spawnSync(bin, ['validate', '--adapter', 'caddyfile', '--config', file], {
+    encoding: 'utf8',
+    env,
+  });
+  if (check.status !== 0)
+    throw new Error(`caddy validate refused the config:\n${check.stdout}${check.stderr}`);
+  return run(t, 'caddy', bin, ['run', '--adapter', 'caddyfile', '--config', file], env, readyPort, 'SIGTERM');
+}
