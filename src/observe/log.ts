@@ -30,8 +30,8 @@ export interface AccessEntry {
   detail?: string;
   protocol?: string;
   /**
-   * The data plane that decided, when it is not the built-in proxy: `forward-auth` (then method, host
-   * and path are the original request's, as the proxy in front described it).
+   * The data plane that decided, when it is not the built-in proxy: `spoe` or `forward-auth` (then
+   * method, host and path are the original request's, as HAProxy or the proxy in front described it).
    */
   plane?: string;
   /** Subject of the verified identity, when the request carried one. */
@@ -42,8 +42,6 @@ export interface AccessEntry {
   reason?: string;
   /** The policy rule that decided, if one did. */
   rule?: string;
-  /** The data plane that decided, when it is not the built-in proxy: `spoe` or `forward-auth`. */
-  plane?: string;
 }
 
 /** Creates the process logger (JSON lines to stdout, or to `destination`). */
