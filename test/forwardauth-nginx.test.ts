@@ -195,6 +195,7 @@ test('nginx auth_request with examples/nginx: identities, refusals, spoofing and
   await t.test('a person signs in through nginx and reaches the backend as themselves', async () => {
     const browser = await launchBrowser(t);
     const alice = await newPage(browser);
+    await alice.context.addCookies([{ name: 'theme', value: 'dark', url: origin }]);
     await alice.page.goto(`${origin}/dash/report?x=1`);
     assert.ok(alice.page.url().startsWith(`${idp.issuer}/`), alice.page.url());
     await signIn(alice.page, 'alice');
@@ -204,6 +205,11 @@ test('nginx auth_request with examples/nginx: identities, refusals, spoofing and
     assert.equal(seen.headers['x-gatehouse-user'], 'alice');
     assert.equal(seen.headers['x-gatehouse-email'], 'alice@example.com');
     assert.equal(seen.headers['x-gatehouse-groups'], 'data-eng');
+    assert.equal(
+      seen.headers.cookie,
+      'theme=dark',
+      "the session cookie stays at the edge; the application's own passes",
+    );
     const { payload } = await jwtVerify(seen.headers['x-gatehouse-assertion'] as string, jwks, {
       audience: HOST,
       issuer: 'gatehouse',

@@ -10,7 +10,9 @@
  *   the verdict (core/verdict.ts) on the original request, described exactly as the built-in proxy
  *   describes it (same normalization, route table, credentials from the subrequest's own headers):
  *     allow ................................... 200 + X-Gatehouse-User/-Email/-Groups/-Assertion, always
- *                                               all four (empty when there is no identity to send)
+ *                                               all four (empty when there is no identity to send), and
+ *                                               X-Gatehouse-Cookie: the Cookie for the application,
+ *                                               without the gateway's session cookie
  *     sign in (browser, no session) ........... 302 Location: /.gatehouse/login?rd=…; for nginx (the
  *                                               X-Original-* family), which cannot pass a 302 on: 401
  *                                               with X-Gatehouse-Location for its error_page
@@ -24,12 +26,14 @@
  * headers of the answer are added to every answer; the proxy decides which of them reach the client.
  */
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
+import { performance } from 'node:perf_hooks';
 import type { Config } from '../config/schema.js';
-import { type Answer, type DecisionRuntime, identityHeaderPairs } from '../core/answer.js';
+import { type Answer, DROP_COOKIE, type DecisionRuntime, identityHeaderPairs } from '../core/answer.js';
 import type { CompiledRoute } from '../core/types.js';
 import { answerRequest, type Verdict } from '../core/verdict.js';
 import { GatehouseError } from '../errors.js';
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
+import { answerDuration, decisionsTotal } from '../observe/metrics.js';
 import { type ForwardedRequest, forwardedRequest } from './request.js';
 
 /** The path of the endpoint. */
@@ -122,6 +126,7 @@ export function serveForwardAuth(ex: ForwardAuthExchange): void {
     return;
   }
   ex.method = original.method;
+  const started = performance.now();
   const scheme = original.scheme ?? (ex.listener.tls ? 'https' : 'http');
   const verdict = answerRequest(
     ex.runtime,
@@ -139,14 +144,14 @@ export function serveForwardAuth(ex: ForwardAuthExchange): void {
   );
   if (verdict instanceof Promise) {
     verdict.then(
-      (v) => later(ex, () => render(ex, v, original)),
+      (v) => later(ex, () => render(ex, v, original, started)),
       (err: unknown) =>
         later(ex, () =>
           refuseRequest(ex, new GatehouseError('GH_INTERNAL', 500, 'internal error', { cause: err })),
         ),
     );
   } else {
-    render(ex, verdict, original);
+    render(ex, verdict, original, started);
   }
 }
 
@@ -160,7 +165,11 @@ function later(ex: ForwardAuthExchange, answer: () => void): void {
   }
 }
 
-function render(ex: ForwardAuthExchange, v: Verdict, original: ForwardedRequest): void {
+function render(ex: ForwardAuthExchange, v: Verdict, original: ForwardedRequest, started: number): void {
+  answerDuration.series(FORWARD_AUTH_PLANE).observe((performance.now() - started) / 1000);
+  decisionsTotal
+    .series(FORWARD_AUTH_PLANE, v.answer?.route.name ?? '(none)', String(v.status), v.reason)
+    .inc();
   // The proxy gave up on the subrequest while a credential was being checked: nothing to answer.
   if (ex.res.headersSent || ex.res.destroyed) return;
   const desc = v.desc;
@@ -180,7 +189,12 @@ function render(ex: ForwardAuthExchange, v: Verdict, original: ForwardedRequest)
     // own placeholder text upstream instead (Caddy 2.6 copy_headers).
     const identity = a.decision.identity;
     const pairs = identity !== undefined && a.identityHeaders ? identityHeaderPairs(identity) : [];
+    // The Cookie the application is to receive: the client's without the gateway's own cookies
+    // (the proxy replaces Cookie with it), or all of them on a route with passCredentials.
+    const cookie = (a.drop & DROP_COOKIE) !== 0 ? (a.cookie ?? '') : (ex.req.headers.cookie ?? '');
     headers.push(
+      'x-gatehouse-cookie',
+      cookie,
       'x-gatehouse-user',
       pairValue(pairs, 'x-gatehouse-user'),
       'x-gatehouse-email',
