@@ -116,6 +116,8 @@ const allProxies = [
   'haproxy+bearer',
   'haproxy+spoe',
   'haproxy+jwt_verify',
+  'nginx',
+  'nginx+auth',
   'minimal-undici',
   'node-http-proxy',
 ];
@@ -567,6 +569,7 @@ async function startGatehouse(
   wrap?: Wrap,
   baseline?: string,
   spoePort?: number,
+  forwardAuthPort?: number,
 ): Promise<Running & { note: string }> {
   const port = await freePort();
   const dir = tempDir();
@@ -576,7 +579,12 @@ async function startGatehouse(
     [
       'listeners:',
       `  - { name: bench, bind: "127.0.0.1:${port}" }`,
-      'server: { keepAliveTimeout: 120s }',
+      ...(forwardAuthPort === undefined
+        ? []
+        : [`  - { name: authz, bind: "127.0.0.1:${forwardAuthPort}", forwardAuth: true }`]),
+      forwardAuthPort === undefined
+        ? 'server: { keepAliveTimeout: 120s }'
+        : 'server: { keepAliveTimeout: 120s, trustedProxies: [127.0.0.1/32] }',
       ...(spoePort === undefined ? [] : [`spoe: { bind: "127.0.0.1:${spoePort}" }`]),
       'upstreams:',
       '  backend:',
@@ -595,15 +603,18 @@ async function startGatehouse(
   const variant =
     spoePort !== undefined
       ? 'gatehouse-agent'
-      : jwt
-        ? 'gatehouse+jwt'
-        : accessLog
-          ? 'gatehouse+log'
-          : 'gatehouse';
+      : forwardAuthPort !== undefined
+        ? 'gatehouse-authz'
+        : jwt
+          ? 'gatehouse+jwt'
+          : accessLog
+            ? 'gatehouse+log'
+            : 'gatehouse';
   const name = baseline === undefined ? variant : variant.replace('gatehouse', 'baseline');
   const child = start(name, cmd, [...args, 'start', '-c', file], 1, accessLog, wrap?.prefix);
   await waitForPort(port, child, name, wrap?.startTimeoutMs);
   if (spoePort !== undefined) await waitForPort(spoePort, child, name, wrap?.startTimeoutMs);
+  if (forwardAuthPort !== undefined) await waitForPort(forwardAuthPort, child, name, wrap?.startTimeoutMs);
   return { child, port, note };
 }
 
@@ -694,6 +705,55 @@ async function startHaproxy(backendPort: number, wrap?: Wrap, identity?: Haproxy
   );
   const child = start('haproxy', 'haproxy', ['-f', file, '-db'], 1, false, wrap?.prefix);
   await waitForPort(port, child, 'haproxy', wrap?.startTimeoutMs);
+  return { child, port };
+}
+
+/**
+ * nginx, one process (`master_process off`): bare (`nginx`), or running examples/nginx/nginx.conf
+ * (`nginx+auth`: every request asks Gatehouse's forward-auth endpoint with auth_request, then goes to
+ * the backend with the identity headers and the assertion), with only its addresses substituted.
+ */
+async function startNginx(backendPort: number, wrap?: Wrap, authzPort?: number): Promise<Running> {
+  const port = await freePort();
+  const dir = tempDir();
+  mkdirSync(join(dir, 'temp'), { recursive: true });
+  const file = join(dir, 'nginx.conf');
+  const config =
+    authzPort === undefined
+      ? [
+          'daemon off;',
+          'worker_processes 1;',
+          'pid nginx.pid;',
+          'error_log stderr error;',
+          'events { worker_connections 4096; }',
+          'http {',
+          '  access_log off;',
+          '  client_body_temp_path temp/body;',
+          '  proxy_temp_path temp/proxy;',
+          `  upstream app { server 127.0.0.1:${backendPort}; keepalive 64; }`,
+          '  server {',
+          `    listen 127.0.0.1:${port};`,
+          '    location / {',
+          '      proxy_pass http://app;',
+          '      proxy_http_version 1.1;',
+          '      proxy_set_header Connection "";',
+          '      proxy_set_header Host $http_host;',
+          '      proxy_set_header X-Forwarded-Host $http_host;',
+          '      proxy_set_header X-Forwarded-Proto $scheme;',
+          '      proxy_set_header X-Forwarded-For $remote_addr;',
+          '    }',
+          '  }',
+          '}',
+        ].join('\n')
+      : readFileSync(join(root, 'examples/nginx/nginx.conf'), 'utf8')
+          .replaceAll('127.0.0.1:8000', `127.0.0.1:${port}`)
+          .replaceAll('127.0.0.1:9100', `127.0.0.1:${authzPort}`)
+          .replaceAll('127.0.0.1:9001', `127.0.0.1:${backendPort}`)
+          .replace('worker_connections 256;', 'worker_connections 4096;')
+          .replace('error_log stderr notice;', 'error_log stderr error;');
+  writeFileSync(file, `master_process off;\n${config}\n`);
+  const child = start('nginx', 'nginx', ['-p', `${dir}/`, '-c', file], 1, false, wrap?.prefix);
+  await waitForPort(port, child, 'nginx', wrap?.startTimeoutMs);
   return { child, port };
 }
 
@@ -1096,6 +1156,29 @@ function targetResults(rows: readonly Row[]): TargetResult[] {
   });
 }
 
+/** Ratios reported without a target: what each companion mode costs over its proxy alone. */
+const COMPARISONS: readonly { label: string; scenario: Scenario; proxy: string; base: string }[] = [
+  {
+    label: 'HAProxy + SPOE agent over bare HAProxy',
+    scenario: 'small',
+    proxy: 'haproxy+spoe',
+    base: 'haproxy',
+  },
+  { label: 'nginx + forward-auth over bare nginx', scenario: 'small', proxy: 'nginx+auth', base: 'nginx' },
+  {
+    label: 'HAProxy + SPOE agent over Gatehouse alone',
+    scenario: 'small',
+    proxy: 'haproxy+spoe',
+    base: 'gatehouse+jwt',
+  },
+  {
+    label: 'nginx + forward-auth over Gatehouse alone',
+    scenario: 'small',
+    proxy: 'nginx+auth',
+    base: 'gatehouse+jwt',
+  },
+];
+
 /** The proxies whose load carries the bench's bearer token. */
 const BEARER_PROXIES = new Set([
   'gatehouse+jwt',
@@ -1103,6 +1186,7 @@ const BEARER_PROXIES = new Set([
   'baseline+jwt',
   'haproxy+spoe',
   'haproxy+jwt_verify',
+  'nginx+auth',
 ]);
 
 // ---------------------------------------------------------------------------------------------
@@ -1125,6 +1209,13 @@ async function main(): Promise<void> {
     notes.push('HAProxy skipped: not installed (apt-get install haproxy)');
     for (const p of ['haproxy', 'haproxy+bearer', 'haproxy+spoe', 'haproxy+jwt_verify'])
       if (wanted.includes(p)) wanted.splice(wanted.indexOf(p), 1);
+  }
+  if (wanted.some((p) => p.startsWith('nginx')) && !haveCommand('nginx')) {
+    process.stderr.write(
+      '\n*** bench: nginx is not installed: SKIPPING nginx (install it with: apt-get install nginx) ***\n\n',
+    );
+    notes.push('nginx skipped: not installed (apt-get install nginx)');
+    for (const p of ['nginx', 'nginx+auth']) if (wanted.includes(p)) wanted.splice(wanted.indexOf(p), 1);
   }
   const proxies = opts.loadTests ? wanted : [];
   if (opts.instructions > 0 && !haveCallgrind()) {
@@ -1199,6 +1290,21 @@ async function main(): Promise<void> {
       );
       const h = await startHaproxy(backendPort, wrap, { spoe: { agentPort } });
       return { ...h, others: [agent.child] };
+    }
+    if (proxy === 'nginx') return startNginx(backendPort, wrap);
+    if (proxy === 'nginx+auth' && issuer) {
+      const authzPort = await freePort();
+      const authz = await startGatehouse(
+        backendPort,
+        false,
+        { issuer: issuer.issuer, adminPort: await freePort() },
+        wrap,
+        undefined,
+        undefined,
+        authzPort,
+      );
+      const n = await startNginx(backendPort, wrap, authzPort);
+      return { ...n, others: [authz.child] };
     }
     if (proxy === 'haproxy+jwt_verify' && issuer)
       return startHaproxy(backendPort, wrap, { jwtPem: issuer.publicPem });
@@ -1276,7 +1382,7 @@ async function main(): Promise<void> {
       for (const proxy of roundOrder(proxies, r)) await measure(proxy, scenario, r);
     }
   }
-  await Promise.all([...running.values()].map((x) => stop(x.child)));
+  await Promise.all([...running.values()].flatMap((x) => [x.child, ...(x.others ?? [])].map((c) => stop(c))));
 
   // One summary per proxy and scenario, in the order proxies were given.
   const summaries: Summary[] = [];
@@ -1352,6 +1458,15 @@ async function main(): Promise<void> {
     for (const t of targets) {
       report += `- ${t.label}: ${t.proxy} / ${t.base} = ${fmtRatio(t.ratio, true)}, target ≤ ${t.max} — ${t.met ? 'met' : 'NOT met'}\n`;
     }
+  }
+  const comparisons = COMPARISONS.flatMap((c) => {
+    const ratio = pairedRatio(rows, c.scenario, c.proxy, c.base);
+    return ratio === undefined ? [] : [{ ...c, ratio }];
+  });
+  if (comparisons.length > 0) {
+    report += `\nCompanion modes (CPU per request of the whole: proxy + Gatehouse; paired ratios):\n`;
+    for (const c of comparisons)
+      report += `- ${c.label}: ${c.proxy} / ${c.base} = ${fmtRatio(c.ratio, true)}\n`;
   }
   if (miss) {
     report +=
