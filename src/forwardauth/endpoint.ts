@@ -28,7 +28,7 @@
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Config } from '../config/schema.js';
-import { type Answer, DROP_COOKIE, type DecisionRuntime, identityHeaderPairs } from '../core/answer.js';
+import { type Answer, type DecisionRuntime, DROP_COOKIE, identityHeaderPairs } from '../core/answer.js';
 import type { CompiledRoute } from '../core/types.js';
 import { answerRequest, type Verdict } from '../core/verdict.js';
 import { GatehouseError } from '../errors.js';
