@@ -15,6 +15,24 @@ export class GatehouseError extends Error {
   }
 }
 
+/**
+ * A setting the schema accepted but that cannot work (a weak secret, an http: issuer off loopback, an
+ * unusable key), found while the configuration is built: raised with its configuration path as a field,
+ * so the configuration is refused with the problem at that path. `path` is '' where no setting is to
+ * blame (a key the state store did not keep).
+ */
+export class ConfigSettingError extends GatehouseError {
+  /** The configuration path, e.g. `identity.session.secrets.0`. */
+  readonly path: string;
+  /** The problem without the path. */
+  readonly detail: string;
+  constructor(code: string, path: string, detail: string, options?: { cause?: unknown }) {
+    super(code, 0, path === '' ? detail : `${path}: ${detail}`, options);
+    this.path = path;
+    this.detail = detail;
+  }
+}
+
 /** The request could not be parsed or normalized safely (400). */
 export class BadRequestError extends GatehouseError {
   constructor(message: string, code = 'GH_BAD_REQUEST') {

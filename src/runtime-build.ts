@@ -6,7 +6,7 @@
  */
 import type { LoadResult } from './config/load.js';
 import { compileRoutes } from './core/routes.js';
-import { ConfigError, type ConfigProblem, GatehouseError } from './errors.js';
+import { ConfigError, ConfigSettingError, GatehouseError } from './errors.js';
 import { buildIdentity } from './identity/index.js';
 import type { Logger } from './observe/log.js';
 import { compilePolicies, PolicyConfigError } from './policy/compile.js';
@@ -141,17 +141,15 @@ function asConfigError(err: unknown, file: string): unknown {
       { file, path: 'state.store', message: `the state store cannot be used: ${err.message}` },
     ]);
   }
-  // The identity modules raise configuration errors with status 0, the message starting with the path.
+  // A setting that cannot work carries its path; other configuration errors of the identity modules
+  // (an unusable provider, a secret that cannot be read) are raised with status 0 and no path.
+  if (err instanceof ConfigSettingError) {
+    return new ConfigError([{ file, path: err.path === '' ? 'identity' : err.path, message: err.detail }]);
+  }
   if (err instanceof GatehouseError && err.status === 0 && !(err instanceof ConfigError)) {
-    return new ConfigError([problemFromMessage(file, err.message)]);
+    return new ConfigError([{ file, path: 'identity', message: err.message }]);
   }
   return err;
-}
-
-function problemFromMessage(file: string, message: string): ConfigProblem {
-  const m = /^(identity(?:\.[A-Za-z0-9_-]+)*): (.*)$/s.exec(message);
-  if (m === null) return { file, path: 'identity', message };
-  return { file, path: m[1]!, message: m[2]! };
 }
 
 /** Closes a state store, logging instead of throwing. */

@@ -36,12 +36,13 @@ export function hashApiKey(key: string): string {
 export function generateApiKey(id: string): { key: string; hashLine: string } {
   if (!ID_PATTERN.test(id)) {
     throw new IdentityConfigError(
+      '',
       `api key id "${id}" must start with a letter or digit and use only A-Z a-z 0-9 _ . -`,
     );
   }
   // The key must stay within the 256 characters a presented key may have.
   if (id.length > MAX_API_KEY_ID_LENGTH) {
-    throw new IdentityConfigError(`api key id must be at most ${MAX_API_KEY_ID_LENGTH} characters`);
+    throw new IdentityConfigError('', `api key id must be at most ${MAX_API_KEY_ID_LENGTH} characters`);
   }
   const key = `ghk_${id}_${crypto.randomBytes(32).toString('base64url')}`;
   return { key, hashLine: hashApiKey(key) };
@@ -83,7 +84,8 @@ const OUT_OF_SCOPE: AuthResult = Object.freeze({
 /** Authenticates API keys against the configured hashes. */
 export class ApiKeyAuthenticator {
   /** Problems that do not stop the gateway (e.g. a `sha256:<hex>` placeholder, which matches no key). */
-  readonly warnings: string[] = [];
+  /** Settings that work but deserve a word (a placeholder hash), each at its configuration path. */
+  readonly warnings: Array<{ readonly path: string; readonly message: string }> = [];
   readonly #byHash = new Map<string, Entry>();
   readonly #now: () => number;
 
@@ -93,21 +95,25 @@ export class ApiKeyAuthenticator {
     keys.forEach((k, i) => {
       const where = `identity.apiKeys.${i}`;
       if (k.hash === 'sha256:<hex>') {
-        this.warnings.push(`${where}.hash: placeholder; key ${k.id} is refused until a real hash is set`);
+        this.warnings.push({
+          path: `${where}.hash`,
+          message: `placeholder; key ${k.id} is refused until a real hash is set`,
+        });
         return;
       }
       // sha256sum prints lower case, other tools (PowerShell's Get-FileHash) upper case: both are hex.
       const m = /^sha256:([0-9a-fA-F]{64})$/.exec(k.hash);
       if (!m)
         throw new IdentityConfigError(
-          `${where}.hash: must be sha256:<64 hex digits> (create one with gatehouse apikey create)`,
+          `${where}.hash`,
+          `must be sha256:<64 hex digits> (create one with gatehouse apikey create)`,
         );
       const hex = m[1]!.toLowerCase();
       if (this.#byHash.has(hex))
-        throw new IdentityConfigError(`${where}.hash: the same key is configured twice`);
+        throw new IdentityConfigError(`${where}.hash`, `the same key is configured twice`);
       const expiresAt = apiKeyExpiry(k.expires);
       if (k.expires !== undefined && expiresAt === undefined) {
-        throw new IdentityConfigError(`${where}.expires: not a date: ${k.expires}`);
+        throw new IdentityConfigError(`${where}.expires`, `not a date: ${k.expires}`);
       }
       // One frozen identity per key: every request with the key shares it (no per-request allocation).
       const identity: Identity = Object.freeze({

@@ -7,7 +7,7 @@
 import crypto, { type JsonWebKey, type KeyObject } from 'node:crypto';
 import type { JWK } from 'jose';
 import type { Config } from '../config/schema.js';
-import { GatehouseError } from '../errors.js';
+import { ConfigSettingError, GatehouseError } from '../errors.js';
 import { StateStoreError } from '../state/types.js';
 import type { Identity } from './types.js';
 
@@ -26,9 +26,9 @@ export interface AssertionKeyStore {
 }
 
 /** The assertion key material is missing, malformed or does not fit the configured algorithm. */
-export class AssertionKeyError extends GatehouseError {
-  constructor(message: string, cause?: unknown) {
-    super('GH_ASSERTION_KEY', 0, message, { cause });
+export class AssertionKeyError extends ConfigSettingError {
+  constructor(path: string, detail: string, cause?: unknown) {
+    super('GH_ASSERTION_KEY', path, detail, { cause });
   }
 }
 
@@ -124,7 +124,7 @@ export function jwkThumbprint(jwk: JsonWebKey): string {
   if (jwk.kty === 'EC') members = { crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y };
   else if (jwk.kty === 'RSA') members = { e: jwk.e, kty: jwk.kty, n: jwk.n };
   else if (jwk.kty === 'OKP') members = { crv: jwk.crv, kty: jwk.kty, x: jwk.x };
-  else throw new AssertionKeyError(`unsupported key type ${String(jwk.kty)}`);
+  else throw new AssertionKeyError('', `unsupported key type ${String(jwk.kty)}`);
   // Members in lexicographic order, no whitespace (RFC 7638 §3.3); the literals above are in order.
   return crypto.createHash('sha256').update(JSON.stringify(members)).digest('base64url');
 }
@@ -142,7 +142,7 @@ function checkKeyType(key: KeyObject, alg: AssertionAlgorithm, where: string): v
       RS256: 'an RSA key of 2048 bits or more',
       EdDSA: 'an Ed25519 key',
     }[alg];
-    throw new AssertionKeyError(`${where}: algorithm ${alg} needs ${want}`);
+    throw new AssertionKeyError(`${where}`, `algorithm ${alg} needs ${want}`);
   }
 }
 
@@ -154,7 +154,7 @@ function makeKey(
   pinned: boolean,
   where: string,
 ): SigningKey {
-  if (privateKey.type !== 'private') throw new AssertionKeyError(`${where}: a private key is required`);
+  if (privateKey.type !== 'private') throw new AssertionKeyError(`${where}`, `a private key is required`);
   checkKeyType(privateKey, alg, where);
   const pub = crypto.createPublicKey(privateKey).export({ format: 'jwk' });
   const kid = jwkThumbprint(pub);
@@ -168,7 +168,7 @@ function algorithmOf(key: KeyObject, where: string): AssertionAlgorithm {
   if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'ES256';
   if (key.asymmetricKeyType === 'rsa') return 'RS256';
   if (key.asymmetricKeyType === 'ed25519') return 'EdDSA';
-  throw new AssertionKeyError(`${where}: only EC P-256, RSA and Ed25519 keys are supported`);
+  throw new AssertionKeyError(`${where}`, `only EC P-256, RSA and Ed25519 keys are supported`);
 }
 
 function importPrivate(jwkOrPem: JsonWebKey | string, where: string): KeyObject {
@@ -177,7 +177,7 @@ function importPrivate(jwkOrPem: JsonWebKey | string, where: string): KeyObject 
       ? crypto.createPrivateKey(jwkOrPem)
       : crypto.createPrivateKey({ key: jwkOrPem, format: 'jwk' });
   } catch (err) {
-    throw new AssertionKeyError(`${where}: not a usable private key: ${(err as Error).message}`, err);
+    throw new AssertionKeyError(`${where}`, `not a usable private key: ${(err as Error).message}`, err);
   }
 }
 
@@ -222,7 +222,7 @@ export class AssertionSigner {
     this.#keys = keys;
     this.#retention = cfg.ttl + RETENTION_MARGIN_MS;
     const current = keys.find((k) => k.retired === undefined && !k.pinned && k.alg === cfg.algorithm);
-    if (current === undefined) throw new AssertionKeyError(`no usable ${cfg.algorithm} assertion key`);
+    if (current === undefined) throw new AssertionKeyError('', `no usable ${cfg.algorithm} assertion key`);
     this.#current = current;
   }
 
@@ -240,7 +240,7 @@ export class AssertionSigner {
       ttl: cfg?.ttl ?? 300_000,
       algorithm: cfg?.algorithm ?? 'ES256',
     };
-    if (!(settings.ttl >= 1000)) throw new AssertionKeyError('identity.assertion.ttl: must be at least 1s');
+    if (!(settings.ttl >= 1000)) throw new AssertionKeyError('identity.assertion.ttl', 'must be at least 1s');
     if (cfg?.signingKey !== undefined) {
       const keys = AssertionSigner.#configuredKeys(
         cfg.signingKey,
@@ -293,7 +293,7 @@ export class AssertionSigner {
     try {
       text = readSecret(ref).trim();
     } catch (err) {
-      throw new AssertionKeyError(`${where}: ${(err as Error).message}`, err);
+      throw new AssertionKeyError(`${where}`, `${(err as Error).message}`, err);
     }
     if (text.startsWith('-----BEGIN'))
       return [makeKey(importPrivate(text, where), alg, now, undefined, false, where)];
@@ -301,17 +301,20 @@ export class AssertionSigner {
     try {
       doc = JSON.parse(text);
     } catch (err) {
-      throw new AssertionKeyError(`${where}: expected a private JWK (JSON) or a PEM private key`, err);
+      throw new AssertionKeyError(`${where}`, `expected a private JWK (JSON) or a PEM private key`, err);
     }
     // A JWK set: the first key signs, the others are only published (a manual rotation in progress).
     const list = Array.isArray((doc as { keys?: unknown })?.keys) ? (doc as { keys: unknown[] }).keys : [doc];
-    if (list.length === 0) throw new AssertionKeyError(`${where}: the key set is empty`);
+    if (list.length === 0) throw new AssertionKeyError(`${where}`, `the key set is empty`);
     return list.map((jwk, i) => {
       const at = list.length > 1 ? `${where} key ${i}` : where;
-      if (typeof jwk !== 'object' || jwk === null) throw new AssertionKeyError(`${at}: not a JWK`);
+      if (typeof jwk !== 'object' || jwk === null) throw new AssertionKeyError(`${at}`, `not a JWK`);
       const declared = (jwk as { alg?: unknown }).alg;
       if (i === 0 && declared !== undefined && declared !== alg) {
-        throw new AssertionKeyError(`${at}: the key is for ${String(declared)}, but the algorithm is ${alg}`);
+        throw new AssertionKeyError(
+          `${at}`,
+          `the key is for ${String(declared)}, but the algorithm is ${alg}`,
+        );
       }
       const key = importPrivate(jwk as JsonWebKey, at);
       return makeKey(key, i === 0 ? alg : algorithmOf(key, at), now, undefined, i > 0, at);
@@ -393,7 +396,7 @@ export class AssertionSigner {
     // Read back: when two instances raced a rotation, both adopt whichever write landed last.
     const keys = await readBack();
     if (!keys.some((k) => k.retired === undefined))
-      throw new AssertionKeyError('the key store did not keep the assertion key');
+      throw new AssertionKeyError('', 'the key store did not keep the assertion key');
     return keys;
   }
 
@@ -526,6 +529,7 @@ export class AssertionSigner {
   async rotate(): Promise<void> {
     if (this.#store === undefined) {
       throw new AssertionKeyError(
+        '',
         'identity.assertion.signingKey is configured: replace the key file and reload to rotate',
       );
     }

@@ -134,10 +134,11 @@ export class BearerAuthenticator {
     issuers.forEach((cfg, i) => {
       const where = `identity.bearer.${i}`;
       for (const alg of cfg.algorithms) {
-        if (!ASYMMETRIC.has(alg)) throw new IdentityConfigError(`${where}.algorithms: ${alg} is not allowed`);
+        if (!ASYMMETRIC.has(alg))
+          throw new IdentityConfigError(`${where}.algorithms`, `${alg} is not allowed`);
       }
       if (cfg.algorithms.length === 0)
-        throw new IdentityConfigError(`${where}.algorithms: must not be empty`);
+        throw new IdentityConfigError(`${where}.algorithms`, `must not be empty`);
       const old = previous === undefined ? undefined : previous.#byIssuer.get(issuerKey(cfg.issuer))?.keys;
       const reuse = old !== undefined && old.issuer === cfg.issuer && old.jwksUri === cfg.jwksUri;
       const keys = reuse
@@ -157,7 +158,7 @@ export class BearerAuthenticator {
           );
       const key = issuerKey(cfg.issuer);
       if (this.#byIssuer.has(key))
-        throw new IdentityConfigError(`${where}.issuer: ${cfg.issuer} is listed twice`);
+        throw new IdentityConfigError(`${where}.issuer`, `${cfg.issuer} is listed twice`);
       this.#byIssuer.set(key, { cfg, keys, toleranceSec: Math.ceil(cfg.clockTolerance / 1000) });
     });
   }

@@ -11,15 +11,15 @@
 import { pino } from 'pino';
 import type { Config } from '../config/schema.js';
 import { loginProviders } from '../core/decide.js';
+import { ConfigSettingError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import type { StateStore } from '../state/types.js';
 import { ApiKeyAuthenticator } from './apikeys.js';
 import { AssertionSigner } from './assertion.js';
 import { BearerAuthenticator } from './bearer.js';
-import { IdentityConfigError } from './jwks.js';
 import { LoginService } from './login.js';
-import { OidcClient } from './oidc.js';
-import { MIN_SECRET_LENGTH, SessionConfigError, SessionManager } from './session.js';
+import { OidcClient, OidcError } from './oidc.js';
+import { MIN_SECRET_LENGTH, SessionManager } from './session.js';
 
 /** Everything the access stage needs to authenticate a request, for one configuration. */
 export interface IdentityRuntime {
@@ -147,12 +147,10 @@ export function identityProblems(config: Config, sessionSecrets?: readonly strin
   }
   if (id === undefined) return { problems, warnings };
   const report = (err: unknown, fallback: ReadonlyArray<string | number>): void => {
-    if (
-      err instanceof IdentityConfigError ||
-      err instanceof SessionConfigError ||
-      (err instanceof Error && 'code' in err && err.code === 'GH_OIDC_CONFIG')
-    ) {
-      problems.push(atPath(err.message, fallback));
+    if (err instanceof ConfigSettingError) {
+      problems.push({ path: err.path === '' ? fallback : pathOf(err.path), message: err.detail });
+    } else if (err instanceof OidcError && err.code === 'GH_OIDC_CONFIG') {
+      problems.push({ path: fallback, message: err.message });
     } else {
       throw err;
     }
@@ -164,7 +162,7 @@ export function identityProblems(config: Config, sessionSecrets?: readonly strin
   }
   try {
     const keys = new ApiKeyAuthenticator(id.apiKeys);
-    for (const w of keys.warnings) warnings.push(atPath(w, ['identity', 'apiKeys']));
+    for (const w of keys.warnings) warnings.push({ path: pathOf(w.path), message: w.message });
   } catch (err) {
     report(err, ['identity', 'apiKeys']);
   }
@@ -215,9 +213,7 @@ export function identityProblems(config: Config, sessionSecrets?: readonly strin
  * Splits a module error message that starts with its configuration path (`identity.bearer.0.algorithms:
  * HS256 is not allowed`) into path and message; others are reported at `fallback`.
  */
-function atPath(message: string, fallback: ReadonlyArray<string | number>): IdentityProblem {
-  const m = /^(identity(?:\.[A-Za-z0-9_-]+)*): (.*)$/s.exec(message);
-  if (m === null) return { path: fallback, message };
-  const path = m[1]!.split('.').map((s) => (/^\d+$/.test(s) ? Number(s) : s));
-  return { path, message: m[2]! };
+/** `identity.apiKeys.0.hash` as path segments, list indexes as numbers. */
+function pathOf(path: string): Array<string | number> {
+  return path.split('.').map((p) => (/^\d+$/.test(p) ? Number(p) : p));
 }

@@ -6,12 +6,12 @@
  */
 import { isIP } from 'node:net';
 import { createLocalJWKSet, type JWTVerifyGetKey, errors as joseErrors } from 'jose';
-import { GatehouseError } from '../errors.js';
+import { ConfigSettingError, GatehouseError } from '../errors.js';
 
 /** An identity setting that cannot work (e.g. an `http:` issuer off loopback); raised at construction. */
-export class IdentityConfigError extends GatehouseError {
-  constructor(message: string) {
-    super('GH_IDENTITY_CONFIG', 0, message);
+export class IdentityConfigError extends ConfigSettingError {
+  constructor(path: string, detail: string) {
+    super('GH_IDENTITY_CONFIG', path, detail);
   }
 }
 
@@ -47,16 +47,17 @@ export function requireSecureUrl(text: string, where: string): URL {
   try {
     url = new URL(text);
   } catch {
-    throw new IdentityConfigError(`${where}: not a valid URL: ${text}`);
+    throw new IdentityConfigError(`${where}`, `not a valid URL: ${text}`);
   }
   if (url.protocol === 'https:') return url;
   if (url.protocol === 'http:') {
     if (isLoopbackHost(url.hostname)) return url;
     throw new IdentityConfigError(
-      `${where}: ${text} must use https: (http: is accepted only on loopback addresses)`,
+      `${where}`,
+      `${text} must use https: (http: is accepted only on loopback addresses)`,
     );
   }
-  throw new IdentityConfigError(`${where}: ${text} must be an https: URL`);
+  throw new IdentityConfigError(`${where}`, `${text} must be an https: URL`);
 }
 
 /** Options of a remote key set; durations in ms. */

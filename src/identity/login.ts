@@ -192,7 +192,7 @@ export class LoginService {
       const c =
         p instanceof OidcClient ? p : new OidcClient(p, options.logger, { now: this.#now, ...options.oidc });
       if (this.#providers.has(c.name))
-        throw new SessionConfigError(`identity.providers: duplicate provider ${c.name}`);
+        throw new SessionConfigError('identity.providers', `duplicate provider ${c.name}`);
       this.#providers.set(c.name, c);
     }
     this.#isServedHost = options.isServedHost;
@@ -200,7 +200,8 @@ export class LoginService {
       const u = URL.parse(`http://${options.signInHost}/`);
       if (u === null || u.pathname !== '/' || u.username !== '' || u.search !== '') {
         throw new SessionConfigError(
-          `identity.session.signInHost: "${options.signInHost}" is not host or host:port`,
+          'identity.session.signInHost',
+          `"${options.signInHost}" is not host or host:port`,
         );
       }
       this.#signIn = { hostname: stripDot(u.hostname), authority: options.signInHost.toLowerCase() };
@@ -235,7 +236,8 @@ export class LoginService {
     const session = identity.session;
     if (session === undefined) {
       throw new SessionConfigError(
-        'identity.session: required when identity.providers is set (secrets for the cookie)',
+        'identity.session',
+        'required when identity.providers is set (secrets for the cookie)',
       );
     }
     return new LoginService({

@@ -12,7 +12,7 @@
  * is down the cache is not used at all (see `state/revocations.ts`).
  */
 import { createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
-import { GatehouseError } from '../errors.js';
+import { ConfigSettingError, GatehouseError } from '../errors.js';
 import type { RevocationFeed } from '../state/revocations.js';
 import type { StateStore } from '../state/types.js';
 import type { Identity } from './types.js';
@@ -105,9 +105,9 @@ export interface CookieOptions {
 }
 
 /** A session setting that cannot work (weak secret, bad cookie name). */
-export class SessionConfigError extends GatehouseError {
-  constructor(message: string) {
-    super('GH_SESSION_CONFIG', 0, message);
+export class SessionConfigError extends ConfigSettingError {
+  constructor(path: string, detail: string) {
+    super('GH_SESSION_CONFIG', path, detail);
   }
 }
 
@@ -188,26 +188,28 @@ export class SessionManager {
 
   constructor(store: StateStore, settings: SessionSettings, options: SessionManagerOptions = {}) {
     if (settings.secrets.length === 0)
-      throw new SessionConfigError('identity.session.secrets: at least one secret is required');
+      throw new SessionConfigError('identity.session.secrets', 'at least one secret is required');
     settings.secrets.forEach((secret, i) => {
       if (typeof secret !== 'string' || secret.length < MIN_SECRET_LENGTH) {
         throw new SessionConfigError(
-          `identity.session.secrets.${i}: a sealing secret needs at least ${MIN_SECRET_LENGTH} characters (e.g. openssl rand -base64 32)`,
+          `identity.session.secrets.${i}`,
+          `a sealing secret needs at least ${MIN_SECRET_LENGTH} characters (e.g. openssl rand -base64 32)`,
         );
       }
     });
     if (!TOKEN.test(settings.cookie))
       throw new SessionConfigError(
-        `identity.session.cookie: "${settings.cookie}" is not a valid cookie name`,
+        'identity.session.cookie',
+        `"${settings.cookie}" is not a valid cookie name`,
       );
     if (settings.domain !== undefined && !DOMAIN.test(settings.domain)) {
-      throw new SessionConfigError(`identity.session.domain: "${settings.domain}" is not a domain name`);
+      throw new SessionConfigError('identity.session.domain', `"${settings.domain}" is not a domain name`);
     }
     if (settings.domain !== undefined && settings.cookie.startsWith('__Host-')) {
-      throw new SessionConfigError('identity.session.domain: a __Host- cookie cannot have a Domain');
+      throw new SessionConfigError('identity.session.domain', 'a __Host- cookie cannot have a Domain');
     }
     if (!(settings.maxAge > 0) || !(settings.idleTimeout > 0)) {
-      throw new SessionConfigError('identity.session: maxAge and idleTimeout must be positive');
+      throw new SessionConfigError('identity.session', 'maxAge and idleTimeout must be positive');
     }
     this.settings = settings;
     this.#store = store;
