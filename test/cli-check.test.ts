@@ -593,3 +593,20 @@ routes:
   assert.equal(r.code, 0, r.err);
   assert.match(r.err, /gh\.yaml: routes\.0\.rateLimit: warning: rate limits are not enforced yet/);
 });
+
+test('check: the companion-mode examples (SPOE-only, forward-auth) pass as written, given their secrets', async () => {
+  for (const dir of ['haproxy', 'nginx', 'caddy', 'traefik']) {
+    const file = path.join(ROOT, `examples/${dir}/gatehouse.yaml`);
+    const r = await runCli(['check', '-c', file], {
+      env: {
+        ...process.env,
+        GATEHOUSE_SESSION_SECRET: 'a-session-secret-of-at-least-32-characters',
+        OIDC_CLIENT_SECRET: 'oidc-client-secret',
+      },
+    });
+    assert.equal(r.code, 0, `${dir}: ${r.stderr}`);
+    assert.match(r.stdout, /: ok \(\d+ routes?, \d+ upstreams?\)\n/, dir);
+    // The API key hash is a placeholder in every example: a warning, not a problem.
+    assert.match(r.stderr, /placeholder/, dir);
+  }
+});
