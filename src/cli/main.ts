@@ -224,10 +224,15 @@ function locator(loaded: Extract<LoadResult, { ok: true }>, file: string): Locat
 }
 
 /** Reports a `PolicyConfigError` (policies that cannot be compiled) as standard problems; else rethrows. */
-async function policyProblemsOf(err: unknown, locate: Locate): Promise<ConfigProblem[]> {
-  const { PolicyConfigError } = await import('../policy/compile.js');
-  if (!(err instanceof PolicyConfigError)) throw err;
-  return err.problems.map((p) => ({ ...locate(p.path), message: p.message }));
+/** The problems a compile failure stands for, each located in the file that holds its setting. */
+async function compileProblemsOf(err: unknown, file: string, locate: Locate): Promise<ConfigProblem[]> {
+  const { compileProblems } = await import('../core/compile.js');
+  const problems = compileProblems(err, file);
+  if (problems === undefined) throw err;
+  return problems.map((p) => ({
+    ...locate(p.path === '' ? [] : p.path.split('.').map((s) => (/^\d+$/.test(s) ? Number(s) : s))),
+    message: p.message,
+  }));
 }
 
 function plural(n: number, one: string, many: string): string {
@@ -246,22 +251,18 @@ async function check(p: Parsed, io: CliIo): Promise<number> {
     io.err(`${file}: ${loaded.problems.length} problem(s) found\n`);
     return 1;
   }
-  const { compileRoutes } = await import('../core/routes.js');
-  try {
-    compileRoutes(loaded.config);
-  } catch (err) {
-    printProblems(io, [{ file, path: 'routes', message: (err as Error).message }]);
-    return 1;
-  }
   const { config } = loaded;
   const locate = locator(loaded, file);
+  // One compile step, as the gateway takes it; the config tests then run on what it compiled.
+  const { compileConfig } = await import('../core/compile.js');
   const { runConfigTests, formatTestResult } = await import('../policy/tests.js');
   let results: ReturnType<typeof runConfigTests>;
   try {
+    const compiled = compileConfig(config);
     // The same steps the gateway takes (normalize, route, decide), offline, now or at `--at`.
-    results = runConfigTests(config, now);
+    results = runConfigTests(compiled, now);
   } catch (err) {
-    const problems = await policyProblemsOf(err, locate);
+    const problems = await compileProblemsOf(err, file, locate);
     printProblems(io, problems);
     io.err(`${file}: ${problems.length} problem(s) found\n`);
     return 1;
@@ -375,7 +376,7 @@ async function explain(p: Parsed, io: CliIo): Promise<number> {
     // An identity that cannot be described (e.g. an unknown authMethod) is bad input, like a bad option.
     if (err instanceof GatehouseError && err.code === 'GH_TEST_INPUT')
       throw new UsageError(`--as: ${err.message}`);
-    printProblems(io, await policyProblemsOf(err, locator(loaded, file)));
+    printProblems(io, await compileProblemsOf(err, file, locator(loaded, file)));
     return 1;
   }
   io.out(`${lines.join('\n')}\n`);

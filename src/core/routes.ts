@@ -12,7 +12,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Config, RouteConfig } from '../config/schema.js';
-import { GatehouseError } from '../errors.js';
+import { ConfigSettingError } from '../errors.js';
 import { METHOD_OVERRIDE_HEADERS } from './methods.js';
 import { normalizePath } from './normalize.js';
 import type { CompiledRoute, RequestFacts, RouteHosts, RouteTable } from './types.js';
@@ -154,7 +154,7 @@ function overrideMessage(header: string, who: string): string {
 function normalizePrefix(prefix: string, index: number): string {
   const problem = pathPrefixProblem(prefix);
   if (problem !== undefined)
-    throw new GatehouseError('GH_CONFIG_INVALID', 0, `routes.${index}.match.path: ${problem}`);
+    throw new ConfigSettingError('GH_CONFIG_INVALID', `routes.${index}.match.path`, problem);
   return normalizePath(prefix).path;
 }
 

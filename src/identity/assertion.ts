@@ -7,7 +7,7 @@
 import crypto, { type JsonWebKey, type KeyObject } from 'node:crypto';
 import type { JWK } from 'jose';
 import type { Config } from '../config/schema.js';
-import { ConfigSettingError, GatehouseError } from '../errors.js';
+import { ConfigSettingError } from '../errors.js';
 import { StateStoreError } from '../state/types.js';
 import type { Identity } from './types.js';
 

@@ -12,7 +12,7 @@
  * is down the cache is not used at all (see `state/revocations.ts`).
  */
 import { createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
-import { ConfigSettingError, GatehouseError } from '../errors.js';
+import { ConfigSettingError } from '../errors.js';
 import type { RevocationFeed } from '../state/revocations.js';
 import type { StateStore } from '../state/types.js';
 import type { Identity } from './types.js';

@@ -4,6 +4,7 @@
  * matched, the deciding rule, the reason code and the decision.
  */
 import type { Config } from '../config/schema.js';
+import type { CompiledConfig } from '../core/compile.js';
 import { type Decision, describeDecision } from '../core/decide.js';
 import type { Identity } from '../identity/types.js';
 import { evaluateOffline, offlineContext, type Rejection } from './offline.js';
@@ -38,13 +39,14 @@ function describeIdentity(id: Identity): string {
  * that cannot be compiled. Never contacts an identity provider or an upstream.
  */
 export function explainRequest(
-  config: Config,
+  source: Config | CompiledConfig,
   method: string,
   url: string,
   as: Readonly<Record<string, unknown>> | undefined,
   opts: ExplainOptions = {},
 ): Explanation {
-  const ctx = offlineContext(config);
+  const ctx = offlineContext(source);
+  const config = ctx.config;
   const r = evaluateOffline(ctx, {
     method,
     url,

@@ -15,15 +15,14 @@ import {
   FROM_SESSION,
   type RequestDescription,
 } from '../core/answer.js';
+import { type CompiledConfig, compiledOf } from '../core/compile.js';
 import { type Decision, loginProviders } from '../core/decide.js';
 import { describeRequest } from '../core/describe.js';
 import { MethodNotAllowedError, MethodOverrideError, routeRequest } from '../core/methods.js';
-import { compileRoutes } from '../core/routes.js';
-import type { CompiledRoute, RouteTable } from '../core/types.js';
+import type { CompiledRoute } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
 import type { AuthMethod, AuthResult, Identity } from '../identity/types.js';
-import { compilePolicies } from './compile.js';
-import type { CompiledPolicy, PolicyRequest, PolicySet } from './types.js';
+import type { CompiledPolicy, PolicyRequest } from './types.js';
 
 /** A test or `explain` input that cannot describe a request (bad `as`, bad source address). */
 export class TestInputError extends GatehouseError {
@@ -40,16 +39,15 @@ export interface Rejection {
   readonly message: string;
 }
 
-/** Routes and policies compiled once for a batch of offline evaluations. */
-export interface OfflineContext {
-  readonly config: Config;
-  readonly routes: RouteTable;
-  readonly policies: PolicySet;
-}
+/** Routes and policies compiled once for a batch of offline evaluations (see core/compile.ts). */
+export type OfflineContext = CompiledConfig;
 
-/** Compiles a configuration for offline evaluation. Throws `PolicyConfigError` for invalid policies. */
-export function offlineContext(config: Config): OfflineContext {
-  return { config, routes: compileRoutes(config), policies: compilePolicies(config) };
+/**
+ * The offline context of a configuration: `compiled` as it is, or a `Config` compiled now. Throws
+ * `PolicyConfigError` for invalid policies.
+ */
+export function offlineContext(compiled: Config | CompiledConfig): OfflineContext {
+  return compiledOf(compiled);
 }
 
 /** One request as a test or `explain` describes it. */

@@ -4,6 +4,7 @@
  * decision core produce the actual one.
  */
 import type { Config } from '../config/schema.js';
+import type { CompiledConfig } from '../core/compile.js';
 import { type Decision, describeDecision } from '../core/decide.js';
 import { GatehouseError } from '../errors.js';
 import { evaluateOffline, type OfflineContext, offlineContext, type Rejection } from './offline.js';
@@ -91,9 +92,13 @@ function runOne(ctx: OfflineContext, test: ConfigTest, index: number, now: numbe
  * `PolicyConfigError` when the policies themselves cannot be compiled (a configuration problem, which
  * `policyProblems` reports first when the loader uses it).
  */
-export function runConfigTests(config: Config, now: number = Date.now()): ConfigTestResult[] {
+export function runConfigTests(
+  source: Config | CompiledConfig,
+  now: number = Date.now(),
+): ConfigTestResult[] {
+  const config = 'config' in source && 'routes' in source ? source.config : (source as Config);
   if (config.tests.length === 0) return [];
-  const ctx = offlineContext(config);
+  const ctx = offlineContext(source);
   return config.tests.map((test, i) => runOne(ctx, test, i, now));
 }
 

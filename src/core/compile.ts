@@ -1,0 +1,45 @@
+/**
+ * The one compile step of a loaded configuration: the route table and the policies, built once and used
+ * together. The runtime build, the cluster primary's check before a reload, `gatehouse check` (which
+ * then runs the config tests on the result) and `gatehouse explain` all call it, so they accept and
+ * refuse exactly the same configurations and decide on the same compiled form.
+ */
+import type { Config } from '../config/schema.js';
+import { type ConfigProblem, ConfigSettingError } from '../errors.js';
+import { compilePolicies, PolicyConfigError } from '../policy/compile.js';
+import type { PolicySet } from '../policy/types.js';
+import { compileRoutes } from './routes.js';
+import type { RouteTable } from './types.js';
+
+/** A configuration with its route table and policies, compiled once. */
+export interface CompiledConfig {
+  readonly config: Config;
+  readonly routes: RouteTable;
+  readonly policies: PolicySet;
+}
+
+/**
+ * Compiles a validated configuration. Throws `ConfigSettingError` (a route that cannot be compiled) or
+ * `PolicyConfigError` (a policy that cannot be); `compileProblems` turns either into problems at paths.
+ */
+export function compileConfig(config: Config): CompiledConfig {
+  return { config, routes: compileRoutes(config), policies: compilePolicies(config) };
+}
+
+/** A compiled configuration as it is, or `config` compiled now. */
+export function compiledOf(source: Config | CompiledConfig): CompiledConfig {
+  return 'routes' in source && 'policies' in source && 'config' in source
+    ? (source as CompiledConfig)
+    : compileConfig(source as Config);
+}
+
+/**
+ * The configuration problems a compile failure stands for, each at its path in `file`; undefined when
+ * `err` is not a configuration problem (a bug: rethrow it).
+ */
+export function compileProblems(err: unknown, file: string): ConfigProblem[] | undefined {
+  if (err instanceof PolicyConfigError)
+    return err.problems.map((p) => ({ file, path: p.path.join('.'), message: p.message }));
+  if (err instanceof ConfigSettingError) return [{ file, path: err.path, message: err.detail }];
+  return undefined;
+}
