@@ -7,16 +7,18 @@
  * and only a changed `state.store` replaces it (the old one is closed after the swap).
  */
 import type { AddressInfo } from 'node:net';
-import { AdminServer, type ReloadResult } from './admin/server.js';
-import { AdminSlot, formatAddress } from './admin/slot.js';
-import { type LoadResult, loadConfig } from './config/load.js';
-import { FileWatcher } from './config/watch.js';
-import { ConfigError, type ConfigProblem, formatProblem } from './errors.js';
-import { createAccessLog } from './observe/access-log.js';
-import { type AccessEntry, createLogger, type Logger } from './observe/log.js';
-import { configGeneration, reloadsTotal } from './observe/metrics.js';
-import { ListenerSet } from './proxy/listeners.js';
-import type { Runtime } from './runtime.js';
+import { AdminServer, type ReloadResult } from '../admin/server.js';
+import { AdminSlot, formatAddress } from '../admin/slot.js';
+import { type LoadResult, loadConfig } from '../config/load.js';
+import { FileWatcher } from '../config/watch.js';
+import { ConfigError, type ConfigProblem, formatProblem } from '../errors.js';
+import { createAccessLog } from '../observe/access-log.js';
+import { type AccessEntry, createLogger, type Logger } from '../observe/log.js';
+import { configGeneration, reloadsTotal } from '../observe/metrics.js';
+import { ListenerSet } from '../proxy/listeners.js';
+import type { Runtime } from '../runtime.js';
+import { SpoeService, type SpoeStatus } from '../spoe/service.js';
+import { Coalescer } from '../util/coalesce.js';
 import {
   type BuiltRuntime,
   buildRuntime,
@@ -27,8 +29,6 @@ import {
   retireUpstreams,
   type StateStoreFactory,
 } from './runtime-build.js';
-import { SpoeService, type SpoeStatus } from './spoe/service.js';
-import { Coalescer } from './util/coalesce.js';
 
 /** How often generated assertion keys are re-read from a shared (Redis) store to pick up rotations. */
 const ASSERTION_SYNC_MS = 60_000;

@@ -20,27 +20,27 @@ import {
   type MetricValue,
   Registry,
 } from 'prom-client';
-import { AdminServer, type ReloadResult, type StatusReport, type WorkerStatus } from './admin/server.js';
-import { AdminSlot, formatAddress } from './admin/slot.js';
+import { AdminServer, type ReloadResult, type StatusReport, type WorkerStatus } from '../admin/server.js';
+import { AdminSlot, formatAddress } from '../admin/slot.js';
+import { type LoadResult, loadConfig } from '../config/load.js';
+import { FileWatcher } from '../config/watch.js';
+import { compileRoutes } from '../core/routes.js';
+import { ConfigError, type ConfigProblem, formatProblem } from '../errors.js';
+import { AssertionSigner } from '../identity/assertion.js';
+import { createLogger, type Logger } from '../observe/log.js';
+import { configGeneration, registry, reloadsTotal } from '../observe/metrics.js';
+import { serveStoreRequest } from '../state/ipc.js';
+import { MemoryStore } from '../state/memory.js';
+import { Coalescer } from '../util/coalesce.js';
+import { withProcessFlags } from './flags.js';
 import {
   isRevokeMessage,
   isWorkerMessage,
   type ListenerAddress,
   PendingRequests,
   type WorkerMessage,
-} from './cluster-ipc.js';
-import { type LoadResult, loadConfig } from './config/load.js';
-import { FileWatcher } from './config/watch.js';
-import { compileRoutes } from './core/routes.js';
-import { ConfigError, type ConfigProblem, formatProblem } from './errors.js';
-import { AssertionSigner } from './identity/assertion.js';
-import { createLogger, type Logger } from './observe/log.js';
-import { configGeneration, registry, reloadsTotal } from './observe/metrics.js';
-import { withProcessFlags } from './process-flags.js';
+} from './ipc.js';
 import type { LoadedConfig } from './runtime-build.js';
-import { serveStoreRequest } from './state/ipc.js';
-import { MemoryStore } from './state/memory.js';
-import { Coalescer } from './util/coalesce.js';
 
 /** How long the primary waits for a worker to answer a status or metrics request. */
 const QUERY_TIMEOUT_MS = 5_000;

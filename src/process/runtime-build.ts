@@ -4,18 +4,18 @@
  * unchanged ones from the running runtime) and the TLS material of every HTTPS listener. Nothing is
  * swapped here: the caller swaps only after the whole build succeeded.
  */
-import type { LoadResult } from './config/load.js';
-import { compileRoutes } from './core/routes.js';
-import { ConfigError, type ConfigProblem, GatehouseError } from './errors.js';
-import { buildIdentity } from './identity/index.js';
-import type { Logger } from './observe/log.js';
-import { compilePolicies, PolicyConfigError } from './policy/compile.js';
-import { buildListenerTls } from './proxy/listeners.js';
-import type { ListenerTlsRuntime, Runtime } from './runtime.js';
-import { createStateStore } from './state/index.js';
-import { type StateStore, StateStoreError } from './state/types.js';
-import { reconcileUpstreams } from './upstream/index.js';
-import type { Upstream } from './upstream/types.js';
+import type { LoadResult } from '../config/load.js';
+import { compileRoutes } from '../core/routes.js';
+import { ConfigError, type ConfigProblem, GatehouseError } from '../errors.js';
+import { buildIdentity } from '../identity/index.js';
+import type { Logger } from '../observe/log.js';
+import { compilePolicies, PolicyConfigError } from '../policy/compile.js';
+import { buildListenerTls } from '../proxy/listeners.js';
+import type { ListenerTlsRuntime, Runtime } from '../runtime.js';
+import { createStateStore } from '../state/index.js';
+import { type StateStore, StateStoreError } from '../state/types.js';
+import { reconcileUpstreams } from '../upstream/index.js';
+import type { Upstream } from '../upstream/types.js';
 
 /** A successful load. */
 export type LoadedConfig = Extract<LoadResult, { ok: true }>;
