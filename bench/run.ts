@@ -22,7 +22,7 @@
  *          [--no-memory | --memory-only] [--instructions [N] | --instructions-only]
  *          [--peer-node-flags FLAGS] [--baseline DIR]
  *
- * Gatehouse runs with the Node.js flags of its `bin/gatehouse` (src/process-flags.ts); the Node.js
+ * Gatehouse runs with the Node.js flags of its `bin/gatehouse` (src/process/flags.ts); the Node.js
  * peers run as plain `node` unless `--peer-node-flags` gives them flags too (e.g. the same ones, to see
  * how much of the difference the flags make).
  *
@@ -68,7 +68,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { parseDuration, parseSize } from '../src/config/units.js';
-import { PROCESS_FLAGS } from '../src/process-flags.js';
+import { PROCESS_FLAGS } from '../src/process/flags.js';
 import {
   BENCH_ALG,
   type BenchIssuer,

@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { startEchoBackend } from '../src/demo/backends.js';
-import { Gateway } from '../src/gateway.js';
 import { createLogger } from '../src/observe/log.js';
+import { Gateway } from '../src/process/gateway.js';
 import { LineCollector, origin, request } from './helpers/observe.js';
 
 function config(echoUrl: string, extra = ''): string {

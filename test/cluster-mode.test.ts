@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { renameSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { PROCESS_FLAGS } from '../src/process-flags.js';
+import { PROCESS_FLAGS } from '../src/process/flags.js';
 import {
   adminMetrics,
   adminStatus,

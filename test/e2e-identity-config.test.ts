@@ -7,9 +7,9 @@ import { writeFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { type LoadResult, loadConfig } from '../src/config/load.js';
 import { ConfigError, formatProblem } from '../src/errors.js';
-import { Gateway } from '../src/gateway.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import { generateAssertionJwk } from '../src/identity/assertion.js';
+import { Gateway } from '../src/process/gateway.js';
 import { memoryLogger, startBackend, tempDir } from './helpers/gateway.js';
 import { redisUrl } from './helpers/redis.js';
 

@@ -13,7 +13,7 @@ import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { SignJWT } from 'jose';
 import WebSocket, { WebSocketServer } from 'ws';
-import { Gateway } from '../src/gateway.js';
+import { Gateway } from '../src/process/gateway.js';
 import { fromPrimary, type LogLine, spawnGatehouse } from './helpers/cluster.js';
 import { memoryLogger, selfSigned, tempDir, waitFor } from './helpers/gateway.js';
 import { makeKey } from './helpers/identity.js';

@@ -8,9 +8,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from 'jose';
-import { Gateway } from '../src/gateway.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import type { AccessEntry } from '../src/observe/log.js';
+import { Gateway } from '../src/process/gateway.js';
 import { launchBrowser, newPage, pageJson, signIn, WAIT } from './helpers/browser.js';
 import { exampleWith, startNginx } from './helpers/companion.js';
 import { memoryLogger, tempDir } from './helpers/gateway.js';

@@ -3,8 +3,8 @@ import { type AddressInfo, createServer } from 'node:net';
 import { test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { Pool } from 'undici';
-import { Gateway } from '../src/gateway.js';
 import { registry } from '../src/observe/metrics.js';
+import { Gateway } from '../src/process/gateway.js';
 import {
   get,
   memoryLogger,

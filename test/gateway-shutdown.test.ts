@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { test } from 'node:test';
 import { ConfigError } from '../src/errors.js';
-import { Gateway } from '../src/gateway.js';
+import { Gateway } from '../src/process/gateway.js';
 import { get, memoryLogger, spawnCli, startBackend, tempDir, waitFor } from './helpers/gateway.js';
 
 function configFor(url: string, drain = '10s'): string {

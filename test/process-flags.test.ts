@@ -1,5 +1,5 @@
 /**
- * The gateway's Node.js flags (src/process-flags.ts): bin/gatehouse starts node with them through sh,
+ * The gateway's Node.js flags (src/process/flags.ts): bin/gatehouse starts node with them through sh,
  * so the command runs with them when executed as a program (and still runs under plain `node`), and
  * `npm start` passes them too. The cluster primary's workers are checked in cluster-mode.test.ts.
  */
@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
-import { PROCESS_FLAGS, withProcessFlags } from '../src/process-flags.js';
+import { PROCESS_FLAGS, withProcessFlags } from '../src/process/flags.js';
 import { cmdline, spawnGatehouse } from './helpers/cluster.js';
 import { ROOT, tempDir } from './helpers/gateway.js';
 

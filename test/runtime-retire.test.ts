@@ -4,8 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { retireStore } from '../src/process/runtime-build.js';
 import type { Runtime } from '../src/runtime.js';
-import { retireStore } from '../src/runtime-build.js';
 import { MemoryStore } from '../src/state/memory.js';
 import { memoryLogger } from './helpers/proxy.js';
 

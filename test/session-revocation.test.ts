@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { type TestContext, test } from 'node:test';
-import { Gateway } from '../src/gateway.js';
+import { Gateway } from '../src/process/gateway.js';
 import { type LogLine, spawnGatehouse, startedCluster } from './helpers/cluster.js';
 import { memoryLogger, tempDir, waitFor } from './helpers/gateway.js';
 import { startIdp } from './helpers/oidc.js';

@@ -8,7 +8,7 @@ import { isIP } from 'node:net';
 import type { LoadResult } from '../config/load.js';
 import type { ConfigProblem } from '../errors.js';
 import { ConfigError, formatProblem, GatehouseError } from '../errors.js';
-import { PROCESS_FLAGS } from '../process-flags.js';
+import { PROCESS_FLAGS } from '../process/flags.js';
 
 /** Where the command writes; replaceable for tests. */
 export interface CliIo {
@@ -179,16 +179,16 @@ function printWarnings(io: CliIo, warnings: readonly ConfigProblem[]): void {
 async function start(p: Parsed, io: CliIo): Promise<number> {
   const file = requireConfig(p, 'start');
   if (p.positional.length > 0) throw new UsageError(`unexpected argument ${p.positional[0]}`);
-  const { ClusterPrimary, isClusterWorker, resolveWorkers } = await import('../cluster.js');
+  const { ClusterPrimary, isClusterWorker, resolveWorkers } = await import('../process/primary.js');
   if (isClusterWorker()) {
     // Forked by a cluster primary with this same command line: run the data plane only.
-    const { runWorker } = await import('../cluster-worker.js');
+    const { runWorker } = await import('../process/worker.js');
     return await runWorker(file);
   }
   const { loadConfig } = await import('../config/load.js');
   const loaded = await loadConfig(file);
   const workers = loaded.ok ? resolveWorkers(loaded.config.server.workers) : 1;
-  const { Gateway } = await import('../gateway.js');
+  const { Gateway } = await import('../process/gateway.js');
   try {
     if (loaded.ok && workers > 1) {
       // The primary exits the process itself on SIGTERM/SIGINT once every worker drained.

@@ -40,6 +40,8 @@ export function compiledOf(source: Config | CompiledConfig): CompiledConfig {
 export function compileProblems(err: unknown, file: string): ConfigProblem[] | undefined {
   if (err instanceof PolicyConfigError)
     return err.problems.map((p) => ({ file, path: p.path.join('.'), message: p.message }));
-  if (err instanceof ConfigSettingError) return [{ file, path: err.path, message: err.detail }];
+  // A setting with no path to blame (a key the store did not keep) is put under `identity`.
+  if (err instanceof ConfigSettingError)
+    return [{ file, path: err.path === '' ? 'identity' : err.path, message: err.detail }];
   return undefined;
 }

@@ -11,9 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseDocument } from 'yaml';
-import { Gateway } from '../gateway.js';
 import { generateApiKey } from '../identity/apikeys.js';
 import type { AccessEntry, Logger } from '../observe/log.js';
+import { Gateway } from '../process/gateway.js';
 import { type Backend, startEchoBackend, startJobsBackend } from './backends.js';
 import { type DemoIdp, startDemoIdp } from './idp.js';
 

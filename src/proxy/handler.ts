@@ -25,11 +25,10 @@
  */
 import { ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2Session } from 'node:http2';
-import type { BlockList, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import { type Dispatcher, errors as undiciErrors } from 'undici';
-import type { Config } from '../config/schema.js';
 import type { Answer } from '../core/answer.js';
 import { describeRequest } from '../core/describe.js';
 import { allowOf, MethodNotAllowedError, routeRequest, USUAL_ALLOW } from '../core/methods.js';
@@ -44,25 +43,28 @@ import {
 } from '../errors.js';
 import { isoTime } from '../observe/access-log.js';
 import type { AccessEntry, Logger } from '../observe/log.js';
-import {
-  bytesTotal,
-  requestDuration,
-  requestsTotal,
-  retriesTotal,
-  upstreamDuration,
-} from '../observe/metrics.js';
+import { requestsTotal, retriesTotal, upstreamDuration } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
-import { UpstreamProtocolError } from '../upstream/interim.js';
 import type { Lease, SelectInput, Upstream } from '../upstream/types.js';
 import {
   addResponseHeaders,
   admit,
   certificateSocket,
   forwardIdentity,
-  logAccess,
   serveBeforeRouting,
 } from './access.js';
+import { type AccessRecord, accessEntry, writeAccess } from './access-entry.js';
 import { classify, type FailureKind, isBodylessLengthNotice, sendError, toGatehouseError } from './errors.js';
+import {
+  forwardPath,
+  hostHeaderOf,
+  noRouteState,
+  ownCookiesOf,
+  type RouteState,
+  routeState,
+  trustedOf,
+  vetResponseFields,
+} from './forward.js';
 import {
   bodyParseError,
   bodyPending,
@@ -82,16 +84,14 @@ import {
   buildRequestHeaders,
   buildResponseHeaders,
   clientAddress,
-  compileEdits,
-  compileTrusted,
   effectiveClient,
-  type HeaderEdits,
   isTrusted,
   requestIdFrom,
 } from './headers.js';
 import { noteClientReset, streamClosed, streamOpened } from './http2.js';
-import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
-import { type Tunnel, tunnelWebSocket } from './websocket.js';
+import { acquireFor, type LeaseHolder, releaseLease } from './lease.js';
+import type { ListenerInfo, ProxyContext, ProxyRequest, ProxyResponse, Tunnel } from './types.js';
+import { tunnelWebSocket } from './websocket.js';
 
 /** Options of the request handler. */
 export interface HandlerOptions {
@@ -114,51 +114,6 @@ const MAX_DISCARD = 64 * 1024;
 /** 103 Early Hints passed on per request; more from one upstream answer are dropped. */
 const MAX_EARLY_HINTS = 4;
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT'];
-const NO_ROUTE = '(none)';
-
-type Child = { inc(v?: number): void };
-type HistChild = { observe(v: number): void };
-
-/** Per-route compiled state: header edits and cached metric children (label lookups off the hot path). */
-export interface RouteState {
-  readonly name: string;
-  readonly requestEdits: HeaderEdits | undefined;
-  /** The edits for a forwarded TRACE: the removals only, since values the route sets may be secrets. */
-  readonly traceEdits: HeaderEdits | undefined;
-  readonly responseEdits: HeaderEdits | undefined;
-  readonly duration: HistChild;
-  readonly bytesIn: Child;
-  readonly bytesOut: Child;
-  readonly requests: Map<number, Child>;
-}
-
-const routeStates = new WeakMap<CompiledRoute, RouteState>();
-
-function makeRouteState(name: string, route: CompiledRoute | undefined): RouteState {
-  const requestEdits = compileEdits(route?.config.headers?.request);
-  return {
-    name,
-    requestEdits,
-    traceEdits: requestEdits === undefined ? undefined : { set: [], drop: requestEdits.drop },
-    responseEdits: compileEdits(route?.config.headers?.response),
-    duration: requestDuration.series(name),
-    bytesIn: bytesTotal.series(name, 'in'),
-    bytesOut: bytesTotal.series(name, 'out'),
-    requests: new Map(),
-  };
-}
-
-/** The compiled per-route state, built on first use after each (re)load. */
-export function routeState(route: CompiledRoute): RouteState {
-  let s = routeStates.get(route);
-  if (s === undefined) {
-    s = makeRouteState(route.name, route);
-    routeStates.set(route, s);
-  }
-  return s;
-}
-
-let noRouteState: RouteState | undefined;
 
 function countRequest(rs: RouteState, method: string, status: number): void {
   let m = METHODS.indexOf(method);
@@ -172,6 +127,8 @@ function countRequest(rs: RouteState, method: string, status: number): void {
   child.inc();
 }
 
+type HistChild = { observe(v: number): void };
+
 const upstreamHist = new Map<string, HistChild>();
 
 function observeUpstream(name: string, seconds: number): void {
@@ -181,58 +138,6 @@ function observeUpstream(name: string, seconds: number): void {
     upstreamHist.set(name, h);
   }
   h.observe(seconds);
-}
-
-const trustedCache = new WeakMap<Config, { list: BlockList | undefined }>();
-
-/** The trusted-proxy matcher of a configuration, compiled once. */
-export function trustedOf(config: Config): BlockList | undefined {
-  let t = trustedCache.get(config);
-  if (t === undefined) {
-    t = { list: compileTrusted(config.server.trustedProxies) };
-    trustedCache.set(config, t);
-  }
-  return t.list;
-}
-
-/** The client's Host (or HTTP/2 `:authority`) value as received. */
-export function hostHeaderOf(req: ProxyRequest): string | undefined {
-  const h = req.headers;
-  const authority = h[':authority'];
-  return typeof authority === 'string' ? authority : h.host;
-}
-
-/** The path to forward: the normalized path, minus the route prefix when `stripPrefix` is set. */
-export function forwardPath(route: CompiledRoute, path: string, query: string): string {
-  if (!route.config.stripPrefix) return query === '' ? path : path + query;
-  const prefix = route.pathPrefix;
-  let rest = prefix.endsWith('/') ? path.slice(prefix.length - 1) : path.slice(prefix.length);
-  if (rest === '') rest = '/';
-  return query === '' ? rest : rest + query;
-}
-
-function isPromise<T>(v: T | Promise<T>): v is Promise<T> {
-  return typeof (v as { then?: unknown }).then === 'function';
-}
-
-/** Acquires a lease avoiding `tried` servers; when every server was tried, any server will do. */
-export function acquireLease(
-  upstream: Upstream,
-  input: SelectInput,
-  tried: ReadonlySet<string> | undefined,
-): Lease | Promise<Lease> {
-  if (tried === undefined) return upstream.acquire(input);
-  try {
-    const r = upstream.acquire(input, tried);
-    if (!isPromise(r)) return r;
-    return r.catch((err: unknown) => {
-      if (err instanceof NoServerAvailableError) return upstream.acquire(input);
-      throw err;
-    });
-  } catch (err) {
-    if (err instanceof NoServerAvailableError) return upstream.acquire(input);
-    throw err;
-  }
 }
 
 const kExchange = Symbol('gatehouse.exchange');
@@ -259,7 +164,7 @@ function retryTimer(ex: Exchange): void {
 }
 
 /** One client request on its way through the proxy; also the undici dispatch handler for its attempts. */
-class Exchange {
+class Exchange implements LeaseHolder, AccessRecord {
   readonly handler: ProxyHandler;
   readonly runtime: Runtime;
   readonly req: ProxyRequest;
@@ -534,34 +439,19 @@ class Exchange {
 
   /** One pass of the retry loop: acquire a lease (maybe queued), then dispatch. */
   attempt(): void {
-    if (this.finished || this.res.headersSent) return;
-    let lease: Lease | Promise<Lease>;
-    try {
-      lease = acquireLease(this.upstream!, this.select!, this.tried);
-    } catch (err) {
-      this.fail(toGatehouseError(err));
-      return;
-    }
-    if (isPromise(lease)) {
-      lease.then(
-        (l) => this.dispatchTo(l),
-        (err: unknown) => this.fail(toGatehouseError(err)),
-      );
-    } else {
-      this.dispatchTo(lease);
-    }
+    if (this.leaseUnwanted()) return;
+    acquireFor(this, this.upstream!, this.select!, this.tried);
   }
 
-  dispatchTo(lease: Lease): void {
-    if (this.finished || this.res.headersSent) {
-      lease.release('client-abort');
-      return;
-    }
-    this.lease = lease;
+  leaseUnwanted(): boolean {
+    return this.finished || this.res.headersSent;
+  }
+
+  /** Sends this attempt on `lease` (see `lease.ts`). */
+  sendOn(lease: Lease): void {
     this.sent = false;
     this.abortUpstream = undefined;
     const server = lease.server;
-    this.serverId = server.id;
     const headers = this.headers!;
     if (!this.preserveHost) headers[1] = server.hostHeader;
     let body: ProxyRequest | Buffer | null = null;
@@ -647,18 +537,10 @@ class Exchange {
     setTimeout(retryTimer, delay, this);
   }
 
-  releaseLease(outcome: Parameters<Lease['release']>[0]): void {
-    const lease = this.lease;
-    if (lease !== undefined) {
-      this.lease = undefined;
-      lease.release(outcome);
-    }
-  }
-
   // --- undici dispatch handler (the callback API: no wrapper objects, and it reports body progress)
   //
   // One attempt, in the order undici calls back (the flags that record each state in brackets):
-  //   dispatchTo ─► onConnect [sent]: client idle watch armed, body tapped for a replay
+  //   sendOn ─► onConnect [sent]: client idle watch armed, body tapped for a replay
   //     ├► onHeaders, retryable 5xx [discarding] ─► onComplete / onError ─► retry ─► attempt
   //     ├► onHeaders, final: a sized head is held [pendingHead], a streamed one written [responseStarted]
   //     │    ├► onData: the held head goes out with the first bytes; the last sized chunk ends [responseEnded]
@@ -829,20 +711,20 @@ class Exchange {
     this.abortUpstream = undefined;
     if (this.discarding) {
       this.discarding = false;
-      this.releaseLease('http-5xx');
+      releaseLease(this, 'http-5xx');
       this.retry(String(this.retryStatus));
       return;
     }
     if (this.pendingHead !== undefined) {
       const err = this.startResponse();
       if (err !== undefined) {
-        this.releaseLease('connect-error');
+        releaseLease(this, 'connect-error');
         this.fail(err);
         return;
       }
     }
     const s = this.status;
-    this.releaseLease(s === 502 || s === 503 || s === 504 ? 'http-5xx' : 'success');
+    releaseLease(this, s === 502 || s === 503 || s === 504 ? 'http-5xx' : 'success');
     if (!this.responseEnded) this.res.end();
   }
 
@@ -850,12 +732,12 @@ class Exchange {
     this.abortUpstream = undefined;
     if (this.discarding) {
       this.discarding = false;
-      this.releaseLease('http-5xx');
+      releaseLease(this, 'http-5xx');
       this.retry(String(this.retryStatus));
       return;
     }
     if (this.finished || this.clientGone()) {
-      this.releaseLease('client-abort');
+      releaseLease(this, 'client-abort');
       this.errorCode ??= 'GH_CLIENT_CLOSED';
       return;
     }
@@ -867,7 +749,7 @@ class Exchange {
     // A head that never left is dropped: the client gets the error (or the retry's answer) instead.
     this.pendingHead = undefined;
     const c = classify(err, this.sent);
-    this.releaseLease(c.outcome);
+    releaseLease(this, c.outcome);
     if (!this.responseStarted && this.canRetry(c.kind)) {
       this.retry(c.kind);
       return;
@@ -1014,8 +896,7 @@ class Exchange {
       if (length > 0 && this.req.method !== 'HEAD') this.bytesOut = length;
     }
     const durationMs = performance.now() - this.t0;
-    noRouteState ??= makeRouteState(NO_ROUTE, undefined);
-    const rs = this.rs ?? noRouteState;
+    const rs = this.rs ?? noRouteState();
     countRequest(rs, this.method, this.status);
     rs.duration.observe(durationMs / 1000);
     if (this.bytesIn > 0) rs.bytesIn.inc(this.bytesIn);
@@ -1023,35 +904,11 @@ class Exchange {
     const log = this.handler.accessLog;
     // The gateway's sink checks the flag too (a reload may flip it); this saves building the entry.
     if (log !== undefined && this.runtime.config.logging.access) {
-      const entry: AccessEntry = {
-        // Wall-clock start, derived here so requests that are not logged never read the clock.
-        time: isoTime(Date.now() - durationMs),
-        requestId: this.requestId,
-        client: this.clientIp,
-        peer: this.peerIp === this.clientIp ? undefined : this.peerIp,
-        host: this.host,
-        method: this.method,
-        path: this.path,
-        route: this.route?.name,
-        upstream: this.upstream?.name,
-        server: this.serverId,
-        status: this.status,
-        bytesIn: this.bytesIn,
-        bytesOut: this.bytesOut,
-        duration: Math.round(durationMs * 1000) / 1000,
-        upstreamDuration:
-          this.upstreamMs === undefined ? undefined : Math.round(this.upstreamMs * 1000) / 1000,
-        retries: this.retries,
-        protocol: 'HTTP/' + this.req.httpVersion,
-      };
-      if (this.errorCode !== undefined) entry.error = this.errorCode;
-      if (this.plane !== undefined) entry.plane = this.plane;
-      if (this.access !== undefined) logAccess(entry, this.access);
-      try {
-        log(entry);
-      } catch (err) {
-        this.handler.logger.error({ err }, 'access log failed');
-      }
+      // Wall-clock start, derived here so requests that are not logged never read the clock.
+      const startMs = Date.now() - durationMs;
+      const protocol = 'HTTP/' + this.req.httpVersion;
+      const entry = accessEntry(this, this.upstream?.name, startMs, durationMs, this.upstreamMs, protocol);
+      writeAccess(log, entry, this.handler.logger);
     }
   }
 }
@@ -1108,73 +965,8 @@ export function earlyHintLinks(rawHeaders: readonly Buffer[]): string[] | undefi
   return links;
 }
 
-const ownCookiesCache = new WeakMap<Config, { names: ReadonlySet<string> | undefined }>();
-
-/**
- * The cookies the gateway itself sets under a configuration: the session and login cookies and every
- * upstream's sticky cookie; undefined when there is none. Compiled once per configuration.
- */
-export function ownCookiesOf(config: Config): ReadonlySet<string> | undefined {
-  let c = ownCookiesCache.get(config);
-  if (c === undefined) {
-    const names = new Set<string>();
-    const session = config.identity?.session?.cookie;
-    if (session !== undefined) names.add(session).add(`${session}_login`);
-    for (const up of Object.values(config.upstreams)) if (up.sticky) names.add(up.sticky.cookie);
-    c = { names: names.size === 0 ? undefined : names };
-    ownCookiesCache.set(config, c);
-  }
-  return c.names;
-}
-
-/** The name of the cookie a Set-Cookie value sets (RFC 6265 §5.2: up to the first `=`, trimmed). */
-function setCookieName(value: Buffer): string {
-  const text = value.toString('latin1');
-  const eq = text.indexOf('=');
-  return (eq === -1 ? '' : text.slice(0, eq)).trim();
-}
-
-const SET_COOKIE = Buffer.from('set-cookie');
-const TRANSFER_ENCODING = Buffer.from('transfer-encoding');
-
-/** A raw field name equals `lower` (a lower-case letters-and-dashes name) in any case. */
-function isField(name: Buffer, lower: Buffer): boolean {
-  if (name.length !== lower.length) return false;
-  for (let i = 0; i < lower.length; i++) if ((name[i]! | 0x20) !== lower[i]) return false;
-  return true;
-}
-
-/**
- * One pass over the upstream's final response fields, before they are forwarded:
- * - a transfer coding other than a single `chunked` is refused (502): the gateway forwards the decoded
- *   body without the hop-by-hop Transfer-Encoding, so `gzip` and chains would reach the client as
- *   unlabelled coded bytes (HAProxy refuses them too);
- * - Set-Cookie fields for a cookie the gateway owns (`own`) are removed: a backend could otherwise plant
- *   a session of its choosing in the browser (session fixation), sign a user out, or re-pin stickiness.
- * Returns `raw` itself when nothing is removed (the common case).
- */
-export function vetResponseFields(raw: Buffer[], own: ReadonlySet<string> | undefined): Buffer[] {
-  let out: Buffer[] | undefined;
-  let codings = 0;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!;
-    let drop = false;
-    if (name.length === 17 && isField(name, TRANSFER_ENCODING)) {
-      codings++;
-      if (codings > 1 || raw[i + 1]!.toString('latin1').trim().toLowerCase() !== 'chunked') {
-        throw new UpstreamProtocolError('transfer-coding');
-      }
-    } else if (own !== undefined && name.length === 10 && isField(name, SET_COOKIE)) {
-      drop = own.has(setCookieName(raw[i + 1]!));
-    }
-    if (drop && out === undefined) out = raw.slice(0, i);
-    else if (!drop && out !== undefined) out.push(name, raw[i + 1]!);
-  }
-  return out ?? raw;
-}
-
 /** Handles requests and upgrades of every listener; one instance per ListenerSet. */
-export class ProxyHandler {
+export class ProxyHandler implements ProxyContext {
   readonly getRuntime: () => Runtime;
   readonly logger: Logger;
   readonly accessLog: ((entry: AccessEntry) => void) | undefined;
@@ -1261,8 +1053,7 @@ export class ProxyHandler {
    * preconnect) is counted but not logged.
    */
   logUnparsed(socket: Duplex, status: number, parserCode: string | undefined): void {
-    noRouteState ??= makeRouteState(NO_ROUTE, undefined);
-    countRequest(noRouteState, 'OTHER', status);
+    countRequest(noRouteState(), 'OTHER', status);
     const log = this.accessLog;
     if (log === undefined || !this.getRuntime().config.logging.access) return;
     const s = socket as Partial<Socket>;
@@ -1286,11 +1077,7 @@ export class ProxyHandler {
       error: 'GH_BAD_REQUEST',
     };
     if (parserCode !== undefined) entry.detail = parserCode;
-    try {
-      log(entry);
-    } catch (err) {
-      this.logger.error({ err }, 'access log failed');
-    }
+    writeAccess(log, entry, this.logger);
   }
 
   /**

@@ -38,7 +38,6 @@ import { describeRequest } from '../core/describe.js';
 import type { CompiledRoute, RequestFacts } from '../core/types.js';
 import { GatehouseError, NoRouteError, NoServerAvailableError } from '../errors.js';
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
-import type { AccessEntry } from '../observe/log.js';
 import {
   activeWebSockets,
   halfClosedWebSockets,
@@ -47,7 +46,8 @@ import {
 } from '../observe/metrics.js';
 import type { InFlight, Runtime } from '../runtime.js';
 import type { Lease, Upstream } from '../upstream/types.js';
-import { certificateSocket, forwardIdentity, logAccess } from './access.js';
+import { certificateSocket, forwardIdentity } from './access.js';
+import { type AccessRecord, accessEntry, writeAccess } from './access-entry.js';
 import {
   BadWebSocketHandshakeError,
   classify,
@@ -56,17 +56,16 @@ import {
   WebSocketNotAllowedError,
   WebSocketVersionError,
 } from './errors.js';
-import { checkHandshake } from './framing.js';
-import type { ProxyHandler } from './handler.js';
 import {
-  acquireLease,
   forwardPath,
   hostHeaderOf,
+  NO_ROUTE,
   ownCookiesOf,
   routeState,
   trustedOf,
   vetResponseFields,
-} from './handler.js';
+} from './forward.js';
+import { checkHandshake } from './framing.js';
 import {
   buildRequestHeaders,
   clientAddress,
@@ -76,14 +75,8 @@ import {
   isTrusted,
   requestIdFrom,
 } from './headers.js';
-import type { ListenerInfo, ProxyRequest } from './types.js';
-
-/** An open (or opening) tunnel, tracked so that shutdown can wait for it and then close it. */
-export interface Tunnel {
-  readonly client: Duplex;
-  upstream: Duplex | undefined;
-  destroy(): void;
-}
+import { acquireFor, type LeaseHolder, releaseLease } from './lease.js';
+import type { ListenerInfo, ProxyContext, ProxyRequest, Tunnel } from './types.js';
 
 function ignoreError(): void {}
 
@@ -166,8 +159,8 @@ function answerFields(raw: readonly Buffer[], edits: HeaderEdits | undefined, re
 }
 
 /** The undici handler for one handshake, and afterwards the tunnel itself. */
-class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
-  readonly handler: ProxyHandler;
+class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.DispatchHandler {
+  readonly handler: ProxyContext;
   readonly req: ProxyRequest;
   readonly client: Duplex;
   readonly head: Buffer;
@@ -175,6 +168,8 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   readonly t0 = performance.now();
   readonly startedAt = Date.now();
   readonly requestId: string;
+  /** The handshake's method (a GET, or it is refused), as logged. */
+  readonly method: string;
   /** The client's address (`effectiveClient`: the peer, or whom a trusted proxy forwarded for). */
   clientIp: string;
   /** The address that connected. */
@@ -188,6 +183,9 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   serverId: string | undefined;
   /** The access stage's verdict. */
   access: Answer | undefined;
+  /** The request fields and the path sent upstream, once built. */
+  headers: string[] | undefined;
+  target = '';
   /** The cookies the gateway sets (`ownCookiesOf`): a backend's Set-Cookie for one is dropped. */
   ownCookies: ReadonlySet<string> | undefined;
   /** The route's `headers.response` edits, applied to the upstream's answer. */
@@ -205,6 +203,11 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   abortUpstream: ((err?: Error) => void) | undefined;
   status = 0;
   errorCode: string | undefined;
+  /** Bytes sent upstream and received from it over the tunnel (counted by the upstream socket), once closed. */
+  bytesIn = 0;
+  bytesOut = 0;
+  /** A handshake is never retried. */
+  readonly retries = 0;
   /** A non-101 answer is being relayed. */
   relaying = false;
   closed = false;
@@ -213,7 +216,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
   inFlight: InFlight | undefined;
 
   constructor(
-    handler: ProxyHandler,
+    handler: ProxyContext,
     req: ProxyRequest,
     client: Duplex,
     head: Buffer,
@@ -225,6 +228,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     this.head = head;
     this.listener = listener;
     this.requestId = requestIdFrom(req.headers['x-request-id']);
+    this.method = req.method ?? 'GET';
     this.peerIp = clientAddress(req.socket?.remoteAddress);
     this.clientIp = this.peerIp;
   }
@@ -297,8 +301,6 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     if (this.closed) return;
     const req = this.req;
     this.access = grant;
-    let headers: string[];
-    let target: string;
     try {
       const refusal = refusalOf(grant, facts);
       if (refusal !== undefined) throw refusalError(refusal);
@@ -309,11 +311,11 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       if (up === undefined) throw new NoServerAvailableError(name);
       this.up = up;
       this.ownCookies = ownCookiesOf(runtime.config);
-      target = forwardPath(route, facts.path, facts.query);
+      this.target = forwardPath(route, facts.path, facts.query);
       const rs = routeState(route);
       this.responseEdits = rs.responseEdits;
       const edits = rs.requestEdits;
-      headers = buildRequestHeaders({
+      const headers = buildRequestHeaders({
         raw: req.rawHeaders,
         host: this.originalHost,
         originalHost: this.originalHost,
@@ -326,28 +328,14 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
         apiKeyHeader: runtime.identity.apiKeyHeader,
       });
       forwardIdentity(headers, grant, edits, up.injectHeaders);
+      this.headers = headers;
     } catch (err) {
       this.fail(toGatehouseError(err));
       return;
     }
-    let lease: Lease | Promise<Lease>;
-    try {
-      lease = acquireLease(this.up, { clientIp: this.clientIp, headers: req.headers }, undefined);
-    } catch (err) {
-      this.fail(toGatehouseError(err));
-      return;
-    }
-    if (lease instanceof Promise) {
-      lease.then(
-        (l) => this.dispatch(l, headers, target),
-        (err: unknown) => this.fail(toGatehouseError(err)),
-      );
-    } else {
-      this.dispatch(lease, headers, target);
-    }
+    acquireFor(this, this.up, { clientIp: this.clientIp, headers: req.headers }, undefined);
   }
 
-  /** The handshake's Origin (when it has one) may use the browser's credentials on `route`. */
   /** The scheme of the page that opens the handshake: behind a trusted TLS-terminating proxy, the forwarded one. */
   scheme(): 'http' | 'https' {
     if (this.listener.tls) return 'https';
@@ -358,18 +346,18 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     return 'http';
   }
 
-  dispatch(lease: Lease, headers: string[], target: string): void {
-    if (this.closed) {
-      lease.release('client-abort');
-      return;
-    }
-    this.lease = lease;
-    this.serverId = lease.server.id;
+  leaseUnwanted(): boolean {
+    return this.closed;
+  }
+
+  /** Sends the handshake on `lease` (see `lease.ts`). */
+  sendOn(lease: Lease): void {
+    const headers = this.headers!;
     if (this.route?.config.preserveHost === false) headers[1] = lease.server.hostHeader;
     try {
       lease.server.dispatcher.dispatch(
         {
-          path: target,
+          path: this.target,
           method: 'GET',
           headers,
           upgrade: 'websocket',
@@ -391,14 +379,6 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
         : '';
     if (err instanceof WebSocketVersionError) extra += 'Sec-WebSocket-Version: 13\r\n';
     writeRawError(this.client, err, this.requestId, extra, this.finTimeout);
-  }
-
-  release(outcome: Parameters<Lease['release']>[0]): void {
-    const lease = this.lease;
-    if (lease !== undefined) {
-      this.lease = undefined;
-      lease.release(outcome);
-    }
   }
 
   // --- undici handler
@@ -478,18 +458,18 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
 
   onComplete(): void {
     this.abortUpstream = undefined;
-    this.release(this.status >= 502 && this.status <= 504 ? 'http-5xx' : 'success');
+    releaseLease(this, this.status >= 502 && this.status <= 504 ? 'http-5xx' : 'success');
     lingerClose(this.client, this.finTimeout);
   }
 
   onError(err: Error): void {
     this.abortUpstream = undefined;
     if (this.closed) {
-      this.release('client-abort');
+      releaseLease(this, 'client-abort');
       return;
     }
     const c = classify(err, false);
-    this.release(c.outcome);
+    releaseLease(this, c.outcome);
     if (this.relaying) {
       this.errorCode = c.error.code;
       this.client.destroy();
@@ -555,7 +535,7 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
     this.client.destroy();
     this.upstream?.destroy();
     this.abortUpstream?.(new Error('client closed'));
-    if (this.upstream !== undefined) this.release('success');
+    if (this.upstream !== undefined) releaseLease(this, 'success');
     if (this.finTimer !== undefined) {
       clearTimeout(this.finTimer);
       halfClosedWebSockets.labels(this.route!.name).dec();
@@ -565,42 +545,21 @@ class WebSocketTunnel implements Tunnel, Dispatcher.DispatchHandler {
       webSocketClosesTotal.labels(this.route!.name, this.cause ?? 'client').inc();
     }
     if (this.status === 0) this.status = 499;
-    requestsTotal.labels(this.route?.name ?? '(none)', 'GET', String(this.status)).inc();
+    requestsTotal.labels(this.route?.name ?? NO_ROUTE, 'GET', String(this.status)).inc();
     const log = this.handler.accessLog;
     if (log === undefined) return;
     const upstream = this.upstream as { bytesRead?: number; bytesWritten?: number } | undefined;
-    const entry: AccessEntry = {
-      time: new Date(this.startedAt).toISOString(),
-      requestId: this.requestId,
-      client: this.clientIp,
-      peer: this.peerIp === this.clientIp ? undefined : this.peerIp,
-      host: this.host,
-      method: this.req.method ?? 'GET',
-      path: this.path,
-      route: this.route?.name,
-      upstream: this.up?.name,
-      server: this.serverId,
-      status: this.status,
-      bytesIn: upstream?.bytesWritten ?? 0,
-      bytesOut: upstream?.bytesRead ?? 0,
-      duration: Math.round((performance.now() - this.t0) * 1000) / 1000,
-      upstreamDuration: undefined,
-      retries: 0,
-      protocol: 'websocket',
-    };
-    if (this.errorCode !== undefined) entry.error = this.errorCode;
-    if (this.access !== undefined) logAccess(entry, this.access);
-    try {
-      log(entry);
-    } catch (err) {
-      this.handler.logger.error({ err }, 'access log failed');
-    }
+    this.bytesIn = upstream?.bytesWritten ?? 0;
+    this.bytesOut = upstream?.bytesRead ?? 0;
+    const durationMs = performance.now() - this.t0;
+    const entry = accessEntry(this, this.up?.name, this.startedAt, durationMs, undefined, 'websocket');
+    writeAccess(log, entry, this.handler.logger);
   }
 }
 
 /** Serves one upgrade request on the runtime captured at its start. */
 export function tunnelWebSocket(
-  handler: ProxyHandler,
+  handler: ProxyContext,
   runtime: Runtime,
   req: ProxyRequest,
   socket: Duplex,

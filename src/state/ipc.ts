@@ -17,7 +17,7 @@ import {
   type StoreReply,
   type StoreRequest,
   type StoreValue,
-} from '../cluster-ipc.js';
+} from '../process/ipc.js';
 import { RevocationFeed } from './revocations.js';
 import { checkKeyAndTtl, type StateStore, StateStoreError } from './types.js';
 

@@ -5,7 +5,7 @@
  * Control messages (`{ test: … }`): `advance` moves the clock by `ms` (answered with `advanced`);
  * `exit` ends the process. It says `ready` once it listens, and in silent mode `received` per request.
  */
-import { isWorkerMessage, type StoreReply } from '../../src/cluster-ipc.js';
+import { isWorkerMessage, type StoreReply } from '../../src/process/ipc.js';
 import { type StorePeer, serveStoreRequest } from '../../src/state/ipc.js';
 import { MemoryStore } from '../../src/state/memory.js';
 

@@ -4,18 +4,17 @@
  * unchanged ones from the running runtime) and the TLS material of every HTTPS listener. Nothing is
  * swapped here: the caller swaps only after the whole build succeeded.
  */
-import type { LoadResult } from './config/load.js';
-import { compileRoutes } from './core/routes.js';
-import { ConfigError, ConfigSettingError, GatehouseError } from './errors.js';
-import { buildIdentity } from './identity/index.js';
-import type { Logger } from './observe/log.js';
-import { compilePolicies, PolicyConfigError } from './policy/compile.js';
-import { buildListenerTls } from './proxy/listeners.js';
-import type { ListenerTlsRuntime, Runtime } from './runtime.js';
-import { createStateStore } from './state/index.js';
-import { type StateStore, StateStoreError } from './state/types.js';
-import { reconcileUpstreams } from './upstream/index.js';
-import type { Upstream } from './upstream/types.js';
+import type { LoadResult } from '../config/load.js';
+import { type CompiledConfig, compileConfig, compileProblems } from '../core/compile.js';
+import { ConfigError, GatehouseError } from '../errors.js';
+import { buildIdentity } from '../identity/index.js';
+import type { Logger } from '../observe/log.js';
+import { buildListenerTls } from '../proxy/listeners.js';
+import type { ListenerTlsRuntime, Runtime } from '../runtime.js';
+import { createStateStore } from '../state/index.js';
+import { type StateStore, StateStoreError } from '../state/types.js';
+import { reconcileUpstreams } from '../upstream/index.js';
+import type { Upstream } from '../upstream/types.js';
 
 /** A successful load. */
 export type LoadedConfig = Extract<LoadResult, { ok: true }>;
@@ -60,13 +59,13 @@ export async function buildRuntime(
   options: BuildOptions = {},
 ): Promise<BuiltRuntime> {
   const { config, secrets } = loaded;
-  const routes = compileRoutes(config);
-  let policies: Runtime['policies'];
+  let compiled: CompiledConfig;
   try {
-    policies = compilePolicies(config);
+    compiled = compileConfig(config);
   } catch (err) {
     throw asConfigError(err, loaded.file);
   }
+  const { routes, policies } = compiled;
   const tls = new Map<string, ListenerTlsRuntime>();
   for (const listener of config.listeners) {
     if (listener.tls)
@@ -133,19 +132,15 @@ export async function buildRuntime(
  * Anything else is rethrown unchanged.
  */
 function asConfigError(err: unknown, file: string): unknown {
-  if (err instanceof PolicyConfigError) {
-    return new ConfigError(err.problems.map((p) => ({ file, path: p.path.join('.'), message: p.message })));
-  }
+  const problems = compileProblems(err, file);
+  if (problems !== undefined) return new ConfigError(problems);
   if (err instanceof StateStoreError) {
     return new ConfigError([
       { file, path: 'state.store', message: `the state store cannot be used: ${err.message}` },
     ]);
   }
-  // A setting that cannot work carries its path; other configuration errors of the identity modules
-  // (an unusable provider, a secret that cannot be read) are raised with status 0 and no path.
-  if (err instanceof ConfigSettingError) {
-    return new ConfigError([{ file, path: err.path === '' ? 'identity' : err.path, message: err.detail }]);
-  }
+  // Other configuration errors of the identity modules (an unusable provider, a secret that cannot be
+  // read) are raised with status 0 and no path.
   if (err instanceof GatehouseError && err.status === 0 && !(err instanceof ConfigError)) {
     return new ConfigError([{ file, path: 'identity', message: err.message }]);
   }

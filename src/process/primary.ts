@@ -20,27 +20,29 @@ import {
   type MetricValue,
   Registry,
 } from 'prom-client';
-import { AdminServer, type ReloadResult, type StatusReport, type WorkerStatus } from './admin/server.js';
-import { AdminSlot, formatAddress } from './admin/slot.js';
+import { AdminServer, type ReloadResult, type StatusReport, type WorkerStatus } from '../admin/server.js';
+import { AdminSlot, formatAddress } from '../admin/slot.js';
+import { type LoadResult, loadConfig } from '../config/load.js';
+import { FileWatcher } from '../config/watch.js';
+import { compileConfig, compileProblems } from '../core/compile.js';
+import { ConfigError, type ConfigProblem, formatProblem } from '../errors.js';
+import { AssertionSigner } from '../identity/assertion.js';
+import { createLogger, type Logger } from '../observe/log.js';
+import { configGeneration, registry, reloadsTotal } from '../observe/metrics.js';
+import { serveStoreRequest } from '../state/ipc.js';
+import { MemoryStore } from '../state/memory.js';
+import { Coalescer } from '../util/coalesce.js';
+import { withProcessFlags } from './flags.js';
 import {
   isRevokeMessage,
   isWorkerMessage,
   type ListenerAddress,
   PendingRequests,
   type WorkerMessage,
-} from './cluster-ipc.js';
-import { type LoadResult, loadConfig } from './config/load.js';
-import { FileWatcher } from './config/watch.js';
-import { compileRoutes } from './core/routes.js';
-import { ConfigError, type ConfigProblem, formatProblem } from './errors.js';
-import { AssertionSigner } from './identity/assertion.js';
-import { createLogger, type Logger } from './observe/log.js';
-import { configGeneration, registry, reloadsTotal } from './observe/metrics.js';
-import { withProcessFlags } from './process-flags.js';
+} from './ipc.js';
+import { logWarnings, problem, rejectReload } from './reload.js';
 import type { LoadedConfig } from './runtime-build.js';
-import { serveStoreRequest } from './state/ipc.js';
-import { MemoryStore } from './state/memory.js';
-import { Coalescer } from './util/coalesce.js';
+import { installSignals, type UninstallSignals } from './signals.js';
 
 /** How long the primary waits for a worker to answer a status or metrics request. */
 const QUERY_TIMEOUT_MS = 5_000;
@@ -109,10 +111,6 @@ interface Slot {
   timer: NodeJS.Timeout | undefined;
 }
 
-function problem(file: string, message: string): ConfigProblem {
-  return { file, path: '', message };
-}
-
 /** The primary process of a multi-process instance. */
 export class ClusterPrimary {
   readonly #configFile: string;
@@ -147,7 +145,7 @@ export class ClusterPrimary {
   readonly #reloads = new Coalescer<ReloadResult>(() => this.#reloadOnce());
   #closing: Promise<number> | undefined;
   #allExited: (() => void) | undefined;
-  readonly #signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
+  #uninstallSignals: UninstallSignals | undefined;
 
   private constructor(opts: ClusterOptions, logger: Logger) {
     this.#configFile = opts.configFile;
@@ -202,7 +200,14 @@ export class ClusterPrimary {
     logWarnings(logger, opts.loaded.warnings);
     await primary.#prepareStore(opts.loaded);
     await primary.#syncAdmin(opts.loaded);
-    primary.#installSignals();
+    primary.#uninstallSignals = installSignals({
+      logger,
+      reload: () => primary.reload(),
+      shutdown: () => primary.shutdown(),
+      drainMessage: 'stop signal received: draining every worker',
+      abandonMessage: 'second stop signal: killing the workers and exiting without waiting for the drain',
+      abandon: () => primary.#killAll(),
+    });
     const started = new Promise<void>((resolve, reject) => {
       primary.#startup = { resolve, reject };
     });
@@ -460,10 +465,12 @@ export class ClusterPrimary {
     this.#watcher?.watch([...this.#loaded.files, ...loaded.files]);
     logWarnings(this.#logger, loaded.warnings);
     if (!loaded.ok) return this.#reject(loaded.problems, 'invalid');
+    // The workers' compile step, taken here first: a config they would refuse is refused once.
     try {
-      compileRoutes(loaded.config);
+      compileConfig(loaded.config);
     } catch (err) {
-      return this.#reject([problem(file, (err as Error).message)], 'invalid');
+      const problems = compileProblems(err, file);
+      return this.#reject(problems ?? [problem(file, (err as Error).message)], 'invalid');
     }
     await this.#prepareStore(loaded);
     const configured = resolveWorkers(loaded.config.server.workers);
@@ -521,15 +528,7 @@ export class ClusterPrimary {
   }
 
   #reject(problems: ConfigProblem[], reason: string, partial = false): ReloadResult {
-    reloadsTotal.inc({ result: 'rejected' });
-    this.#logger.error(
-      { generation: this.#generation, reason, problems: problems.length },
-      partial
-        ? 'configuration reloaded in only some workers'
-        : 'configuration rejected; the running configuration stays in use',
-    );
-    for (const p of problems) this.#logger.error({ file: p.file, path: p.path }, formatProblem(p));
-    return { ok: false, problems };
+    return rejectReload(this.#logger, this.#generation, problems, reason, partial);
   }
 
   /** `/metrics`: every serving worker's registry, summed (or as `AGGREGATORS` says), plus the primary's. */
@@ -623,44 +622,9 @@ export class ClusterPrimary {
     return this.#admin.sync(loaded);
   }
 
-  #installSignals(): void {
-    const onHup = (): void => {
-      this.#logger.info('SIGHUP received: reloading');
-      void this.reload();
-    };
-    let stopping = false;
-    const onStop = (): void => {
-      if (stopping) {
-        this.#logger.warn(
-          'second stop signal: killing the workers and exiting without waiting for the drain',
-        );
-        this.#killAll();
-        process.exit(1);
-      }
-      stopping = true;
-      this.#logger.info('stop signal received: draining every worker');
-      this.shutdown().then(
-        (code) => process.exit(code),
-        (err: unknown) => {
-          this.#logger.error({ err }, 'shutdown failed');
-          this.#killAll();
-          process.exit(1);
-        },
-      );
-    };
-    for (const [signal, handler] of [
-      ['SIGHUP', onHup],
-      ['SIGTERM', onStop],
-      ['SIGINT', onStop],
-    ] as const) {
-      process.on(signal, handler);
-      this.#signalHandlers.push([signal, handler]);
-    }
-  }
-
   #removeSignals(): void {
-    for (const [signal, handler] of this.#signalHandlers) process.off(signal, handler);
-    this.#signalHandlers.length = 0;
+    this.#uninstallSignals?.();
+    this.#uninstallSignals = undefined;
   }
 }
 
@@ -680,8 +644,4 @@ async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
   } finally {
     clearTimeout(timer);
   }
-}
-
-function logWarnings(logger: Logger, warnings: readonly ConfigProblem[]): void {
-  for (const w of warnings) logger.warn({ file: w.file, path: w.path }, formatProblem(w));
 }

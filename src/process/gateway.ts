@@ -7,16 +7,19 @@
  * and only a changed `state.store` replaces it (the old one is closed after the swap).
  */
 import type { AddressInfo } from 'node:net';
-import { AdminServer, type ReloadResult } from './admin/server.js';
-import { AdminSlot, formatAddress } from './admin/slot.js';
-import { type LoadResult, loadConfig } from './config/load.js';
-import { FileWatcher } from './config/watch.js';
-import { ConfigError, type ConfigProblem, formatProblem } from './errors.js';
-import { createAccessLog } from './observe/access-log.js';
-import { type AccessEntry, createLogger, type Logger } from './observe/log.js';
-import { configGeneration, reloadsTotal } from './observe/metrics.js';
-import { ListenerSet } from './proxy/listeners.js';
-import type { Runtime } from './runtime.js';
+import { AdminServer, type ReloadResult } from '../admin/server.js';
+import { AdminSlot, formatAddress } from '../admin/slot.js';
+import { type LoadResult, loadConfig } from '../config/load.js';
+import { FileWatcher } from '../config/watch.js';
+import { ConfigError, type ConfigProblem } from '../errors.js';
+import { createAccessLog } from '../observe/access-log.js';
+import { type AccessEntry, createLogger, type Logger } from '../observe/log.js';
+import { configGeneration, reloadsTotal } from '../observe/metrics.js';
+import { ListenerSet } from '../proxy/listeners.js';
+import type { Runtime } from '../runtime.js';
+import { SpoeService, type SpoeStatus } from '../spoe/service.js';
+import { Coalescer } from '../util/coalesce.js';
+import { logWarnings, problem, rejectReload } from './reload.js';
 import {
   type BuiltRuntime,
   buildRuntime,
@@ -27,8 +30,7 @@ import {
   retireUpstreams,
   type StateStoreFactory,
 } from './runtime-build.js';
-import { SpoeService, type SpoeStatus } from './spoe/service.js';
-import { Coalescer } from './util/coalesce.js';
+import { installSignals, type UninstallSignals } from './signals.js';
 
 /** How often generated assertion keys are re-read from a shared (Redis) store to pick up rotations. */
 const ASSERTION_SYNC_MS = 60_000;
@@ -69,10 +71,6 @@ export interface GatewayOptions {
   createStore?: StateStoreFactory;
 }
 
-function problem(file: string, message: string): ConfigProblem {
-  return { file, path: '', message };
-}
-
 /** A running gateway. */
 export class Gateway {
   readonly #configFile: string;
@@ -104,7 +102,7 @@ export class Gateway {
   /** Replaced runtimes that requests may still be running on (pruned when their count reaches 0). */
   readonly #older = new Set<Runtime>();
   readonly #retireAbort = new AbortController();
-  readonly #signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
+  #uninstallSignals: UninstallSignals | undefined;
   #assertionSync: NodeJS.Timeout | undefined;
   #createStore: StateStoreFactory | undefined;
 
@@ -174,7 +172,15 @@ export class Gateway {
       }, opts.watchDebounceMs ?? 200);
       gw.#watcher.watch(built.runtime.watchedFiles);
     }
-    if (opts.signals) gw.#installSignals();
+    if (opts.signals) {
+      gw.#uninstallSignals = installSignals({
+        logger,
+        reload: () => gw.reload(),
+        shutdown: () => gw.shutdown().then(() => 0),
+        drainMessage: 'stop signal received: draining',
+        abandonMessage: 'second stop signal: exiting without waiting for the drain',
+      });
+    }
     logger.info(
       {
         file: opts.configFile,
@@ -240,9 +246,7 @@ export class Gateway {
     this.#logger.info({ drainTimeout: this.#runtime.config.server.drainTimeout }, 'shutting down');
     this.#watcher?.close();
     this.#watcher = undefined;
-    for (const [signal, handler] of this.#signalHandlers) {
-      if (signal === 'SIGHUP') process.off(signal, handler);
-    }
+    this.#uninstallSignals?.('SIGHUP');
     // A reload that is building must finish first, so that its upstreams are closed below too.
     await this.#reloads.idle();
     await Promise.all([
@@ -255,8 +259,8 @@ export class Gateway {
     await closeUpstreams(this.#runtime.upstreams.values(), this.#logger);
     clearInterval(this.#assertionSync);
     await closeStore(this.#runtime.store, this.#logger);
-    for (const [signal, handler] of this.#signalHandlers) process.off(signal, handler);
-    this.#signalHandlers.length = 0;
+    this.#uninstallSignals?.();
+    this.#uninstallSignals = undefined;
     this.#logger.info('gateway stopped');
   }
 
@@ -351,13 +355,7 @@ export class Gateway {
   }
 
   #reject(problems: ConfigProblem[], result: string): ReloadResult {
-    reloadsTotal.inc({ result: 'rejected' });
-    this.#logger.error(
-      { generation: this.#runtime.generation, reason: result, problems: problems.length },
-      'configuration rejected; the running configuration stays in use',
-    );
-    for (const p of problems) this.#logger.error({ file: p.file, path: p.path }, formatProblem(p));
-    return { ok: false, problems };
+    return rejectReload(this.#logger, this.#runtime.generation, problems, result);
   }
 
   /** Keeps the admin listener in step with the configuration (not in cluster workers). */
@@ -403,39 +401,4 @@ export class Gateway {
     }, PROVISIONAL_SYNC_MS);
     this.#assertionSync.unref();
   }
-
-  #installSignals(): void {
-    const onHup = (): void => {
-      this.#logger.info('SIGHUP received: reloading');
-      void this.reload();
-    };
-    let stopping = false;
-    const onStop = (): void => {
-      if (stopping) {
-        this.#logger.warn('second stop signal: exiting without waiting for the drain');
-        process.exit(1);
-      }
-      stopping = true;
-      this.#logger.info('stop signal received: draining');
-      this.shutdown().then(
-        () => process.exit(0),
-        (err: unknown) => {
-          this.#logger.error({ err }, 'shutdown failed');
-          process.exit(1);
-        },
-      );
-    };
-    for (const [signal, handler] of [
-      ['SIGHUP', onHup],
-      ['SIGTERM', onStop],
-      ['SIGINT', onStop],
-    ] as const) {
-      process.on(signal, handler);
-      this.#signalHandlers.push([signal, handler]);
-    }
-  }
-}
-
-function logWarnings(logger: Logger, warnings: readonly ConfigProblem[]): void {
-  for (const w of warnings) logger.warn({ file: w.file, path: w.path }, formatProblem(w));
 }

@@ -7,8 +7,8 @@
  */
 import type { Worker } from 'node:cluster';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
-import type { ReloadResult, StatusReport } from './admin/server.js';
-import type { ConfigProblem } from './errors.js';
+import type { ReloadResult, StatusReport } from '../admin/server.js';
+import type { ConfigProblem } from '../errors.js';
 
 /** Texts of the config file and its includes by absolute path, as the primary validated them. */
 export type ConfigSources = Readonly<Record<string, string>>;

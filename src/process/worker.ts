@@ -5,21 +5,20 @@
  * memory state store included: with `state.store: memory` the worker uses the primary's over IPC.
  */
 import cluster from 'node:cluster';
-import { buildStatusReport } from './admin/server.js';
-import { formatAddress } from './admin/slot.js';
-import type {
-  ConfigSources,
-  PrimaryMessage,
-  RequestKind,
-  WorkerMessage,
-  WorkerReplies,
-} from './cluster-ipc.js';
-import { isPrimaryMessage } from './cluster-ipc.js';
-import { ConfigError } from './errors.js';
+import { buildStatusReport } from '../admin/server.js';
+import { formatAddress } from '../admin/slot.js';
+import { ConfigError } from '../errors.js';
+import {
+  enableProcessMetrics,
+  registry,
+  requestsTotal,
+  setUpstreamStatusSource,
+} from '../observe/metrics.js';
+import { createStateStore } from '../state/index.js';
+import { IpcStore } from '../state/ipc.js';
 import { Gateway } from './gateway.js';
-import { enableProcessMetrics, registry, requestsTotal, setUpstreamStatusSource } from './observe/metrics.js';
-import { createStateStore } from './state/index.js';
-import { IpcStore } from './state/ipc.js';
+import type { ConfigSources, PrimaryMessage, RequestKind, WorkerMessage, WorkerReplies } from './ipc.js';
+import { isPrimaryMessage } from './ipc.js';
 
 function send(message: WorkerMessage): Promise<void> {
   return new Promise((resolve) => {
