@@ -33,7 +33,7 @@ function refused(port: number): Promise<boolean> {
   });
 }
 
-test('SIGTERM: the request in flight completes, new connections are refused, exit code 0', async (t) => {
+test('SIGTERM: the request in flight completes (a SIGHUP during the drain changes nothing), new connections are refused, exit code 0', async (t) => {
   const d = tempDir();
   const backend = await startBackend('slow');
   const file = d.write('gh.yaml', configFor(backend.url));
@@ -59,6 +59,8 @@ test('SIGTERM: the request in flight completes, new connections are refused, exi
   await waitFor(() => backend.hits === 1, 10_000, 'the slow request to reach the backend');
   child.kill('SIGTERM');
   await waitFor(() => refused(port), 10_000, 'the listener to stop accepting');
+  // A hang-up during the drain (a closed terminal) must not end the process before the drain does.
+  child.kill('SIGHUP');
   const res = await slow;
   assert.equal(res.status, 200);
   assert.equal(res.body.backend, 'slow');

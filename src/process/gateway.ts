@@ -246,7 +246,8 @@ export class Gateway {
     this.#logger.info({ drainTimeout: this.#runtime.config.server.drainTimeout }, 'shutting down');
     this.#watcher?.close();
     this.#watcher = undefined;
-    this.#uninstallSignals?.('SIGHUP');
+    // SIGHUP stays handled during the drain: a reload asked for now is refused (shutting down), where
+    // Node's default for the signal would end the process with requests still in flight.
     // A reload that is building must finish first, so that its upstreams are closed below too.
     await this.#reloads.idle();
     await Promise.all([
