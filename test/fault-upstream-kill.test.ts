@@ -208,7 +208,7 @@ test('an upstream SIGKILLed mid-load fails no idempotent request while another s
         send(gw.url(), agent, m, `kill-held-${i}`, true),
       ),
     );
-    await waitFor(() => a.held.length >= 2, 'requests held by a');
+    await waitFor(() => a.held.length >= 2, 'requests held by a', 20_000);
     a.child.kill('SIGKILL');
     await a.exited;
   });
