@@ -749,7 +749,6 @@ async function startNginx(backendPort: number, wrap?: Wrap, authzPort?: number):
           .replaceAll('127.0.0.1:8000', `127.0.0.1:${port}`)
           .replaceAll('127.0.0.1:9100', `127.0.0.1:${authzPort}`)
           .replaceAll('127.0.0.1:9001', `127.0.0.1:${backendPort}`)
-          .replace('worker_connections 256;', 'worker_connections 4096;')
           .replace('error_log stderr notice;', 'error_log stderr error;');
   writeFileSync(file, `master_process off;\n${config}\n`);
   const child = start('nginx', 'nginx', ['-p', `${dir}/`, '-c', file], 1, false, wrap?.prefix);
@@ -1089,9 +1088,10 @@ function table(summaries: Summary[], rows: readonly Row[]): string {
     if (parts.length === 0) continue;
     const agent = median(parts);
     const all = r.cpuUsPerRequest ?? Number.NaN;
+    const front = r.proxy.startsWith('nginx') ? 'nginx' : 'HAProxy';
     lines.push(
       '',
-      `${r.proxy}, ${r.scenario}: HAProxy ${fmt(all - agent)} µs/req + Gatehouse agent ${fmt(agent)} µs/req (medians)`,
+      `${r.proxy}, ${r.scenario}: ${front} ${fmt(all - agent)} µs/req + Gatehouse ${fmt(agent)} µs/req (medians)`,
     );
   }
   return lines.join('\n');

@@ -244,6 +244,14 @@ describe('forward-auth endpoint', () => {
     assert.equal(body.code, 'GH_FORBIDDEN');
     assert.equal(body.reason, 'no-allow-rule');
     assert.equal(forbidden.headers['x-gatehouse-reason'], 'no-allow-rule');
+    // A browser shown the refusal (Caddy and Traefik pass it on) gets the built-in proxy's page.
+    const page = await call(port, {
+      headers: auth('/admin/users', { 'x-api-key': dataKey.key, accept: 'text/html' }),
+    });
+    assert.equal(page.status, 403);
+    assert.match(String(page.headers['content-type']), /^text\/html/);
+    assert.match(page.body, /no-allow-rule/);
+    assert.equal(page.headers['x-gatehouse-reason'], 'no-allow-rule');
     const admin = await call(port, { headers: auth('/admin/users', { 'x-api-key': adminKey.key }) });
     assert.equal(admin.status, 200);
 

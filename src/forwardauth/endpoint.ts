@@ -17,7 +17,8 @@
  *                                               X-Original-* family), which cannot pass a 302 on: 401
  *                                               with X-Gatehouse-Location for its error_page
  *     unauthenticated ......................... 401 + WWW-Authenticate
- *     forbidden ............................... 403, JSON with the reason and the rule
+ *     forbidden ............................... 403, JSON with the reason and the rule (the HTML page
+ *                                               of the built-in proxy for a client that accepts HTML)
  *     /.gatehouse/* ........................... 404: the proxy must route these to the gateway itself
  *     bad path, no route, method, store down .. 400 / 404 / 405 / 503, as the verdict says
  *
@@ -33,6 +34,7 @@ import type { CompiledRoute } from '../core/types.js';
 import { answerRequest, type Verdict } from '../core/verdict.js';
 import { GatehouseError } from '../errors.js';
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
+import { appendSetCookie, forbiddenPage, sendPage, unauthorizedPage } from '../identity/pages.js';
 import { answerDuration, decisionsTotal } from '../observe/metrics.js';
 import { type ForwardedRequest, forwardedRequest } from './request.js';
 
@@ -232,6 +234,25 @@ function render(ex: ForwardAuthExchange, v: Verdict, original: ForwardedRequest,
   const message =
     refusal?.message ??
     (v.reserved ? 'the proxy must send /.gatehouse/ paths to the gateway itself' : STATUS_CODES[status]);
+  // A browser shown the refusal as it is (Caddy and Traefik pass the auth answer on) gets the page the
+  // built-in proxy shows: who is signed in, why, and how to sign out or in.
+  if (refusal !== undefined && (status === 401 || status === 403) && acceptsHtml(ex.req)) {
+    const identity = a?.decision.identity;
+    const html =
+      status === 403
+        ? forbiddenPage({
+            who:
+              identity === undefined
+                ? undefined
+                : { user: identity.user, email: identity.email, source: identity.source },
+            reason,
+            reasonText: refusal.message,
+            signOutHref: identity?.authMethod === 'session' ? `${GATEHOUSE_PREFIX}logout` : undefined,
+          })
+        : unauthorizedPage({ reason, reasonText: refusal.message, signInHref: refusal.location });
+    sendHtml(ex, status, code, headers, html);
+    return;
+  }
   sendJson(ex, status, code, headers, {
     status,
     code,
@@ -260,6 +281,28 @@ function refuseRequest(ex: ForwardAuthExchange, err: GatehouseError, extra: stri
     rule: null,
     requestId: ex.requestId,
   });
+}
+
+function acceptsHtml(req: IncomingMessage): boolean {
+  const accept = req.headers.accept;
+  return typeof accept === 'string' && /text\/html/i.test(accept);
+}
+
+function sendHtml(
+  ex: ForwardAuthExchange,
+  status: number,
+  code: string,
+  headers: string[],
+  html: string,
+): void {
+  const res = ex.res;
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i] === 'set-cookie') appendSetCookie(res, headers[i + 1]!);
+    else res.setHeader(headers[i]!, headers[i + 1]!);
+  }
+  ex.status = status;
+  ex.errorCode = code;
+  sendPage(res, status, html, {}, ex.req.method);
 }
 
 function sendJson(
