@@ -40,6 +40,13 @@ export class BadRequestError extends GatehouseError {
   }
 }
 
+/** A WebSocket handshake on a route without `websocket` (403); every data plane refuses it. */
+export class WebSocketNotAllowedError extends GatehouseError {
+  constructor() {
+    super('GH_WEBSOCKET_NOT_ALLOWED', 403, 'WebSocket upgrades are not allowed on this route');
+  }
+}
+
 /** No route matches the request (404). */
 export class NoRouteError extends GatehouseError {
   constructor() {

@@ -138,6 +138,18 @@ describe('gatehouse-check', () => {
     }
   });
 
+  test('a WebSocket handshake on a route without websocket is refused, as the built-in proxy refuses it', () => {
+    const upgrade: Array<[string, string]> = [
+      ['x-api-key', key.key],
+      ['connection', 'Upgrade'],
+      ['upgrade', 'websocket'],
+    ];
+    const v = vars((checkMessage(rt, base(upgrade)) as CheckOutcome).actions);
+    assert.equal(v.status, 403);
+    assert.equal(v.reason, 'GH_WEBSOCKET_NOT_ALLOWED');
+    assert.equal(v.assertion, undefined);
+  });
+
   test('a path with parameters or dot-segments decides on the path the backend acts on', () => {
     const v = vars((checkMessage(rt, base([], { url: str('/open;x/../api') })) as CheckOutcome).actions);
     assert.equal(v.status, 401, 'normalizes to /api, not the public /open');

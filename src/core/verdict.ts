@@ -8,11 +8,12 @@
  *                                                 paths; a data plane must send them there, never upstream
  *   no route .................................... 404 GH_NO_ROUTE
  *   TRACE/CONNECT, a refused method override .... 405 GH_METHOD_NOT_ALLOWED / 400 GH_BAD_METHOD_OVERRIDE
+ *   a WebSocket upgrade on a route without it ... 403 GH_WEBSOCKET_NOT_ALLOWED
  *   the answer .................................. 200 allow, 302 login, 401, 403 (see core/answer.ts)
  *   a state store that cannot answer ............ 503 GH_STATE_UNAVAILABLE
  *   anything else that throws ................... 500 GH_INTERNAL (fails closed)
  */
-import { GatehouseError } from '../errors.js';
+import { GatehouseError, WebSocketNotAllowedError } from '../errors.js';
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
 import type { RequestDescription } from './answer.js';
 import { type Answer, answer, type DecisionRuntime, type Refusal, refusalOf } from './answer.js';
@@ -93,6 +94,9 @@ export function answerRequest(
       };
     }
     const route = routeRequest(rt.routes, desc);
+    // As the built-in proxy: an upgrade is refused on a route that does not allow WebSockets.
+    if (desc.upgrade && route.websocketIdleTimeout === undefined)
+      return failed(new WebSocketNotAllowedError(), desc);
     const a = answer(rt, desc, route, now);
     if (a instanceof Promise) {
       const d = desc;

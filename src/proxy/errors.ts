@@ -23,11 +23,6 @@ export type FailureKind =
   | 'local'; // a decision of the gateway or the client (413, client gone, bad body length)
 
 /** The upgrade request is not allowed on this route (403). */
-export class WebSocketNotAllowedError extends GatehouseError {
-  constructor() {
-    super('GH_WEBSOCKET_NOT_ALLOWED', 403, 'WebSocket upgrades are not allowed on this route');
-  }
-}
 
 /** An upgrade request for something other than WebSocket (400). */
 export class UnsupportedUpgradeError extends GatehouseError {

@@ -36,7 +36,7 @@ import {
 } from '../core/answer.js';
 import { describeRequest } from '../core/describe.js';
 import type { CompiledRoute, RequestFacts } from '../core/types.js';
-import { GatehouseError, NoRouteError, NoServerAvailableError } from '../errors.js';
+import { GatehouseError, NoRouteError, NoServerAvailableError, WebSocketNotAllowedError } from '../errors.js';
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
 import {
   activeWebSockets,
@@ -53,7 +53,6 @@ import {
   classify,
   toGatehouseError,
   UnsupportedUpgradeError,
-  WebSocketNotAllowedError,
   WebSocketVersionError,
 } from './errors.js';
 import {
