@@ -23,9 +23,10 @@ import { GatehouseError } from '../errors.js';
 import { looksLikeApiKey } from '../identity/apikeys.js';
 import { bearerToken, looksLikeJwt } from '../identity/bearer.js';
 import type { IdentityRuntime } from '../identity/index.js';
-import { GATEHOUSE_PREFIX, type LoginService } from '../identity/login.js';
+import { type LoginService, signInAddress } from '../identity/login.js';
 import { type ClientCertificateSocket, certificateIdentity } from '../identity/mtls.js';
 import type { AuthResult, Identity, ReasonCode } from '../identity/types.js';
+import type { AccessEntry } from '../observe/log.js';
 import type { PolicySet } from '../policy/types.js';
 import { StateStoreError } from '../state/types.js';
 import { type Decision, decideAccess, describeReason, isBrowserNavigation } from './decide.js';
@@ -486,14 +487,6 @@ export function refusalOf(a: Answer, desc: Pick<RequestFacts, 'path' | 'query'>)
   }
 }
 
-/** `/.gatehouse/login?rd=<path and query>[&providers=…]`: where a browser signs in for this request. */
-export function signInAddress(route: CompiledRoute, desc: Pick<RequestFacts, 'path' | 'query'>): string {
-  const params = new URLSearchParams({ rd: desc.path + desc.query });
-  const providers = route.config.providers;
-  if (providers !== undefined) params.set('providers', providers.join(','));
-  return `${GATEHOUSE_PREFIX}login?${params}`;
-}
-
 const TOKEN_REASONS = new Set<ReasonCode>([
   'token-expired',
   'token-not-yet-valid',
@@ -561,4 +554,19 @@ export function refusalError(r: Refusal): GatehouseError {
     r.status === 302 ? 401 : r.status,
     `${r.status === 403 ? 'forbidden' : 'unauthenticated'}: ${r.reason}`,
   );
+}
+
+/**
+ * Adds an answer's decision to an access-log entry: who (subject), how, why and which rule. Every data
+ * plane logs a decision with it.
+ */
+export function logAccess(entry: AccessEntry, a: Answer): void {
+  const d = a.decision;
+  const identity = d.identity;
+  if (identity !== undefined) {
+    entry.identity = identity.subject;
+    entry.authMethod = identity.authMethod;
+  }
+  entry.reason = d.reason;
+  if (d.rule !== undefined) entry.rule = d.rule;
 }

@@ -26,11 +26,18 @@ export function compileConfig(config: Config): CompiledConfig {
   return { config, routes: compileRoutes(config), policies: compilePolicies(config) };
 }
 
+function isCompiled(source: Config | CompiledConfig): source is CompiledConfig {
+  return 'routes' in source && 'policies' in source && 'config' in source;
+}
+
 /** A compiled configuration as it is, or `config` compiled now. */
 export function compiledOf(source: Config | CompiledConfig): CompiledConfig {
-  return 'routes' in source && 'policies' in source && 'config' in source
-    ? (source as CompiledConfig)
-    : compileConfig(source as Config);
+  return isCompiled(source) ? source : compileConfig(source);
+}
+
+/** The configuration of `source`, compiled or not (nothing is compiled). */
+export function configOf(source: Config | CompiledConfig): Config {
+  return isCompiled(source) ? source.config : source;
 }
 
 /**

@@ -34,7 +34,13 @@ import type { CompiledRoute } from '../core/types.js';
 import { answerRequest, type Verdict } from '../core/verdict.js';
 import { GatehouseError } from '../errors.js';
 import { GATEHOUSE_PREFIX } from '../identity/login.js';
-import { appendSetCookie, forbiddenPage, sendPage, unauthorizedPage } from '../identity/pages.js';
+import {
+  acceptsHtml,
+  appendSetCookie,
+  forbiddenPage,
+  sendPage,
+  unauthorizedPage,
+} from '../identity/pages.js';
 import { answerDuration, decisionsTotal } from '../observe/metrics.js';
 import { type ForwardedRequest, forwardedRequest } from './request.js';
 
@@ -43,14 +49,6 @@ export const FORWARD_AUTH_PATH = `${GATEHOUSE_PREFIX}auth`;
 
 /** What the access log names as the data plane of a forward-auth decision. */
 export const FORWARD_AUTH_PLANE = 'forward-auth';
-
-/** The answer headers a proxy copies upstream on 200; each is always present. */
-export const IDENTITY_ANSWER_HEADERS: readonly string[] = [
-  'x-gatehouse-user',
-  'x-gatehouse-email',
-  'x-gatehouse-groups',
-  'x-gatehouse-assertion',
-];
 
 /** The peer is not in `server.trustedProxies` (403): its forwarded headers could say anything. */
 export class UntrustedPeerError extends GatehouseError {
@@ -281,11 +279,6 @@ function refuseRequest(ex: ForwardAuthExchange, err: GatehouseError, extra: stri
     rule: null,
     requestId: ex.requestId,
   });
-}
-
-function acceptsHtml(req: IncomingMessage): boolean {
-  const accept = req.headers.accept;
-  return typeof accept === 'string' && /text\/html/i.test(accept);
 }
 
 function sendHtml(

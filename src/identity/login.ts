@@ -39,6 +39,7 @@ import { isMapped, parseIPv6 } from '../policy/cidr.js';
 import { type StateStore, StateStoreError } from '../state/types.js';
 import { OidcClient, type OidcClientOptions, OidcError, type OidcProviderSettings } from './oidc.js';
 import {
+  acceptsHtml,
   appendSetCookie,
   errorPage,
   forbiddenPage,
@@ -67,6 +68,20 @@ export type LoginFacts = Pick<RequestFacts, 'host' | 'authority' | 'path' | 'que
 /** The part of a route the login flow looks at (a `CompiledRoute` fits). */
 export interface LoginRoute {
   readonly config: { readonly providers?: readonly string[] | undefined };
+}
+
+/**
+ * `/.gatehouse/login?rd=<path and query>[&providers=…]`: where a browser signs in for this request, on
+ * its own host, with the route's providers. Every data plane sends browsers here.
+ */
+export function signInAddress(
+  route: LoginRoute | undefined,
+  facts: Pick<LoginFacts, 'path' | 'query'>,
+): string {
+  const params = new URLSearchParams({ rd: facts.path + facts.query });
+  const providers = route?.config.providers;
+  if (providers !== undefined) params.set('providers', providers.join(','));
+  return `${GATEHOUSE_PREFIX}login?${params}`;
 }
 
 /**
@@ -390,14 +405,11 @@ export class LoginService {
    * providers). Clears a session cookie the request carried, since only a dead session gets here.
    */
   loginRedirect(req: IncomingMessage, res: ServerResponse, facts: LoginFacts, route?: LoginRoute): void {
-    const params = new URLSearchParams({ rd: facts.path + facts.query });
-    const providers = route?.config.providers;
-    if (providers !== undefined) params.set('providers', providers.join(','));
     const cookies =
       cookieValues(req.headers.cookie, this.sessions.settings.cookie).length > 0
         ? [this.sessions.clearCookie(facts.tls)]
         : [];
-    redirect(res, `${GATEHOUSE_PREFIX}login?${params}`, cookies, req.method);
+    redirect(res, signInAddress(route, facts), cookies, req.method);
   }
 
   /**
@@ -421,16 +433,13 @@ export class LoginService {
       );
       return;
     }
-    const params = new URLSearchParams({ rd: facts.path + facts.query });
-    const providers = p.route?.config.providers;
-    if (providers !== undefined) params.set('providers', providers.join(','));
     sendPage(
       res,
       401,
       unauthorizedPage({
         reason: p.reason,
         reasonText: p.reasonText,
-        signInHref: `${GATEHOUSE_PREFIX}login?${params}`,
+        signInHref: signInAddress(p.route, facts),
       }),
       {},
       req.method,
@@ -1194,11 +1203,6 @@ function parseJson<T>(raw: string): T | undefined {
 
 function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-function acceptsHtml(req: IncomingMessage): boolean {
-  const accept = req.headers.accept;
-  return typeof accept === 'string' && /text\/html/i.test(accept);
 }
 
 function redirect(

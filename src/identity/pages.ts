@@ -129,6 +129,12 @@ export function errorPage(p: {
  * Sends a page with `PAGE_HEADERS` plus `headers` (e.g. Set-Cookie arrays); HEAD gets headers only.
  * Set-Cookie values already on the response are kept.
  */
+/** True when the client accepts an HTML page (Accept names text/html): it is shown a page, not JSON. */
+export function acceptsHtml(req: { readonly headers: { readonly accept?: string | undefined } }): boolean {
+  const accept = req.headers.accept;
+  return typeof accept === 'string' && /text\/html/i.test(accept);
+}
+
 export function sendPage(
   res: ServerResponse,
   status: number,

@@ -4,7 +4,7 @@
  * decision core produce the actual one.
  */
 import type { Config } from '../config/schema.js';
-import type { CompiledConfig } from '../core/compile.js';
+import { type CompiledConfig, configOf } from '../core/compile.js';
 import { type Decision, describeDecision } from '../core/decide.js';
 import { GatehouseError } from '../errors.js';
 import { evaluateOffline, type OfflineContext, offlineContext, type Rejection } from './offline.js';
@@ -96,7 +96,7 @@ export function runConfigTests(
   source: Config | CompiledConfig,
   now: number = Date.now(),
 ): ConfigTestResult[] {
-  const config = 'config' in source && 'routes' in source ? source.config : (source as Config);
+  const config = configOf(source);
   if (config.tests.length === 0) return [];
   const ctx = offlineContext(source);
   return config.tests.map((test, i) => runOne(ctx, test, i, now));

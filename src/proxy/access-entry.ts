@@ -2,10 +2,9 @@
  * The access-log line of the built-in proxy: one builder for HTTP requests and WebSocket tunnels, so
  * that both carry the same fields, computed the same way, in the same order.
  */
-import type { Answer } from '../core/answer.js';
+import { type Answer, logAccess } from '../core/answer.js';
 import { isoTime } from '../observe/access-log.js';
 import type { AccessEntry, Logger } from '../observe/log.js';
-import { logAccess } from './access.js';
 
 /** What the access log says of a request or tunnel that ended; the exchange and the tunnel both fit. */
 export interface AccessRecord {

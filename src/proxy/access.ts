@@ -18,7 +18,6 @@ import {
   DROP_COOKIE,
   identityHeaderPairs,
   type RequestDescription,
-  signInAddress,
   wwwAuthenticate,
 } from '../core/answer.js';
 import { type Decision, describeReason } from '../core/decide.js';
@@ -32,12 +31,17 @@ import {
   servesForwardAuth,
 } from '../forwardauth/endpoint.js';
 import type { IdentityRuntime } from '../identity/index.js';
-import { GATEHOUSE_PREFIX } from '../identity/login.js';
+import { GATEHOUSE_PREFIX, signInAddress } from '../identity/login.js';
 import type { ClientCertificateSocket } from '../identity/mtls.js';
-import { appendSetCookie, forbiddenPage, sendPage, unauthorizedPage } from '../identity/pages.js';
+import {
+  acceptsHtml,
+  appendSetCookie,
+  forbiddenPage,
+  sendPage,
+  unauthorizedPage,
+} from '../identity/pages.js';
 import type { Identity } from '../identity/types.js';
 import { errorCodeOf } from '../observe/access-log.js';
-import type { AccessEntry } from '../observe/log.js';
 import type { Runtime } from '../runtime.js';
 import { sendError } from './errors.js';
 import { bodyPending, closeAfter, resetAfterAnswer } from './framing.js';
@@ -287,11 +291,6 @@ function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, g
 // ---------------------------------------------------------------------------------------------
 // Responses of the stage
 
-function acceptsHtml(req: ProxyRequest): boolean {
-  const accept = req.headers.accept;
-  return typeof accept === 'string' && /text\/html/i.test(accept);
-}
-
 function sendJson(req: ProxyRequest, res: ProxyResponse, status: number, body: unknown): void {
   const buf = Buffer.from(`${JSON.stringify(body)}\n`);
   res.statusCode = status;
@@ -442,16 +441,4 @@ export function addResponseHeaders(headers: string[], grant: Answer): void {
     }
     headers.push(name, extra[i + 1]!);
   }
-}
-
-/** Adds the access decision to an access-log entry: who (subject), how, why and which rule. */
-export function logAccess(entry: AccessEntry, grant: Answer): void {
-  const d = grant.decision;
-  const identity = d.identity;
-  if (identity !== undefined) {
-    entry.identity = identity.subject;
-    entry.authMethod = identity.authMethod;
-  }
-  entry.reason = d.reason;
-  if (d.rule !== undefined) entry.rule = d.rule;
 }

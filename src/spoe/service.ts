@@ -7,6 +7,7 @@
 import { performance } from 'node:perf_hooks';
 import { Counter, Gauge } from 'prom-client';
 import type { SpoeConfig } from '../config/schema.js';
+import { logAccess } from '../core/answer.js';
 import { isoTime } from '../observe/access-log.js';
 import type { AccessEntry, Logger } from '../observe/log.js';
 import { answerDuration, decisionsTotal, registry } from '../observe/metrics.js';
@@ -228,15 +229,7 @@ export class SpoeService {
       plane: 'spoe',
     };
     if (status >= 400 && a === undefined) entry.error = v?.reason ?? o.reason;
-    const d = a?.decision;
-    if (d !== undefined) {
-      if (d.identity !== undefined) {
-        entry.identity = d.identity.subject;
-        entry.authMethod = d.identity.authMethod;
-      }
-      entry.reason = d.reason;
-      if (d.rule !== undefined) entry.rule = d.rule;
-    }
+    if (a !== undefined) logAccess(entry, a);
     this.#opts.accessLog(entry);
   }
 
