@@ -191,7 +191,15 @@ test('rapid reset (CVE-2023-44487): a client cancelling streams as fast as it op
     if (i % 20 === 19) await new Promise((r) => setTimeout(r, 2));
   }
   await within(c.closed, 10_000, 'the connection to be closed');
-  assert.equal(c.goaway()?.code, CODE.ENHANCE_YOUR_CALM);
+  // The gateway's own count answers ENHANCE_YOUR_CALM. When the event loop lags behind the socket,
+  // Node's streams of the cancelled requests are still open when more arrive, so Node's own bound
+  // (maxSessionRejectedStreams, set in listeners.ts) may close the connection first, with
+  // INTERNAL_ERROR; either way the flood ends the connection.
+  const code = c.goaway()?.code;
+  assert.ok(
+    code === CODE.ENHANCE_YOUR_CALM || code === CODE.INTERNAL_ERROR,
+    `GOAWAY code ${code}, expected ENHANCE_YOUR_CALM (or Node's INTERNAL_ERROR)`,
+  );
   assert.ok(sent > 100);
   // What got through before the bound: at most maxResets and the streams of one read.
   assert.ok(gw.access.length <= 200, `${gw.access.length} streams were handled`);

@@ -24,6 +24,7 @@ export const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4 } as const;
 export const CODE = {
   NO_ERROR: 0,
   PROTOCOL_ERROR: 1,
+  INTERNAL_ERROR: 2,
   FLOW_CONTROL_ERROR: 3,
   REFUSED_STREAM: 7,
   CANCEL: 8,
