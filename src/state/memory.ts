@@ -6,7 +6,16 @@
  */
 import type { Logger } from '../observe/log.js';
 import { RevocationFeed } from './revocations.js';
-import { checkKeyAndTtl, type StateStore, StateStoreError } from './types.js';
+import {
+  checkKeyAndTtl,
+  type LimitResult,
+  limitStep,
+  NOT_REFUSED,
+  type QuotaCheck,
+  type RateCheck,
+  type StateStore,
+  StateStoreError,
+} from './types.js';
 
 /** Options of the memory store. */
 export interface MemoryStoreOptions {
@@ -147,6 +156,53 @@ export class MemoryStore implements StateStore {
     return [...entry.value];
   }
 
+  async limit(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): Promise<LimitResult> {
+    return this.limitNow(rate, quotas);
+  }
+
+  /** `limit`, answered synchronously: the limit stage stays synchronous on the memory store. */
+  limitNow(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): LimitResult {
+    const now = this.#now();
+    let tat: number | undefined;
+    if (rate !== undefined) {
+      const e = this.#live(rate.key);
+      if (e !== undefined) tat = numberOf(e, rate.key);
+    }
+    const usage: number[] = [];
+    for (const q of quotas) {
+      const e = this.#live(q.key);
+      usage.push(e === undefined ? 0 : numberOf(e, q.key));
+    }
+    const step = limitStep(now, tat, rate, quotas, usage);
+    if (step.result.refusedBy !== NOT_REFUSED) return step.result;
+    if (rate !== undefined && step.tat !== undefined) {
+      // The TAT is only needed until it is in the past: then the bucket is full anyway.
+      this.#put(rate.key, String(step.tat), Math.max(1, Math.ceil(step.tat - now)));
+    }
+    for (let i = 0; i < quotas.length; i++) {
+      const q = quotas[i]!;
+      if (q.cost !== 0) this.#add(q.key, q.cost, q.ttlMs);
+    }
+    return step.result;
+  }
+
+  async charge(key: string, amount: number, ttlMs: number): Promise<number> {
+    checkKeyAndTtl(key, ttlMs);
+    if (!Number.isFinite(amount)) throw new TypeError(`charge must be a finite number, got ${amount}`);
+    return this.#add(key, amount, ttlMs);
+  }
+
+  #add(key: string, amount: number, ttlMs: number): number {
+    const e = this.#live(key);
+    if (e === undefined) {
+      this.#put(key, String(amount), ttlMs);
+      return amount;
+    }
+    const next = numberOf(e, key) + amount;
+    e.value = String(next);
+    return next;
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     // Like every store: what session caches hold is no longer backed by anything (see the feed).
@@ -213,6 +269,12 @@ export class MemoryStore implements StateStore {
       );
     }
   }
+}
+
+function numberOf(e: Entry, key: string): number {
+  const n = typeof e.value === 'string' ? Number(e.value) : Number.NaN;
+  if (!Number.isFinite(n)) throw new StateStoreError(`value of ${key} is not a number`);
+  return n;
 }
 
 function wrongType(key: string): StateStoreError {
