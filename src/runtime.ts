@@ -6,6 +6,7 @@ import type { SecureContext } from 'node:tls';
 import type { Config } from './config/schema.js';
 import type { RouteTable } from './core/types.js';
 import type { IdentityRuntime } from './identity/index.js';
+import type { Limiter } from './limits/stage.js';
 import type { PolicySet } from './policy/types.js';
 import type { StateStore } from './state/types.js';
 import type { Upstream } from './upstream/types.js';
@@ -47,6 +48,8 @@ export interface Runtime {
    * replaced only when `state.store` changes.
    */
   readonly store: StateStore;
+  /** The limit stage: this configuration's rate limits and quotas, counted in `store`. */
+  readonly limits: Limiter;
   readonly upstreams: ReadonlyMap<string, Upstream>;
   /** Per HTTPS listener name. */
   readonly tls: ReadonlyMap<string, ListenerTlsRuntime>;

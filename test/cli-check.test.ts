@@ -576,22 +576,72 @@ tests:
   assert.match(bad.err, /--at: "next saturday" is not an ISO date-time/);
 });
 
-test('check: a route rate limit is accepted but reported as not enforced', async (t) => {
+test('check: rate limits and quotas are validated with their paths (rates, keys, windows, time zones, routes, when rules)', async (t) => {
   const d = tempDir();
   t.after(() => d.remove());
-  const file = d.write(
-    'gh.yaml',
+  const good = d.write(
+    'good.yaml',
     `
 listeners: [{ name: plain, bind: 127.0.0.1:0 }]
 upstreams:
   app: { servers: [{ url: http://127.0.0.1:9001 }] }
+quotas:
+  monthly: { key: header:X-Tenant, limit: 1000, window: month, timeZone: Europe/Paris, cost: header:X-Rows }
 routes:
-  - { name: web, match: { path: / }, upstream: app, public: true, rateLimit: { rate: 10/s } }
+  - { name: web, match: { path: / }, upstream: app, public: true, rateLimit: { rate: 10/s, burst: 20, delay: 1s } }
 `,
   );
-  const r = await run(['check', '-c', file]);
-  assert.equal(r.code, 0, r.err);
-  assert.match(r.err, /gh\.yaml: routes\.0\.rateLimit: warning: rate limits are not enforced yet/);
+  const ok = await run(['check', '-c', good]);
+  assert.equal(ok.code, 0, ok.err);
+  assert.doesNotMatch(ok.err, /not enforced/);
+
+  const bad = d.write(
+    'bad.yaml',
+    `
+listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+upstreams:
+  app: { servers: [{ url: http://127.0.0.1:9001 }] }
+quotas:
+  a: { limit: 10, window: 1d, routes: [nope] }
+  b: { limit: 10, window: month, timeZone: Mars/Olympus }
+  c: { limit: 10, window: fortnight }
+  d: { limit: 10, window: 1d, when: { time: { timezone: Nowhere/Land } } }
+routes:
+  - { name: web, match: { path: / }, upstream: app, public: true, rateLimit: { rate: 10/fortnight, key: cookie } }
+`,
+  );
+  const r = await run(['check', '-c', bad]);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /routes\.0\.rateLimit\.rate: invalid rate "10\/fortnight"/);
+  assert.match(
+    r.err,
+    /routes\.0\.rateLimit\.key: expected identity, ip, apiKey, claim:<path> or header:<name>/,
+  );
+  assert.match(r.err, /quotas\.c\.window: invalid quota window "fortnight"/);
+});
+
+test('check: quotas that compile but name unknown routes or time zones are refused with their paths', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const bad = d.write(
+    'bad.yaml',
+    `
+listeners: [{ name: plain, bind: 127.0.0.1:0 }]
+upstreams:
+  app: { servers: [{ url: http://127.0.0.1:9001 }] }
+quotas:
+  a: { limit: 10, window: 1d, routes: [nope] }
+  b: { limit: 10, window: month, timeZone: Mars/Olympus }
+  d: { limit: 10, window: 1d, when: { time: { timezone: Nowhere/Land } } }
+routes:
+  - { name: web, match: { path: / }, upstream: app, public: true }
+`,
+  );
+  const r = await run(['check', '-c', bad]);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /quotas\.a\.routes\.0: unknown route "nope"/);
+  assert.match(r.err, /quotas\.b\.timeZone: unknown time zone "Mars\/Olympus"/);
+  assert.match(r.err, /quotas\.d\.when\.time\.timezone: unknown time zone/);
 });
 
 test('check: the companion-mode examples (SPOE-only, forward-auth) pass as written, given their secrets', async () => {

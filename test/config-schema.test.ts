@@ -64,11 +64,9 @@ test('the design example validates, apart from the files and variables it names'
     `${file}: identity.providers.0.clientSecret: environment variable OIDC_CLIENT_SECRET is not set`,
     `${file}: identity.assertion.signingKey: cannot read file keys/assertion.jwk (ENOENT)`,
   ]);
-  // The API key hash placeholder is only a warning: that key is refused until a real hash is set; the
-  // route's rate limit is accepted and reported as not enforced.
+  // The API key hash placeholder is only a warning: that key is refused until a real hash is set.
   assert.deepEqual(r.warnings.map(formatProblem), [
     `${file}: identity.apiKeys.0.hash: placeholder; key etl-agent is refused until a real hash is set`,
-    `${file}: routes.0.rateLimit: rate limits are not enforced yet: this route is not limited; the setting is accepted for forward compatibility`,
   ]);
   // Without the secret checks (as `explain` loads it) the example is valid.
   const offline = await loadConfig(file, {}, { checkSecrets: false });

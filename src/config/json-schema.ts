@@ -156,10 +156,9 @@ const DESCRIPTIONS: Record<string, string> = {
   'routes[].policy.deny': 'Rules of which any match refuses access, before allow',
   'routes[].public': 'Serve without authentication',
   'routes[].rateLimit':
-    'Requests allowed per identity or client address (accepted, not enforced yet: a warning says so)',
-  'routes[].rateLimit.key': 'Count per identity or per client address',
+    'Requests allowed per key (identity, client address, API key, claim or header), shared by every instance through the state store; over it, 429',
+  'routes[].rateLimit.key': 'What is counted per: identity | ip | apiKey | claim:<path> | header:<name>',
   'routes[].rateLimit.rate': 'Sustained rate',
-  'routes[].rateLimit.burst': 'Requests allowed at once above the rate',
   'routes[].identityHeaders': 'Send X-Gatehouse-User, -Email, -Groups and -Assertion upstream',
   'routes[].timeouts.response': 'Overrides the upstream response timeout',
   'routes[].timeouts.idle': 'Overrides the upstream idle timeout',
@@ -185,6 +184,7 @@ const DESCRIPTIONS: Record<string, string> = {
 function descriptionKey(key: string): string {
   return key
     .replace(/^(policies\.<name>|routes\[\]\.policy)\.(allow|deny)\[\]\./, 'rule.')
+    .replace(/^quotas\.<name>\.when\./, 'rule.')
     .replace(/^routes\[\]\.headers\.(request|response)\./, 'headerEdits.');
 }
 

@@ -13,6 +13,7 @@ import type { z } from 'zod';
 import { routeProblems } from '../core/routes.js';
 import type { ConfigProblem } from '../errors.js';
 import { identityProblems } from '../identity/index.js';
+import { limitProblems } from '../limits/compile.js';
 import { policyProblems } from '../policy/compile.js';
 import { type Config, ConfigSchema, parseBind } from './schema.js';
 import { SecretError, SecretResolver } from './secrets.js';
@@ -619,15 +620,7 @@ function configChecks(config: Config, out: Collector, resolved: Resolved): void 
   const identity = identityProblems(config, resolved.sessionSecrets);
   for (const p of identity.problems) out.at(p.path, p.message);
   for (const w of identity.warnings) out.warnAt(w.path, w.message);
-  // Accepted so that configurations written for a later release load today, but never silently.
-  config.routes.forEach((r, i) => {
-    if (r.rateLimit !== undefined) {
-      out.warnAt(
-        ['routes', i, 'rateLimit'],
-        'rate limits are not enforced yet: this route is not limited; the setting is accepted for forward compatibility',
-      );
-    }
-  });
+  for (const p of limitProblems(config)) out.at(p.path, p.message);
 }
 
 function duplicate(kind: string, name: string, first: number, out: Collector): string {

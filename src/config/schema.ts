@@ -5,7 +5,7 @@
  */
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { parseDuration, parseRate, parseSize } from './units.js';
+import { parseDuration, parseRateParts, parseSize } from './units.js';
 
 /** A duration such as `500ms`, `30s`, `5m`, `12h`; parsed to milliseconds. */
 export const Duration = z
@@ -62,15 +62,41 @@ export const Size = z
 /** A rate such as `600/min` or `10/s`; parsed to events per second. */
 export const Rate = z
   .string()
-  .meta({ description: 'A rate such as 600/min, 10/s or 1000/h' })
+  .meta({ description: 'A rate such as 600/min, 10/s, 1000/h or 5000/d' })
   .transform((text, ctx) => {
-    const perSecond = parseRate(text);
-    if (perSecond === undefined || perSecond <= 0) {
-      ctx.addIssue({ code: 'custom', message: `invalid rate "${text}" (expected e.g. 600/min, 10/s)` });
+    const r = parseRateParts(text);
+    // At most one request per millisecond... per day: intervals a timer and a counter can represent.
+    const interval = r === undefined ? Number.NaN : r.windowMs / r.count;
+    if (r === undefined || !(interval >= 0.001 && interval <= 86_400_000)) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `invalid rate "${text}" (expected e.g. 600/min, 10/s; at most 1000000/s, at least 1/d)`,
+      });
       return z.NEVER;
     }
-    return perSecond;
+    return r;
   });
+
+/**
+ * What a rate limit or quota counts per: `identity` (the verified subject; anonymous callers fall back to
+ * the client address), `ip` (the effective client address; IPv6 per /64), `apiKey` (the API key id),
+ * `claim:<path>` (a claim of the identity, dotted for nested claims), `header:<name>` (a request header).
+ */
+export const LimitKey = z
+  .string()
+  .meta({
+    description: 'identity | ip | apiKey | claim:<path> | header:<name>',
+    pattern: "^(identity|ip|apiKey|claim:.+|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$",
+  })
+  .refine(
+    (k) =>
+      k === 'identity' ||
+      k === 'ip' ||
+      k === 'apiKey' ||
+      /^claim:\S+$/.test(k) ||
+      /^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(k),
+    { message: 'expected identity, ip, apiKey, claim:<path> or header:<name>' },
+  );
 
 /**
  * An API key's expiry: an ISO date (the start of that day, UTC) or a date-time with seconds and an
@@ -599,9 +625,20 @@ const Route = z.strictObject({
   public: z.boolean().default(false),
   rateLimit: z
     .strictObject({
-      key: z.enum(['identity', 'ip']).default('identity'),
+      key: LimitKey.default('identity'),
       rate: Rate,
-      burst: z.number().int().positive().optional(),
+      burst: z.number().int().positive().max(1_000_000).default(1).meta({
+        description: 'Requests allowed at once (the bucket size); default 1: requests are paced at the rate',
+      }),
+      delay: TimerDuration.default(0).meta({
+        description: 'Hold a request up to this long until it conforms, then answer 429 (0: at once)',
+      }),
+      maxDelayed: z.number().int().positive().default(1000).meta({
+        description: 'Requests held at once per route and process; beyond, 429 at once',
+      }),
+      onStoreError: z.enum(['allow', 'deny']).default('allow').meta({
+        description: 'When the state store cannot answer: allow (counted and logged) or deny (503)',
+      }),
     })
     .optional(),
   identityHeaders: z
@@ -679,6 +716,56 @@ const Route = z.strictObject({
 });
 
 // ---------------------------------------------------------------------------------------------
+// Quotas
+
+/** `1h`, `1d`, `30d` (windows aligned to the time zone's midnight), or `month` (calendar months). */
+const QuotaWindow = z
+  .string()
+  .meta({ description: 'A duration such as 1h, 1d or 30d, or month (calendar months)' })
+  .transform((text, ctx): number | 'month' => {
+    if (text === 'month') return 'month';
+    const ms = parseDuration(text);
+    if (ms === undefined || ms < 60_000 || ms > 366 * 86_400_000) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `invalid quota window "${text}" (expected a duration from 1m to 366d such as 1h, 1d, 30d, or month)`,
+      });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const Quota = z.strictObject({
+  key: LimitKey.default('identity'),
+  limit: z.number().positive().meta({ description: 'Cost units allowed per window' }),
+  window: QuotaWindow,
+  timeZone: z
+    .string()
+    .default('UTC')
+    .meta({ description: 'IANA time zone the windows are aligned to (midnight, the first of the month)' }),
+  routes: z
+    .array(z.string())
+    .optional()
+    .meta({ description: 'Routes the quota applies to (default: every route)' }),
+  when: Rule.optional().meta({
+    description: 'Only callers matching this policy rule are counted (groups, authMethod, ...)',
+  }),
+  cost: z
+    .union([
+      z.number().nonnegative(),
+      z.string().regex(/^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'expected a number or header:<name>'),
+    ])
+    .default(1)
+    .meta({
+      description:
+        'Units per request, or header:<name>: the upstream reports the cost in a response header, charged after the response',
+    }),
+  onStoreError: z.enum(['allow', 'deny']).default('deny').meta({
+    description: 'When the state store cannot answer: deny (503, the default) or allow (counted and logged)',
+  }),
+});
+
+// ---------------------------------------------------------------------------------------------
 // Policy tests (run by `gatehouse check`)
 
 const ConfigTest = z.strictObject({
@@ -691,6 +778,10 @@ const ConfigTest = z.strictObject({
     sourceIp: z.string().optional(),
   }),
   expect: z.union([z.enum(['allow', 'deny', 'login']), z.number().int().min(100).max(599)]),
+  after: z.number().int().nonnegative().max(100_000).optional().meta({
+    description:
+      'Requests of the same caller sent at once before this one (rate limits and quotas apply), e.g. expect: 429 after: 10',
+  }),
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -706,6 +797,10 @@ export const ConfigSchema = z.strictObject({
   identity: Identity.optional(),
   upstreams: z.record(Name, Upstream).default({}),
   policies: z.record(Name, Policy).default({}),
+  quotas: z
+    .record(Name, Quota)
+    .default({})
+    .meta({ description: 'Budgets per key over a window, shared through the state store' }),
   routes: z.array(Route).default([]),
   tests: z.array(ConfigTest).default([]),
   logging: z
@@ -724,5 +819,7 @@ export type UpstreamConfig = z.output<typeof Upstream>;
 export type UpstreamServerConfig = z.output<typeof UpstreamServer>;
 export type RouteConfig = z.output<typeof Route>;
 export type PolicyConfig = z.output<typeof Policy>;
+export type QuotaConfig = z.output<typeof Quota>;
+export type RateLimitConfig = NonNullable<RouteConfig['rateLimit']>;
 export type HealthCheckConfig = z.output<typeof HealthCheck>;
 export type ServerConfig = z.output<typeof Server>;

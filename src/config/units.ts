@@ -44,9 +44,30 @@ export function parseSize(text: string): number | undefined {
 
 /** Parses `600/min`, `10/s`, `1000/h` into events per second; undefined when not a finite rate. */
 export function parseRate(text: string): number | undefined {
-  const m = /^(\d+(?:\.\d+)?)\s*\/\s*(s|sec|second|m|min|minute|h|hour)$/.exec(text.trim());
-  if (!m) return undefined;
-  const per = m[2]!.startsWith('s') ? 1 : m[2]!.startsWith('m') ? 60 : 3600;
-  const rate = Number(m[1]) / per;
+  const r = parseRateParts(text);
+  if (r === undefined) return undefined;
+  const rate = (r.count * 1000) / r.windowMs;
   return Number.isFinite(rate) ? rate : undefined;
+}
+
+/** A rate as written: `count` events per `windowMs` (`600/min` is 600 per 60 000 ms). */
+export interface RateParts {
+  readonly count: number;
+  readonly windowMs: number;
+}
+
+/** Parses `600/min`, `10/s`, `1000/h`, `5000/d` into its count and window; undefined when unusable. */
+export function parseRateParts(text: string): RateParts | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*\/\s*(s|sec|second|m|min|minute|h|hour|d|day)$/.exec(text.trim());
+  if (!m) return undefined;
+  const unit = m[2]!;
+  const windowMs = unit.startsWith('s')
+    ? 1000
+    : unit.startsWith('m')
+      ? 60_000
+      : unit.startsWith('h')
+        ? 3_600_000
+        : 86_400_000;
+  const count = Number(m[1]);
+  return Number.isFinite(count) ? { count, windowMs } : undefined;
 }

@@ -26,6 +26,7 @@ import type { IdentityRuntime } from '../identity/index.js';
 import { type LoginService, signInAddress } from '../identity/login.js';
 import { type ClientCertificateSocket, certificateIdentity } from '../identity/mtls.js';
 import type { AuthResult, Identity, ReasonCode } from '../identity/types.js';
+import type { Limiter, LimitVerdict } from '../limits/stage.js';
 import type { AccessEntry } from '../observe/log.js';
 import type { PolicySet } from '../policy/types.js';
 import { StateStoreError } from '../state/types.js';
@@ -45,6 +46,11 @@ export interface RequestDescription extends RequestFacts {
   readonly upgrade: boolean;
   /** The TLS socket with the client's certificate, on listeners that ask for one. */
   readonly certificate: ClientCertificateSocket | undefined;
+  /**
+   * The data plane sees the upstream's response (the built-in proxy): quota costs reported in a
+   * response header are charged after it. Elsewhere such a cost is charged as 1 at admission.
+   */
+  readonly seesResponse?: boolean | undefined;
 }
 
 /** What `answer()` needs of a loaded configuration (a `Runtime` fits). */
@@ -53,6 +59,8 @@ export interface DecisionRuntime {
   readonly policies: PolicySet;
   readonly identity: IdentityRuntime;
   readonly store: { readonly available: boolean };
+  /** The limit stage (rate limits and quotas); undefined: nothing is limited. */
+  readonly limits?: Limiter | undefined;
 }
 
 /** The answer of the decision core for one request. */
@@ -73,6 +81,8 @@ export interface Answer {
   readonly responseHeaders: readonly string[] | undefined;
   /** Where the identity of the decision came from (`FROM_*`; `FROM_NOTHING` when it has none). */
   readonly source: CredentialSource;
+  /** The verdict of the limit stage, on an allowed request of a route with limits. */
+  readonly limit?: LimitVerdict | undefined;
 }
 
 /** The Authorization header carried the gateway credential that identified the caller. */
@@ -213,6 +223,10 @@ function publicSession(
 
 const simpleAnswers = new WeakMap<CompiledRoute, WeakMap<Decision, Answer>>();
 
+/**
+ * The decision, then the limit stage on an allowed request of a limited route (it may hold the request,
+ * or turn it into 429 `limited`), then the answer.
+ */
 function conclude(
   rt: DecisionRuntime,
   desc: RequestDescription,
@@ -221,11 +235,67 @@ function conclude(
   from: number,
   now: number,
   setCookie: string | undefined,
+): Answer | Promise<Answer> {
+  const decision = decisionFor(
+    rt.policies,
+    rt.identity.loginRoutes.has(route.name),
+    desc,
+    route,
+    auth,
+    from,
+    now,
+  );
+  const limiter = rt.limits;
+  if (decision.outcome === 'allow' && limiter !== undefined) {
+    const verdict = limiter.check(route.name, desc, decision.identity, now);
+    if (verdict !== undefined) {
+      if (verdict instanceof Promise) {
+        return verdict.then((v) =>
+          build(
+            rt,
+            desc,
+            route,
+            auth,
+            from,
+            v.outcome === 'delayed' ? Date.now() : now,
+            setCookie,
+            limitedBy(decision, v),
+            v,
+          ),
+        );
+      }
+      return build(rt, desc, route, auth, from, now, setCookie, limitedBy(decision, verdict), verdict);
+    }
+  }
+  return build(rt, desc, route, auth, from, now, setCookie, decision, undefined);
+}
+
+/** The decision after the limit stage: unchanged, or 429 `limited` with the limit's reason. */
+function limitedBy(decision: Decision, v: LimitVerdict): Decision {
+  if (v.outcome !== 'limited') return decision;
+  return {
+    outcome: 'limited',
+    status: 429,
+    reason: v.reason as ReasonCode,
+    rule: undefined,
+    identity: decision.identity,
+  };
+}
+
+function build(
+  rt: DecisionRuntime,
+  desc: RequestDescription,
+  route: CompiledRoute,
+  auth: AuthResult,
+  from: number,
+  now: number,
+  setCookie: string | undefined,
+  decision: Decision,
+  limit: LimitVerdict | undefined,
 ): Answer {
   const id = rt.identity;
   const headers = desc.headers;
   const rc = route.config;
-  const decision = decisionFor(rt.policies, id.loginRoutes.has(route.name), desc, route, auth, from, now);
   const source = decision.identity === undefined ? FROM_NOTHING : from;
   let drop = 0;
   let cookie: string | undefined;
@@ -251,12 +321,21 @@ function conclude(
     if (cors !== undefined)
       responseHeaders = responseHeaders === undefined ? cors : responseHeaders.concat(cors);
   }
+  if (limit !== undefined && limit.headers.length > 0)
+    responseHeaders =
+      responseHeaders === undefined ? (limit.headers as string[]) : responseHeaders.concat(limit.headers);
   const identity = decision.identity;
   const assertion =
     decision.outcome === 'allow' && identity !== undefined
       ? id.assertion.sign(identity, desc.host, now)
       : undefined;
-  if (assertion === undefined && drop === 0 && responseHeaders === undefined && Object.isFrozen(decision)) {
+  if (
+    assertion === undefined &&
+    drop === 0 &&
+    responseHeaders === undefined &&
+    limit === undefined &&
+    Object.isFrozen(decision)
+  ) {
     // The anonymous answers of the decision core are shared constants: so are their answers per route.
     let byDecision = simpleAnswers.get(route);
     if (byDecision === undefined) {
@@ -275,6 +354,7 @@ function conclude(
         cookie: undefined,
         responseHeaders: undefined,
         source: FROM_NOTHING,
+        limit: undefined,
       });
       byDecision.set(decision, a);
     }
@@ -290,6 +370,7 @@ function conclude(
     cookie,
     responseHeaders,
     source: source as CredentialSource,
+    limit,
   };
 }
 
@@ -436,9 +517,12 @@ export function originAllowed(
 
 /** A refused request as every data plane renders it. */
 export interface Refusal {
-  /** 302 (sign in), 401 or 403. */
+  /** 302 (sign in), 401, 403 or 429. */
   readonly status: number;
-  /** `GH_UNAUTHENTICATED`, `GH_FORBIDDEN`, `GH_WEBSOCKET_ORIGIN`, or `GH_LOGIN` for a 302. */
+  /**
+   * `GH_UNAUTHENTICATED`, `GH_FORBIDDEN`, `GH_WEBSOCKET_ORIGIN`, `GH_RATE_LIMITED`, `GH_QUOTA_EXCEEDED`,
+   * or `GH_LOGIN` for a 302.
+   */
   readonly code: string;
   readonly reason: ReasonCode;
   /** A short sentence for the reason. */
@@ -447,6 +531,8 @@ export interface Refusal {
   readonly location: string | undefined;
   /** For 401: `WWW-Authenticate`. */
   readonly wwwAuthenticate: string | undefined;
+  /** For 429: `Retry-After`, in seconds. */
+  readonly retryAfter?: number | undefined;
 }
 
 /** The refusal of an answer that does not allow the request; undefined when it does. */
@@ -465,6 +551,16 @@ export function refusalOf(a: Answer, desc: Pick<RequestFacts, 'path' | 'query'>)
         message,
         location: signInAddress(a.route, desc),
         wwwAuthenticate: undefined,
+      };
+    case 'limited':
+      return {
+        status: 429,
+        code: a.limit?.code ?? 'GH_RATE_LIMITED',
+        reason,
+        message,
+        location: undefined,
+        wwwAuthenticate: undefined,
+        retryAfter: a.limit?.retryAfter,
       };
     case 'forbidden':
       return {
@@ -547,6 +643,7 @@ export function identityHeaderPairs(identity: Identity): readonly string[] {
 
 /** An error for a refusal, for data planes that answer refusals like other errors (a WebSocket handshake). */
 export function refusalError(r: Refusal): GatehouseError {
+  if (r.status === 429) return new GatehouseError(r.code, 429, `too many requests: ${r.reason}`);
   if (r.code === 'GH_WEBSOCKET_ORIGIN')
     return new GatehouseError(r.code, 403, 'this origin may not open a WebSocket with these credentials');
   return new GatehouseError(
@@ -569,4 +666,9 @@ export function logAccess(entry: AccessEntry, a: Answer): void {
   }
   entry.reason = d.reason;
   if (d.rule !== undefined) entry.rule = d.rule;
+  const limit = a.limit;
+  if (limit !== undefined) {
+    entry.limit = limit.outcome;
+    if (limit.waitMs > 0) entry.delayed = limit.waitMs;
+  }
 }

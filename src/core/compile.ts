@@ -6,6 +6,7 @@
  */
 import type { Config } from '../config/schema.js';
 import { type ConfigProblem, ConfigSettingError } from '../errors.js';
+import { compileLimits, LimitConfigError, type LimitSet } from '../limits/compile.js';
 import { compilePolicies, PolicyConfigError } from '../policy/compile.js';
 import type { PolicySet } from '../policy/types.js';
 import { compileRoutes } from './routes.js';
@@ -16,14 +17,21 @@ export interface CompiledConfig {
   readonly config: Config;
   readonly routes: RouteTable;
   readonly policies: PolicySet;
+  /** Rate limits and quotas by route. */
+  readonly limits: LimitSet;
 }
 
 /**
- * Compiles a validated configuration. Throws `ConfigSettingError` (a route that cannot be compiled) or
- * `PolicyConfigError` (a policy that cannot be); `compileProblems` turns either into problems at paths.
+ * Compiles a validated configuration. Throws `ConfigSettingError` (a route that cannot be compiled),
+ * `PolicyConfigError` (a policy that cannot be) or `LimitConfigError` (a quota that cannot be); `compileProblems` turns either into problems at paths.
  */
 export function compileConfig(config: Config): CompiledConfig {
-  return { config, routes: compileRoutes(config), policies: compilePolicies(config) };
+  return {
+    config,
+    routes: compileRoutes(config),
+    policies: compilePolicies(config),
+    limits: compileLimits(config),
+  };
 }
 
 function isCompiled(source: Config | CompiledConfig): source is CompiledConfig {
@@ -45,7 +53,7 @@ export function configOf(source: Config | CompiledConfig): Config {
  * `err` is not a configuration problem (a bug: rethrow it).
  */
 export function compileProblems(err: unknown, file: string): ConfigProblem[] | undefined {
-  if (err instanceof PolicyConfigError)
+  if (err instanceof PolicyConfigError || err instanceof LimitConfigError)
     return err.problems.map((p) => ({ file, path: p.path.join('.'), message: p.message }));
   // A setting with no path to blame (a key the store did not keep) is put under `identity`.
   if (err instanceof ConfigSettingError)

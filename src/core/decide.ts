@@ -40,8 +40,8 @@ export interface DecisionInput {
 
 /** The answer of the decision core. */
 export interface Decision {
-  readonly outcome: 'allow' | 'login' | 'unauthenticated' | 'forbidden';
-  /** 200 allow, 302 login, 401 unauthenticated, 403 forbidden. */
+  readonly outcome: 'allow' | 'login' | 'unauthenticated' | 'forbidden' | 'limited';
+  /** 200 allow, 302 login, 401 unauthenticated, 403 forbidden, 429 limited (the limit stage). */
   readonly status: number;
   readonly reason: ReasonCode;
   /** The policy rule that decided, if one did. */
@@ -204,6 +204,10 @@ export function describeReason(reason: ReasonCode): string {
   if (text !== undefined) return text;
   if (reason.startsWith('policy-deny:')) return `denied by rule ${reason.slice('policy-deny:'.length)}`;
   if (reason.startsWith('policy-allow:')) return `allowed by rule ${reason.slice('policy-allow:'.length)}`;
+  if (reason.startsWith('rate-limited:'))
+    return `over the rate limit of route ${reason.slice('rate-limited:'.length)}`;
+  if (reason.startsWith('quota-exceeded:'))
+    return `quota ${reason.slice('quota-exceeded:'.length)} is used up for this window`;
   return reason;
 }
 

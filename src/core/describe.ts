@@ -27,6 +27,8 @@ export interface RawRequest {
   readonly scheme?: 'http' | 'https' | undefined;
   readonly upgrade?: boolean | undefined;
   readonly certificate?: ClientCertificateSocket | undefined;
+  /** The data plane sees the upstream's response (see `RequestDescription.seesResponse`). */
+  readonly seesResponse?: boolean | undefined;
 }
 
 /**
@@ -49,5 +51,6 @@ export function describeRequest(raw: RawRequest, pathParameters: PathParameters)
     scheme: raw.scheme ?? (raw.tls ? 'https' : 'http'),
     upgrade: raw.upgrade ?? false,
     certificate: raw.certificate,
+    seesResponse: raw.seesResponse,
   };
 }

@@ -47,7 +47,9 @@ export type ReasonCode =
   | 'certificate-invalid'
   | 'origin-not-allowed'
   | `policy-deny:${string}`
-  | `policy-allow:${string}`;
+  | `policy-allow:${string}`
+  | `rate-limited:${string}`
+  | `quota-exceeded:${string}`;
 
 /** The outcome of one authenticator looking at a request. */
 export type AuthResult =

@@ -42,6 +42,10 @@ export interface AccessEntry {
   reason?: string;
   /** The policy rule that decided, if one did. */
   rule?: string;
+  /** The limit stage's verdict on a limited route: allowed, delayed, limited or store-error. */
+  limit?: string;
+  /** How long a rate limit with `delay` held the request, in ms. */
+  delayed?: number;
 }
 
 /** Creates the process logger (JSON lines to stdout, or to `destination`). */

@@ -326,6 +326,27 @@ export const decisionsTotal = new FastCounter({
   registers: [registry],
 });
 
+/**
+ * Verdicts of the limit stage: `allowed`, `delayed` (held until it conformed), `limited` (429) and
+ * `store-error` (the state store could not answer and the limit lets requests through), by route and
+ * by the limit that decided (`rate`, or `quota:<name>`; empty when none refused).
+ */
+export const limitVerdictsTotal = new FastCounter({
+  name: 'gatehouse_limit_verdicts_total',
+  help: 'Rate-limit and quota verdicts by route, verdict (allowed, delayed, limited, store-error) and limit',
+  labelNames: ['route', 'verdict', 'limit'] as const,
+  registers: [registry],
+});
+
+/** Time requests were held by rate limits with `delay`, per route. */
+export const limitDelay = new FastHistogram({
+  name: 'gatehouse_limit_delay_seconds',
+  help: 'Time a request was held by a rate limit with delay until it conformed',
+  labelNames: ['route'] as const,
+  buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+  registers: [registry],
+});
+
 /** Time `answer()` took for the decision-only data planes. */
 export const answerDuration = new FastHistogram({
   name: 'gatehouse_answer_duration_seconds',

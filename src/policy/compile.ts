@@ -358,6 +358,22 @@ function compilePolicy(
   return new Policy(name, inline, deny, allow);
 }
 
+/**
+ * One rule compiled as a policy of its own (`evaluate(...).allow` is true when the rule matches): a
+ * quota's `when`. Problems are reported at `at` like those of any policy rule.
+ */
+export function compileCondition(
+  rule: RuleConfig,
+  name: string,
+  at: Path,
+  report: (path: ReadonlyArray<string | number>, message: string) => void,
+): CompiledPolicy {
+  return compilePolicy({ allow: [{ name, ...rule }], deny: [] }, name, true, at, (path, message) =>
+    // The rule is written at `at`, not inside an `allow` list.
+    report([...at, ...path.slice(at.length + 2)], message),
+  );
+}
+
 class Policies implements PolicySet {
   readonly named: ReadonlyMap<string, CompiledPolicy>;
   readonly #inline: WeakMap<RouteConfig, CompiledPolicy>;

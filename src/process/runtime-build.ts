@@ -8,6 +8,7 @@ import type { LoadResult } from '../config/load.js';
 import { type CompiledConfig, compileConfig, compileProblems } from '../core/compile.js';
 import { ConfigError, GatehouseError } from '../errors.js';
 import { buildIdentity } from '../identity/index.js';
+import { Limiter } from '../limits/stage.js';
 import type { Logger } from '../observe/log.js';
 import { buildListenerTls } from '../proxy/listeners.js';
 import type { ListenerTlsRuntime, Runtime } from '../runtime.js';
@@ -112,6 +113,7 @@ export async function buildRuntime(
     policies,
     identity,
     store,
+    limits: new Limiter(compiled.limits, store, logger),
     upstreams,
     tls,
     watchedFiles: loaded.files,

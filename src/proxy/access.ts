@@ -6,7 +6,8 @@
  *   after routing    `answer()` of the decision core (core/answer.ts), rendered here:
  *                    allow → forward with identity headers and the signed assertion;
  *                    login → 302 to /.gatehouse/login; unauthenticated → 401 + WWW-Authenticate;
- *                    forbidden → 403 page or JSON saying who and why (never a redirect)
+ *                    forbidden → 403 page or JSON saying who and why (never a redirect);
+ *                    limited → 429 with Retry-After and the RateLimit headers
  */
 import type { Http2ServerRequest } from 'node:http2';
 import {
@@ -260,6 +261,26 @@ function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, g
   // An unread body would follow on the connection: it closes after the answer.
   const pending = bodyPending(req);
   if (pending) closeAfter(req, res);
+  if (d.outcome === 'limited') {
+    // 429 with Retry-After and the RateLimit headers (and a refreshed session cookie, CORS).
+    const code = grant.limit?.code ?? 'GH_RATE_LIMITED';
+    ex.status = 429;
+    ex.errorCode = code;
+    const wait = grant.limit?.retryAfter;
+    ex.bytesOut = sendError(
+      req,
+      res,
+      new GatehouseError(
+        code,
+        429,
+        `${describeReason(d.reason)}${wait === undefined ? '' : `; retry after ${wait} s`}`,
+      ),
+      ex.requestId,
+      grant.responseHeaders,
+    );
+    if (pending) resetAfterAnswer(req);
+    return false;
+  }
   const login = ex.runtime.identity.login;
   const toLogin = d.outcome === 'login' && login !== undefined;
   const extra = grant.responseHeaders;

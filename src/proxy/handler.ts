@@ -85,6 +85,7 @@ import {
   buildResponseHeaders,
   clientAddress,
   effectiveClient,
+  fieldValue,
   isTrusted,
   requestIdFrom,
 } from './headers.js';
@@ -316,6 +317,8 @@ class Exchange implements LeaseHolder, AccessRecord {
           certificate: this.runtime.identity.certificateListeners.has(listener.name)
             ? certificateSocket(req)
             : undefined,
+          // Quota costs an upstream reports in a response header are charged when the response comes.
+          seesResponse: true,
         },
         this.runtime.config.server.pathParameters,
       );
@@ -606,7 +609,12 @@ class Exchange implements LeaseHolder, AccessRecord {
     );
     // RFC 9110 §8.6: no Content-Length in a 204 (some servers send one; undici then reports a mismatch).
     if (statusCode === 204) removeField(headers, 'content-length');
-    if (this.access !== undefined) addResponseHeaders(headers, this.access);
+    const access = this.access;
+    if (access !== undefined) {
+      addResponseHeaders(headers, access);
+      if (access.limit?.charges !== undefined)
+        this.runtime.limits.chargeReported(access.limit, (name) => fieldValue(headers, name));
+    }
     this.status = statusCode;
     this.resumeFn = resume;
     // Streams (SSE, chunked) get their headers at once. A sized head would wait in Node for the first

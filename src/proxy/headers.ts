@@ -184,6 +184,15 @@ export const REWRITE_REQUEST_HEADERS: ReadonlySet<string> = new Set(REWRITE_REQU
 
 const GATEHOUSE_PREFIX = 'x-gatehouse-';
 
+/** The first value of a field in flat `[name, value, ...]` headers (`lower`: a lower-case name). */
+export function fieldValue(headers: readonly string[], lower: string): string | undefined {
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i]!;
+    if (name.length === lower.length && name.toLowerCase() === lower) return headers[i + 1];
+  }
+  return undefined;
+}
+
 /**
  * True for names that are `X-Gatehouse-…` after mapping `_` to `-` (some servers treat them alike,
  * so `X_Gatehouse_User` could otherwise pass as `X-Gatehouse-User`). Expects a lower-case name.

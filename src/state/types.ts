@@ -127,7 +127,13 @@ export function limitStep(
     const wait = newTat - now - rate.burst * rate.intervalMs;
     if (wait > rate.maxWaitMs) {
       return {
-        result: { refusedBy: BY_RATE, waitMs: Math.ceil(wait), remaining: 0, resetMs: Math.ceil(base - now), used: usage },
+        result: {
+          refusedBy: BY_RATE,
+          waitMs: Math.ceil(wait),
+          remaining: 0,
+          resetMs: Math.ceil(base - now),
+          used: usage,
+        },
         tat: undefined,
       };
     }

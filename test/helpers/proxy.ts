@@ -8,6 +8,8 @@ import { ConfigSchema } from '../../src/config/schema.js';
 import { SecretResolver } from '../../src/config/secrets.js';
 import { compileRoutes } from '../../src/core/routes.js';
 import { buildIdentity } from '../../src/identity/index.js';
+import { compileLimits } from '../../src/limits/compile.js';
+import { Limiter } from '../../src/limits/stage.js';
 import { type AccessEntry, createLogger, type Logger } from '../../src/observe/log.js';
 import { compilePolicies } from '../../src/policy/compile.js';
 import { buildListenerTls, ListenerSet } from '../../src/proxy/listeners.js';
@@ -161,6 +163,7 @@ export async function buildTestRuntime(
     policies,
     identity,
     store,
+    limits: new Limiter(compileLimits(config), store, logger),
     upstreams,
     tls,
     watchedFiles: [],
