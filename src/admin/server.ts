@@ -2,6 +2,12 @@
  * The admin listener: Prometheus metrics, liveness and readiness probes, the JSON status and reload
  * API, and the operator dashboard. It binds to loopback by default; `/api/v1` needs the configured
  * bearer token, and without a token it is served only on a loopback address (fail closed).
+ *
+ *   GET  /api/v1/status                  the runtime, upstreams, workers, the SPOE agent
+ *   POST /api/v1/reload                  loads the configuration again
+ *   GET  /api/v1/quotas?key=<value>      usage and reset time of every quota for one key (the subject
+ *                                        for `identity`, the address for `ip`, the API key id, ...)
+ *   POST /api/v1/quotas/<name>/reset     `{"key": "<value>"}`: resets one key of one quota
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -9,6 +15,7 @@ import type { AddressInfo } from 'node:net';
 import { isIPv4, isIPv6 } from 'node:net';
 import { parseBind } from '../config/schema.js';
 import type { ConfigProblem } from '../errors.js';
+import type { Limiter } from '../limits/stage.js';
 import type { Logger } from '../observe/log.js';
 import {
   enableProcessMetrics,
@@ -18,6 +25,7 @@ import {
 } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
 import type { SpoeStatus } from '../spoe/service.js';
+import { StateStoreError } from '../state/types.js';
 import type { UpstreamStatus } from '../upstream/types.js';
 import { dashboardCsp, dashboardHtml } from './dashboard.js';
 
@@ -43,6 +51,11 @@ export interface AdminServerOptions {
    * Renders `/metrics` instead of this process's registry: a cluster primary aggregates its workers'.
    */
   metrics?(): Promise<{ contentType: string; text: string }>;
+  /**
+   * The limit stage whose quotas `/api/v1/quotas` reads and resets, instead of the runtime's: a cluster
+   * primary builds one over the instance's store.
+   */
+  limits?(): Limiter | undefined;
   /**
    * Builds `/api/v1/status` instead of reading `getRuntime()`: a cluster primary asks its workers.
    * Undefined means no report can be given yet (503).
@@ -194,8 +207,9 @@ export class AdminServer {
     const rawUrl = req.url ?? '/';
     const q = rawUrl.indexOf('?');
     const path = q === -1 ? rawUrl : rawUrl.slice(0, q);
-    // Nothing here reads a body; drain it so keep-alive connections stay usable.
-    req.resume();
+    const quotaReset = QUOTA_RESET.exec(path);
+    // Only the quota reset reads a body; other bodies are drained so keep-alive connections stay usable.
+    if (quotaReset === null) req.resume();
 
     if (path.startsWith('/api/v1/') || path === '/api/v1') {
       if (!this.#authorized(req, res)) return;
@@ -212,6 +226,27 @@ export class AdminServer {
       if (path === '/api/v1/reload') {
         if (!allow(method, res, 'POST')) return;
         await this.#reload(res);
+        return;
+      }
+      if (path === '/api/v1/quotas') {
+        if (!allow(method, res, 'GET, HEAD')) return;
+        await this.#quotaUsage(res, new URLSearchParams(q === -1 ? '' : rawUrl.slice(q + 1)));
+        return;
+      }
+      if (quotaReset !== null) {
+        if (!allow(method, res, 'POST')) {
+          req.resume();
+          return;
+        }
+        let name: string;
+        try {
+          name = decodeURIComponent(quotaReset[1]!);
+        } catch {
+          req.resume();
+          sendError(res, 400, 'GH_ADMIN_BAD_REQUEST', 'the quota name is not a valid percent-encoded string');
+          return;
+        }
+        await this.#quotaReset(req, res, name);
         return;
       }
       sendError(res, 404, 'GH_ADMIN_NOT_FOUND', `no admin endpoint ${path}`);
@@ -300,6 +335,75 @@ export class AdminServer {
     sendJson(res, result.ok ? 200 : 422, result);
   }
 
+  #limits(): Limiter | undefined {
+    if (this.#opts.limits) return this.#opts.limits();
+    return this.#runtime()?.limits;
+  }
+
+  async #quotaUsage(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    const key = query.get('key');
+    if (key === null || key === '' || key.length > MAX_QUOTA_KEY) {
+      sendError(res, 400, 'GH_ADMIN_BAD_REQUEST', `?key= is required (1 to ${MAX_QUOTA_KEY} characters)`);
+      return;
+    }
+    const limits = this.#limits();
+    if (limits === undefined) {
+      sendError(res, 503, 'GH_NOT_READY', 'no configuration loaded yet');
+      return;
+    }
+    try {
+      sendJson(res, 200, { key, quotas: await limits.usage(key) });
+    } catch (err) {
+      this.#storeFailed(res, err);
+    }
+  }
+
+  async #quotaReset(req: IncomingMessage, res: ServerResponse, name: string): Promise<void> {
+    let key: unknown;
+    try {
+      const body = await readSmallBody(req, 4096);
+      key = body.length === 0 ? undefined : (JSON.parse(body) as { key?: unknown } | null)?.key;
+    } catch {
+      sendError(
+        res,
+        400,
+        'GH_ADMIN_BAD_REQUEST',
+        'the body must be JSON such as {"key": "alice"}, at most 4 KiB',
+      );
+      return;
+    }
+    if (typeof key !== 'string' || key === '' || key.length > MAX_QUOTA_KEY) {
+      sendError(
+        res,
+        400,
+        'GH_ADMIN_BAD_REQUEST',
+        `"key" must be a string of 1 to ${MAX_QUOTA_KEY} characters`,
+      );
+      return;
+    }
+    const limits = this.#limits();
+    if (limits === undefined) {
+      sendError(res, 503, 'GH_NOT_READY', 'no configuration loaded yet');
+      return;
+    }
+    try {
+      const reset = await limits.reset(name, key);
+      if (reset === undefined) {
+        sendError(res, 404, 'GH_ADMIN_NOT_FOUND', `no quota named ${JSON.stringify(name)}`);
+        return;
+      }
+      this.#opts.logger.info({ quota: name, key, counters: reset }, 'quota reset through the admin API');
+      sendJson(res, 200, { quota: name, key, reset });
+    } catch (err) {
+      this.#storeFailed(res, err);
+    }
+  }
+
+  #storeFailed(res: ServerResponse, err: unknown): void {
+    if (!(err instanceof StateStoreError)) throw err;
+    sendError(res, 503, 'GH_STATE_UNAVAILABLE', `the state store cannot answer: ${err.message}`);
+  }
+
   async #status(): Promise<StatusReport | undefined> {
     if (this.#opts.status) return await this.#opts.status();
     const runtime = this.#runtime();
@@ -358,6 +462,26 @@ function safeStatus(name: string, status: () => UpstreamStatus): UpstreamStatus 
   } catch {
     return { name, balance: 'unknown', queued: 0, servers: [] };
   }
+}
+
+const QUOTA_RESET = /^\/api\/v1\/quotas\/([^/]+)\/reset$/;
+const MAX_QUOTA_KEY = 512;
+
+/** Reads a request body of at most `max` bytes as UTF-8; rejects when it is longer. */
+function readSmallBody(req: IncomingMessage, max: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    // A longer body is read to its end (and dropped), so the answer can still be sent.
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size <= max) chunks.push(c);
+    });
+    req.on('end', () =>
+      size > max ? reject(new Error('body too large')) : resolve(Buffer.concat(chunks).toString('utf8')),
+    );
+    req.on('error', reject);
+  });
 }
 
 function allow(method: string, res: ServerResponse, allowed: string): boolean {

@@ -313,18 +313,23 @@ export class Limiter {
     }
   }
 
-  /** Usage of every quota for an operator's key value (the admin quota API). */
+  /**
+   * Usage of every quota for an operator's key value (the admin quota API): each quota as the value
+   * counts for its key kind (0 when nothing was counted yet), and the client-address counter the value
+   * also names (anonymous callers), when there is one.
+   */
   async usage(value: string, now: number = Date.now()): Promise<QuotaUsage[]> {
     const out: QuotaUsage[] = [];
     for (const q of this.set.quotas.values()) {
       const span = q.clock.at(now);
-      for (const counted of keysForValue(q.key, value)) {
-        const raw = await this.#store.get(quotaKey(q.name, span, counted));
-        if (raw === undefined) continue;
-        const used = Number(raw);
+      const keys = keysForValue(q.key, value);
+      for (let i = 0; i < keys.length; i++) {
+        const raw = await this.#store.get(quotaKey(q.name, span, keys[i]!));
+        if (raw === undefined && i > 0) continue;
+        const used = raw === undefined ? 0 : Number(raw);
         out.push({
           quota: q.name,
-          key: counted,
+          key: keys[i]!,
           used,
           limit: q.limit,
           remaining: q.limit - used,

@@ -27,10 +27,13 @@ import { FileWatcher } from '../config/watch.js';
 import { compileConfig, compileProblems } from '../core/compile.js';
 import { ConfigError, type ConfigProblem, formatProblem } from '../errors.js';
 import { AssertionSigner } from '../identity/assertion.js';
+import { Limiter } from '../limits/stage.js';
 import { createLogger, type Logger } from '../observe/log.js';
 import { configGeneration, registry, reloadsTotal } from '../observe/metrics.js';
+import { createStateStore } from '../state/index.js';
 import { serveStoreRequest } from '../state/ipc.js';
 import { MemoryStore } from '../state/memory.js';
+import type { StateStore } from '../state/types.js';
 import { Coalescer } from '../util/coalesce.js';
 import { withProcessFlags } from './flags.js';
 import {
@@ -137,8 +140,13 @@ export class ClusterPrimary {
         ready: () => this.#ready(),
         metrics: () => this.#aggregateMetrics(),
         status: () => this.#status(),
+        limits: () => this.#limits(),
       }),
   );
+  /** The quotas of the running configuration over the instance's store, for the admin quota API. */
+  #limiter: { config: LoadedConfig['config']; limiter: Limiter } | undefined;
+  /** A connection of the primary's own to a Redis store (the admin quota API), opened when first needed. */
+  #adminStore: { url: string; store: StateStore } | undefined;
   #watcher: FileWatcher | undefined;
   /** The memory store the workers share, created when first needed (`#sharedStore`). */
   #store: MemoryStore | undefined;
@@ -300,6 +308,7 @@ export class ClusterPrimary {
     }
     // Last: no worker is left to use it.
     await this.#store?.close();
+    await this.#adminStore?.store.close().catch(() => undefined);
     await this.#admin.close().catch((err: unknown) => this.#logger.warn({ err }, 'closing admin failed'));
     this.#removeSignals();
     this.#logger.info('gateway stopped');
@@ -585,6 +594,30 @@ export class ClusterPrimary {
       uptime: Math.round(process.uptime() * 1000) / 1000,
       workers,
     };
+  }
+
+  /**
+   * The limit stage the admin quota API reads: the running configuration's quotas over the store the
+   * workers count in (the shared memory store, or Redis through a connection of the primary's own).
+   */
+  #limits(): Limiter | undefined {
+    const config = this.#loaded.config;
+    if (this.#limiter?.config === config) return this.#limiter.limiter;
+    let store: StateStore;
+    if (config.state.store === 'memory') store = this.#sharedStore();
+    else {
+      if (this.#adminStore?.url !== config.state.store) {
+        void this.#adminStore?.store.close().catch(() => undefined);
+        this.#adminStore = {
+          url: config.state.store,
+          store: createStateStore(config.state.store, this.#logger),
+        };
+      }
+      store = this.#adminStore.store;
+    }
+    const limiter = new Limiter(compileConfig(config).limits, store, this.#logger);
+    this.#limiter = { config, limiter };
+    return limiter;
   }
 
   /** The memory store of the instance; kept for the life of the process, whatever reloads change. */
