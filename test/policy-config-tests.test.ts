@@ -269,3 +269,108 @@ test('identityFromSpec builds test identities in the explain --as shape', () => 
     assert.throws(() => identityFromSpec(bad), TestInputError, JSON.stringify(bad));
   }
 });
+
+test('rate limits and quotas in config tests: `expect: 429` after N requests of the same caller, per key, offline', () => {
+  const c = config({
+    policies: { any: { allow: [{ groups: ['agents', 'eng'] }] } },
+    quotas: {
+      'agents-daily': { limit: 10, window: '1d', routes: ['jobs'], when: { groups: ['agents'] } },
+      heavy: { limit: 3, window: '1h', routes: ['big'], cost: 5 },
+    },
+    routes: [
+      {
+        name: 'api',
+        match: { path: '/api/' },
+        upstream: 'app',
+        policy: 'any',
+        rateLimit: { rate: '10/s', burst: 5, delay: '300ms' },
+      },
+      { name: 'jobs', match: { path: '/jobs/' }, upstream: 'app', policy: 'any' },
+      { name: 'big', match: { path: '/big/' }, upstream: 'app', public: true },
+      {
+        name: 'open',
+        match: { path: '/open/' },
+        upstream: 'app',
+        public: true,
+        rateLimit: { rate: '1/min', key: 'ip' },
+      },
+    ],
+    tests: [
+      {
+        name: 'burst',
+        as: { subject: 'a', groups: ['agents'] },
+        request: { url: 'http://x/api/r' },
+        expect: 'allow',
+        after: 4,
+      },
+      {
+        name: 'held',
+        as: { subject: 'a', groups: ['agents'] },
+        request: { url: 'http://x/api/r' },
+        expect: 'allow',
+        after: 7,
+      },
+      {
+        name: 'over',
+        as: { subject: 'a', groups: ['agents'] },
+        request: { url: 'http://x/api/r' },
+        expect: 429,
+        after: 8,
+      },
+      {
+        name: 'quota',
+        as: { subject: 'a', groups: ['agents'] },
+        request: { url: 'http://x/jobs/r' },
+        expect: 429,
+        after: 10,
+      },
+      {
+        name: 'quota left',
+        as: { subject: 'a', groups: ['agents'] },
+        request: { url: 'http://x/jobs/r' },
+        expect: 'allow',
+        after: 9,
+      },
+      {
+        name: 'not counted',
+        as: { subject: 'e', groups: ['eng'] },
+        request: { url: 'http://x/jobs/r' },
+        expect: 'allow',
+        after: 50,
+      },
+      { name: 'cost too high', request: { url: 'http://x/big/r', headers: { accept: '*/*' } }, expect: 429 },
+      {
+        name: 'anonymous by address',
+        request: { url: 'http://x/open/', sourceIp: '2001:db8::1' },
+        expect: 429,
+        after: 1,
+      },
+      {
+        name: 'wrong expectation',
+        as: { subject: 'a', groups: ['agents'] },
+        request: { url: 'http://x/api/r' },
+        expect: 'allow',
+        after: 20,
+      },
+    ],
+  });
+  const results = runConfigTests(c, MONDAY_NOON);
+  assert.deepEqual(
+    results.map((r) => [r.name, r.ok, r.got.status, r.got.reason]),
+    [
+      ['burst', true, 200, 'policy-allow:any.allow[0]'],
+      ['held', true, 200, 'policy-allow:any.allow[0]'],
+      ['over', true, 429, 'rate-limited:api'],
+      ['quota', true, 429, 'quota-exceeded:agents-daily'],
+      ['quota left', true, 200, 'policy-allow:any.allow[0]'],
+      ['not counted', true, 200, 'policy-allow:any.allow[0]'],
+      ['cost too high', true, 429, 'quota-exceeded:heavy'],
+      ['anonymous by address', true, 429, 'rate-limited:open'],
+      ['wrong expectation', false, 429, 'rate-limited:api'],
+    ],
+  );
+  assert.equal(
+    formatTestResult(results[8]!),
+    'FAIL wrong expectation: expected allow after 20, got limited (429) for a: over the rate limit of route api [rate-limited:api]',
+  );
+});

@@ -160,3 +160,60 @@ test('explain: public routes, no route, unsafe paths, bad identities', () => {
     TestInputError,
   );
 });
+
+test('explain: the rate limit and quotas of a route, and what they answer after N earlier requests', () => {
+  const c = ConfigSchema.parse({
+    listeners: [{ name: 'l', bind: '127.0.0.1:0' }],
+    upstreams: { app: { servers: [{ url: 'http://127.0.0.1:9' }] } },
+    quotas: {
+      monthly: {
+        key: 'claim:org',
+        limit: 1000,
+        window: 'month',
+        timeZone: 'Europe/Paris',
+        cost: 'header:X-Rows',
+      },
+    },
+    routes: [
+      {
+        name: 'api',
+        match: { path: '/api/' },
+        upstream: 'app',
+        policy: { allow: [{ groups: ['agents'] }] },
+        rateLimit: { rate: '600/min', burst: 100, delay: '2s', onStoreError: 'deny' },
+      },
+    ],
+  });
+  const as = { subject: 'bot', groups: ['agents'], org: 'acme' };
+  const first = explainRequest(c, 'POST', 'https://x/api/sync', as).lines;
+  assert.ok(
+    first.includes('rate limit: 600/min per identity, burst 100, held up to 2s, 503 when the store is down'),
+    first.join('\n'),
+  );
+  assert.ok(
+    first.includes(
+      'quota: monthly: 1000 per calendar month (Europe/Paris) per claim:org, cost from response header:X-Rows',
+    ),
+    first.join('\n'),
+  );
+  assert.ok(first.includes('limits: allowed'), first.join('\n'));
+  const held = explainRequest(c, 'POST', 'https://x/api/sync', as, { after: 105 }).lines;
+  assert.ok(held.includes('limits after 105 earlier requests: held 600 ms, then allowed'), held.join('\n'));
+  const over = explainRequest(c, 'POST', 'https://x/api/sync', as, { after: 120 });
+  assert.equal(over.decision.status, 429);
+  assert.ok(
+    over.lines.includes('limits after 120 earlier requests: limited (429, retry after 3 s)'),
+    over.lines.join('\n'),
+  );
+  assert.ok(over.lines.includes('reason: rate-limited:api'));
+  // A refused request is never counted: no limit line for it.
+  const refused = explainRequest(
+    c,
+    'POST',
+    'https://x/api/sync',
+    { subject: 'x', groups: ['other'] },
+    { after: 500 },
+  );
+  assert.equal(refused.decision.status, 403);
+  assert.ok(!refused.lines.some((l) => l.startsWith('limits')));
+});

@@ -30,9 +30,11 @@ Commands:
                                     1 invalid or a test failed; --verbose lists every test; --at runs
                                     them at that time instead of now, for time-of-day rules)
   explain -c FILE [--as 'email=alice@example.com,groups=data-eng'] [--source-ip IP]
-          [--header 'Name: value']... [--at DATE-TIME] METHOD URL
+          [--header 'Name: value']... [--at DATE-TIME] [--after N] METHOD URL
                                     show the route, upstream, identity, deciding rule and reason for
-                                    a request (offline: no identity provider, no upstream)
+                                    a request, and its rate limit and quotas (offline: no identity
+                                    provider, no upstream); --after N: after N earlier requests of
+                                    the same caller at the same instant
   apikey create --id ID --subject S [--groups a,b] [--expires DATE] [--routes a,b]
                                     create an API key and print its identity.apiKeys entry
   demo [--port N]                   start a self-contained demo: identity provider, backends, gateway
@@ -63,6 +65,7 @@ interface Parsed {
   /** `--header` values as given (`Name: value`), in order. */
   headers: string[];
   at: string | undefined;
+  after: string | undefined;
   verbose: boolean;
   positional: string[];
 }
@@ -74,6 +77,7 @@ function parseArgs(args: string[], allowed: ReadonlySet<string>): Parsed {
     sourceIp: undefined,
     headers: [],
     at: undefined,
+    after: undefined,
     verbose: false,
     positional: [],
   };
@@ -97,6 +101,7 @@ function parseArgs(args: string[], allowed: ReadonlySet<string>): Parsed {
     else if (name === '--source-ip' && allowed.has('source-ip')) parsed.sourceIp = value();
     else if ((name === '--header' || name === '-H') && allowed.has('header')) parsed.headers.push(value());
     else if (name === '--at' && allowed.has('at')) parsed.at = value();
+    else if (name === '--after' && allowed.has('after')) parsed.after = value();
     else if (arg === '--verbose' && allowed.has('verbose')) parsed.verbose = true;
     else if (arg.startsWith('-') && arg.length > 1) throw new UsageError(`unknown option ${arg}`);
     else parsed.positional.push(arg);
@@ -127,7 +132,7 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
       case 'check':
         return await check(parseArgs(rest, new Set(['config', 'verbose', 'at'])), io);
       case 'explain':
-        return await explain(parseArgs(rest, new Set(['config', 'as', 'source-ip', 'header', 'at'])), io);
+        return await explain(parseArgs(rest, new Set(['config', 'as', 'source-ip', 'header', 'at', 'after'])), io);
       case 'apikey': {
         const { runApiKeyCommand } = await import('../identity/apikey-command.js');
         return await runApiKeyCommand(rest, io);
@@ -356,6 +361,10 @@ async function explain(p: Parsed, io: CliIo): Promise<number> {
     headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
   }
   const now = p.at === undefined ? undefined : parseAt(p.at);
+  const after = p.after === undefined ? undefined : Number(p.after);
+  if (after !== undefined && !(Number.isSafeInteger(after) && after >= 0 && after <= 100_000)) {
+    throw new UsageError(`--after: "${p.after}" is not a whole number from 0 to 100000`);
+  }
 
   const { loadConfig } = await import('../config/load.js');
   // Deciding does not need secrets: a config can be explained without its certificates and tokens.
@@ -371,6 +380,7 @@ async function explain(p: Parsed, io: CliIo): Promise<number> {
       headers,
       ...(p.sourceIp !== undefined ? { sourceIp: p.sourceIp } : {}),
       ...(now !== undefined ? { now } : {}),
+      ...(after !== undefined ? { after } : {}),
     }).lines;
   } catch (err) {
     // An identity that cannot be described (e.g. an unknown authMethod) is bad input, like a bad option.

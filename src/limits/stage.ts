@@ -86,6 +86,14 @@ function hasSyncLimit(store: StateStore): store is StateStore & SyncLimitStore {
   return typeof (store as Partial<SyncLimitStore>).limitNow === 'function';
 }
 
+/** Options of a `Limiter`. */
+export interface LimiterOptions {
+  /** Hold delayed requests until their slot (default); false answers `delayed` at once (offline). */
+  readonly hold?: boolean;
+  /** Count verdicts in /metrics (default); false for offline evaluations. */
+  readonly metrics?: boolean;
+}
+
 /** A counter of a quota stays readable this long past its window (usage API, late reported costs). */
 const QUOTA_MARGIN_MS = 3_600_000;
 
@@ -103,14 +111,18 @@ export class Limiter {
   readonly #store: StateStore;
   readonly #sync: SyncLimitStore | undefined;
   readonly #logger: Logger;
+  readonly #hold: boolean;
+  readonly #count: boolean;
   /** The store failed and the failure was logged; cleared (and logged) when it answers again. */
   #outage = false;
 
-  constructor(set: LimitSet, store: StateStore, logger: Logger) {
+  constructor(set: LimitSet, store: StateStore, logger: Logger, options: LimiterOptions = {}) {
     this.set = set;
     this.#store = store;
     this.#sync = hasSyncLimit(store) ? store : undefined;
     this.#logger = logger;
+    this.#hold = options.hold ?? true;
+    this.#count = options.metrics ?? true;
   }
 
   /**
@@ -201,14 +213,14 @@ export class Limiter {
     if (result.refusedBy === BY_RATE) {
       const retryAfter = Math.max(1, Math.ceil(result.waitMs / 1000));
       headers.push('retry-after', String(retryAfter));
-      return limited(route, `rate-limited:${route}`, 'GH_RATE_LIMITED', retryAfter, headers, 'rate');
+      return this.#limited(route, `rate-limited:${route}`, 'GH_RATE_LIMITED', retryAfter, headers, 'rate');
     }
     if (result.refusedBy !== NOT_REFUSED) {
       const q = applying.quotas[result.refusedBy]!;
       const span = applying.spans[result.refusedBy]!;
       const retryAfter = Math.max(1, Math.ceil((span.end - now) / 1000));
       headers.push('retry-after', String(retryAfter));
-      return limited(
+      return this.#limited(
         route,
         `quota-exceeded:${q.name}`,
         'GH_QUOTA_EXCEEDED',
@@ -231,7 +243,7 @@ export class Limiter {
     }
     const wait = result.waitMs;
     if (wait <= 0) {
-      limitVerdictsTotal.series(route, 'allowed', '').inc();
+      if (this.#count) limitVerdictsTotal.series(route, 'allowed', '').inc();
       return {
         outcome: 'allowed',
         reason: undefined,
@@ -243,25 +255,41 @@ export class Limiter {
         limit: '',
       };
     }
+    const delayed: LimitVerdict = {
+      outcome: 'delayed',
+      reason: undefined,
+      code: undefined,
+      retryAfter: undefined,
+      waitMs: wait,
+      headers,
+      charges,
+      limit: 'rate',
+    };
+    if (!this.#hold) return delayed;
     // Held until the slot the store reserved: timers of earlier slots fire first (FIFO).
     limits.held++;
-    limitVerdictsTotal.series(route, 'delayed', 'rate').inc();
-    limitDelay.series(route).observe(wait / 1000);
+    if (this.#count) {
+      limitVerdictsTotal.series(route, 'delayed', 'rate').inc();
+      limitDelay.series(route).observe(wait / 1000);
+    }
     return new Promise((resolve) => {
       setTimeout(() => {
         limits.held--;
-        resolve({
-          outcome: 'delayed',
-          reason: undefined,
-          code: undefined,
-          retryAfter: undefined,
-          waitMs: wait,
-          headers,
-          charges,
-          limit: 'rate',
-        });
+        resolve(delayed);
       }, wait);
     });
+  }
+
+  #limited(
+    route: string,
+    reason: string,
+    code: string,
+    retryAfter: number,
+    headers: string[],
+    limit: string,
+  ): LimitVerdict {
+    if (this.#count) limitVerdictsTotal.series(route, 'limited', limit).inc();
+    return { outcome: 'limited', reason, code, retryAfter, waitMs: 0, headers, charges: undefined, limit };
   }
 
   #failed(err: unknown, route: string, rl: CompiledRate | undefined, applying: Applying): LimitVerdict {
@@ -279,7 +307,7 @@ export class Limiter {
           : 'state store unavailable: rate limits and quotas with onStoreError allow are not enforced until it answers',
       );
     }
-    limitVerdictsTotal.series(route, 'store-error', '').inc();
+    if (this.#count) limitVerdictsTotal.series(route, 'store-error', '').inc();
     if (deny) throw failure;
     return {
       outcome: 'store-error',
@@ -366,18 +394,6 @@ export interface QuotaUsage {
 
 function quotaKey(name: string, span: WindowSpan, counted: string): string {
   return `q:${name}:${span.start.toString(36)}:${counted}`;
-}
-
-function limited(
-  route: string,
-  reason: string,
-  code: string,
-  retryAfter: number,
-  headers: string[],
-  limit: string,
-): LimitVerdict {
-  limitVerdictsTotal.series(route, 'limited', limit).inc();
-  return { outcome: 'limited', reason, code, retryAfter, waitMs: 0, headers, charges: undefined, limit };
 }
 
 /**

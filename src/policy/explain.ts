@@ -7,6 +7,7 @@ import type { Config } from '../config/schema.js';
 import type { CompiledConfig } from '../core/compile.js';
 import { type Decision, describeDecision } from '../core/decide.js';
 import type { Identity } from '../identity/types.js';
+import type { LimitVerdict } from '../limits/stage.js';
 import { evaluateOffline, offlineContext, type Rejection } from './offline.js';
 
 /** Optional facts of the explained request. */
@@ -17,12 +18,64 @@ export interface ExplainOptions {
   readonly sourceIp?: string;
   /** Evaluation time in ms since the epoch (default now), for time-of-day rules. */
   readonly now?: number;
+  /** Requests of the same caller at the same instant before this one (rate limits and quotas count them). */
+  readonly after?: number;
 }
 
 /** The explanation: printable lines and the outcome they describe. */
 export interface Explanation {
   readonly lines: string[];
   readonly decision: Decision | Rejection;
+}
+
+/** `rate limit:` and `quota:` lines for a route, and what they answer (for an allowed request). */
+function describeLimits(
+  ctx: CompiledConfig,
+  route: string,
+  verdict: LimitVerdict | undefined,
+  after: number | undefined,
+): string[] {
+  const limits = ctx.limits.forRoute(route);
+  if (limits === undefined) return [];
+  const lines: string[] = [];
+  const rl = limits.rate?.config;
+  if (rl !== undefined) {
+    const extra = [`burst ${rl.burst}`];
+    if (rl.delay > 0) extra.push(`held up to ${formatMs(rl.delay)}`);
+    if (rl.onStoreError === 'deny') extra.push('503 when the store is down');
+    const per = formatMs(rl.rate.windowMs).replace(/^1(?=[a-z])/, '');
+    lines.push(`rate limit: ${rl.rate.count}/${per} per ${rl.key}, ${extra.join(', ')}`);
+  }
+  for (const q of limits.quotas) {
+    const c = q.config;
+    const window = c.window === 'month' ? 'calendar month' : formatMs(c.window);
+    const cost = typeof c.cost === 'number' ? `cost ${c.cost}` : `cost from response ${c.cost}`;
+    const when = q.when === undefined ? '' : `, only ${q.when.rules[0]?.summary ?? ''}`;
+    lines.push(`quota: ${q.name}: ${c.limit} per ${window} (${c.timeZone}) per ${c.key}, ${cost}${when}`);
+  }
+  if (verdict !== undefined) {
+    const n = after === undefined ? '' : ` after ${after} earlier request${after === 1 ? '' : 's'}`;
+    const what =
+      verdict.outcome === 'limited'
+        ? `limited (429, retry after ${verdict.retryAfter} s)`
+        : verdict.outcome === 'delayed'
+          ? `held ${verdict.waitMs} ms, then allowed`
+          : 'allowed';
+    lines.push(`limits${n}: ${what}`);
+  }
+  return lines;
+}
+
+function formatMs(ms: number): string {
+  for (const [unit, size] of [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['min', 60_000],
+    ['s', 1000],
+  ] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
 }
 
 function describeIdentity(id: Identity): string {
@@ -54,6 +107,7 @@ export function explainRequest(
     headers: opts.headers,
     sourceIp: opts.sourceIp,
     now: opts.now ?? Date.now(),
+    after: opts.after,
   });
   const lines: string[] = [`request: ${method.toUpperCase()} ${url}`];
   if (r.method !== method.toUpperCase()) lines.push(`method: ${r.method} (method override)`);
@@ -102,6 +156,7 @@ export function explainRequest(
     }
     if (r.loginProviders.length > 0) lines.push(`login providers: ${r.loginProviders.join(', ')}`);
   }
+  lines.push(...describeLimits(ctx, route.name, r.limit, opts.after));
   if ('outcome' in outcome) {
     if (outcome.rule !== undefined) lines.push(`rule: ${outcome.rule}`);
     lines.push(`reason: ${outcome.reason}`, `decision: ${describeDecision(outcome)}`);

@@ -21,7 +21,10 @@ import { describeRequest } from '../core/describe.js';
 import { MethodNotAllowedError, MethodOverrideError, routeRequest } from '../core/methods.js';
 import type { CompiledRoute } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
-import type { AuthMethod, AuthResult, Identity } from '../identity/types.js';
+import type { AuthMethod, AuthResult, Identity, ReasonCode } from '../identity/types.js';
+import { Limiter, type LimitVerdict } from '../limits/stage.js';
+import { createLogger } from '../observe/log.js';
+import { MemoryStore } from '../state/memory.js';
 import type { CompiledPolicy, PolicyRequest } from './types.js';
 
 /** A test or `explain` input that cannot describe a request (bad `as`, bad source address). */
@@ -61,6 +64,11 @@ export interface OfflineRequest {
   /** Client address (default 127.0.0.1). */
   readonly sourceIp?: string | undefined;
   readonly now: number;
+  /**
+   * Requests of the same caller sent at the same instant before this one (default 0): the route's rate
+   * limit and quotas count them, in a store of their own, so a test can state `expect: 429 after: N`.
+   */
+  readonly after?: number | undefined;
 }
 
 /** What the gateway would do with an `OfflineRequest`, with every intermediate step. */
@@ -77,6 +85,8 @@ export interface OfflineResult {
   readonly request: PolicyRequest | undefined;
   readonly loginProviders: readonly string[];
   readonly outcome: Decision | Rejection;
+  /** The limit stage's verdict on an allowed request of a route with limits. */
+  readonly limit?: LimitVerdict | undefined;
 }
 
 const AUTH_METHODS: readonly AuthMethod[] = ['session', 'bearer', 'apiKey', 'mtls'];
@@ -146,6 +156,32 @@ export function identityFromSpec(as: Readonly<Record<string, unknown>>): Identit
     source,
     expiresAt: undefined,
   });
+}
+
+const silent = createLogger('silent');
+
+/**
+ * The limit stage on `after` earlier requests of the same caller and then this one, all at `now`, in a
+ * memory store of their own: what the gateway answers the request after such a burst.
+ */
+function simulateLimits(
+  ctx: OfflineContext,
+  route: CompiledRoute,
+  facts: RequestDescription,
+  identity: Identity | undefined,
+  after: number,
+  now: number,
+): LimitVerdict | undefined {
+  if (ctx.limits.forRoute(route.name) === undefined) return undefined;
+  const store = new MemoryStore({ sweepInterval: 0, now: () => now });
+  const limiter = new Limiter(ctx.limits, store, silent, { hold: false, metrics: false });
+  let verdict: LimitVerdict | undefined;
+  for (let i = 0; i <= after; i++) {
+    // Synchronous: a memory store, and delayed requests are not held.
+    verdict = limiter.check(route.name, facts, identity, now) as LimitVerdict | undefined;
+  }
+  void store.close();
+  return verdict;
 }
 
 function rejection(err: unknown): Rejection {
@@ -234,7 +270,21 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
   } catch (err) {
     outcome = rejection(err);
   }
+  let limit: LimitVerdict | undefined;
+  if ('outcome' in outcome && outcome.outcome === 'allow') {
+    limit = simulateLimits(ctx, route, facts, outcome.identity, req.after ?? 0, req.now);
+    if (limit?.outcome === 'limited') {
+      outcome = {
+        outcome: 'limited',
+        status: 429,
+        reason: limit.reason as ReasonCode,
+        rule: undefined,
+        identity: outcome.identity,
+      };
+    }
+  }
   return {
+    limit,
     rawPath,
     method: facts.method,
     path,

@@ -40,7 +40,8 @@ function describe(got: Decision | Rejection): string {
  * Whether an outcome meets an expectation. `allow`: the decision allows. `deny`: 403. `login`: the
  * anonymous caller is asked to sign in, by a redirect (302) or, where no redirect is possible (not an
  * HTML navigation, or no OIDC provider for the route), by 401 `user-unauthenticated`. A number: that
- * exact status (400 for unsafe paths, 404 when no route matches).
+ * exact status (400 for unsafe paths, 404 when no route matches, 429 over a rate limit or quota; with
+ * `after: N`, the request follows N earlier ones of the same caller at the same instant).
  */
 export function meetsExpectation(expect: ConfigTest['expect'], got: Decision | Rejection): boolean {
   switch (expect) {
@@ -71,6 +72,7 @@ function runOne(ctx: OfflineContext, test: ConfigTest, index: number, now: numbe
       headers: test.request.headers,
       sourceIp: test.request.sourceIp,
       now,
+      after: test.after,
     }).outcome;
   } catch (err) {
     const code = err instanceof GatehouseError ? err.code : 'GH_TEST_INPUT';
@@ -82,7 +84,10 @@ function runOne(ctx: OfflineContext, test: ConfigTest, index: number, now: numbe
     };
   }
   const ok = meetsExpectation(expected, got);
-  const detail = ok ? `${expected}: ${describe(got)}` : `expected ${expected}, got ${describe(got)}`;
+  const when = test.after === undefined ? '' : ` after ${test.after}`;
+  const detail = ok
+    ? `${expected}${when}: ${describe(got)}`
+    : `expected ${expected}${when}, got ${describe(got)}`;
   return { ...base, ok, got, detail };
 }
 
