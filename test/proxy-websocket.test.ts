@@ -138,3 +138,47 @@ test('wss through a TLS listener that also offers HTTP/2', async (t) => {
   assert.equal(await nextMessage(ws), 'echo:secure');
   assert.equal(backend.headers[0]?.['x-forwarded-proto'], 'https');
 });
+
+test('a rate-limited WebSocket handshake gets 429 with Retry-After and the RateLimit headers; admitted tunnels carry them', async (t) => {
+  const backend = await startWsEcho(t);
+  const gw = await startGateway(
+    t,
+    config({ ws: { servers: [{ url: backend.url }] } }, [
+      {
+        name: 'live',
+        match: { path: '/live' },
+        upstream: 'ws',
+        websocket: true,
+        rateLimit: { rate: '1/min', burst: 2, key: 'ip' },
+      },
+    ]),
+  );
+  const wsUrl = gw.url().replace('http:', 'ws:');
+  const upgrades: http.IncomingHttpHeaders[] = [];
+  for (let i = 0; i < 2; i++) {
+    const ws = new WebSocket(`${wsUrl}/live/s`);
+    ws.once('upgrade', (res) => upgrades.push(res.headers));
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    ws.terminate();
+  }
+  assert.equal(upgrades[0]?.['ratelimit-policy'], '"live";q=1;w=60');
+  assert.match(String(upgrades[1]?.ratelimit), /^"live";r=0;t=\d+$/);
+  const refused = await new Promise<http.IncomingMessage>((resolve, reject) => {
+    const ws = new WebSocket(`${wsUrl}/live/s`);
+    ws.once('unexpected-response', (_req, res) => resolve(res));
+    ws.once('open', () => reject(new Error('the third handshake was admitted')));
+    ws.once('error', () => undefined);
+  });
+  assert.equal(refused.statusCode, 429);
+  assert.ok(Number(refused.headers['retry-after']) >= 1);
+  assert.equal(refused.headers['ratelimit-policy'], '"live";q=1;w=60');
+  refused.destroy();
+  assert.equal(backend.headers.length, 2);
+  await waitFor(
+    () => gw.access.some((e) => e.status === 429 && e.limit === 'limited'),
+    'the access log entry',
+  );
+});

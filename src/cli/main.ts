@@ -132,7 +132,10 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
       case 'check':
         return await check(parseArgs(rest, new Set(['config', 'verbose', 'at'])), io);
       case 'explain':
-        return await explain(parseArgs(rest, new Set(['config', 'as', 'source-ip', 'header', 'at', 'after'])), io);
+        return await explain(
+          parseArgs(rest, new Set(['config', 'as', 'source-ip', 'header', 'at', 'after'])),
+          io,
+        );
       case 'apikey': {
         const { runApiKeyCommand } = await import('../identity/apikey-command.js');
         return await runApiKeyCommand(rest, io);

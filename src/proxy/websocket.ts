@@ -376,6 +376,11 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
       err.status === 401 && this.access !== undefined
         ? `WWW-Authenticate: ${wwwAuthenticate(this.access.decision.reason)}\r\n`
         : '';
+    // A limited handshake: Retry-After and the RateLimit headers.
+    const limit = err.status === 429 ? this.access?.limit : undefined;
+    if (limit !== undefined)
+      for (let i = 0; i < limit.headers.length; i += 2)
+        extra += `${limit.headers[i]}: ${limit.headers[i + 1]}\r\n`;
     if (err instanceof WebSocketVersionError) extra += 'Sec-WebSocket-Version: 13\r\n';
     writeRawError(this.client, err, this.requestId, extra, this.finTimeout);
   }
