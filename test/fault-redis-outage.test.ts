@@ -17,6 +17,7 @@ import { generateApiKey } from '../src/identity/apikeys.js';
 import { stateStoreUp } from '../src/observe/metrics.js';
 import { Gateway } from '../src/process/gateway.js';
 import { RedisStore } from '../src/state/redis.js';
+import { BY_RATE, NOT_REFUSED, StateStoreError } from '../src/state/types.js';
 import { memoryLogger, tempDir, waitFor } from './helpers/gateway.js';
 import { makeKey, startIssuer } from './helpers/identity.js';
 import { startIdp } from './helpers/oidc.js';
@@ -273,4 +274,48 @@ routes:
   const second = await startOne();
   assert.equal(second.gw.runtime.identity.assertion.provisional, false);
   assert.equal(kidOf(await assertionOf(second.origin, { authorization: `Bearer ${token}` })), kidOf(shared));
+});
+
+test('limit() and charge() in an outage: fail with StateStoreError once it is known (at once after that), work again when Redis is back', {
+  timeout: 60_000,
+}, async (t) => {
+  const redis = await startRedisServer();
+  t.after(() => redis.close());
+  const store = new RedisStore(redis.url, memoryLogger().logger, {
+    commandTimeout: 30_000,
+    probeTimeout: 500,
+  });
+  t.after(() => store.close());
+  const rate = { key: 'rl', intervalMs: 60_000, burst: 2, maxWaitMs: 0 };
+  const quotas = [{ key: 'q', limit: 10, cost: 1, ttlMs: 60_000 }];
+  assert.equal((await store.limit(rate, quotas)).remaining, 1);
+  const failsAtOnce = async (tag: string) => {
+    const started = Date.now();
+    await assert.rejects(store.limit(rate, quotas), StateStoreError, tag);
+    await assert.rejects(store.charge('q', 0.5, 60_000), StateStoreError, tag);
+    assert.ok(Date.now() - started < 200, `${tag}: no wait on Redis (${Date.now() - started} ms)`);
+  };
+
+  // A hang: the call in flight fails when the health check notices, far before the command timeout.
+  redis.stop();
+  const started = Date.now();
+  await assert.rejects(store.limit(rate, quotas), StateStoreError);
+  assert.ok(Date.now() - started < 10_000, `the hang is known in ${Date.now() - started} ms`);
+  await failsAtOnce('hang');
+  redis.cont();
+  await waitFor(() => store.available, 15_000, 'recovery from the hang');
+  // The call abandoned in the hang ran when Redis continued: it may have spent the second request.
+  assert.ok([NOT_REFUSED, BY_RATE].includes((await store.limit(rate, quotas)).refusedBy));
+
+  // Gone: refused connections. Redis comes back empty, so the bucket is full again.
+  await redis.kill();
+  await waitFor(() => !store.available, 10_000, 'the outage to be known');
+  await failsAtOnce('refused');
+  await redis.restart();
+  await waitFor(() => store.available, 15_000, 'recovery');
+  const again = await store.limit(rate, quotas);
+  assert.equal(again.refusedBy, NOT_REFUSED);
+  assert.equal(again.remaining, 1);
+  assert.deepEqual(again.used, [1]);
+  assert.equal(await store.charge('q', 0.5, 60_000), 1.5);
 });

@@ -2,9 +2,9 @@
  * The memory store shared by the workers of one instance (`server.workers` above 1 with `state.store:
  * memory`): the cluster primary holds the one `MemoryStore`, and each worker's `IpcStore` runs every
  * operation on it over the cluster IPC channel. A session, a sign-in state or the generated assertion
- * key is then the same whichever worker a request reaches, and `add`, `take` and `incr` stay atomic
- * because the primary runs one operation at a time. A call the primary does not answer in time, or any
- * call once the channel is closed, fails with `StateStoreError`, on which callers fail closed (503).
+ * key is then the same whichever worker a request reaches, and `add`, `take`, `incr` and `limit` stay
+ * atomic because the primary runs one operation at a time. A call the primary does not answer in time,
+ * or any call once the channel is closed, fails with `StateStoreError`, on which callers fail closed (503).
  */
 import {
   isRevokeMessage,
@@ -18,8 +18,16 @@ import {
   type StoreRequest,
   type StoreValue,
 } from '../process/ipc.js';
+import { checkLimit } from './redis.js';
 import { RevocationFeed } from './revocations.js';
-import { checkKeyAndTtl, type StateStore, StateStoreError } from './types.js';
+import {
+  checkKeyAndTtl,
+  type LimitResult,
+  type QuotaCheck,
+  type RateCheck,
+  type StateStore,
+  StateStoreError,
+} from './types.js';
 
 /** How long a worker waits for the primary to answer one store call. */
 export const STORE_CALL_TIMEOUT_MS = 5_000;
@@ -34,7 +42,7 @@ const PRIMARY = 0;
 export interface IpcChannel {
   readonly connected: boolean;
   send?(
-    message: StoreRequest | RevokeMessage,
+    message: WireRequest | RevokeMessage,
     sendHandle: undefined,
     options: object,
     callback: (err: Error | null) => void,
@@ -51,7 +59,34 @@ export interface IpcStoreOptions {
   timeoutMs?: number;
 }
 
-type Call = Omit<StoreRequest, 'gatehouse' | 'id'>;
+/**
+ * `limit` over the channel, once per limited request, so kept compact: the rate as
+ * `[key, intervalMs, burst, maxWaitMs]`, the quotas flattened as `key, limit, cost, ttlMs` each (absent
+ * when there are none). The primary answers `[refusedBy, waitMs, remaining, resetMs, ...used]`.
+ */
+export interface LimitRequest {
+  gatehouse: 'store';
+  id: number;
+  op: 'limit';
+  rate?: [key: string, intervalMs: number, burst: number, maxWaitMs: number];
+  quotas?: Array<string | number>;
+}
+
+/** `charge` over the channel: the fields of `StoreRequest`, the amount in `by`. */
+export type ChargeRequest = Omit<StoreRequest, 'op'> & { op: 'charge' };
+
+/** Every store request a worker sends: `StoreRequest` and the limit stage's two. */
+export type WireRequest = StoreRequest | LimitRequest | ChargeRequest;
+
+/** Every reply of the primary: `StoreReply`, and the numbers answering `limit`. */
+export type WireReply =
+  | StoreReply
+  | { gatehouse: 'store-reply'; id: number; ok: true; value?: StoreValue | number[] };
+
+type Call =
+  | Omit<StoreRequest, 'gatehouse' | 'id'>
+  | Omit<LimitRequest, 'gatehouse' | 'id'>
+  | Omit<ChargeRequest, 'gatehouse' | 'id'>;
 
 /** A worker's state store: the primary's memory store, reached over IPC. */
 export class IpcStore implements StateStore {
@@ -151,6 +186,29 @@ export class IpcStore implements StateStore {
     return (await this.#call({ op: 'setMembers', key })) as string[];
   }
 
+  async limit(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): Promise<LimitResult> {
+    checkLimit(rate, quotas);
+    const call: Omit<LimitRequest, 'gatehouse' | 'id'> = { op: 'limit' };
+    if (rate !== undefined) call.rate = [rate.key, rate.intervalMs, rate.burst, rate.maxWaitMs];
+    if (quotas.length > 0) {
+      const flat: Array<string | number> = [];
+      for (const q of quotas) flat.push(q.key, q.limit, q.cost, q.ttlMs);
+      call.quotas = flat;
+    }
+    const r = await this.#call(call);
+    if (!Array.isArray(r) || r.length !== 4 + quotas.length || !r.every((n) => typeof n === 'number')) {
+      throw new StateStoreError('the cluster primary answered limit with something else than its result');
+    }
+    const n = r as number[];
+    return { refusedBy: n[0]!, waitMs: n[1]!, remaining: n[2]!, resetMs: n[3]!, used: n.slice(4) };
+  }
+
+  async charge(key: string, amount: number, ttlMs: number): Promise<number> {
+    checkKeyAndTtl(key, ttlMs);
+    if (!Number.isFinite(amount)) throw new TypeError(`charge must be a finite number, got ${amount}`);
+    return (await this.#call({ op: 'charge', key, by: amount, ttlMs })) as number;
+  }
+
   /** Stops listening and fails the calls still waiting; the primary's store itself stays open. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -188,7 +246,7 @@ export class IpcStore implements StateStore {
     const timedOut = (): Error =>
       new StateStoreError(`the cluster primary did not answer ${call.op} within ${this.#timeoutMs} ms`);
     return this.#waiting.wait(PRIMARY, this.#timeoutMs, timedOut, (id) => {
-      const message: StoreRequest = { gatehouse: 'store', id, ...call };
+      const message = { gatehouse: 'store', id, ...call } as WireRequest;
       channel.send?.(message, undefined, {}, (err) => {
         if (err) {
           const failed = new StateStoreError(`the cluster primary is not reachable: ${err.message}`, err);
@@ -207,17 +265,17 @@ function replyError(reply: Extract<StoreReply, { ok: false }>): Error {
 
 /** The primary's end of a worker's channel: a cluster `Worker` (a `ChildProcess` in the tests). */
 export interface StorePeer {
-  send(message: StoreReply, sendHandle: undefined, callback: (err: Error | null) => void): boolean;
+  send(message: WireReply, sendHandle: undefined, callback: (err: Error | null) => void): boolean;
 }
 
-const OPS: ReadonlySet<string> = new Set(STORE_OPS);
+const OPS: ReadonlySet<string> = new Set([...STORE_OPS, 'limit', 'charge']);
 
 /**
  * Runs a worker's store request on the primary's `store` and builds the reply. Never rejects: an
  * unknown operation, a bad argument or a failing store becomes an error reply, never a crash of the
  * primary. The request came over IPC, so every field is checked before use.
  */
-export async function answerStoreRequest(store: StateStore, request: StoreRequest): Promise<StoreReply> {
+export async function answerStoreRequest(store: StateStore, request: WireRequest): Promise<WireReply> {
   const id = request.id;
   try {
     const value = await run(store, request);
@@ -242,7 +300,7 @@ export async function answerStoreRequest(store: StateStore, request: StoreReques
 export async function serveStoreRequest(
   peer: StorePeer,
   store: StateStore,
-  request: StoreRequest,
+  request: WireRequest,
 ): Promise<void> {
   const reply = await answerStoreRequest(store, request);
   await new Promise<void>((resolve) => {
@@ -254,15 +312,19 @@ export async function serveStoreRequest(
   });
 }
 
-async function run(store: StateStore, r: StoreRequest): Promise<StoreValue | undefined> {
+async function run(store: StateStore, r: WireRequest): Promise<StoreValue | number[] | undefined> {
   const op: unknown = r.op;
   if (typeof op !== 'string' || !OPS.has(op)) {
     throw new TypeError(`unknown state store operation ${JSON.stringify(op) ?? String(op)}`);
   }
+  if (r.op === 'limit') {
+    const { refusedBy, waitMs, remaining, resetMs, used } = await store.limit(...limitArgs(r));
+    return [refusedBy, waitMs, remaining, resetMs, ...used];
+  }
   const ttlMs = optionalNumber(r.ttlMs, 'ttlMs');
   checkKeyAndTtl(r.key, ttlMs);
   const key = r.key;
-  switch (op as StoreOp) {
+  switch (r.op as StoreOp | 'charge') {
     case 'get':
       return await store.get(key);
     case 'set':
@@ -285,7 +347,30 @@ async function run(store: StateStore, r: StoreRequest): Promise<StoreValue | und
       return undefined;
     case 'setMembers':
       return await store.setMembers(key);
+    case 'charge':
+      if (ttlMs === undefined) throw new TypeError('state store charge needs ttlMs');
+      return await store.charge(key, optionalNumber(r.by, 'by') ?? Number.NaN, ttlMs);
   }
+}
+
+/** The rate and quotas of a `limit` request, every field checked (it came over IPC). */
+function limitArgs(r: LimitRequest): [RateCheck | undefined, QuotaCheck[]] {
+  const { rate: a, quotas: flat = [] } = r as { rate?: unknown; quotas?: unknown };
+  if (a !== undefined && !(Array.isArray(a) && a.length === 4)) {
+    throw new TypeError('state store limit: rate must be [key, intervalMs, burst, maxWaitMs]');
+  }
+  if (!(Array.isArray(flat) && flat.length % 4 === 0)) {
+    throw new TypeError('state store limit: quotas must be key, limit, cost, ttlMs for each quota');
+  }
+  const rate: RateCheck | undefined =
+    a === undefined ? undefined : { key: a[0], intervalMs: a[1], burst: a[2], maxWaitMs: a[3] };
+  const quotas: QuotaCheck[] = [];
+  for (let i = 0; i < flat.length; i += 4) {
+    quotas.push({ key: flat[i], limit: flat[i + 1], cost: flat[i + 2], ttlMs: flat[i + 3] });
+  }
+  // Checks the types too: a key must be a string, every number a finite number.
+  checkLimit(rate, quotas);
+  return [rate, quotas];
 }
 
 function text(value: unknown): string {

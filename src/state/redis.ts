@@ -19,7 +19,14 @@ import { Redis, ReplyError } from 'ioredis';
 import type { Logger } from '../observe/log.js';
 import { stateStoreUp } from '../observe/metrics.js';
 import { RevocationFeed } from './revocations.js';
-import { checkKeyAndTtl, type StateStore, StateStoreError } from './types.js';
+import {
+  checkKeyAndTtl,
+  type LimitResult,
+  type QuotaCheck,
+  type RateCheck,
+  type StateStore,
+  StateStoreError,
+} from './types.js';
 
 /** Options of the Redis store. */
 export interface RedisStoreOptions {
@@ -50,9 +57,94 @@ if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) < 0 then
 end
 return v`;
 
+// One step of `limitStep` (types.ts), formula for formula, on Redis's clock so that instances whose
+// clocks differ enforce one limit. KEYS: the rate's key (when ARGV[1] is 1), then one key per quota.
+// ARGV: 1 or 0 (a rate?), intervalMs, burst, maxWaitMs, then limit, cost, ttlMs of each quota.
+// Replies {refusedBy, waitMs, remaining, resetMs, used...}: integers as they are, the usages as strings,
+// since Redis truncates a Lua number to an integer. Writes after TIME need effects replication, the
+// default since Redis 5; the call turns it on in 3.2 and 4 and does nothing since 7.
+const LIMIT = `if redis.replicate_commands then redis.replicate_commands() end
+local function num(v, key)
+  local n = tonumber(v)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then
+    return nil, redis.error_reply('value of ' .. key .. ' is not a number')
+  end
+  return n
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local rated = ARGV[1] == '1'
+local first = rated and 2 or 1
+local n = #KEYS - first + 1
+local tat, err
+if rated then
+  local v = redis.call('GET', KEYS[1])
+  if v then
+    tat, err = num(v, KEYS[1])
+    if err then return err end
+  end
+end
+local usage, counts = {}, {}
+for i = 1, n do
+  local v = redis.call('GET', KEYS[first + i - 1])
+  if v then
+    counts[i], err = num(v, KEYS[first + i - 1])
+    if err then return err end
+    usage[i] = v
+  else
+    counts[i], usage[i] = 0, '0'
+  end
+end
+local function answer(refusedBy, waitMs, remaining, resetMs)
+  local r = {refusedBy, waitMs, remaining, resetMs}
+  for i = 1, n do r[4 + i] = usage[i] end
+  return r
+end
+local waitMs, remaining, resetMs, newTat = 0, 0, 0, nil
+if rated then
+  local interval, burst, maxWait = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+  local base = now
+  if tat ~= nil and tat >= now then base = tat end
+  newTat = base + interval
+  local wait = newTat - now - burst * interval
+  if wait > maxWait then return answer(-1, math.ceil(wait), 0, math.ceil(base - now)) end
+  if wait > 0 then waitMs = math.ceil(wait) end
+  remaining = math.max(0, math.floor((now + burst * interval - newTat) / interval))
+  resetMs = math.ceil(newTat - now)
+end
+for i = 1, n do
+  local limit, cost = tonumber(ARGV[2 + 3 * i]), tonumber(ARGV[3 + 3 * i])
+  local u = counts[i]
+  local refused
+  if cost > 0 then refused = u + cost > limit else refused = u >= limit end
+  if refused then return answer(i - 1, 0, remaining, resetMs) end
+end
+if rated then
+  -- The TAT is only needed until it is in the past: then the bucket is full anyway.
+  local px = math.max(1, math.ceil(newTat - now))
+  redis.call('SET', KEYS[1], string.format('%.3f', newTat), 'PX', string.format('%d', px))
+end
+for i = 1, n do
+  local cost = ARGV[3 + 3 * i]
+  if tonumber(cost) ~= 0 then
+    local key = KEYS[first + i - 1]
+    usage[i] = redis.call('INCRBYFLOAT', key, cost)
+    if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[4 + 3 * i]) end
+  end
+end
+return answer(-2, waitMs, remaining, resetMs)`;
+
+// INCRBYFLOAT stores a plain decimal (never an exponent), which Number() parses back.
+const CHARGE = `local v = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v`;
+
 interface Scripts {
   gatehouseTake(key: string): Promise<string | null>;
   gatehouseIncr(key: string, by: number, ttlMs: number): Promise<number>;
+  /** `LIMIT`; the first argument is the number of keys. */
+  gatehouseLimit(...args: Array<string | number>): Promise<Array<number | string>>;
+  gatehouseCharge(key: string, amount: number, ttlMs: number): Promise<string>;
 }
 
 /** The URL without its password, for logs. */
@@ -109,6 +201,9 @@ export class RedisStore implements StateStore {
     });
     this.#client.defineCommand('gatehouseTake', { numberOfKeys: 1, lua: TAKE });
     this.#client.defineCommand('gatehouseIncr', { numberOfKeys: 1, lua: INCR });
+    // No numberOfKeys: a limit has a rate key or not and any number of quotas.
+    this.#client.defineCommand('gatehouseLimit', { lua: LIMIT });
+    this.#client.defineCommand('gatehouseCharge', { numberOfKeys: 1, lua: CHARGE });
     this.#scripts = this.#client as unknown as Scripts;
     this.revocations = new RevocationFeed(false, (tags) => this.#publish(tags));
     // ioredis reports every failed reconnection as an error; the transitions are logged once each.
@@ -200,6 +295,42 @@ export class RedisStore implements StateStore {
   async setMembers(key: string): Promise<string[]> {
     checkKeyAndTtl(key);
     return this.#run('setMembers', () => this.#client.smembers(this.#prefix + key));
+  }
+
+  async limit(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): Promise<LimitResult> {
+    checkLimit(rate, quotas);
+    const p = this.#prefix;
+    const keys: string[] = [];
+    const argv: Array<string | number> = [];
+    if (rate === undefined) argv.push(0, 0, 0, 0);
+    else {
+      keys.push(p + rate.key);
+      argv.push(1, rate.intervalMs, rate.burst, rate.maxWaitMs);
+    }
+    for (const q of quotas) {
+      keys.push(p + q.key);
+      argv.push(q.limit, q.cost, Math.ceil(q.ttlMs));
+    }
+    const r = await this.#run('limit', () => this.#scripts.gatehouseLimit(keys.length, ...keys, ...argv));
+    const used: number[] = [];
+    for (let i = 4; i < r.length; i++) used.push(Number(r[i]));
+    return {
+      refusedBy: Number(r[0]),
+      waitMs: Number(r[1]),
+      remaining: Number(r[2]),
+      resetMs: Number(r[3]),
+      used,
+    };
+  }
+
+  async charge(key: string, amount: number, ttlMs: number): Promise<number> {
+    checkKeyAndTtl(key, ttlMs);
+    if (ttlMs === undefined) throw new TypeError('charge needs the ttl of the counter it may create');
+    if (!Number.isFinite(amount)) throw new TypeError(`charge must be a finite number, got ${amount}`);
+    const v = await this.#run('charge', () =>
+      this.#scripts.gatehouseCharge(this.#prefix + key, amount, Math.ceil(ttlMs)),
+    );
+    return Number(v);
   }
 
   async close(): Promise<void> {
@@ -360,5 +491,33 @@ export class RedisStore implements StateStore {
     const tags: string[] = [];
     for (let i = 1; i < parts.length; i++) if (TAG.test(parts[i]!)) tags.push(parts[i]!);
     this.revocations.deliver(tags);
+  }
+}
+
+/**
+ * Throws a TypeError for a rate or quotas a store cannot run (a programming error, never a client's):
+ * the Redis script would fail on them with an error that looks like Redis's, and the cluster primary
+ * checks what a worker sent with it. Works on values of any type.
+ */
+export function checkLimit(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): void {
+  if (rate !== undefined) {
+    checkKeyAndTtl(rate.key);
+    if (!(Number.isFinite(rate.intervalMs) && rate.intervalMs > 0)) {
+      throw new TypeError(`rate interval must be a positive number of milliseconds, got ${rate.intervalMs}`);
+    }
+    if (!(Number.isFinite(rate.burst) && rate.burst >= 1)) {
+      throw new TypeError(`rate burst must be a number of at least 1, got ${rate.burst}`);
+    }
+    if (!(Number.isFinite(rate.maxWaitMs) && rate.maxWaitMs >= 0)) {
+      throw new TypeError(`rate maxWaitMs must be a number of milliseconds, got ${rate.maxWaitMs}`);
+    }
+  }
+  for (const q of quotas) {
+    checkKeyAndTtl(q.key, q.ttlMs);
+    if (q.ttlMs === undefined) throw new TypeError('a quota needs the ttl of the counter it may create');
+    if (!Number.isFinite(q.limit)) throw new TypeError(`quota limit must be a number, got ${q.limit}`);
+    if (!(Number.isFinite(q.cost) && q.cost >= 0)) {
+      throw new TypeError(`quota cost must be a number of at least 0, got ${q.cost}`);
+    }
   }
 }
