@@ -83,6 +83,8 @@ function bind(store: StateStore): StateStore {
     setAdd: store.setAdd.bind(store),
     setRemove: store.setRemove.bind(store),
     setMembers: store.setMembers.bind(store),
+    limit: store.limit.bind(store),
+    charge: store.charge.bind(store),
     close: store.close.bind(store),
   };
 }

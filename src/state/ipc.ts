@@ -18,10 +18,11 @@ import {
   type StoreRequest,
   type StoreValue,
 } from '../process/ipc.js';
-import { checkLimit } from './redis.js';
+
 import { RevocationFeed } from './revocations.js';
 import {
   checkKeyAndTtl,
+  checkLimit,
   type LimitResult,
   type QuotaCheck,
   type RateCheck,

@@ -8,6 +8,7 @@ import type { Logger } from '../observe/log.js';
 import { RevocationFeed } from './revocations.js';
 import {
   checkKeyAndTtl,
+  checkLimit,
   type LimitResult,
   limitStep,
   NOT_REFUSED,
@@ -157,6 +158,7 @@ export class MemoryStore implements StateStore {
   }
 
   async limit(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): Promise<LimitResult> {
+    checkLimit(rate, quotas);
     return this.limitNow(rate, quotas);
   }
 

@@ -175,3 +175,31 @@ export function checkKeyAndTtl(key: string, ttlMs?: number): void {
     throw new TypeError(`state store ttl must be a positive number of milliseconds, got ${ttlMs}`);
   }
 }
+
+/**
+ * Throws a TypeError for a rate or quotas a store cannot run (a programming error, never a client's):
+ * the Redis script would fail on them with an error that looks like Redis's, and the cluster primary
+ * checks what a worker sent with it. Works on values of any type.
+ */
+export function checkLimit(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): void {
+  if (rate !== undefined) {
+    checkKeyAndTtl(rate.key);
+    if (!(Number.isFinite(rate.intervalMs) && rate.intervalMs > 0)) {
+      throw new TypeError(`rate interval must be a positive number of milliseconds, got ${rate.intervalMs}`);
+    }
+    if (!(Number.isFinite(rate.burst) && rate.burst >= 1)) {
+      throw new TypeError(`rate burst must be a number of at least 1, got ${rate.burst}`);
+    }
+    if (!(Number.isFinite(rate.maxWaitMs) && rate.maxWaitMs >= 0)) {
+      throw new TypeError(`rate maxWaitMs must be a number of milliseconds, got ${rate.maxWaitMs}`);
+    }
+  }
+  for (const q of quotas) {
+    checkKeyAndTtl(q.key, q.ttlMs);
+    if (q.ttlMs === undefined) throw new TypeError('a quota needs the ttl of the counter it may create');
+    if (!Number.isFinite(q.limit)) throw new TypeError(`quota limit must be a number, got ${q.limit}`);
+    if (!(Number.isFinite(q.cost) && q.cost >= 0)) {
+      throw new TypeError(`quota cost must be a number of at least 0, got ${q.cost}`);
+    }
+  }
+}
