@@ -14,10 +14,13 @@
  * passed through unchecked, as HAProxy does no identity), so that the identity variant is also compared
  * with HAProxy on identical traffic. Token-cache misses are measured after the load phases in a bounded
  * phase where every request carries a different token (signature checks/s and CPU per check, confirmed
- * against the gateway's `gatehouse_token_verifications_total`).
+ * against the gateway's `gatehouse_token_verifications_total`). `gatehouse+limits` is the identity route
+ * with a rate limit and a quota counted in the memory store (limits never reached: the stage's own
+ * cost), and `gatehouse+limits+redis` the same counted in a `redis-server` the bench starts on the
+ * proxies' core, whose CPU counts with the gateway's.
  *
  * Usage: node --import tsx bench/run.ts [--duration 10s] [--connections 50] [--warmup 2s] [--rounds 1]
- *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,haproxy,haproxy+bearer,minimal-undici,node-http-proxy]
+ *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,gatehouse+limits,gatehouse+limits+redis,haproxy,…]
  *          [--memory-size 1GiB] [--miss-tokens 2000]
  *          [--no-memory | --memory-only] [--instructions [N] | --instructions-only]
  *          [--peer-node-flags FLAGS] [--baseline DIR]
@@ -112,6 +115,8 @@ const allProxies = [
   'gatehouse',
   'gatehouse+log',
   'gatehouse+jwt',
+  'gatehouse+limits',
+  'gatehouse+limits+redis',
   'haproxy',
   'haproxy+bearer',
   'haproxy+spoe',
@@ -501,7 +506,10 @@ async function runAutocannon(
 interface Running {
   child: ChildProcess;
   port: number;
-  /** Further processes the proxy's CPU includes (the Gatehouse SPOE agent behind `haproxy+spoe`). */
+  /**
+   * Further processes the proxy's CPU includes (the Gatehouse SPOE agent behind `haproxy+spoe`, the
+   * Redis of `gatehouse+limits+redis`).
+   */
   others?: ChildProcess[];
 }
 
@@ -561,6 +569,21 @@ function gatehouseCommand(baseline?: string): { cmd: string; args: string[]; not
   };
 }
 
+/**
+ * The rate limit of `gatehouse+limits`: high enough that the bench's one identity is never refused, so
+ * that what is measured is the limit stage's own cost (one GCRA step and one quota per request).
+ */
+const BENCH_RATE_LIMIT = '{ key: identity, rate: 1000000/s, burst: 1000000 }';
+
+/** The state store and the quota `gatehouse+limits` adds (a budget the bench never exhausts). */
+function limitConfigLines(store: string): string[] {
+  return [
+    `state: { store: "${store}" }`,
+    'quotas:',
+    '  bench-daily: { key: identity, limit: 1000000000000, window: 1d, routes: [bench] }',
+  ];
+}
+
 /** With `jwt`, the `gatehouse+jwt` variant: the bench route requires a bearer JWT from `jwt.issuer`. */
 async function startGatehouse(
   backendPort: number,
@@ -570,6 +593,7 @@ async function startGatehouse(
   baseline?: string,
   spoePort?: number,
   forwardAuthPort?: number,
+  limits?: { store: string },
 ): Promise<Running & { note: string }> {
   const port = await freePort();
   const dir = tempDir();
@@ -586,13 +610,16 @@ async function startGatehouse(
         ? 'server: { keepAliveTimeout: 120s }'
         : 'server: { keepAliveTimeout: 120s, trustedProxies: [127.0.0.1/32] }',
       ...(spoePort === undefined ? [] : [`spoe: { bind: "127.0.0.1:${spoePort}" }`]),
+      ...(limits === undefined ? [] : limitConfigLines(limits.store)),
       'upstreams:',
       '  backend:',
       `    servers: [{ url: "http://127.0.0.1:${backendPort}" }]`,
       ...(jwt ? jwtConfigLines(jwt.issuer, jwt.adminPort) : []),
       'routes:',
       jwt
-        ? '  - { name: bench, match: { path: / }, upstream: backend, policy: bench, identityHeaders: true }'
+        ? `  - { name: bench, match: { path: / }, upstream: backend, policy: bench, identityHeaders: true${
+            limits === undefined ? '' : `, rateLimit: ${BENCH_RATE_LIMIT}`
+          } }`
         : '  - { name: bench, match: { path: / }, upstream: backend, public: true }',
       // HAProxy and the peers log nothing per request either; `gatehouse+log` shows the default's cost.
       `logging: { level: warn, access: ${accessLog} }`,
@@ -601,15 +628,19 @@ async function startGatehouse(
   );
   const { cmd, args, note } = gatehouseCommand(baseline);
   const variant =
-    spoePort !== undefined
-      ? 'gatehouse-agent'
-      : forwardAuthPort !== undefined
-        ? 'gatehouse-authz'
-        : jwt
-          ? 'gatehouse+jwt'
-          : accessLog
-            ? 'gatehouse+log'
-            : 'gatehouse';
+    limits !== undefined
+      ? limits.store === 'memory'
+        ? 'gatehouse+limits'
+        : 'gatehouse+limits+redis'
+      : spoePort !== undefined
+        ? 'gatehouse-agent'
+        : forwardAuthPort !== undefined
+          ? 'gatehouse-authz'
+          : jwt
+            ? 'gatehouse+jwt'
+            : accessLog
+              ? 'gatehouse+log'
+              : 'gatehouse';
   const name = baseline === undefined ? variant : variant.replace('gatehouse', 'baseline');
   const child = start(name, cmd, [...args, 'start', '-c', file], 1, accessLog, wrap?.prefix);
   await waitForPort(port, child, name, wrap?.startTimeoutMs);
@@ -1086,12 +1117,17 @@ function table(summaries: Summary[], rows: readonly Row[]): string {
       x.othersCpuUsPerRequest === undefined ? [] : [x.othersCpuUsPerRequest],
     );
     if (parts.length === 0) continue;
-    const agent = median(parts);
+    const other = median(parts);
     const all = r.cpuUsPerRequest ?? Number.NaN;
-    const front = r.proxy.startsWith('nginx') ? 'nginx' : 'HAProxy';
+    // The main process and the further one: the proxy and its Gatehouse, or Gatehouse and its Redis.
+    const [front, back] = r.proxy.startsWith('nginx')
+      ? ['nginx', 'Gatehouse']
+      : r.proxy.startsWith('haproxy')
+        ? ['HAProxy', 'Gatehouse']
+        : ['Gatehouse', 'Redis'];
     lines.push(
       '',
-      `${r.proxy}, ${r.scenario}: ${front} ${fmt(all - agent)} µs/req + Gatehouse ${fmt(agent)} µs/req (medians)`,
+      `${r.proxy}, ${r.scenario}: ${front} ${fmt(all - other)} µs/req + ${back} ${fmt(other)} µs/req (medians)`,
     );
   }
   return lines.join('\n');
@@ -1120,6 +1156,14 @@ const TARGETS: readonly { label: string; scenario: Scenario; proxy: string; base
   { label: 'public route, 1 MiB', scenario: '1MiB', proxy: 'gatehouse', base: 'haproxy', max: 2.5 },
   { label: 'public route, 1 MiB', scenario: '1MiB', proxy: 'gatehouse', base: 'node-http-proxy', max: 0.7 },
   { label: 'identity overhead', scenario: 'small', proxy: 'gatehouse+jwt', base: 'gatehouse', max: 1.2 },
+  // A rate limit and a quota on the identity route, counted in the memory store.
+  {
+    label: 'rate limit + quota (memory store)',
+    scenario: 'small',
+    proxy: 'gatehouse+limits',
+    base: 'gatehouse+jwt',
+    max: 1.15,
+  },
   { label: 'identity route', scenario: 'small', proxy: 'gatehouse+jwt', base: 'haproxy', max: 2.5 },
   {
     label: 'identity route, same requests',
@@ -1159,6 +1203,12 @@ function targetResults(rows: readonly Row[]): TargetResult[] {
 /** Ratios reported without a target: what each companion mode costs over its proxy alone. */
 const COMPARISONS: readonly { label: string; scenario: Scenario; proxy: string; base: string }[] = [
   {
+    label: 'rate limit + quota in Redis (gateway + Redis) over no limits',
+    scenario: 'small',
+    proxy: 'gatehouse+limits+redis',
+    base: 'gatehouse+jwt',
+  },
+  {
     label: 'HAProxy + SPOE agent over bare HAProxy',
     scenario: 'small',
     proxy: 'haproxy+spoe',
@@ -1182,6 +1232,8 @@ const COMPARISONS: readonly { label: string; scenario: Scenario; proxy: string; 
 /** The proxies whose load carries the bench's bearer token. */
 const BEARER_PROXIES = new Set([
   'gatehouse+jwt',
+  'gatehouse+limits',
+  'gatehouse+limits+redis',
   'haproxy+bearer',
   'baseline+jwt',
   'haproxy+spoe',
@@ -1209,6 +1261,13 @@ async function main(): Promise<void> {
     notes.push('HAProxy skipped: not installed (apt-get install haproxy)');
     for (const p of ['haproxy', 'haproxy+bearer', 'haproxy+spoe', 'haproxy+jwt_verify'])
       if (wanted.includes(p)) wanted.splice(wanted.indexOf(p), 1);
+  }
+  if (wanted.includes('gatehouse+limits+redis') && !haveCommand('redis-server')) {
+    process.stderr.write(
+      '\n*** bench: redis-server is not installed: SKIPPING gatehouse+limits+redis (apt-get install redis-server) ***\n\n',
+    );
+    notes.push('gatehouse+limits+redis skipped: redis-server not installed (apt-get install redis-server)');
+    wanted.splice(wanted.indexOf('gatehouse+limits+redis'), 1);
   }
   if (wanted.some((p) => p.startsWith('nginx')) && !haveCommand('nginx')) {
     process.stderr.write(
@@ -1266,6 +1325,29 @@ async function main(): Promise<void> {
       const gw = await startGatehouse(backendPort, proxy === 'gatehouse+log', jwt, wrap);
       if (!notes.includes(`gatehouse ran as ${gw.note}`)) notes.push(`gatehouse ran as ${gw.note}`);
       return gw;
+    }
+    if ((proxy === 'gatehouse+limits' || proxy === 'gatehouse+limits+redis') && issuer) {
+      const jwt = { issuer: issuer.issuer, adminPort: await freePort() };
+      if (proxy === 'gatehouse+limits') {
+        const gw = await startGatehouse(backendPort, false, jwt, wrap, undefined, undefined, undefined, {
+          store: 'memory',
+        });
+        return gw;
+      }
+      // Redis runs on the proxies' CPU and counts with the gateway: the whole deployment's cost.
+      const redisPort = await freePort();
+      const redis = start(
+        'redis',
+        'redis-server',
+        ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+        1,
+        true,
+      );
+      await waitForPort(redisPort, redis, 'redis-server');
+      const gw = await startGatehouse(backendPort, false, jwt, wrap, undefined, undefined, undefined, {
+        store: `redis://127.0.0.1:${redisPort}/0`,
+      });
+      return { ...gw, others: [redis] };
     }
     if (proxy === 'baseline' || proxy === 'baseline+jwt') {
       const jwt =
@@ -1360,7 +1442,7 @@ async function main(): Promise<void> {
         row.othersCpuUsPerRequest = round((othersSeconds * 1e6) / load.requests, 1);
       rows.push(row);
       process.stdout.write(
-        `  ${proxy.padEnd(16)} ${scenario.padEnd(5)} ${fmt(load.rps, 0).padStart(8)} req/s  p50 ${fmt(load.p50Ms, 2)} ms  p99 ${fmt(load.p99Ms, 2)} ms  CPU ${fmt(row.cpuUsPerRequest)} µs/req${row.othersCpuUsPerRequest === undefined ? '' : ` (agent ${fmt(row.othersCpuUsPerRequest)})`}\n`,
+        `  ${proxy.padEnd(16)} ${scenario.padEnd(5)} ${fmt(load.rps, 0).padStart(8)} req/s  p50 ${fmt(load.p50Ms, 2)} ms  p99 ${fmt(load.p99Ms, 2)} ms  CPU ${fmt(row.cpuUsPerRequest)} µs/req${row.othersCpuUsPerRequest === undefined ? '' : ` (of which ${proxy.startsWith('gatehouse') ? 'Redis' : 'the agent'} ${fmt(row.othersCpuUsPerRequest)})`}\n`,
       );
     } catch (err) {
       fail(proxy, err);
