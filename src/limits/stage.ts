@@ -21,7 +21,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Identity } from '../identity/types.js';
 import type { Logger } from '../observe/log.js';
-import { limitDelay, limitVerdictsTotal } from '../observe/metrics.js';
+import { type CounterSeries, limitDelay, limitVerdictsTotal } from '../observe/metrics.js';
 import {
   BY_RATE,
   type LimitResult,
@@ -101,6 +101,22 @@ interface Applying {
   readonly quotas: CompiledQuota[];
   readonly checks: QuotaCheck[];
   readonly spans: WindowSpan[];
+}
+
+/** The hot-path metric series of one route's limits, resolved once. */
+interface LimitSeries {
+  readonly allowed: CounterSeries;
+}
+
+const routeSeries = new WeakMap<RouteLimits, LimitSeries>();
+
+function seriesOf(limits: RouteLimits, route: string): LimitSeries {
+  let s = routeSeries.get(limits);
+  if (s === undefined) {
+    s = { allowed: limitVerdictsTotal.series(route, 'allowed', '') };
+    routeSeries.set(limits, s);
+  }
+  return s;
 }
 
 const NO_QUOTAS: Applying = Object.freeze({ quotas: [], checks: [], spans: [] }) as unknown as Applying;
@@ -243,7 +259,7 @@ export class Limiter {
     }
     const wait = result.waitMs;
     if (wait <= 0) {
-      if (this.#count) limitVerdictsTotal.series(route, 'allowed', '').inc();
+      if (this.#count) seriesOf(limits, route).allowed.inc();
       return {
         outcome: 'allowed',
         reason: undefined,
@@ -392,8 +408,17 @@ export interface QuotaUsage {
   readonly resetAt: string;
 }
 
+const quotaPrefixes = new WeakMap<WindowSpan, string>();
+
+/** A quota's counter in a window: `q:<quota>:<window start, base 36>:<counted key>`. */
 function quotaKey(name: string, span: WindowSpan, counted: string): string {
-  return `q:${name}:${span.start.toString(36)}:${counted}`;
+  // One prefix per window (spans are reused until they end).
+  let prefix = quotaPrefixes.get(span);
+  if (prefix === undefined) {
+    prefix = `q:${name}:${span.start.toString(36)}:`;
+    quotaPrefixes.set(span, prefix);
+  }
+  return prefix + counted;
 }
 
 /**

@@ -32,6 +32,12 @@ export interface MemoryStoreOptions {
   sweepInterval?: number;
 }
 
+/** A number of the limit stage (a TAT, a quota's usage), kept as a number and updated in place. */
+interface Counter {
+  n: number;
+  expiresAt: number;
+}
+
 interface Entry {
   value: string | Set<string>;
   /** Expiry in ms since the epoch; Infinity for none. */
@@ -47,6 +53,8 @@ export class MemoryStore implements StateStore {
   readonly revocations = new RevocationFeed(true);
   readonly #entries = new Map<string, Entry>();
   readonly #short = new Map<string, Entry>();
+  /** The limit stage's numbers, apart: no string conversion per request; bounded like `#entries`. */
+  readonly #counters = new Map<string, Counter>();
   readonly #max: number;
   readonly #maxShort: number;
   readonly #shortTtl: number;
@@ -76,10 +84,12 @@ export class MemoryStore implements StateStore {
 
   /** Number of keys held (expired ones included until they are swept). */
   get size(): number {
-    return this.#entries.size + this.#short.size;
+    return this.#entries.size + this.#short.size + this.#counters.size;
   }
 
   async get(key: string): Promise<string | undefined> {
+    const counter = this.#counters.get(key);
+    if (counter !== undefined && counter.expiresAt > this.#now()) return String(counter.n);
     const entry = this.#live(key);
     if (entry === undefined) return undefined;
     if (typeof entry.value !== 'string') throw wrongType(key);
@@ -111,6 +121,7 @@ export class MemoryStore implements StateStore {
     checkKeyAndTtl(key);
     this.#open();
     this.#remove(key);
+    this.#counters.delete(key);
   }
 
   async incr(key: string, by = 1, ttlMs?: number): Promise<number> {
@@ -164,45 +175,69 @@ export class MemoryStore implements StateStore {
 
   /** `limit`, answered synchronously: the limit stage stays synchronous on the memory store. */
   limitNow(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): LimitResult {
+    this.#open();
     const now = this.#now();
-    let tat: number | undefined;
-    if (rate !== undefined) {
-      const e = this.#live(rate.key);
-      if (e !== undefined) tat = numberOf(e, rate.key);
-    }
+    const tat = rate === undefined ? undefined : this.#counter(rate.key, now);
     const usage: number[] = [];
-    for (const q of quotas) {
-      const e = this.#live(q.key);
-      usage.push(e === undefined ? 0 : numberOf(e, q.key));
-    }
-    const step = limitStep(now, tat, rate, quotas, usage);
+    for (let i = 0; i < quotas.length; i++) usage.push(this.#counter(quotas[i]!.key, now)?.n ?? 0);
+    const step = limitStep(now, tat?.n, rate, quotas, usage);
     if (step.result.refusedBy !== NOT_REFUSED) return step.result;
     if (rate !== undefined && step.tat !== undefined) {
       // The TAT is only needed until it is in the past: then the bucket is full anyway.
-      this.#put(rate.key, String(step.tat), Math.max(1, Math.ceil(step.tat - now)));
+      const expiresAt = now + Math.max(1, Math.ceil(step.tat - now));
+      if (tat !== undefined) {
+        tat.n = step.tat;
+        tat.expiresAt = expiresAt;
+      } else this.#newCounter(rate.key, step.tat, expiresAt);
     }
     for (let i = 0; i < quotas.length; i++) {
       const q = quotas[i]!;
-      if (q.cost !== 0) this.#add(q.key, q.cost, q.ttlMs);
+      if (q.cost !== 0) this.#addCounter(q.key, q.cost, q.ttlMs, now);
     }
     return step.result;
   }
 
   async charge(key: string, amount: number, ttlMs: number): Promise<number> {
     checkKeyAndTtl(key, ttlMs);
+    this.#open();
     if (!Number.isFinite(amount)) throw new TypeError(`charge must be a finite number, got ${amount}`);
-    return this.#add(key, amount, ttlMs);
+    return this.#addCounter(key, amount, ttlMs, this.#now());
   }
 
-  #add(key: string, amount: number, ttlMs: number): number {
-    const e = this.#live(key);
-    if (e === undefined) {
-      this.#put(key, String(amount), ttlMs);
+  /** Adds to a counter; one created now expires after `ttlMs`, an existing one keeps its expiry. */
+  #addCounter(key: string, amount: number, ttlMs: number, now: number): number {
+    const c = this.#counter(key, now);
+    if (c === undefined) {
+      this.#newCounter(key, amount, now + ttlMs);
       return amount;
     }
-    const next = numberOf(e, key) + amount;
-    e.value = String(next);
-    return next;
+    c.n += amount;
+    return c.n;
+  }
+
+  /** The live counter at `key`; an expired one is removed. */
+  #counter(key: string, now: number): Counter | undefined {
+    const c = this.#counters.get(key);
+    if (c === undefined) {
+      // A value written by `set` is not a number to count with (as INCRBYFLOAT refuses it in Redis).
+      if (this.#short.has(key) || this.#entries.has(key)) {
+        const e = this.#live(key);
+        if (e !== undefined) throw new StateStoreError(`value of ${key} is not a number`);
+      }
+      return undefined;
+    }
+    if (c.expiresAt <= now) {
+      this.#counters.delete(key);
+      return undefined;
+    }
+    return c;
+  }
+
+  #newCounter(key: string, n: number, expiresAt: number): void {
+    checkKeyAndTtl(key);
+    const map = this.#counters;
+    if (map.size >= this.#max) this.#makeRoom(map, this.#max);
+    map.set(key, { n, expiresAt });
   }
 
   async close(): Promise<void> {
@@ -213,12 +248,13 @@ export class MemoryStore implements StateStore {
     this.#timer = undefined;
     this.#entries.clear();
     this.#short.clear();
+    this.#counters.clear();
   }
 
   /** Removes every expired key now (also done in the background). */
   sweep(): void {
     const now = this.#now();
-    for (const map of [this.#short, this.#entries]) {
+    for (const map of [this.#short, this.#entries, this.#counters]) {
       for (const [key, entry] of map) if (entry.expiresAt <= now) map.delete(key);
     }
   }
@@ -254,7 +290,7 @@ export class MemoryStore implements StateStore {
     map.set(key, { value, expiresAt });
   }
 
-  #makeRoom(map: Map<string, Entry>, max: number): void {
+  #makeRoom(map: Map<string, { expiresAt: number }>, max: number): void {
     // Oldest written first (insertion order): constant work per insert even under a flood.
     const now = this.#now();
     let evicted = 0;
@@ -271,12 +307,6 @@ export class MemoryStore implements StateStore {
       );
     }
   }
-}
-
-function numberOf(e: Entry, key: string): number {
-  const n = typeof e.value === 'string' ? Number(e.value) : Number.NaN;
-  if (!Number.isFinite(n)) throw new StateStoreError(`value of ${key} is not a number`);
-  return n;
 }
 
 function wrongType(key: string): StateStoreError {
