@@ -98,19 +98,38 @@ test('rate limit: a burst is admitted, the next request gets 429 with Retry-Afte
   assert.match(metrics, /gatehouse_limit_verdicts_total\{route="api",verdict="allowed",limit=""\} [1-9]/);
 });
 
-test('rate limit: refused callers spend nothing (limits run after the access decision)', async (t) => {
-  const { gw } = await gateway(t, { rateLimit: { rate: '1/min', burst: 2, key: 'ip' } });
+test("rate limit: refused callers spend no identity's budget (limits run after the access decision)", async (t) => {
+  const { gw } = await gateway(t, { rateLimit: { rate: '1/min', burst: 2 } });
   for (let i = 0; i < 5; i++) {
-    const r = await request(gw.url(), { path: '/api/run', headers: { 'x-api-key': 'gh_nope_nope' } });
-    assert.equal(r.status, 401);
-    const anon = await request(gw.url(), { path: '/api/run' });
-    assert.equal(anon.status, 401);
+    assert.equal(
+      (await request(gw.url(), { path: '/api/run', headers: { 'x-api-key': 'gh_nope_nope' } })).status,
+      401,
+    );
+    assert.equal((await request(gw.url(), { path: '/api/run' })).status, 401);
   }
   for (let i = 0; i < 2; i++) {
     assert.equal((await request(gw.url(), { path: '/api/run', headers: as(alice) })).status, 200);
   }
-  // The `ip` key counts every caller from this address together.
-  assert.equal((await request(gw.url(), { path: '/api/run', headers: as(bob) })).status, 429);
+  assert.equal((await request(gw.url(), { path: '/api/run', headers: as(alice) })).status, 429);
+});
+
+test("rate limit by ip: an unauthenticated flood is limited (429 instead of 401), and the address's callers share it", async (t) => {
+  const { gw, seen } = await gateway(t, { rateLimit: { rate: '1/min', burst: 3, key: 'ip' } });
+  const statuses: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    statuses.push(
+      (await request(gw.url(), { path: '/api/run', headers: { 'x-api-key': 'gh_nope_nope' } })).status,
+    );
+  }
+  assert.deepEqual(statuses, [401, 401, 401, 429, 429]);
+  const flood = gw.access.filter((e) => e.status === 429);
+  assert.equal(flood[0]?.reason, 'rate-limited:api');
+  assert.equal(flood[0]?.identity, undefined);
+  // The address's budget is spent: a valid key from it waits too, and nothing reached the upstream.
+  const r = await request(gw.url(), { path: '/api/run', headers: as(alice) });
+  assert.equal(r.status, 429);
+  assert.ok(Number(r.headers['retry-after']) >= 1);
+  assert.equal(seen(), 0);
 });
 
 test('rate limit: anonymous callers on a public route are counted per client address', async (t) => {

@@ -246,7 +246,17 @@ function conclude(
     now,
   );
   const limiter = rt.limits;
-  if (decision.outcome === 'allow' && limiter !== undefined) {
+  if (limiter !== undefined && decision.outcome !== 'allow') {
+    // A refused request is counted by an `ip` rate limit only: over it, 429 instead of the refusal.
+    const verdict = limiter.check(route.name, desc, decision.identity, now, true);
+    if (verdict !== undefined) {
+      const refusal = (v: LimitVerdict): Answer =>
+        v.outcome === 'limited'
+          ? build(rt, desc, route, auth, from, now, setCookie, limitedBy(decision, v), v)
+          : build(rt, desc, route, auth, from, now, setCookie, decision, undefined);
+      return verdict instanceof Promise ? verdict.then(refusal) : refusal(verdict);
+    }
+  } else if (limiter !== undefined) {
     const verdict = limiter.check(route.name, desc, decision.identity, now);
     if (verdict !== undefined) {
       if (verdict instanceof Promise) {

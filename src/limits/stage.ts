@@ -144,17 +144,22 @@ export class Limiter {
   /**
    * The verdict on an allowed request of `route` (undefined when the route has no limit). A promise when
    * the store is remote or the request is held; rejects with `StateStoreError` only when a limit that
-   * applies says `onStoreError: deny`.
+   * applies says `onStoreError: deny`. With `refused`, the verdict on a request the access decision
+   * refused: counted by an `ip` rate limit only (undefined for any other).
    */
   check(
     route: string,
     req: LimitRequest,
     identity: Identity | undefined,
     now: number = Date.now(),
+    refused = false,
   ): LimitVerdict | Promise<LimitVerdict> | undefined {
     const limits = this.set.forRoute(route);
     if (limits === undefined) return undefined;
     const rl = limits.rate;
+    // A refused request counts only against the caller's own address (`ip` limits), never held, and
+    // spends no quota: an unauthenticated flood is limited, and no one else's budget is spent by it.
+    if (refused && rl?.key.kind !== 'ip') return undefined;
     let rate: RateCheck | undefined;
     if (rl !== undefined) {
       rate = {
@@ -162,10 +167,11 @@ export class Limiter {
         intervalMs: rl.intervalMs,
         burst: rl.burst,
         // A full hold queue refuses at once instead of holding more.
-        maxWaitMs: limits.held < rl.maxDelayed ? rl.delayMs : 0,
+        maxWaitMs: !refused && limits.held < rl.maxDelayed ? rl.delayMs : 0,
       };
     }
-    const applying = limits.quotas.length === 0 ? NO_QUOTAS : this.#quotas(limits, req, identity, now);
+    const applying =
+      refused || limits.quotas.length === 0 ? NO_QUOTAS : this.#quotas(limits, req, identity, now);
     if (rate === undefined && applying.checks.length === 0) return undefined;
     const sync = this.#sync;
     if (sync !== undefined) {
@@ -173,13 +179,13 @@ export class Limiter {
       try {
         result = sync.limitNow(rate, applying.checks);
       } catch (err) {
-        return this.#failed(err, route, rl, applying);
+        return this.#failed(err, route, rl, applying, refused);
       }
       return this.#conclude(route, limits, rl, applying, result, now);
     }
     return this.#store.limit(rate, applying.checks).then(
       (result) => this.#conclude(route, limits, rl, applying, result, now),
-      (err: unknown) => this.#failed(err, route, rl, applying),
+      (err: unknown) => this.#failed(err, route, rl, applying, refused),
     );
   }
 
@@ -308,12 +314,19 @@ export class Limiter {
     return { outcome: 'limited', reason, code, retryAfter, waitMs: 0, headers, charges: undefined, limit };
   }
 
-  #failed(err: unknown, route: string, rl: CompiledRate | undefined, applying: Applying): LimitVerdict {
+  #failed(
+    err: unknown,
+    route: string,
+    rl: CompiledRate | undefined,
+    applying: Applying,
+    refused: boolean,
+  ): LimitVerdict {
     const failure =
       err instanceof StateStoreError
         ? err
         : new StateStoreError('the state store could not count this request', err);
-    const deny = (rl !== undefined && !rl.failOpen) || applying.quotas.some((q) => !q.failOpen);
+    // A refused request stays refused: the store's failure changes nothing for it.
+    const deny = !refused && ((rl !== undefined && !rl.failOpen) || applying.quotas.some((q) => !q.failOpen));
     if (!this.#outage) {
       this.#outage = true;
       this.#logger.warn(
