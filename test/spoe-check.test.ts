@@ -65,6 +65,13 @@ describe('gatehouse-check', () => {
             rateLimit: { rate: '1/min', burst: 2 },
           },
           {
+            name: 'paced',
+            match: { path: '/paced' },
+            upstream: 'app',
+            policy: 'agents',
+            rateLimit: { rate: '10/s', burst: 1, delay: '500ms' },
+          },
+          {
             name: 'metered',
             match: { path: '/metered' },
             upstream: 'app',
@@ -163,6 +170,21 @@ describe('gatehouse-check', () => {
     const retry = v.retry_after as number;
     assert.ok(retry >= 1 && retry <= 86_400, `retry_after ${retry}`);
     assert.equal(v.ratelimit_policy, '"daily-runs";q=1;w=86400');
+  });
+
+  test('a rate limit with delay: the answer is held until the request conforms, then allowed', async () => {
+    const m = base([['x-api-key', key.key]], { url: str('/paced') });
+    const first = checkMessage(rt, m);
+    assert.ok(!(first instanceof Promise));
+    assert.equal(vars(first.actions).status, 200);
+    const started = performance.now();
+    const held = checkMessage(rt, m);
+    assert.ok(held instanceof Promise, 'held until its slot');
+    const v = vars((await held).actions);
+    assert.ok(performance.now() - started >= 50, 'held for about one interval (100 ms)');
+    assert.equal(v.status, 200);
+    assert.equal(v.ratelimit_policy, '"paced";q=10;w=1');
+    assert.equal(typeof v.assertion, 'string');
   });
 
   test('messages that cannot be read are refused, never allowed', () => {
