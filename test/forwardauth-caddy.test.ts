@@ -17,7 +17,7 @@ import { memoryLogger, tempDir } from './helpers/gateway.js';
 import { freePort } from './helpers/haproxy.js';
 import { makeKey, startIssuer } from './helpers/identity.js';
 import { startIdp } from './helpers/oidc.js';
-import { request, type Seen, seenOf, startBackend } from './helpers/proxy.js';
+import { echo, request, type Seen, seenOf, startBackend } from './helpers/proxy.js';
 
 const HOST = 'app.gatehouse.test';
 
@@ -26,7 +26,11 @@ test('Caddy forward_auth with examples/caddy: identities, refusals, spoofing and
 }, async (t) => {
   const d = tempDir('gatehouse-caddy-');
   t.after(() => d.remove());
-  const backend = await startBackend(t, 'app');
+  // The application reports a limit of its own on /exports: the client sees both.
+  const backend = await startBackend(t, 'app', (req, res, seen) => {
+    if (seen.url.startsWith('/exports')) res.setHeader('ratelimit', '"app";r=7;t=1');
+    echo(req, res, seen);
+  });
   const tokens = await startIssuer([await makeKey('k1', 'ES256')]);
   t.after(() => tokens.close());
   const key = generateApiKey('etl');
@@ -148,6 +152,49 @@ test('Caddy forward_auth with examples/caddy: identities, refusals, spoofing and
     assert.equal(browser.headers.location, '/.gatehouse/login?rd=%2Fdash%3Fx%3D1');
     assert.ok(!backend.seen.some((s) => s.url.startsWith('/admin')));
   });
+
+  await t.test(
+    'over the rate limit of /exports: 200s with the RateLimit headers, then 429 with Retry-After; a real 403 stays 403',
+    async () => {
+      const before = backend.seen.length;
+      for (let left = 4; left >= 0; left--) {
+        const r = await request(front, { path: '/exports/run', headers: { host, 'x-api-key': key.key } });
+        assert.equal(r.status, 200, r.body.toString());
+        const seen = seenOf(r.body);
+        assert.equal(seen.headers['x-gatehouse-user'], 'agent:etl');
+        assert.equal(seen.headers['x-gatehouse-ratelimit'], undefined, 'the budget is for the client');
+        assert.equal(seen.headers['x-gatehouse-ratelimit-policy'], undefined);
+        assert.equal(r.headers['ratelimit-policy'], '"exports";q=10;w=60');
+        const items = String(r.headers.ratelimit).split(', ').sort();
+        assert.equal(items[0], '"app";r=7;t=1');
+        assert.match(items[1]!, new RegExp(`^"exports";r=${left};t=\\d+$`));
+      }
+      const limited = await request(front, {
+        path: '/exports/run',
+        headers: { host, 'x-api-key': key.key, accept: 'text/html' },
+      });
+      assert.equal(limited.status, 429, `${limited.body}\n${caddy.output()}`);
+      const body = JSON.parse(limited.body.toString());
+      assert.equal(body.code, 'GH_RATE_LIMITED');
+      assert.equal(body.reason, 'rate-limited:exports');
+      const retry = Number(limited.headers['retry-after']);
+      assert.ok(retry >= 1 && retry <= 6, `Retry-After ${limited.headers['retry-after']}`);
+      assert.equal(limited.headers['ratelimit-policy'], '"exports";q=10;w=60');
+      assert.match(String(limited.headers.ratelimit), /^"exports";r=0;t=\d+$/);
+      assert.equal(backend.seen.length, before + 5, 'the limited request never reaches the backend');
+      assert.equal(access.at(-1)!.limit, 'limited');
+      // A real 403 stays 403, and a route without a limit says nothing about one.
+      const denied = await request(front, { path: '/admin/users', headers: { host, 'x-api-key': key.key } });
+      assert.equal(denied.status, 403);
+      assert.equal(JSON.parse(denied.body.toString()).code, 'GH_FORBIDDEN');
+      assert.equal(denied.headers['retry-after'], undefined);
+      const free = await request(front, { path: '/jobs', headers: { host, 'x-api-key': key.key } });
+      assert.equal(free.status, 200);
+      assert.equal(free.headers['ratelimit-policy'], undefined);
+      assert.equal(free.headers.ratelimit, undefined);
+      assert.equal(seenOf(free.body).headers['x-gatehouse-ratelimit'], undefined);
+    },
+  );
 
   await t.test('spoofed identity and forwarded headers from the client never count', async () => {
     const before = backend.seen.length;

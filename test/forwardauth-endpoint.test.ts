@@ -114,7 +114,16 @@ describe('forward-auth endpoint', () => {
           cors: { origins: ['https://ui.example.test'], credentials: true },
         },
         { name: 'quiet', match: { path: '/quiet' }, upstream: 'app', policy: 'data-eng' },
+        {
+          name: 'limited',
+          match: { path: '/limited' },
+          upstream: 'app',
+          policy: 'data-eng',
+          rateLimit: { rate: '1/min', burst: 2 },
+        },
+        { name: 'metered', match: { path: '/metered' }, upstream: 'app', policy: 'data-eng' },
       ],
+      quotas: { 'daily-runs': { limit: 1, window: '1d', routes: ['metered'] } },
       logging: { level: 'warn' },
     });
   }
@@ -277,6 +286,108 @@ describe('forward-auth endpoint', () => {
     assert.equal(nginx.headers.location, undefined);
     // An API client never gets the sign-in address.
     assert.equal(none.headers['x-gatehouse-location'], undefined);
+  });
+
+  test('over a rate limit: 429 with Retry-After and the RateLimit headers, passed on as is by Caddy and Traefik', async (t) => {
+    gw = await gateway(t);
+    const port = gw.port('authz');
+    const who = { 'x-api-key': dataKey.key };
+    for (const left of [1, 0]) {
+      const ok = await call(port, { headers: auth('/limited/run', who) });
+      assert.equal(ok.status, 200, ok.body);
+      assert.equal(ok.headers['x-gatehouse-user'], '', 'a route without identityHeaders');
+      // For the proxy to copy: on a 200 the standard names would mean nothing to any of them.
+      assert.equal(ok.headers['x-gatehouse-ratelimit-policy'], '"limited";q=1;w=60');
+      assert.match(String(ok.headers['x-gatehouse-ratelimit']), new RegExp(`^"limited";r=${left};t=\\d+$`));
+      assert.equal(ok.headers['ratelimit-policy'], undefined);
+      assert.equal(ok.headers.ratelimit, undefined);
+      assert.equal(ok.headers['retry-after'], undefined);
+    }
+    // A browser gets the same JSON answer: it is not a page about who may pass.
+    const r = await call(port, { headers: auth('/limited/run', { ...who, accept: 'text/html' }) });
+    assert.equal(r.status, 429, r.body);
+    assert.match(String(r.headers['content-type']), /^application\/json/);
+    const retry = Number(r.headers['retry-after']);
+    assert.ok(retry >= 55 && retry <= 60, `Retry-After ${r.headers['retry-after']}`);
+    assert.equal(r.headers['ratelimit-policy'], '"limited";q=1;w=60');
+    assert.match(String(r.headers.ratelimit), /^"limited";r=0;t=\d+$/);
+    assert.equal(r.headers['x-gatehouse-reason'], 'rate-limited:limited');
+    assert.equal(r.headers['x-gatehouse-code'], 'GH_RATE_LIMITED');
+    assert.equal(r.headers['x-gatehouse-status'], undefined);
+    assert.equal(r.headers['x-gatehouse-user'], undefined);
+    assert.equal(r.headers['x-gatehouse-assertion'], undefined);
+    const body = json(r);
+    assert.equal(body.status, 429);
+    assert.equal(body.code, 'GH_RATE_LIMITED');
+    assert.equal(body.reason, 'rate-limited:limited');
+    const entry = gw.access.at(-1)!;
+    assert.equal(entry.plane, 'forward-auth');
+    assert.equal(entry.status, 429);
+    assert.equal(entry.limit, 'limited');
+    assert.equal(entry.error, 'GH_RATE_LIMITED');
+    // Another caller has a budget of its own; a route without a limit answers both names empty.
+    const other = await call(port, { headers: auth('/limited/run', { 'x-api-key': adminKey.key }) });
+    assert.equal(other.status, 200);
+    const plain = await call(port, { headers: auth('/quiet', who) });
+    assert.equal(plain.status, 200);
+    assert.equal(plain.headers['x-gatehouse-ratelimit-policy'], '');
+    assert.equal(plain.headers['x-gatehouse-ratelimit'], '');
+
+    // A quota without budget: 429 GH_QUOTA_EXCEEDED until its window ends.
+    assert.equal((await call(port, { headers: auth('/metered', who) })).status, 200);
+    const spent = await call(port, { headers: auth('/metered', who) });
+    assert.equal(spent.status, 429);
+    assert.equal(json(spent).code, 'GH_QUOTA_EXCEEDED');
+    assert.equal(spent.headers['x-gatehouse-reason'], 'quota-exceeded:daily-runs');
+    assert.ok(Number(spent.headers['retry-after']) >= 1);
+    assert.equal(spent.headers['ratelimit-policy'], '"daily-runs";q=1;w=86400');
+  });
+
+  test('over a rate limit, nginx: 403 with X-Gatehouse-Status 429, Retry-After and X-Gatehouse-RateLimit for its error_page; a real 403 says nothing of it', async (t) => {
+    gw = await gateway(t);
+    const port = gw.port('authz');
+    const nginx = (uri: string, extra: Record<string, string> = {}) => ({
+      host: HOST,
+      'x-original-method': 'GET',
+      'x-original-uri': uri,
+      'x-api-key': dataKey.key,
+      ...extra,
+    });
+    for (const left of [1, 0]) {
+      const ok = await call(port, { headers: nginx('/limited') });
+      assert.equal(ok.status, 200, ok.body);
+      assert.equal(ok.headers['x-gatehouse-ratelimit-policy'], '"limited";q=1;w=60');
+      assert.match(String(ok.headers['x-gatehouse-ratelimit']), new RegExp(`^"limited";r=${left};t=\\d+$`));
+    }
+    // nginx turns any auth answer but 2xx, 401 and 403 into 500.
+    const r = await call(port, { headers: nginx('/limited', { accept: 'text/html' }) });
+    assert.equal(r.status, 403, r.body);
+    assert.equal(r.headers['x-gatehouse-status'], '429');
+    assert.equal(r.headers['x-gatehouse-code'], 'GH_RATE_LIMITED');
+    assert.equal(r.headers['x-gatehouse-reason'], 'rate-limited:limited');
+    const retry = Number(r.headers['retry-after']);
+    assert.ok(retry >= 55 && retry <= 60, `Retry-After ${r.headers['retry-after']}`);
+    assert.equal(r.headers['x-gatehouse-ratelimit-policy'], '"limited";q=1;w=60');
+    assert.match(String(r.headers['x-gatehouse-ratelimit']), /^"limited";r=0;t=\d+$/);
+    assert.equal(r.headers.ratelimit, undefined);
+    assert.match(String(r.headers['content-type']), /^application\/json/);
+    assert.equal(json(r).status, 429);
+    assert.equal(json(r).code, 'GH_RATE_LIMITED');
+    assert.equal(gw.access.at(-1)!.limit, 'limited');
+
+    assert.equal((await call(port, { headers: nginx('/metered') })).status, 200);
+    const spent = await call(port, { headers: nginx('/metered') });
+    assert.equal(spent.status, 403);
+    assert.equal(spent.headers['x-gatehouse-status'], '429');
+    assert.equal(spent.headers['x-gatehouse-code'], 'GH_QUOTA_EXCEEDED');
+    assert.ok(Number(spent.headers['retry-after']) >= 1);
+
+    const forbidden = await call(port, { headers: nginx('/admin') });
+    assert.equal(forbidden.status, 403);
+    assert.equal(forbidden.headers['x-gatehouse-status'], undefined);
+    assert.equal(forbidden.headers['retry-after'], undefined);
+    assert.equal(forbidden.headers['x-gatehouse-code'], 'GH_FORBIDDEN');
+    assert.equal(forbidden.headers['x-gatehouse-ratelimit'], undefined);
   });
 
   test('tricky targets decide exactly as the built-in proxy decides them', async (t) => {

@@ -252,6 +252,26 @@ test('Traefik forwardAuth as examples/traefik configures it: identities, refusal
   assert.equal(denied.status, 403);
   assert.equal(JSON.parse(denied.body).reason, 'no-allow-rule');
 
+  // Over the rate limit of /exports: Gatehouse's 429 goes back to the client as it is. The budget of an
+  // allowed request reaches only the service (X-Gatehouse-RateLimit…, through the regex): Traefik has
+  // no way to add an auth answer's header to the client's response.
+  for (let left = 4; left >= 0; left--) {
+    const ok = await traefik(chain, { uri: '/exports/run', headers: { Host: HOST, 'X-Api-Key': key.key } });
+    assert.ok(ok.forwarded, JSON.stringify(ok));
+    assert.match(lower(ok.headers)['x-gatehouse-ratelimit']!, new RegExp(`^"exports";r=${left};t=\\d+$`));
+  }
+  const limited = await traefik(chain, {
+    uri: '/exports/run',
+    headers: { Host: HOST, 'X-Api-Key': key.key },
+  });
+  assert.ok(!limited.forwarded);
+  assert.equal(limited.status, 429);
+  assert.equal(JSON.parse(limited.body).code, 'GH_RATE_LIMITED');
+  const retry = Number(limited.headers['retry-after']);
+  assert.ok(retry >= 1 && retry <= 6, `Retry-After ${limited.headers['retry-after']}`);
+  assert.equal(limited.headers['ratelimit-policy'], '"exports";q=10;w=60');
+  assert.match(String(limited.headers.ratelimit), /^"exports";r=0;t=\d+$/);
+
   // Spoofing: the client's identity headers (any spelling) and forwarded headers never count.
   const spoof = {
     Host: HOST,

@@ -57,8 +57,30 @@ describe('gatehouse-check', () => {
         policies: { agents: { allow: [{ name: 'agents', groups: ['agents'] }] } },
         routes: [
           { name: 'open', match: { path: '/open' }, upstream: 'app', public: true },
+          {
+            name: 'limited',
+            match: { path: '/limited' },
+            upstream: 'app',
+            policy: 'agents',
+            rateLimit: { rate: '1/min', burst: 2 },
+          },
+          {
+            name: 'paced',
+            match: { path: '/paced' },
+            upstream: 'app',
+            policy: 'agents',
+            rateLimit: { rate: '10/s', burst: 1, delay: '500ms' },
+          },
+          {
+            name: 'metered',
+            match: { path: '/metered' },
+            upstream: 'app',
+            policy: 'agents',
+            identityHeaders: true,
+          },
           { name: 'api', match: { path: '/' }, upstream: 'app', policy: 'agents', identityHeaders: true },
         ],
+        quotas: { 'daily-runs': { limit: 1, window: '1d', routes: ['metered'] } },
       },
       memoryLogger().logger,
     );
@@ -101,6 +123,68 @@ describe('gatehouse-check', () => {
     assert.equal(open.status, 200);
     assert.equal(open.reason, 'public-route');
     assert.equal(open.assertion, undefined);
+  });
+
+  test('a rate limit: allowed answers carry ratelimit and ratelimit_policy; over it, 429 with retry_after and no identity', () => {
+    const m = base([['x-api-key', key.key]], { url: str('/limited/run') });
+    for (const left of [1, 0]) {
+      const v = vars((checkMessage(rt, m) as CheckOutcome).actions);
+      assert.equal(v.status, 200);
+      assert.equal(v.ratelimit_policy, '"limited";q=1;w=60');
+      assert.match(String(v.ratelimit), new RegExp(`^"limited";r=${left};t=\\d+$`));
+      assert.equal(v.retry_after, undefined);
+    }
+    const out = checkMessage(rt, m);
+    assert.ok(!(out instanceof Promise), 'the memory store decides synchronously');
+    const v = vars(out.actions);
+    assert.equal(v.status, 429);
+    assert.equal(v.reason, 'rate-limited:limited');
+    assert.equal(v.route, 'limited');
+    assert.equal(typeof v.retry_after, 'number');
+    const retry = v.retry_after as number;
+    assert.ok(retry >= 1 && retry <= 60, `retry_after ${retry}`);
+    assert.equal(v.ratelimit_policy, '"limited";q=1;w=60');
+    assert.match(String(v.ratelimit), /^"limited";r=0;t=\d+$/);
+    assert.equal(out.verdict?.refusal?.code, 'GH_RATE_LIMITED');
+    // A refused request carries nothing for the backend.
+    assert.equal(v.assertion, undefined);
+    assert.equal(v.user, undefined);
+    // Routes without a limit say nothing about one.
+    const plain = vars((checkMessage(rt, base([['x-api-key', key.key]])) as CheckOutcome).actions);
+    assert.equal(plain.status, 200);
+    assert.equal(plain.ratelimit, undefined);
+    assert.equal(plain.ratelimit_policy, undefined);
+  });
+
+  test('a quota without budget: 429 quota-exceeded, retry_after until the window ends', () => {
+    const m = base([['x-api-key', key.key]], { url: str('/metered') });
+    const first = vars((checkMessage(rt, m) as CheckOutcome).actions);
+    assert.equal(first.status, 200);
+    assert.equal(first.ratelimit_policy, '"daily-runs";q=1;w=86400');
+    assert.match(String(first.ratelimit), /^"daily-runs";r=0;t=\d+$/);
+    const out = checkMessage(rt, m) as CheckOutcome;
+    const v = vars(out.actions);
+    assert.equal(v.status, 429);
+    assert.equal(v.reason, 'quota-exceeded:daily-runs');
+    assert.equal(out.verdict?.refusal?.code, 'GH_QUOTA_EXCEEDED');
+    const retry = v.retry_after as number;
+    assert.ok(retry >= 1 && retry <= 86_400, `retry_after ${retry}`);
+    assert.equal(v.ratelimit_policy, '"daily-runs";q=1;w=86400');
+  });
+
+  test('a rate limit with delay: the answer is held until the request conforms, then allowed', async () => {
+    const m = base([['x-api-key', key.key]], { url: str('/paced') });
+    const first = checkMessage(rt, m);
+    assert.ok(!(first instanceof Promise));
+    assert.equal(vars(first.actions).status, 200);
+    const started = performance.now();
+    const held = checkMessage(rt, m);
+    assert.ok(held instanceof Promise, 'held until its slot');
+    const v = vars((await held).actions);
+    assert.ok(performance.now() - started >= 50, 'held for about one interval (100 ms)');
+    assert.equal(v.status, 200);
+    assert.equal(v.ratelimit_policy, '"paced";q=10;w=1');
+    assert.equal(typeof v.assertion, 'string');
   });
 
   test('messages that cannot be read are refused, never allowed', () => {

@@ -4,7 +4,8 @@
  * gateway's SPOE agent answers `gatehouse-check` through `answer()`, HAProxy enforces the variables.
  * Bearer JWTs, API keys and session cookies; 302/401/403 with reasons; identity headers and the
  * assertion reach the application, spoofed ones never do; path tricks decide as the built-in proxy
- * would; a reload changes decisions; the agent down refuses (fail closed).
+ * would; a reload changes decisions; the agent down refuses (fail closed); rate limits and quotas answer
+ * 429 with Retry-After and the RateLimit headers, which allowed responses carry too.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -275,6 +276,67 @@ test('HAProxy + SPOE agent: path tricks, ambiguous credentials and bad targets d
   const down = await request(s.front, { path: '/ok', headers: { authorization: `Bearer ${eng}` } });
   assert.equal(down.status, 503);
   assert.equal(s.backend.seen.length, n);
+});
+
+test('HAProxy + SPOE agent: over a rate limit or a quota, 429 with Retry-After, the RateLimit headers and the reason; allowed responses carry the RateLimit headers', async (t) => {
+  const s = await setup(t);
+  // The example's limit, made small, and a daily quota for agents.
+  s.writeConfig(
+    (y) =>
+      `${y.replace(
+        'rateLimit: { key: identity, rate: 600/min, burst: 100 }',
+        'rateLimit: { key: identity, rate: 1/min, burst: 2 }',
+      )}\nquotas:\n  agent-runs: { limit: 1, window: 1d, routes: [pipelines], when: { groups: [agents] } }\n`,
+  );
+  assert.deepEqual(await s.gw.reload(), { ok: true, generation: 2 });
+  const jwt = await s.token({ sub: 'alice', groups: ['data-eng'] });
+  const bearer = { authorization: `Bearer ${jwt}`, ...JSON_ACCEPT };
+  for (const left of [1, 0]) {
+    const ok = await request(s.front, { path: '/pipelines/run', headers: bearer });
+    assert.equal(ok.status, 200, ok.body.toString());
+    assert.equal(ok.headers['ratelimit-policy'], '"pipelines";q=1;w=60');
+    assert.match(String(ok.headers.ratelimit), new RegExp(`^"pipelines";r=${left};t=\\d+$`));
+    assert.equal(ok.headers['retry-after'], undefined);
+    assert.equal(seenOf(ok.body).headers['x-gatehouse-user'], 'alice');
+  }
+  const before = s.backend.seen.length;
+  const limited = await request(s.front, { path: '/pipelines/run', headers: bearer });
+  assert.equal(limited.status, 429);
+  assert.deepEqual(JSON.parse(limited.body.toString()), { status: 429, reason: 'rate-limited:pipelines' });
+  const retry = Number(limited.headers['retry-after']);
+  assert.ok(retry >= 55 && retry <= 60, `Retry-After ${limited.headers['retry-after']}`);
+  assert.equal(limited.headers['ratelimit-policy'], '"pipelines";q=1;w=60');
+  assert.match(String(limited.headers.ratelimit), /^"pipelines";r=0;t=\d+$/);
+  assert.equal(limited.headers['cache-control'], 'no-store');
+  assert.equal(s.backend.seen.length, before, 'a limited request never reaches the application');
+  const entry = s.access.filter((e) => e.plane === 'spoe' && e.identity === 'alice').at(-1);
+  assert.equal(entry?.status, 429);
+  assert.equal(entry?.limit, 'limited');
+  assert.equal(entry?.reason, 'rate-limited:pipelines');
+  assert.equal(entry?.error, 'GH_RATE_LIMITED');
+
+  // The quota counts agents only: the API key's second run is refused until the day ends.
+  const key = { 'x-api-key': s.apiKey };
+  const first = await request(s.front, { path: '/pipelines', headers: key });
+  assert.equal(first.status, 200);
+  assert.equal(first.headers['ratelimit-policy'], '"pipelines";q=1;w=60, "agent-runs";q=1;w=86400');
+  assert.match(String(first.headers.ratelimit), /^"pipelines";r=1;t=\d+, "agent-runs";r=0;t=\d+$/);
+  const spent = await request(s.front, { path: '/pipelines', headers: key });
+  assert.equal(spent.status, 429);
+  assert.equal(JSON.parse(spent.body.toString()).reason, 'quota-exceeded:agent-runs');
+  const wait = Number(spent.headers['retry-after']);
+  assert.ok(wait >= 1 && wait <= 86_400, `Retry-After ${spent.headers['retry-after']}`);
+  assert.match(String(spent.headers['ratelimit-policy']), /"agent-runs";q=1;w=86400/);
+  assert.equal(s.access.at(-1)?.error, 'GH_QUOTA_EXCEEDED');
+
+  // Refusals by policy spend nothing and say nothing about limits; a public route has none.
+  const denied = await request(s.front, { method: 'POST', path: '/pipelines', headers: key });
+  assert.equal(denied.status, 403);
+  assert.equal(denied.headers.ratelimit, undefined);
+  assert.equal(denied.headers['retry-after'], undefined);
+  const open = await request(s.front, { path: '/status' });
+  assert.equal(open.status, 200);
+  assert.equal(open.headers['ratelimit-policy'], undefined);
 });
 
 test('HAProxy + SPOE agent: a person signs in with a real browser through HAProxy and reaches the application as themself', {

@@ -10,21 +10,31 @@
  *   the verdict (core/verdict.ts) on the original request, described exactly as the built-in proxy
  *   describes it (same normalization, route table, credentials from the subrequest's own headers):
  *     allow ................................... 200 + X-Gatehouse-User/-Email/-Groups/-Assertion, always
- *                                               all four (empty when there is no identity to send), and
+ *                                               all four (empty when there is no identity to send),
  *                                               X-Gatehouse-Cookie: the Cookie for the application,
- *                                               without the gateway's session cookie
+ *                                               without the gateway's session cookie, and
+ *                                               X-Gatehouse-RateLimit-Policy/-RateLimit: the RateLimit
+ *                                               headers for the client's response (empty: no limit)
  *     sign in (browser, no session) ........... 302 Location: /.gatehouse/login?rd=…; for nginx (the
  *                                               X-Original-* family), which cannot pass a 302 on: 401
  *                                               with X-Gatehouse-Location for its error_page
  *     unauthenticated ......................... 401 + WWW-Authenticate
  *     forbidden ............................... 403, JSON with the reason and the rule (the HTML page
  *                                               of the built-in proxy for a client that accepts HTML)
+ *     over a rate limit or quota .............. 429 + Retry-After, RateLimit-Policy, RateLimit (Caddy
+ *                                               and Traefik pass it on as is); for nginx, which turns
+ *                                               any answer but 2xx/401/403 into 500: 403 with
+ *                                               X-Gatehouse-Status: 429, Retry-After and
+ *                                               X-Gatehouse-RateLimit-Policy/-RateLimit, which its
+ *                                               error_page turns back into the 429
  *     /.gatehouse/* ........................... 404: the proxy must route these to the gateway itself
  *     bad path, no route, method, store down .. 400 / 404 / 405 / 503, as the verdict says
  *
- * Every refusal carries `X-Gatehouse-Reason` (for a proxy that shows its own error page, like nginx)
- * and a JSON body `{ status, code, reason, message, rule, requestId }`. The session cookie and CORS
- * headers of the answer are added to every answer; the proxy decides which of them reach the client.
+ * Every refusal carries `X-Gatehouse-Reason` and `X-Gatehouse-Code` (for a proxy that shows its own
+ * error page, like nginx) and a JSON body `{ status, code, reason, message, rule, requestId }`. The
+ * session cookie and CORS headers of the answer are added to every answer; the proxy decides which of
+ * them reach the client. The RateLimit headers keep their names only on an answer the proxy passes on as
+ * is; on one it reads (a 200, nginx's 403) they are X-Gatehouse-…, for it to add to the client's response.
  */
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
 import { performance } from 'node:perf_hooks';
@@ -182,8 +192,29 @@ function render(ex: ForwardAuthExchange, v: Verdict, original: ForwardedRequest,
   ex.access = a;
   ex.route = a?.route;
   const headers: string[] = ['cache-control', 'no-store', 'x-request-id', ex.requestId];
+  const limited = v.status === 429 && v.refusal !== undefined;
+  // nginx passes only 2xx, 401 and 403 on from auth_request (anything else becomes 500).
+  const nginx = original.family === 'original';
+  // An answer the proxy reads instead of passing it on: the RateLimit headers are for it to copy.
+  const copied = v.status === 200 || (limited && nginx);
   const extra = a?.responseHeaders;
-  if (extra !== undefined) for (const h of extra) headers.push(h);
+  if (extra !== undefined) {
+    for (let i = 0; i < extra.length; i += 2) {
+      const name = extra[i]!;
+      if (copied && (name === 'ratelimit' || name === 'ratelimit-policy')) continue;
+      headers.push(name, extra[i + 1]!);
+    }
+  }
+  if (copied) {
+    // Both, empty when the route has no limit (Caddy 2.6's copy_headers would send a placeholder).
+    const limit = a?.limit?.headers ?? [];
+    headers.push(
+      'x-gatehouse-ratelimit-policy',
+      pairValue(limit, 'ratelimit-policy'),
+      'x-gatehouse-ratelimit',
+      pairValue(limit, 'ratelimit'),
+    );
+  }
   if (v.status === 200 && a !== undefined) {
     // All four, empty when there is nothing to say: a proxy that copies a missing header may send its
     // own placeholder text upstream instead (Caddy 2.6 copy_headers).
@@ -216,7 +247,7 @@ function render(ex: ForwardAuthExchange, v: Verdict, original: ForwardedRequest,
   const code = v.reserved ? 'GH_RESERVED_PATH' : (refusal?.code ?? v.reason);
   if (refusal !== undefined && status === 302) {
     const location = refusal.location!;
-    if (original.family === 'original') {
+    if (nginx) {
       // nginx passes only 2xx, 401 and 403 on from auth_request: its error_page 401 redirects.
       status = 401;
       headers.push('x-gatehouse-location', location, 'www-authenticate', 'Bearer realm="gatehouse"');
@@ -225,16 +256,25 @@ function render(ex: ForwardAuthExchange, v: Verdict, original: ForwardedRequest,
     }
   } else if (refusal?.wwwAuthenticate !== undefined) {
     headers.push('www-authenticate', refusal.wwwAuthenticate);
+  } else if (limited && refusal !== undefined) {
+    // The limit stage's headers carry Retry-After; the contract promises it whatever they hold.
+    if (pairValue(headers, 'retry-after') === '' && refusal.retryAfter !== undefined)
+      headers.push('retry-after', String(refusal.retryAfter));
+    if (nginx) {
+      // Its error_page 403 answers 429 when X-Gatehouse-Status says so (examples/nginx/nginx.conf).
+      status = 403;
+      headers.push('x-gatehouse-status', '429');
+    }
   }
   if (v.allow !== undefined) headers.push('allow', v.allow);
   const reason = refusal?.reason ?? v.reason;
-  headers.push('x-gatehouse-reason', reason);
+  headers.push('x-gatehouse-reason', reason, 'x-gatehouse-code', code);
   const message =
     refusal?.message ??
     (v.reserved ? 'the proxy must send /.gatehouse/ paths to the gateway itself' : STATUS_CODES[status]);
   // A browser shown the refusal as it is (Caddy and Traefik pass the auth answer on) gets the page the
   // built-in proxy shows: who is signed in, why, and how to sign out or in.
-  if (refusal !== undefined && (status === 401 || status === 403) && acceptsHtml(ex.req)) {
+  if (refusal !== undefined && !limited && (status === 401 || status === 403) && acceptsHtml(ex.req)) {
     const identity = a?.decision.identity;
     const html =
       status === 403
@@ -252,7 +292,8 @@ function render(ex: ForwardAuthExchange, v: Verdict, original: ForwardedRequest,
     return;
   }
   sendJson(ex, status, code, headers, {
-    status,
+    // The decision's 429 even where nginx is told it as 403.
+    status: limited ? 429 : status,
     code,
     reason,
     message,
@@ -261,6 +302,7 @@ function render(ex: ForwardAuthExchange, v: Verdict, original: ForwardedRequest,
   });
 }
 
+/** The value of `name` (lower case) in flat `[name, value, ...]` headers; '' when absent. */
 function pairValue(pairs: readonly string[], name: string): string {
   for (let i = 0; i < pairs.length; i += 2) if (pairs[i] === name) return pairs[i + 1]!;
   return '';
@@ -270,7 +312,7 @@ function pairValue(pairs: readonly string[], name: string): string {
 function refuseRequest(ex: ForwardAuthExchange, err: GatehouseError, extra: string[] = []): void {
   if (ex.res.headersSent || ex.res.destroyed) return;
   const headers = ['cache-control', 'no-store', 'x-request-id', ex.requestId, ...extra];
-  headers.push('x-gatehouse-reason', err.code);
+  headers.push('x-gatehouse-reason', err.code, 'x-gatehouse-code', err.code);
   sendJson(ex, err.status, err.code, headers, {
     status: err.status,
     code: err.code,

@@ -4,12 +4,16 @@
  * verdict becomes `set-var` actions in the `txn.gatehouse` scope (HAProxy adds its `option var-prefix`).
  *
  *   arguments  method, url (path and query as received), host, src, headers (req.hdrs_bin), tls (ssl_fc)
- *   variables  status     200 allow, 302 sign in, 400, 401, 403, 404, 405, 500, 503
- *              reason     the reason code (`policy-allow:…`, `token-expired`) or error code (`GH_NO_ROUTE`)
+ *   variables  status     200 allow, 302 sign in, 400, 401, 403, 404, 405, 429, 500, 503
+ *              reason     the reason code (`policy-allow:…`, `token-expired`, `rate-limited:<route>`,
+ *                         `quota-exceeded:<quota>`) or error code (`GH_NO_ROUTE`)
  *              route      the route's name, when one matched
  *              location   for 302: `/.gatehouse/login?rd=…` on the request's own host
  *              www_authenticate  for 401
  *              allow      for 405
+ *              retry_after  for 429: seconds until a retry may succeed (`Retry-After`)
+ *              ratelimit, ratelimit_policy   the `RateLimit` and `RateLimit-Policy` header values, on
+ *                         every answer of a limited route (allowed or 429), for the client's response
  *              user, email, groups   for allowed requests with an identity on routes with identityHeaders
  *              assertion  the signed identity assertion, for allowed requests with an identity
  *              drop_authorization, drop_api_key   1 when that header carried the gateway's credential and
@@ -19,6 +23,8 @@
  *              cors_origin, cors_credentials   the CORS answer for an allowed Origin
  *
  * Fails closed: a message with missing or mistyped arguments answers status 400, never an allow.
+ * A rate limit with `delay` holds its answer up to that long: keep it below the SPOE file's `timeout
+ * processing`, past which HAProxy has no decision and refuses the request.
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { DecisionRuntime } from '../core/answer.js';
@@ -225,6 +231,7 @@ export function actionsOf(v: Verdict): SpopAction[] {
   const r = v.refusal;
   if (r?.location !== undefined) out.push(setVar('location', str(r.location)));
   if (r?.wwwAuthenticate !== undefined) out.push(setVar('www_authenticate', str(r.wwwAuthenticate)));
+  if (r?.retryAfter !== undefined) out.push(setVar('retry_after', int(r.retryAfter)));
   if (v.allow !== undefined) out.push(setVar('allow', str(v.allow)));
   if (a !== undefined) answerActions(a, v.status === 200, out);
   return out;
@@ -253,6 +260,9 @@ function answerActions(a: Answer, allowed: boolean, out: SpopAction[]): void {
       if (name === 'set-cookie') out.push(setVar('set_cookie', str(value)));
       else if (name === 'access-control-allow-origin') out.push(setVar('cors_origin', str(value)));
       else if (name === 'access-control-allow-credentials') out.push(setVar('cors_credentials', str(value)));
+      else if (name === 'ratelimit') out.push(setVar('ratelimit', str(value)));
+      else if (name === 'ratelimit-policy') out.push(setVar('ratelimit_policy', str(value)));
+      // `retry-after` is `retry_after` above, from the refusal.
     }
   }
 }

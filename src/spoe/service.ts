@@ -228,7 +228,9 @@ export class SpoeService {
       retries: 0,
       plane: 'spoe',
     };
-    if (status >= 400 && a === undefined) entry.error = v?.reason ?? o.reason;
+    // As the built-in proxy logs its refusals: the error code (GH_FORBIDDEN, GH_RATE_LIMITED, ...).
+    if (status >= 400)
+      entry.error = v?.refusal?.code ?? (a === undefined ? (v?.reason ?? o.reason) : undefined);
     if (a !== undefined) logAccess(entry, a);
     this.#opts.accessLog(entry);
   }
