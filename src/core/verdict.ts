@@ -9,7 +9,8 @@
  *   no route .................................... 404 GH_NO_ROUTE
  *   TRACE/CONNECT, a refused method override .... 405 GH_METHOD_NOT_ALLOWED / 400 GH_BAD_METHOD_OVERRIDE
  *   a WebSocket upgrade on a route without it ... 403 GH_WEBSOCKET_NOT_ALLOWED
- *   the answer .................................. 200 allow, 302 login, 401, 403 (see core/answer.ts)
+ *   the answer .................................. 200 allow, 302 login, 401, 403, 429 over a rate limit
+ *                                                 or quota (see core/answer.ts, limits/stage.ts)
  *   a state store that cannot answer ............ 503 GH_STATE_UNAVAILABLE
  *   anything else that throws ................... 500 GH_INTERNAL (fails closed)
  */
@@ -23,7 +24,7 @@ import type { PathParameters } from './normalize.js';
 
 /** A verdict: allowed (with its answer), refused (with what to render), or a request error. */
 export interface Verdict {
-  /** 200 allow, 302 sign in, 400, 401, 403, 404, 405, 500, 503. */
+  /** 200 allow, 302 sign in, 400, 401, 403, 404, 405, 429, 500, 503. */
   readonly status: number;
   /** A reason code (`policy-allow:…`, `token-expired`, …) or an error code (`GH_NO_ROUTE`, …). */
   readonly reason: string;
@@ -31,7 +32,7 @@ export interface Verdict {
   readonly desc: RequestDescription | undefined;
   /** The answer, when the request reached the decision (allowed or refused by it). */
   readonly answer: Answer | undefined;
-  /** What to render for a refusal by the decision (302, 401, 403). */
+  /** What to render for a refusal by the decision (302, 401, 403, 429 with `retryAfter`). */
   readonly refusal: Refusal | undefined;
   /** `Allow` for a 405. */
   readonly allow: string | undefined;
