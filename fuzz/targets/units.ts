@@ -29,6 +29,8 @@ const RATE_UNITS: Record<string, number> = {
   minute: 60,
   h: 3600,
   hour: 3600,
+  d: 86400,
+  day: 86400,
 };
 
 // JavaScript's trim() removes these (and the line terminators): the parsers trim their input first.
@@ -50,7 +52,7 @@ function model(kind: 'duration' | 'size' | 'rate', text: string): number | undef
     if (unit === undefined) return undefined;
     value = Math.floor(Number(m[1]) * unit);
   } else {
-    m = /^(\d+(?:\.\d+)?)\s*\/\s*(s|sec|second|m|min|minute|h|hour)$/.exec(t);
+    m = /^(\d+(?:\.\d+)?)\s*\/\s*(s|sec|second|m|min|minute|h|hour|d|day)$/.exec(t);
     if (!m) return undefined;
     return Number(m[1]) / RATE_UNITS[m[2]!]!;
   }
@@ -100,6 +102,8 @@ const UNITS = [
   'second',
   'hour',
   'hours',
+  'day',
+  'days',
   'us',
   'w',
   'y',

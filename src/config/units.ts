@@ -46,7 +46,7 @@ export function parseSize(text: string): number | undefined {
 export function parseRate(text: string): number | undefined {
   const r = parseRateParts(text);
   if (r === undefined) return undefined;
-  const rate = (r.count * 1000) / r.windowMs;
+  const rate = r.count / (r.windowMs / 1000);
   return Number.isFinite(rate) ? rate : undefined;
 }
 
