@@ -12,12 +12,13 @@
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { type TestContext, test } from 'node:test';
+import { Redis } from 'ioredis';
 import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from 'jose';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import { stateStoreUp } from '../src/observe/metrics.js';
 import { Gateway } from '../src/process/gateway.js';
 import { RedisStore } from '../src/state/redis.js';
-import { BY_RATE, NOT_REFUSED, StateStoreError } from '../src/state/types.js';
+import { NOT_REFUSED, StateStoreError } from '../src/state/types.js';
 import { memoryLogger, tempDir, waitFor } from './helpers/gateway.js';
 import { makeKey, startIssuer } from './helpers/identity.js';
 import { startIdp } from './helpers/oidc.js';
@@ -304,8 +305,12 @@ test('limit() and charge() in an outage: fail with StateStoreError once it is kn
   await failsAtOnce('hang');
   redis.cont();
   await waitFor(() => store.available, 15_000, 'recovery from the hang');
-  // The call abandoned in the hang ran when Redis continued: it may have spent the second request.
-  assert.ok([NOT_REFUSED, BY_RATE].includes((await store.limit(rate, quotas)).refusedBy));
+  // The call abandoned in the hang ran when Redis continued, and was given back: the burst's second
+  // request and the quota's second unit are still there.
+  const afterHang = await store.limit(rate, quotas);
+  assert.equal(afterHang.refusedBy, NOT_REFUSED);
+  assert.equal(afterHang.remaining, 0);
+  assert.deepEqual(afterHang.used, [2]);
 
   // Gone: refused connections. Redis comes back empty, so the bucket is full again.
   await redis.kill();
@@ -318,4 +323,42 @@ test('limit() and charge() in an outage: fail with StateStoreError once it is kn
   assert.equal(again.remaining, 1);
   assert.deepEqual(again.used, [1]);
   assert.equal(await store.charge('q', 0.5, 60_000), 1.5);
+});
+
+test('a limit() call that timed out while Redis hung changes nothing when Redis runs it later', {
+  timeout: 30_000,
+}, async (t) => {
+  const redis = await startRedisServer();
+  t.after(() => redis.close());
+  // The command times out (300 ms) long before the health check would give up on its PING (5 s).
+  const store = new RedisStore(redis.url, memoryLogger().logger, {
+    commandTimeout: 300,
+    probeInterval: 200,
+    probeTimeout: 5_000,
+  });
+  t.after(() => store.close());
+  const raw = new Redis(redis.url, { maxRetriesPerRequest: 1 });
+  t.after(() => raw.disconnect());
+  const rate = { key: 'rl', intervalMs: 60_000, burst: 2, maxWaitMs: 0 };
+  const quotas = [{ key: 'q', limit: 10, cost: 1, ttlMs: 60_000 }];
+  assert.equal((await store.limit(rate, quotas)).remaining, 1);
+  const before = { tat: await raw.get('gatehouse:rl'), used: await raw.get('gatehouse:q') };
+  assert.equal(before.used, '1');
+
+  redis.stop();
+  await assert.rejects(store.limit(rate, quotas), StateStoreError);
+  assert.equal(store.available, false, 'the timeout made the outage known');
+  // Past the call's deadline; then Redis runs the call it holds.
+  await new Promise((r) => setTimeout(r, 500));
+  redis.cont();
+  await waitFor(() => store.available, 10_000, 'recovery');
+  assert.deepEqual(
+    { tat: await raw.get('gatehouse:rl'), used: await raw.get('gatehouse:q') },
+    before,
+    'the late call changed nothing',
+  );
+  const next = await store.limit(rate, quotas);
+  assert.equal(next.refusedBy, NOT_REFUSED);
+  assert.equal(next.remaining, 0);
+  assert.deepEqual(next.used, [2]);
 });

@@ -329,11 +329,10 @@ export class Limiter {
     const deny = !refused && ((rl !== undefined && !rl.failOpen) || applying.quotas.some((q) => !q.failOpen));
     if (!this.#outage) {
       this.#outage = true;
+      // Once per outage, whichever route fails first: the message says what happens on every route.
       this.#logger.warn(
         { err: failure, route, onStoreError: deny ? 'deny' : 'allow' },
-        deny
-          ? 'state store unavailable: requests on limited routes with onStoreError deny are refused (503)'
-          : 'state store unavailable: rate limits and quotas with onStoreError allow are not enforced until it answers',
+        'state store unavailable: until it answers, limits with onStoreError allow are not enforced and requests under limits with onStoreError deny are refused (503)',
       );
     }
     if (this.#count) limitVerdictsTotal.series(route, 'store-error', '').inc();

@@ -23,6 +23,7 @@ import {
   checkKeyAndTtl,
   checkLimit,
   type LimitResult,
+  NOT_REFUSED,
   type QuotaCheck,
   type RateCheck,
   type StateStore,
@@ -60,8 +61,10 @@ return v`;
 
 // One step of `limitStep` (types.ts), formula for formula, on Redis's clock so that instances whose
 // clocks differ enforce one limit. KEYS: the rate's key (when ARGV[1] is 1), then one key per quota.
-// ARGV: 1 or 0 (a rate?), intervalMs, burst, maxWaitMs, then limit, cost, ttlMs of each quota.
-// Replies {refusedBy, waitMs, remaining, resetMs, used...}: integers as they are, the usages as strings,
+// ARGV: 1 or 0 (a rate?), intervalMs, burst, maxWaitMs, the deadline (ms on Redis's clock, 0: none),
+// then limit, cost, ttlMs of each quota. Past the deadline the caller has given up (a hung Redis ran
+// the call late): it then changes nothing and replies {EXPIRED, 0, 0, 0, now}. Otherwise replies
+// {refusedBy, waitMs, remaining, resetMs, now, used...}: integers as they are, the usages as strings,
 // since Redis truncates a Lua number to an integer. Writes after TIME need effects replication, the
 // default since Redis 5; the call turns it on in 3.2 and 4 and does nothing since 7.
 const LIMIT = `if redis.replicate_commands then redis.replicate_commands() end
@@ -74,6 +77,8 @@ local function num(v, key)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local deadline = tonumber(ARGV[5])
+if deadline > 0 and now > deadline then return {-3, 0, 0, 0, now} end
 local rated = ARGV[1] == '1'
 local first = rated and 2 or 1
 local n = #KEYS - first + 1
@@ -97,8 +102,8 @@ for i = 1, n do
   end
 end
 local function answer(refusedBy, waitMs, remaining, resetMs)
-  local r = {refusedBy, waitMs, remaining, resetMs}
-  for i = 1, n do r[4 + i] = usage[i] end
+  local r = {refusedBy, waitMs, remaining, resetMs, now}
+  for i = 1, n do r[5 + i] = usage[i] end
   return r
 end
 local waitMs, remaining, resetMs, newTat = 0, 0, 0, nil
@@ -114,7 +119,7 @@ if rated then
   resetMs = math.ceil(newTat - now)
 end
 for i = 1, n do
-  local limit, cost = tonumber(ARGV[2 + 3 * i]), tonumber(ARGV[3 + 3 * i])
+  local limit, cost = tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
   local u = counts[i]
   local refused
   if cost > 0 then refused = u + cost > limit else refused = u >= limit end
@@ -126,14 +131,45 @@ if rated then
   redis.call('SET', KEYS[1], string.format('%.3f', newTat), 'PX', string.format('%d', px))
 end
 for i = 1, n do
-  local cost = ARGV[3 + 3 * i]
+  local cost = ARGV[4 + 3 * i]
   if tonumber(cost) ~= 0 then
     local key = KEYS[first + i - 1]
     usage[i] = redis.call('INCRBYFLOAT', key, cost)
-    if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[4 + 3 * i]) end
+    if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[5 + 3 * i]) end
   end
 end
 return answer(-2, waitMs, remaining, resetMs)`;
+
+// Gives back one admission of LIMIT that nobody waits for any more (see `RedisStore.limit`): the TAT
+// goes back one interval (deleted when that is past: the bucket is full then anyway), and every quota
+// counter that still exists gives back its cost. KEYS as LIMIT's; ARGV: 1 or 0 (a rate?), intervalMs,
+// then the cost of each quota.
+const REFUND = `if redis.replicate_commands then redis.replicate_commands() end
+local rated = ARGV[1] == '1'
+local first = rated and 2 or 1
+if rated then
+  local tat = tonumber(redis.call('GET', KEYS[1]))
+  if tat then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+    tat = tat - tonumber(ARGV[2])
+    if tat > now then
+      redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', string.format('%d', math.ceil(tat - now)))
+    else
+      redis.call('DEL', KEYS[1])
+    end
+  end
+end
+for i = first, #KEYS do
+  local cost = ARGV[3 + i - first]
+  if tonumber(cost) ~= 0 and redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCRBYFLOAT', KEYS[i], '-' .. cost)
+  end
+end
+return 1`;
+
+/** `refusedBy` of a LIMIT reply that came after the call's deadline (nothing was changed). */
+const EXPIRED = -3;
 
 // INCRBYFLOAT stores a plain decimal (never an exponent), which Number() parses back.
 const CHARGE = `local v = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
@@ -146,6 +182,8 @@ interface Scripts {
   /** `LIMIT`; the first argument is the number of keys. */
   gatehouseLimit(...args: Array<string | number>): Promise<Array<number | string>>;
   gatehouseCharge(key: string, amount: number, ttlMs: number): Promise<string>;
+  /** `REFUND`; the first argument is the number of keys. */
+  gatehouseRefund(...args: Array<string | number>): Promise<number>;
 }
 
 /** The URL without its password, for logs. */
@@ -174,6 +212,13 @@ export class RedisStore implements StateStore {
   readonly #where: string;
   readonly #probeTimer: NodeJS.Timeout;
   readonly #probeTimeout: number;
+  readonly #commandTimeout: number;
+  /**
+   * Redis's clock minus this process's, in ms, as the last LIMIT reply showed it (undefined until one
+   * came on the current connection). Redis read its clock after the call was sent, so this errs late,
+   * and so do the deadlines computed with it: a call is never expired while this process still waits.
+   */
+  #clockOffset: number | undefined;
   // Optimistic until the first failure: the first commands wait for the connection (connectTimeout).
   #available = true;
   #subscribed = false;
@@ -189,6 +234,7 @@ export class RedisStore implements StateStore {
     this.#channel = `${this.#prefix}revocations`;
     this.#where = redactRedisUrl(url);
     const commandTimeout = options.commandTimeout ?? 2000;
+    this.#commandTimeout = commandTimeout;
     this.#client = new Redis(url, {
       connectTimeout: options.connectTimeout ?? 2000,
       commandTimeout,
@@ -205,13 +251,18 @@ export class RedisStore implements StateStore {
     // No numberOfKeys: a limit has a rate key or not and any number of quotas.
     this.#client.defineCommand('gatehouseLimit', { lua: LIMIT });
     this.#client.defineCommand('gatehouseCharge', { numberOfKeys: 1, lua: CHARGE });
+    this.#client.defineCommand('gatehouseRefund', { lua: REFUND });
     this.#scripts = this.#client as unknown as Scripts;
     this.revocations = new RevocationFeed(false, (tags) => this.#publish(tags));
     // ioredis reports every failed reconnection as an error; the transitions are logged once each.
     this.#client.on('error', (err: Error) => this.#down(err));
     this.#client.on('close', () => this.#down(undefined));
     this.#client.on('end', () => this.#down(undefined));
-    this.#client.on('ready', () => this.#up());
+    this.#client.on('ready', () => {
+      // A new connection may reach another server, with another clock.
+      this.#clockOffset = undefined;
+      this.#up();
+    });
 
     // Subscribing is done here on every `ready`, so a resubscription is always noticed (and the caches reset).
     this.#subscriber = this.#client.duplicate({ autoResubscribe: false, connectionName: 'gatehouse-sub' });
@@ -298,23 +349,53 @@ export class RedisStore implements StateStore {
     return this.#run('setMembers', () => this.#client.smembers(this.#prefix + key));
   }
 
+  /**
+   * One LIMIT script call. A call that fails leaves no trace, even when a Redis that hung runs it
+   * later, after the request was answered without it (503 for `onStoreError: deny`): the call carries
+   * the moment this process stops waiting for it (the command timeout) on Redis's clock, and past it
+   * the script changes nothing; a call abandoned earlier (the hang became known) whose admission still
+   * comes in is given back (`REFUND`).
+   */
   async limit(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): Promise<LimitResult> {
     checkLimit(rate, quotas);
     const p = this.#prefix;
     const keys: string[] = [];
     const argv: Array<string | number> = [];
-    if (rate === undefined) argv.push(0, 0, 0, 0);
+    const sent = Date.now();
+    const offset = this.#clockOffset;
+    const deadline = offset === undefined ? 0 : Math.ceil(sent + this.#commandTimeout + offset);
+    if (rate === undefined) argv.push(0, 0, 0, 0, deadline);
     else {
       keys.push(p + rate.key);
-      argv.push(1, rate.intervalMs, rate.burst, rate.maxWaitMs);
+      argv.push(1, rate.intervalMs, rate.burst, rate.maxWaitMs, deadline);
     }
     for (const q of quotas) {
       keys.push(p + q.key);
       argv.push(q.limit, q.cost, Math.ceil(q.ttlMs));
     }
-    const r = await this.#run('limit', () => this.#scripts.gatehouseLimit(keys.length, ...keys, ...argv));
+    const sentCall: { late?: Promise<Array<number | string>> } = {};
+    let r: Array<number | string>;
+    try {
+      r = await this.#run('limit', () => {
+        sentCall.late = this.#scripts.gatehouseLimit(keys.length, ...keys, ...argv);
+        return sentCall.late;
+      });
+    } catch (err) {
+      // Abandoned: a late answer still comes in when Redis resumes before the deadline.
+      sentCall.late?.then(
+        (late) => {
+          if (Number(late[0]) === NOT_REFUSED) this.#refund(keys, rate, quotas);
+        },
+        () => undefined,
+      );
+      throw err;
+    }
+    this.#clockOffset = Number(r[4]) - sent;
+    if (Number(r[0]) === EXPIRED) {
+      throw new StateStoreError('state store limit failed: Redis ran it after this process stopped waiting');
+    }
     const used: number[] = [];
-    for (let i = 4; i < r.length; i++) used.push(Number(r[i]));
+    for (let i = 5; i < r.length; i++) used.push(Number(r[i]));
     return {
       refusedBy: Number(r[0]),
       waitMs: Number(r[1]),
@@ -322,6 +403,19 @@ export class RedisStore implements StateStore {
       resetMs: Number(r[3]),
       used,
     };
+  }
+
+  /** Gives back an admission of `limit` that came in after the call had failed. */
+  #refund(keys: readonly string[], rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): void {
+    const argv: number[] = [rate === undefined ? 0 : 1, rate?.intervalMs ?? 0];
+    for (const q of quotas) argv.push(q.cost);
+    // Not through #run: the late answer shows that Redis works, before the health check may say so.
+    this.#scripts.gatehouseRefund(keys.length, ...keys, ...argv).catch((err: unknown) => {
+      this.#logger.warn(
+        { err: err instanceof Error ? err.message : String(err), store: this.#where },
+        'state store: could not give back a rate-limit or quota admission that came in after its call failed',
+      );
+    });
   }
 
   async charge(key: string, amount: number, ttlMs: number): Promise<number> {

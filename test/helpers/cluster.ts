@@ -341,3 +341,12 @@ export function alive(pid: number): boolean {
     return false;
   }
 }
+
+/** The addresses a single-process instance (`server.workers: 1`) logged once it served. */
+export async function startedInstance(gh: GatehouseProcess): Promise<{ port: number; admin: string }> {
+  const line = await gh.waitForLog((l) => l.msg === 'gateway started', 'the instance to start', {
+    ms: 30_000,
+  });
+  const listeners = line.listeners as Array<{ address: string }>;
+  return { port: Number(listeners[0]?.address.split(':').pop()), admin: String(line.admin) };
+}
