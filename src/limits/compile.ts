@@ -3,6 +3,7 @@
  * what the limit stage reads per request: per route, its rate limit and the quotas that may apply to it.
  */
 import type { Config, QuotaConfig, RateLimitConfig } from '../config/schema.js';
+import type { Identity } from '../identity/types.js';
 import { compileCondition } from '../policy/compile.js';
 import type { CompiledPolicy } from '../policy/types.js';
 import { compileKey, type KeySpec } from './keys.js';
@@ -25,6 +26,8 @@ export interface CompiledRate {
   /** Its name as a structured-field string, for `RateLimit` items. */
   readonly itemName: string;
   readonly config: RateLimitConfig;
+  /** The store key per identity object, for keys read from the identity alone (see `byIdentity`). */
+  readonly keys: WeakMap<Identity, string>;
 }
 
 /** A quota, ready for the hot path. */
@@ -44,6 +47,8 @@ export interface CompiledQuota {
   /** Its name as a structured-field string. */
   readonly itemName: string;
   readonly config: QuotaConfig;
+  /** The store key per identity object in the current window (see `byIdentity`). */
+  readonly keys: WeakMap<Identity, { readonly start: number; readonly key: string }>;
 }
 
 /** The limits of one route. */
@@ -82,6 +87,7 @@ function compileRate(route: string, rl: RateLimitConfig): CompiledRate {
     policyItem: `${itemName};q=${rl.rate.count};w=${Math.max(1, Math.round(rl.rate.windowMs / 1000))}`,
     itemName,
     config: rl,
+    keys: new WeakMap(),
   };
 }
 
@@ -101,6 +107,7 @@ function compileQuota(name: string, q: QuotaConfig, report: Report): CompiledQuo
     failOpen: q.onStoreError === 'allow',
     itemName: sfString(name),
     config: q,
+    keys: new WeakMap(),
   };
 }
 

@@ -65,6 +65,14 @@ export function addressKey(ip: string): string {
   return parseIPv4(ip) >= 0 ? ip : ip.toLowerCase();
 }
 
+/**
+ * True when what `spec` counts per depends on the identity alone (identity, apiKey, claim), so its key
+ * can be kept per identity object: authenticators reuse one object per cached credential.
+ */
+export function byIdentity(spec: KeySpec): boolean {
+  return spec.kind === 'identity' || spec.kind === 'apiKey' || spec.kind === 'claim';
+}
+
 /** What `spec` counts per for this request (see the module comment). */
 export function keyOf(
   spec: KeySpec,

@@ -32,7 +32,7 @@ import {
   StateStoreError,
 } from '../state/types.js';
 import type { CompiledQuota, CompiledRate, LimitSet, RouteLimits } from './compile.js';
-import { keyOf, keysForValue } from './keys.js';
+import { byIdentity, keyOf, keysForValue } from './keys.js';
 import type { WindowSpan } from './window.js';
 
 /** How the limit stage let a request through, or why not. */
@@ -163,7 +163,7 @@ export class Limiter {
     let rate: RateCheck | undefined;
     if (rl !== undefined) {
       rate = {
-        key: `rl:${route}:${keyOf(rl.key, identity, req.clientIp, req.headers)}`,
+        key: rateKey(rl, identity, req),
         intervalMs: rl.intervalMs,
         burst: rl.burst,
         // A full hold queue refuses at once instead of holding more.
@@ -209,7 +209,7 @@ export class Limiter {
       quotas.push(q);
       spans.push(span);
       checks.push({
-        key: quotaKey(q.name, span, keyOf(q.key, identity, req.clientIp, req.headers)),
+        key: quotaKeyOf(q, span, identity, req),
         limit: q.limit,
         // Where the response is not seen, a reported cost cannot be charged: 1 per request instead.
         cost: q.costHeader !== undefined && req.seesResponse !== true ? 1 : q.cost,
@@ -420,6 +420,34 @@ export interface QuotaUsage {
   readonly resetAt: string;
 }
 
+/** The store key of a rate limit for this request, kept per identity where only the identity counts. */
+function rateKey(rl: CompiledRate, identity: Identity | undefined, req: LimitRequest): string {
+  if (identity === undefined || !byIdentity(rl.key))
+    return `rl:${rl.route}:${keyOf(rl.key, identity, req.clientIp, req.headers)}`;
+  let key = rl.keys.get(identity);
+  if (key === undefined) {
+    key = `rl:${rl.route}:${keyOf(rl.key, identity, req.clientIp, req.headers)}`;
+    rl.keys.set(identity, key);
+  }
+  return key;
+}
+
+/** The store key of a quota for this request in `span`, kept per identity like `rateKey`. */
+function quotaKeyOf(
+  q: CompiledQuota,
+  span: WindowSpan,
+  identity: Identity | undefined,
+  req: LimitRequest,
+): string {
+  if (identity === undefined || !byIdentity(q.key))
+    return quotaKey(q.name, span, keyOf(q.key, identity, req.clientIp, req.headers));
+  const kept = q.keys.get(identity);
+  if (kept !== undefined && kept.start === span.start) return kept.key;
+  const key = quotaKey(q.name, span, keyOf(q.key, identity, req.clientIp, req.headers));
+  q.keys.set(identity, { start: span.start, key });
+  return key;
+}
+
 const quotaPrefixes = new WeakMap<WindowSpan, string>();
 
 /** A quota's counter in a window: `q:<quota>:<window start, base 36>:<counted key>`. */
@@ -445,10 +473,9 @@ function rateLimitHeaders(
   result: LimitResult,
   now: number,
 ): string[] {
-  let policy = '';
+  const policy = policyOf(rl, applying);
   let state = '';
   if (rl !== undefined) {
-    policy = rl.policyItem;
     state = `${rl.itemName};r=${result.refusedBy === BY_RATE ? 0 : result.remaining};t=${Math.ceil(
       (result.refusedBy === BY_RATE ? result.waitMs : result.resetMs) / 1000,
     )}`;
@@ -456,11 +483,49 @@ function rateLimitHeaders(
   for (let i = 0; i < applying.quotas.length; i++) {
     const q = applying.quotas[i]!;
     const span = applying.spans[i]!;
-    const item = `${q.itemName};q=${q.limit};w=${Math.round((span.end - span.start) / 1000)}`;
     const left = Math.max(0, Math.floor(q.limit - (result.used[i] ?? 0)));
     const st = `${q.itemName};r=${left};t=${Math.max(0, Math.ceil((span.end - now) / 1000))}`;
-    policy = policy === '' ? item : `${policy}, ${item}`;
     state = state === '' ? st : `${state}, ${st}`;
   }
   return ['ratelimit-policy', policy, 'ratelimit', state];
+}
+
+interface KeptPolicy {
+  readonly quotas: readonly CompiledQuota[];
+  readonly spans: readonly WindowSpan[];
+  readonly value: string;
+}
+
+const keptPolicies = new WeakMap<object, KeptPolicy>();
+
+/**
+ * `RateLimit-Policy`: the rate's item and each quota's (its window's length: months differ), kept per
+ * route while the same quotas apply in the same windows.
+ */
+function policyOf(rl: CompiledRate | undefined, applying: Applying): string {
+  const owner = rl ?? applying.quotas[0];
+  const kept = owner === undefined ? undefined : keptPolicies.get(owner);
+  if (kept !== undefined && sameItems(kept, applying)) return kept.value;
+  let policy = rl?.policyItem ?? '';
+  for (let i = 0; i < applying.quotas.length; i++) {
+    const q = applying.quotas[i]!;
+    const span = applying.spans[i]!;
+    const item = `${q.itemName};q=${q.limit};w=${Math.round((span.end - span.start) / 1000)}`;
+    policy = policy === '' ? item : `${policy}, ${item}`;
+  }
+  if (owner !== undefined)
+    keptPolicies.set(owner, {
+      quotas: applying.quotas.slice(),
+      spans: applying.spans.slice(),
+      value: policy,
+    });
+  return policy;
+}
+
+function sameItems(kept: KeptPolicy, applying: Applying): boolean {
+  const n = applying.quotas.length;
+  if (kept.quotas.length !== n) return false;
+  for (let i = 0; i < n; i++)
+    if (kept.quotas[i] !== applying.quotas[i] || kept.spans[i] !== applying.spans[i]) return false;
+  return true;
 }
