@@ -51,6 +51,8 @@ export interface RequestDescription extends RequestFacts {
    * response header are charged after it. Elsewhere such a cost is charged as 1 at admission.
    */
   readonly seesResponse?: boolean | undefined;
+  /** Aborted when the client goes away (lets a request held by a rate limit's `delay` go at once). */
+  readonly signal?: AbortSignal | undefined;
 }
 
 /** What `answer()` needs of a loaded configuration (a `Runtime` fits). */

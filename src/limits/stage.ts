@@ -75,6 +75,8 @@ export interface LimitRequest {
   readonly headers: IncomingHttpHeaders;
   /** True when the data plane sees the response and charges reported costs (the built-in proxy). */
   readonly seesResponse?: boolean | undefined;
+  /** Aborted when the client goes away: a request held by `delay` is let go at once. */
+  readonly signal?: AbortSignal | undefined;
 }
 
 /** A store that answers `limit` synchronously (the memory store). */
@@ -181,10 +183,10 @@ export class Limiter {
       } catch (err) {
         return this.#failed(err, route, rl, applying, refused);
       }
-      return this.#conclude(route, limits, rl, applying, result, now);
+      return this.#conclude(route, limits, rl, applying, result, now, req.signal);
     }
     return this.#store.limit(rate, applying.checks).then(
-      (result) => this.#conclude(route, limits, rl, applying, result, now),
+      (result) => this.#conclude(route, limits, rl, applying, result, now, req.signal),
       (err: unknown) => this.#failed(err, route, rl, applying, refused),
     );
   }
@@ -226,6 +228,7 @@ export class Limiter {
     applying: Applying,
     result: LimitResult,
     now: number,
+    signal: AbortSignal | undefined,
   ): LimitVerdict | Promise<LimitVerdict> {
     if (this.#outage) {
       this.#outage = false;
@@ -295,10 +298,16 @@ export class Limiter {
       limitDelay.series(route).observe(wait / 1000);
     }
     return new Promise((resolve) => {
-      setTimeout(() => {
+      // Whichever comes first: the slot, or the client going away (the data plane then forwards nothing).
+      const release = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', release);
         limits.held--;
         resolve(delayed);
-      }, wait);
+      };
+      const timer = setTimeout(release, wait);
+      if (signal?.aborted) release();
+      else signal?.addEventListener('abort', release, { once: true });
     });
   }
 

@@ -246,9 +246,17 @@ export function admit(
   desc: RequestDescription,
   route: CompiledRoute,
 ): boolean | Promise<boolean> {
-  const a = answer(ex.runtime, desc, route);
+  const a = answer(ex.runtime, route.config.rateLimit?.delay ? withSignal(ex, desc) : desc, route);
   if (a instanceof Promise) return a.then((g) => settle(ex, desc, route, g));
   return settle(ex, desc, route, a);
+}
+
+/** On a route whose rate limit may hold requests: the description with a signal of the client leaving. */
+function withSignal(ex: AccessExchange, desc: RequestDescription): RequestDescription {
+  const gone = new AbortController();
+  const abort = (): void => gone.abort();
+  ex.res.once('close', abort);
+  return { ...desc, signal: gone.signal };
 }
 
 function settle(ex: AccessExchange, facts: RequestFacts, route: CompiledRoute, grant: Answer): boolean {
