@@ -557,5 +557,18 @@ describe('limit over IPC: the primary checks what a worker sends', () => {
       ok: true,
       value: 1.75,
     });
+    // A call the worker stopped waiting for (`until` past) changes nothing when the primary comes to it.
+    const late = await ask({
+      op: 'limit',
+      rate: ['rl', 1000, 2, 0],
+      quotas: ['q', 10, 1, 1000],
+      until: Date.now() - 1,
+    });
+    assert.equal(late.ok, false);
+    assert.equal(await store.get('q'), '1.75', 'the late call charged nothing');
+    assert.equal((await ask({ op: 'limit', until: 'soon' })).ok, false);
+    const inTime = await ask({ op: 'limit', quotas: ['q', 10, 1, 1000], until: Date.now() + 5000 });
+    assert.equal(inTime.ok, true);
+    assert.equal(await store.get('q'), '2.75');
   });
 });

@@ -64,6 +64,9 @@ export interface IpcStoreOptions {
  * `limit` over the channel, once per limited request, so kept compact: the rate as
  * `[key, intervalMs, burst, maxWaitMs]`, the quotas flattened as `key, limit, cost, ttlMs` each (absent
  * when there are none). The primary answers `[refusedBy, waitMs, remaining, resetMs, ...used]`.
+ * `until` is when the worker stops waiting (ms since the epoch; the processes share the clock): a
+ * primary that comes to the call later changes nothing, so a request already answered without it (503,
+ * or let through) is never counted afterwards.
  */
 export interface LimitRequest {
   gatehouse: 'store';
@@ -71,6 +74,7 @@ export interface LimitRequest {
   op: 'limit';
   rate?: [key: string, intervalMs: number, burst: number, maxWaitMs: number];
   quotas?: Array<string | number>;
+  until?: number;
 }
 
 /** `charge` over the channel: the fields of `StoreRequest`, the amount in `by`. */
@@ -189,7 +193,7 @@ export class IpcStore implements StateStore {
 
   async limit(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): Promise<LimitResult> {
     checkLimit(rate, quotas);
-    const call: Omit<LimitRequest, 'gatehouse' | 'id'> = { op: 'limit' };
+    const call: Omit<LimitRequest, 'gatehouse' | 'id'> = { op: 'limit', until: Date.now() + this.#timeoutMs };
     if (rate !== undefined) call.rate = [rate.key, rate.intervalMs, rate.burst, rate.maxWaitMs];
     if (quotas.length > 0) {
       const flat: Array<string | number> = [];
@@ -319,6 +323,13 @@ async function run(store: StateStore, r: WireRequest): Promise<StoreValue | numb
     throw new TypeError(`unknown state store operation ${JSON.stringify(op) ?? String(op)}`);
   }
   if (r.op === 'limit') {
+    const until = optionalNumber(r.until, 'until');
+    // The worker has given up on this call: counting it now would count a request answered without it.
+    if (until !== undefined && Date.now() > until) {
+      throw new StateStoreError(
+        'state store limit: the worker stopped waiting before the primary came to it',
+      );
+    }
     const { refusedBy, waitMs, remaining, resetMs, used } = await store.limit(...limitArgs(r));
     return [refusedBy, waitMs, remaining, resetMs, ...used];
   }
