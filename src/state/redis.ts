@@ -259,8 +259,9 @@ export class RedisStore implements StateStore {
     this.#client.on('close', () => this.#down(undefined));
     this.#client.on('end', () => this.#down(undefined));
     this.#client.on('ready', () => {
-      // A new connection may reach another server, with another clock.
+      // A new connection may reach another server, with another clock: learn it before the first limit.
       this.#clockOffset = undefined;
+      this.#learnClock();
       this.#up();
     });
 
@@ -403,6 +404,21 @@ export class RedisStore implements StateStore {
       resetMs: Number(r[3]),
       used,
     };
+  }
+
+  /**
+   * Reads Redis's clock once (TIME), so that even the first limit call of a connection carries its
+   * deadline. The offset errs late (Redis read its clock after the call was sent), as the one a LIMIT
+   * reply gives; a failure leaves it unknown until the first reply.
+   */
+  #learnClock(): void {
+    const sent = Date.now();
+    this.#client.time().then(
+      ([seconds, micros]) => {
+        this.#clockOffset ??= Number(seconds) * 1000 + Number(micros) / 1000 - sent;
+      },
+      () => undefined,
+    );
   }
 
   /** Gives back an admission of `limit` that came in after the call had failed. */
