@@ -1,8 +1,9 @@
 /**
  * Quota windows: fixed periods a budget is counted over, aligned to the wall clock of the quota's time
- * zone. A duration window (`1h`, `1d`, `30d`) starts at a multiple of its length counted from the
- * zone's midnight of 1970-01-01 (so `1d` runs from midnight to midnight there, and `1h` from one full
- * hour to the next); `month` runs from the first of a calendar month at 00:00 to the first of the next.
+ * zone. A window of whole days (`1d`, `30d`) runs from a local midnight to another, counted in days from
+ * 1970-01-01 there (a day across a change of daylight saving time has 23 or 25 hours); a shorter one
+ * (`1h`) starts at a multiple of its length in the zone's local time; `month` runs from the first of a
+ * calendar month at 00:00 to the first of the next.
  * The current window is computed once and reused until it ends, so the hot path reads two numbers.
  */
 
@@ -11,6 +12,8 @@ export interface WindowSpan {
   readonly start: number;
   readonly end: number;
 }
+
+const DAY = 86_400_000;
 
 const formats = new Map<string, Intl.DateTimeFormat>();
 
@@ -77,6 +80,17 @@ export function windowAt(window: number | 'month', zone: string, now: number): W
       start: zonedMidnight(zone, clock.year, clock.month, 1),
       end: zonedMidnight(zone, clock.year, clock.month + 1, 1),
     };
+  }
+  if (window % DAY === 0) {
+    // Whole days run from one local midnight to another, however long the days between (23 or 25
+    // hours across a change of daylight saving time).
+    const days = window / DAY;
+    const first = Math.floor(Date.UTC(clock.year, clock.month - 1, clock.day) / DAY / days) * days;
+    const from = new Date(first * DAY);
+    const y = from.getUTCFullYear();
+    const m = from.getUTCMonth() + 1;
+    const d = from.getUTCDate();
+    return { start: zonedMidnight(zone, y, m, d), end: zonedMidnight(zone, y, m, d + days) };
   }
   const local = now + clock.offset;
   const start = Math.floor(local / window) * window - clock.offset;
