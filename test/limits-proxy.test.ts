@@ -279,3 +279,20 @@ test('rate limit and quota together: a quota refusal spends no rate budget, and 
   // The rate limit still has two of its three: the refused request did not spend one.
   assert.match(String(second.headers.ratelimit), /^"api";r=1;/);
 });
+
+test('rate limit keys from a header and from the API key: each value has its own budget', async (t) => {
+  const { gw } = await gateway(t, { rateLimit: { rate: '1/min', burst: 1, key: 'header:X-Tenant' } });
+  const tenant = (name: string) => ({ ...as(alice), 'x-tenant': name });
+  assert.equal((await request(gw.url(), { path: '/api/a', headers: tenant('blue') })).status, 200);
+  assert.equal((await request(gw.url(), { path: '/api/a', headers: tenant('blue') })).status, 429);
+  assert.equal((await request(gw.url(), { path: '/api/a', headers: tenant('green') })).status, 200);
+  // Without the header, the caller is counted per address (a budget of its own, spent by the first).
+  assert.equal((await request(gw.url(), { path: '/api/a', headers: as(bob) })).status, 200);
+  assert.equal((await request(gw.url(), { path: '/api/a', headers: as(alice) })).status, 429);
+
+  const byKey = await gateway(t, { rateLimit: { rate: '1/min', burst: 2, key: 'apiKey' } });
+  for (let i = 0; i < 2; i++)
+    assert.equal((await request(byKey.gw.url(), { path: '/api/k', headers: as(alice) })).status, 200);
+  assert.equal((await request(byKey.gw.url(), { path: '/api/k', headers: as(alice) })).status, 429);
+  assert.equal((await request(byKey.gw.url(), { path: '/api/k', headers: as(bob) })).status, 200);
+});
