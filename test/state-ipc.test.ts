@@ -8,9 +8,9 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, fork } from 'node:child_process';
 import path from 'node:path';
 import { describe, type TestContext, test } from 'node:test';
-import { isStoreReply, type StoreReply } from '../src/process/ipc.js';
 import { IpcStore } from '../src/state/ipc.js';
 import { StateStoreError } from '../src/state/types.js';
+import { isStoreReply, type StoreReply } from '../src/state/wire.js';
 import { ROOT } from './helpers/gateway.js';
 
 const SCRIPT = path.join(ROOT, 'test/helpers/store-primary.ts');

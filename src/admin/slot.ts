@@ -3,7 +3,7 @@
  * address or token changed, so a reload that touches neither keeps its socket.
  */
 import type { AddressInfo } from 'node:net';
-import type { LoadedConfig } from '../process/runtime-build.js';
+import type { LoadedConfig } from '../config/load.js';
 import type { AdminServer } from './server.js';
 
 /** `host:port`, with brackets around an IPv6 host. */

@@ -40,6 +40,9 @@ export type LoadResult =
       files: string[];
     };
 
+/** A successful load. */
+export type LoadedConfig = Extract<LoadResult, { ok: true }>;
+
 /** Options of `loadConfig`. */
 export interface LoadOptions {
   /**

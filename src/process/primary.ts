@@ -34,15 +34,10 @@ import { createStateStore } from '../state/index.js';
 import { serveStoreRequest } from '../state/ipc.js';
 import { MemoryStore } from '../state/memory.js';
 import type { StateStore } from '../state/types.js';
+import { isRevokeMessage } from '../state/wire.js';
 import { Coalescer } from '../util/coalesce.js';
 import { withProcessFlags } from './flags.js';
-import {
-  isRevokeMessage,
-  isWorkerMessage,
-  type ListenerAddress,
-  PendingRequests,
-  type WorkerMessage,
-} from './ipc.js';
+import { isWorkerMessage, type ListenerAddress, PendingRequests, type WorkerMessage } from './ipc.js';
 import { logWarnings, problem, rejectReload } from './reload.js';
 import type { LoadedConfig } from './runtime-build.js';
 import { installSignals, type UninstallSignals } from './signals.js';

@@ -4,7 +4,7 @@
  * unchanged ones from the running runtime) and the TLS material of every HTTPS listener. Nothing is
  * swapped here: the caller swaps only after the whole build succeeded.
  */
-import type { LoadResult } from '../config/load.js';
+import type { LoadedConfig } from '../config/load.js';
 import { type CompiledConfig, compileConfig, compileProblems } from '../core/compile.js';
 import { ConfigError, GatehouseError } from '../errors.js';
 import { buildIdentity } from '../identity/index.js';
@@ -17,8 +17,7 @@ import { type StateStore, StateStoreError } from '../state/types.js';
 import { reconcileUpstreams } from '../upstream/index.js';
 import type { Upstream } from '../upstream/types.js';
 
-/** A successful load. */
-export type LoadedConfig = Extract<LoadResult, { ok: true }>;
+export type { LoadedConfig };
 
 /** A runtime ready to swap in, and the upstreams of the previous runtime it no longer uses. */
 export interface BuiltRuntime {

@@ -6,18 +6,6 @@
  * atomic because the primary runs one operation at a time. A call the primary does not answer in time,
  * or any call once the channel is closed, fails with `StateStoreError`, on which callers fail closed (503).
  */
-import {
-  isRevokeMessage,
-  isStoreReply,
-  MAX_REVOKE_TAGS,
-  ReplyTable,
-  type RevokeMessage,
-  STORE_OPS,
-  type StoreOp,
-  type StoreReply,
-  type StoreRequest,
-  type StoreValue,
-} from '../process/ipc.js';
 
 import { RevocationFeed } from './revocations.js';
 import {
@@ -29,6 +17,18 @@ import {
   type StateStore,
   StateStoreError,
 } from './types.js';
+import {
+  isRevokeMessage,
+  isStoreReply,
+  MAX_REVOKE_TAGS,
+  ReplyTable,
+  type RevokeMessage,
+  STORE_OPS,
+  type StoreOp,
+  type StoreReply,
+  type StoreRequest,
+  type StoreValue,
+} from './wire.js';
 
 /** How long a worker waits for the primary to answer one store call. */
 export const STORE_CALL_TIMEOUT_MS = 5_000;

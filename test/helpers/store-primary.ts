@@ -5,9 +5,10 @@
  * Control messages (`{ test: … }`): `advance` moves the clock by `ms` (answered with `advanced`);
  * `exit` ends the process. It says `ready` once it listens, and in silent mode `received` per request.
  */
-import { isWorkerMessage, type StoreReply } from '../../src/process/ipc.js';
+import { isWorkerMessage } from '../../src/process/ipc.js';
 import { type StorePeer, serveStoreRequest } from '../../src/state/ipc.js';
 import { MemoryStore } from '../../src/state/memory.js';
+import type { StoreReply } from '../../src/state/wire.js';
 
 /** Messages of the test protocol, next to the store requests on the same channel. */
 type ControlMessage = { test: 'advance'; ms: number } | { test: 'exit' };
