@@ -9,15 +9,7 @@ import type { Worker } from 'node:cluster';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import type { ReloadResult, StatusReport } from '../admin/server.js';
 import type { ConfigProblem } from '../errors.js';
-import {
-  isRevokeMessage,
-  isStoreReply,
-  ReplyTable,
-  type RevokeMessage,
-  type StoreReply,
-  type StoreRequest,
-  tagged,
-} from '../state/wire.js';
+import { ReplyTable, type RevokeMessage, type StoreReply, type StoreRequest, tagged } from '../state/wire.js';
 
 /** Texts of the config file and its includes by absolute path, as the primary validated them. */
 export type ConfigSources = Readonly<Record<string, string>>;
