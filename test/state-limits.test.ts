@@ -417,6 +417,57 @@ describe('limit on Redis', { timeout: 120_000 }, () => {
     assert.equal((await scriptCalls(raw)) - before, 15);
   });
 
+  test('the calls of one event-loop turn share one script call, each decided in the order made; a bad counter fails only its own', async (t) => {
+    const server = await startRedisServer();
+    t.after(() => server.close());
+    const prefix = 'b:';
+    const store = new RedisStore(server.url, memoryLogger().logger, { prefix });
+    const raw = new Redis(server.url, { maxRetriesPerRequest: 1 });
+    t.after(async () => {
+      await store.close();
+      raw.disconnect();
+    });
+    await store.limit(rate('warm', MINUTE, 1), []);
+    await raw.set(`${prefix}q:text`, 'not a number');
+    const before = await scriptCalls(raw);
+    // Twelve calls made together: a burst of 5 and a quota of 8 between them, and one bad counter.
+    const calls = Array.from({ length: 12 }, (_, i) =>
+      i === 6
+        ? store.limit(undefined, [quota('q:text', 10, 1)])
+        : store.limit(rate('rl', MINUTE, 5), [quota('q:n', 8, 1)]),
+    );
+    const results = await Promise.allSettled(calls);
+    assert.equal((await scriptCalls(raw)) - before, 1, 'one script call for the twelve');
+    const bad = results[6]!;
+    assert.equal(bad.status, 'rejected');
+    assert.match(String((bad as PromiseRejectedResult).reason), /q:text is not a number/);
+    const decided = results
+      .filter((_, i) => i !== 6)
+      .map((r) => (r as PromiseFulfilledResult<LimitResult>).value);
+    // In the order made: the first five admitted (remaining 4..0), then the rate refuses.
+    assert.deepEqual(
+      decided.map((r) => r.refusedBy),
+      [
+        NOT_REFUSED,
+        NOT_REFUSED,
+        NOT_REFUSED,
+        NOT_REFUSED,
+        NOT_REFUSED,
+        BY_RATE,
+        BY_RATE,
+        BY_RATE,
+        BY_RATE,
+        BY_RATE,
+        BY_RATE,
+      ],
+    );
+    assert.deepEqual(
+      decided.slice(0, 5).map((r) => r.remaining),
+      [4, 3, 2, 1, 0],
+    );
+    assert.equal(await raw.get(`${prefix}q:n`), '5', 'only the admitted ones were charged');
+  });
+
   test("the TAT is on Redis's clock (TIME), kept in fractional milliseconds", async (t) => {
     const { store, raw, prefix } = await redisStore(t);
     const interval = MINUTE / 7;

@@ -59,86 +59,106 @@ if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) < 0 then
 end
 return v`;
 
-// One step of `limitStep` (types.ts), formula for formula, on Redis's clock so that instances whose
-// clocks differ enforce one limit. KEYS: the rate's key (when ARGV[1] is 1), then one key per quota.
-// ARGV: 1 or 0 (a rate?), intervalMs, burst, maxWaitMs, the deadline (ms on Redis's clock, 0: none),
-// then limit, cost, ttlMs of each quota. Past the deadline the caller has given up (a hung Redis ran
-// the call late): it then changes nothing and replies {EXPIRED, 0, 0, 0, now}. Otherwise replies
-// {refusedBy, waitMs, remaining, resetMs, now, used...}: integers as they are, the usages as strings,
-// since Redis truncates a Lua number to an integer. Writes after TIME need effects replication, the
-// default since Redis 5; the call turns it on in 3.2 and 4 and does nothing since 7.
+// The limit steps of several calls (the calls of one event-loop turn, in the order they were made),
+// each one step of `limitStep` (types.ts), formula for formula, on Redis's clock so that instances whose
+// clocks differ enforce one limit. ARGV: the deadline (ms on Redis's clock, 0: none), the number of
+// calls, then per call: 1 or 0 (a rate?), intervalMs, burst, maxWaitMs, the number of quotas, then
+// limit, cost, ttlMs of each quota. KEYS: per call, the rate's key (when it has one), then one key per
+// quota. Past the deadline the caller has given up (a hung Redis ran the calls late): nothing changes
+// and the reply is {now, EXPIRED}. Otherwise {now, then per call refusedBy, waitMs, remaining, resetMs,
+// used...}: integers as they are, the usages as strings, since Redis truncates a Lua number to an
+// integer; a call whose counter is not a number gives {ERROR, message, 0, 0, 0...} and changes nothing,
+// without failing the others. Writes after TIME need effects replication, the default since Redis 5;
+// the call turns it on in 3.2 and 4 and does nothing since 7.
 const LIMIT = `if redis.replicate_commands then redis.replicate_commands() end
-local function num(v, key)
-  local n = tonumber(v)
-  if n == nil or n ~= n or n == math.huge or n == -math.huge then
-    return nil, redis.error_reply('value of ' .. key .. ' is not a number')
-  end
-  return n
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local deadline = tonumber(ARGV[5])
-if deadline > 0 and now > deadline then return {-3, 0, 0, 0, now} end
-local rated = ARGV[1] == '1'
-local first = rated and 2 or 1
-local n = #KEYS - first + 1
-local tat, err
-if rated then
-  local v = redis.call('GET', KEYS[1])
-  if v then
-    tat, err = num(v, KEYS[1])
-    if err then return err end
+local deadline = tonumber(ARGV[1])
+if deadline > 0 and now > deadline then return {now, -3} end
+local out = {now}
+local function num(v)
+  local n = tonumber(v)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then return nil end
+  return n
+end
+local function one(k, a)
+  local rated = ARGV[a] == '1'
+  local n = tonumber(ARGV[a + 4])
+  local first = rated and k + 1 or k
+  local function failed(key)
+    local r = {-4, 'value of ' .. key .. ' is not a number', 0, 0}
+    for i = 1, n do r[4 + i] = '0' end
+    return r
   end
-end
-local usage, counts = {}, {}
-for i = 1, n do
-  local v = redis.call('GET', KEYS[first + i - 1])
-  if v then
-    counts[i], err = num(v, KEYS[first + i - 1])
-    if err then return err end
-    usage[i] = v
-  else
-    counts[i], usage[i] = 0, '0'
+  local tat
+  if rated then
+    local v = redis.call('GET', KEYS[k])
+    if v then
+      tat = num(v)
+      if tat == nil then return failed(KEYS[k]) end
+    end
   end
-end
-local function answer(refusedBy, waitMs, remaining, resetMs)
-  local r = {refusedBy, waitMs, remaining, resetMs, now}
-  for i = 1, n do r[5 + i] = usage[i] end
-  return r
-end
-local waitMs, remaining, resetMs, newTat = 0, 0, 0, nil
-if rated then
-  local interval, burst, maxWait = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-  local base = now
-  if tat ~= nil and tat >= now then base = tat end
-  newTat = base + interval
-  local wait = newTat - now - burst * interval
-  if wait > maxWait then return answer(-1, math.ceil(wait), 0, math.ceil(base - now)) end
-  if wait > 0 then waitMs = math.ceil(wait) end
-  remaining = math.max(0, math.floor((now + burst * interval - newTat) / interval))
-  resetMs = math.ceil(newTat - now)
-end
-for i = 1, n do
-  local limit, cost = tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
-  local u = counts[i]
-  local refused
-  if cost > 0 then refused = u + cost > limit else refused = u >= limit end
-  if refused then return answer(i - 1, 0, remaining, resetMs) end
-end
-if rated then
-  -- The TAT is only needed until it is in the past: then the bucket is full anyway.
-  local px = math.max(1, math.ceil(newTat - now))
-  redis.call('SET', KEYS[1], string.format('%.3f', newTat), 'PX', string.format('%d', px))
-end
-for i = 1, n do
-  local cost = ARGV[4 + 3 * i]
-  if tonumber(cost) ~= 0 then
+  local usage, counts = {}, {}
+  for i = 1, n do
     local key = KEYS[first + i - 1]
-    usage[i] = redis.call('INCRBYFLOAT', key, cost)
-    if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[5 + 3 * i]) end
+    local v = redis.call('GET', key)
+    if v then
+      counts[i] = num(v)
+      if counts[i] == nil then return failed(key) end
+      usage[i] = v
+    else
+      counts[i], usage[i] = 0, '0'
+    end
   end
+  local function answer(refusedBy, waitMs, remaining, resetMs)
+    local r = {refusedBy, waitMs, remaining, resetMs}
+    for i = 1, n do r[4 + i] = usage[i] end
+    return r
+  end
+  local waitMs, remaining, resetMs, newTat = 0, 0, 0, nil
+  if rated then
+    local interval, burst, maxWait = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local base = now
+    if tat ~= nil and tat >= now then base = tat end
+    newTat = base + interval
+    local wait = newTat - now - burst * interval
+    if wait > maxWait then return answer(-1, math.ceil(wait), 0, math.ceil(base - now)) end
+    if wait > 0 then waitMs = math.ceil(wait) end
+    remaining = math.max(0, math.floor((now + burst * interval - newTat) / interval))
+    resetMs = math.ceil(newTat - now)
+  end
+  for i = 1, n do
+    local limit, cost = tonumber(ARGV[a + 2 + 3 * i]), tonumber(ARGV[a + 3 + 3 * i])
+    local u = counts[i]
+    local refused
+    if cost > 0 then refused = u + cost > limit else refused = u >= limit end
+    if refused then return answer(i - 1, 0, remaining, resetMs) end
+  end
+  if rated then
+    -- The TAT is only needed until it is in the past: then the bucket is full anyway.
+    local px = math.max(1, math.ceil(newTat - now))
+    redis.call('SET', KEYS[k], string.format('%.3f', newTat), 'PX', string.format('%d', px))
+  end
+  for i = 1, n do
+    local cost = ARGV[a + 3 + 3 * i]
+    if tonumber(cost) ~= 0 then
+      local key = KEYS[first + i - 1]
+      usage[i] = redis.call('INCRBYFLOAT', key, cost)
+      if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, ARGV[a + 4 + 3 * i]) end
+    end
+  end
+  return answer(-2, waitMs, remaining, resetMs)
 end
-return answer(-2, waitMs, remaining, resetMs)`;
+local k, a = 1, 3
+for c = 1, tonumber(ARGV[2]) do
+  local rated = ARGV[a] == '1'
+  local n = tonumber(ARGV[a + 4])
+  local r = one(k, a)
+  for i = 1, #r do out[#out + 1] = r[i] end
+  k = k + n + (rated and 1 or 0)
+  a = a + 5 + 3 * n
+end
+return out`;
 
 // Gives back one admission of LIMIT that nobody waits for any more (see `RedisStore.limit`): the TAT
 // goes back one interval (deleted when that is past: the bucket is full then anyway), and every quota
@@ -168,8 +188,21 @@ for i = first, #KEYS do
 end
 return 1`;
 
-/** `refusedBy` of a LIMIT reply that came after the call's deadline (nothing was changed). */
+/** The first `refusedBy` of a LIMIT reply that came after its deadline (nothing was changed). */
 const EXPIRED = -3;
+/** `refusedBy` of a call of LIMIT whose counter held something else than a number. */
+const NOT_A_NUMBER = -4;
+
+/** A `limit` call waiting for the LIMIT script call of its event-loop turn. */
+interface PendingLimit {
+  readonly rate: RateCheck | undefined;
+  readonly quotas: readonly QuotaCheck[];
+  /** Its keys (prefixed) and its part of ARGV. */
+  readonly keys: string[];
+  readonly argv: Array<string | number>;
+  resolve(result: LimitResult): void;
+  reject(err: Error): void;
+}
 
 // INCRBYFLOAT stores a plain decimal (never an exponent), which Number() parses back.
 const CHARGE = `local v = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
@@ -219,6 +252,8 @@ export class RedisStore implements StateStore {
    * and so do the deadlines computed with it: a call is never expired while this process still waits.
    */
   #clockOffset: number | undefined;
+  /** The limit calls of this event-loop turn, sent together by `#flushLimits`. */
+  #batch: PendingLimit[] = [];
   // Optimistic until the first failure: the first commands wait for the connection (connectTimeout).
   #available = true;
   #subscribed = false;
@@ -351,59 +386,111 @@ export class RedisStore implements StateStore {
   }
 
   /**
-   * One LIMIT script call. A call that fails leaves no trace, even when a Redis that hung runs it
-   * later, after the request was answered without it (503 for `onStoreError: deny`): the call carries
-   * the moment this process stops waiting for it (the command timeout) on Redis's clock, and past it
-   * the script changes nothing; a call abandoned earlier (the hang became known) whose admission still
-   * comes in is given back (`REFUND`).
+   * The limit calls of one event-loop turn go to Redis together, in one LIMIT script call (one round
+   * trip, one command to encode and decode for many requests), each still one atomic step in the order
+   * it was made. A call that fails leaves no trace, even when a Redis that hung runs it later, after the
+   * request was answered without it (503 for `onStoreError: deny`): the script call carries the moment
+   * this process stops waiting for it (the command timeout) on Redis's clock, and past it the script
+   * changes nothing; a call abandoned earlier (the hang became known) whose admission still comes in is
+   * given back (`REFUND`).
    */
-  async limit(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): Promise<LimitResult> {
-    checkLimit(rate, quotas);
+  limit(rate: RateCheck | undefined, quotas: readonly QuotaCheck[]): Promise<LimitResult> {
+    try {
+      checkLimit(rate, quotas);
+      if (this.#closed) throw new StateStoreError('state store is closed');
+      // The outage is known and logged: fail at once instead of waiting for another timeout.
+      if (!this.#available) throw new StateStoreError('state store limit failed: Redis is unavailable');
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const p = this.#prefix;
     const keys: string[] = [];
     const argv: Array<string | number> = [];
-    const sent = Date.now();
-    const offset = this.#clockOffset;
-    const deadline = offset === undefined ? 0 : Math.ceil(sent + this.#commandTimeout + offset);
-    if (rate === undefined) argv.push(0, 0, 0, 0, deadline);
+    if (rate === undefined) argv.push(0, 0, 0, 0, quotas.length);
     else {
       keys.push(p + rate.key);
-      argv.push(1, rate.intervalMs, rate.burst, rate.maxWaitMs, deadline);
+      argv.push(1, rate.intervalMs, rate.burst, rate.maxWaitMs, quotas.length);
     }
     for (const q of quotas) {
       keys.push(p + q.key);
       argv.push(q.limit, q.cost, Math.ceil(q.ttlMs));
     }
+    return new Promise<LimitResult>((resolve, reject) => {
+      this.#batch.push({ rate, quotas, keys, argv, resolve, reject });
+      if (this.#batch.length === 1) setImmediate(this.#flushLimits);
+    });
+  }
+
+  /** Sends the limit calls gathered in this event-loop turn as one LIMIT script call. */
+  readonly #flushLimits = (): void => {
+    const batch = this.#batch;
+    this.#batch = [];
+    if (batch.length === 0) return;
+    const sent = Date.now();
+    const offset = this.#clockOffset;
+    const deadline = offset === undefined ? 0 : Math.ceil(sent + this.#commandTimeout + offset);
+    const keys: string[] = [];
+    const argv: Array<string | number> = [deadline, batch.length];
+    for (const call of batch) {
+      for (const k of call.keys) keys.push(k);
+      for (const a of call.argv) argv.push(a);
+    }
     const sentCall: { late?: Promise<Array<number | string>> } = {};
-    let r: Array<number | string>;
-    try {
-      r = await this.#run('limit', () => {
-        sentCall.late = this.#scripts.gatehouseLimit(keys.length, ...keys, ...argv);
-        return sentCall.late;
-      });
-    } catch (err) {
-      // Abandoned: a late answer still comes in when Redis resumes before the deadline.
-      sentCall.late?.then(
-        (late) => {
-          if (Number(late[0]) === NOT_REFUSED) this.#refund(keys, rate, quotas);
-        },
-        () => undefined,
+    this.#run('limit', () => {
+      sentCall.late = this.#scripts.gatehouseLimit(keys.length, ...keys, ...argv);
+      return sentCall.late;
+    }).then(
+      (r) => this.#settleLimits(batch, r, sent),
+      (err: unknown) => {
+        const failure = err instanceof Error ? err : new StateStoreError(String(err));
+        for (const call of batch) call.reject(failure);
+        // Abandoned: a late answer still comes in when Redis resumes before the deadline.
+        sentCall.late?.then(
+          (late) => {
+            if (Number(late[1]) === EXPIRED) return;
+            let at = 1;
+            for (const call of batch) {
+              if (Number(late[at]) === NOT_REFUSED) this.#refund(call.keys, call.rate, call.quotas);
+              at += 4 + call.quotas.length;
+            }
+          },
+          () => undefined,
+        );
+      },
+    );
+  };
+
+  /** Hands each call of a LIMIT reply its result. */
+  #settleLimits(batch: readonly PendingLimit[], r: Array<number | string>, sent: number): void {
+    this.#clockOffset = Number(r[0]) - sent;
+    if (Number(r[1]) === EXPIRED) {
+      const late = new StateStoreError(
+        'state store limit failed: Redis ran it after this process stopped waiting',
       );
-      throw err;
+      for (const call of batch) call.reject(late);
+      return;
     }
-    this.#clockOffset = Number(r[4]) - sent;
-    if (Number(r[0]) === EXPIRED) {
-      throw new StateStoreError('state store limit failed: Redis ran it after this process stopped waiting');
+    let at = 1;
+    for (const call of batch) {
+      const n = call.quotas.length;
+      const refusedBy = Number(r[at]);
+      if (refusedBy === NOT_A_NUMBER) {
+        const message = String(r[at + 1]);
+        this.#logger.warn({ op: 'limit', err: message, store: this.#where }, 'state store operation failed');
+        call.reject(new StateStoreError(`state store limit failed: ${message}`));
+      } else {
+        const used: number[] = [];
+        for (let i = 0; i < n; i++) used.push(Number(r[at + 4 + i]));
+        call.resolve({
+          refusedBy,
+          waitMs: Number(r[at + 1]),
+          remaining: Number(r[at + 2]),
+          resetMs: Number(r[at + 3]),
+          used,
+        });
+      }
+      at += 4 + n;
     }
-    const used: number[] = [];
-    for (let i = 5; i < r.length; i++) used.push(Number(r[i]));
-    return {
-      refusedBy: Number(r[0]),
-      waitMs: Number(r[1]),
-      remaining: Number(r[2]),
-      resetMs: Number(r[3]),
-      used,
-    };
   }
 
   /**
