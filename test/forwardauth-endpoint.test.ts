@@ -122,6 +122,7 @@ describe('forward-auth endpoint', () => {
           rateLimit: { rate: '1/min', burst: 2 },
         },
         { name: 'metered', match: { path: '/metered' }, upstream: 'app', policy: 'data-eng' },
+        { name: 'live', match: { path: '/live' }, upstream: 'app', policy: 'data-eng', websocket: true },
       ],
       quotas: { 'daily-runs': { limit: 1, window: '1d', routes: ['metered'] } },
       logging: { level: 'warn' },
@@ -138,6 +139,37 @@ describe('forward-auth endpoint', () => {
   });
 
   before(async () => {});
+
+  test('a WebSocket handshake is decided as one, also when the proxy drops Upgrade from the subrequest', async (t) => {
+    gw = await gateway(t);
+    const port = gw.port('authz');
+    const key = {
+      'x-api-key': dataKey.key,
+      'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+      'sec-websocket-version': '13',
+    };
+    // nginx's auth subrequest: no Upgrade or Connection, the handshake's own Sec-WebSocket-Key.
+    const nginx = (uri: string) => ({
+      host: HOST,
+      'x-original-method': 'GET',
+      'x-original-uri': uri,
+      ...key,
+    });
+    const refused = await call(port, { headers: nginx('/data/socket') });
+    assert.equal(refused.status, 403, refused.body);
+    assert.equal(json(refused).code, 'GH_WEBSOCKET_NOT_ALLOWED');
+    const allowed = await call(port, { headers: nginx('/live/socket') });
+    assert.equal(allowed.status, 200, allowed.body);
+    assert.notEqual(allowed.headers['x-gatehouse-assertion'], '', 'the identity is sent on');
+    // Caddy and Traefik may pass Upgrade on: the same answers.
+    const upgrade = await call(port, {
+      headers: auth('/data/socket', { 'x-api-key': dataKey.key, upgrade: 'websocket' }),
+    });
+    assert.equal(upgrade.status, 403, upgrade.body);
+    assert.equal(json(upgrade).code, 'GH_WEBSOCKET_NOT_ALLOWED');
+    // A plain request on the WebSocket route is not a handshake, and the plain route serves it.
+    assert.equal((await call(port, { headers: auth('/data/x', { 'x-api-key': dataKey.key }) })).status, 200);
+  });
 
   test('an untrusted peer gets 403 and its forwarded headers are never believed', async (t) => {
     gw = await gateway(t);

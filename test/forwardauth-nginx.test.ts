@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from 'jose';
+import WebSocket, { WebSocketServer } from 'ws';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import type { AccessEntry } from '../src/observe/log.js';
 import { Gateway } from '../src/process/gateway.js';
@@ -242,6 +243,55 @@ test('nginx auth_request with examples/nginx: identities, refusals, spoofing and
     assert.equal(access.at(-1)!.client, '127.0.0.1');
     assert.equal(backend.seen.length, before + 2);
   });
+
+  await t.test(
+    'a WebSocket passes nginx to a route that allows it, as its caller; elsewhere the handshake is refused',
+    async () => {
+      // The test backend refuses upgrades by default: this part of it speaks WebSocket.
+      backend.server.removeAllListeners('upgrade');
+      const wss = new WebSocketServer({ server: backend.server });
+      const handshakes: Array<Record<string, string | string[] | undefined>> = [];
+      wss.on('connection', (ws, req) => {
+        handshakes.push(req.headers);
+        ws.on('message', (data) => ws.send(`echo:${data.toString()}`));
+      });
+      t.after(() => {
+        for (const c of wss.clients) c.terminate();
+        wss.close();
+      });
+      const url = `ws://127.0.0.1:${nginxPort}`;
+      const ws = new WebSocket(`${url}/live`, { headers: { host, 'x-api-key': key.key } });
+      await new Promise<void>((resolve, reject) => {
+        ws.once('open', () => resolve());
+        ws.once('error', reject);
+        ws.once('unexpected-response', (_req, res) =>
+          reject(new Error(`status ${res.statusCode}: ${nginx.output().slice(-1500)}`)),
+        );
+      });
+      ws.send('hello');
+      const reply = await new Promise<string>((resolve) => ws.once('message', (d) => resolve(d.toString())));
+      assert.equal(reply, 'echo:hello');
+      ws.terminate();
+      assert.equal(handshakes.length, 1);
+      assert.equal(handshakes[0]?.['x-gatehouse-user'], 'agent:etl');
+      assert.equal(handshakes[0]?.['x-api-key'], undefined, 'the key never reaches the backend');
+      // The public route does not allow WebSockets: Gatehouse sees the handshake for what it is.
+      const status = await new Promise<number>((resolve, reject) => {
+        const refused = new WebSocket(`${url}/public/live`, { headers: { host } });
+        refused.once('unexpected-response', (_req, res) => {
+          resolve(res.statusCode ?? 0);
+          res.destroy();
+        });
+        refused.once('open', () =>
+          reject(new Error('a handshake on a route without websocket was passed on')),
+        );
+        refused.once('error', () => undefined);
+      });
+      assert.equal(status, 403);
+      assert.equal(handshakes.length, 1);
+      assert.ok(access.some((e) => e.plane === 'forward-auth' && e.error === 'GH_WEBSOCKET_NOT_ALLOWED'));
+    },
+  );
 
   await t.test('a person signs in through nginx and reaches the backend as themselves', async () => {
     const browser = await launchBrowser(t);

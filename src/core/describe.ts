@@ -32,6 +32,19 @@ export interface RawRequest {
 }
 
 /**
+ * True when a request a decision-only data plane describes is a WebSocket opening handshake: `Upgrade:
+ * websocket`, or, since proxies drop hop-by-hop headers (Upgrade, Connection) from an auth subrequest,
+ * the handshake's own end-to-end `Sec-WebSocket-Key` on a GET. Such a request is decided as the
+ * built-in proxy decides a handshake (the route must allow WebSockets; an ambient credential needs an
+ * allowed Origin).
+ */
+export function isWebSocketHandshake(method: string, headers: IncomingHttpHeaders): boolean {
+  const upgrade = headers.upgrade;
+  if (typeof upgrade === 'string' && /(?:^|,)\s*websocket\s*(?:,|$)/i.test(upgrade)) return true;
+  return method === 'GET' && headers['sec-websocket-key'] !== undefined;
+}
+
+/**
  * The description of a request. Throws `BadRequestError` (400, `GH_BAD_PATH` or `GH_BAD_HOST`) for a
  * target or host that cannot be normalized.
  */

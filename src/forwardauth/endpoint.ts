@@ -40,6 +40,7 @@ import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:ht
 import { performance } from 'node:perf_hooks';
 import type { Config } from '../config/schema.js';
 import { type Answer, type DecisionRuntime, DROP_COOKIE, identityHeaderPairs } from '../core/answer.js';
+import { isWebSocketHandshake } from '../core/describe.js';
 import type { CompiledRoute } from '../core/types.js';
 import { answerRequest, type Verdict } from '../core/verdict.js';
 import { GatehouseError } from '../errors.js';
@@ -149,6 +150,7 @@ export function serveForwardAuth(ex: ForwardAuthExchange): void {
       tls: scheme === 'https',
       scheme,
       listener: ex.listener.name,
+      upgrade: isWebSocketHandshake(original.method, req.headers),
     },
     ex.runtime.config.server.pathParameters,
   );

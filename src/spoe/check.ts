@@ -35,6 +35,7 @@ import {
   DROP_COOKIE,
   identityHeaderPairs,
 } from '../core/answer.js';
+import { isWebSocketHandshake } from '../core/describe.js';
 import type { PathParameters } from '../core/normalize.js';
 import { answerRequest, type Verdict } from '../core/verdict.js';
 import { decodeHeaderBlock, type SpopAction, type SpopMessage, type SpopValue, utf8String } from './codec.js';
@@ -197,7 +198,6 @@ export function checkMessage(
       clientIp: args.src,
     };
   }
-  const upgrade = headers.upgrade;
   const v = answerRequest(
     rt,
     {
@@ -208,7 +208,7 @@ export function checkMessage(
       clientIp: args.src,
       tls: args.tls,
       listener: 'spoe',
-      upgrade: typeof upgrade === 'string' && upgrade.toLowerCase() === 'websocket',
+      upgrade: isWebSocketHandshake(args.method, headers),
     },
     rt.config.server.pathParameters,
     now,
