@@ -19,6 +19,7 @@ import { ListenerSet } from '../proxy/listeners.js';
 import type { Runtime } from '../runtime.js';
 import { SpoeService, type SpoeStatus } from '../spoe/service.js';
 import { Coalescer } from '../util/coalesce.js';
+import { RESERVED_ENDPOINTS } from './endpoints.js';
 import { logWarnings, problem, rejectReload } from './reload.js';
 import {
   type BuiltRuntime,
@@ -145,6 +146,7 @@ export class Gateway {
       getRuntime: () => gw.#runtime,
       logger,
       accessLog,
+      endpoints: RESERVED_ENDPOINTS,
     });
     gw.#spoe = new SpoeService({ getRuntime: () => gw.#runtime, logger, accessLog });
     try {

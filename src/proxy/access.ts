@@ -25,12 +25,6 @@ import { type Decision, describeReason } from '../core/decide.js';
 import { normalizeHost } from '../core/normalize.js';
 import type { CompiledRoute, RequestFacts } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
-import {
-  FORWARD_AUTH_PATH,
-  type ForwardAuthExchange,
-  serveForwardAuth,
-  servesForwardAuth,
-} from '../forwardauth/endpoint.js';
 import type { IdentityRuntime } from '../identity/index.js';
 import { GATEHOUSE_PREFIX, signInAddress } from '../identity/login.js';
 import type { ClientCertificateSocket } from '../identity/mtls.js';
@@ -49,13 +43,39 @@ import { bodyPending, closeAfter, resetAfterAnswer } from './framing.js';
 import type { HeaderEdits } from './headers.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
 
+/**
+ * An endpoint under `/.gatehouse/` that another part of the gateway serves on the proxy's listeners
+ * (the forward-auth endpoint): handed to the listeners by the process that assembles the gateway, so the
+ * proxy needs to know nothing of it.
+ */
+export interface ReservedEndpoint {
+  /** The normalized path it answers (exactly). */
+  readonly path: string;
+  /** True when `listener` serves it (forward-auth: the listeners with `forwardAuth: true`). */
+  serves(runtime: Runtime, listener: string): boolean;
+  /** Answers the request completely. */
+  serve(ex: AccessExchange): void;
+}
+
 /** What the access stage needs of the request being served (the handler's exchange fits). */
-export interface AccessExchange extends ForwardAuthExchange {
+export interface AccessExchange {
   readonly runtime: Runtime;
   readonly req: ProxyRequest;
   readonly res: ProxyResponse;
   readonly listener: ListenerInfo;
   readonly requestId: string;
+  /** The TCP peer is in `server.trustedProxies`. */
+  readonly peerTrusted: boolean;
+  /** The effective client address (X-Forwarded-For from a trusted peer). */
+  readonly clientIp: string;
+  /** The endpoints under `/.gatehouse/` served besides the gateway's own (see `ReservedEndpoint`). */
+  readonly endpoints: readonly ReservedEndpoint[];
+  // The request as the access log shows it; an endpoint that answers for another request sets these.
+  method: string;
+  host: string;
+  path: string;
+  route: CompiledRoute | undefined;
+  plane: string | undefined;
   /** Status for the access log, set when the stage answers itself. */
   status: number;
   /** Stable code for the access log, set when the stage refuses. */
@@ -130,9 +150,11 @@ function serveReserved(ex: AccessExchange, facts: RequestFacts): void {
     res.end(method === 'HEAD' ? undefined : body);
     return;
   }
-  if (facts.path === FORWARD_AUTH_PATH && servesForwardAuth(ex.runtime.config, ex.listener.name)) {
-    serveForwardAuth(ex);
-    return;
+  for (const endpoint of ex.endpoints) {
+    if (facts.path === endpoint.path && endpoint.serves(ex.runtime, ex.listener.name)) {
+      endpoint.serve(ex);
+      return;
+    }
   }
   const login = id.login;
   if (login?.handles(facts.path)) {

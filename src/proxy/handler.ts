@@ -51,6 +51,7 @@ import {
   admit,
   certificateSocket,
   forwardIdentity,
+  type ReservedEndpoint,
   serveBeforeRouting,
 } from './access.js';
 import { type AccessRecord, accessEntry, writeAccess } from './access-entry.js';
@@ -99,6 +100,8 @@ export interface HandlerOptions {
   getRuntime(): Runtime;
   logger: Logger;
   accessLog?: (entry: AccessEntry) => void;
+  /** Endpoints under `/.gatehouse/` served besides the gateway's own (the forward-auth endpoint). */
+  endpoints?: readonly ReservedEndpoint[];
 }
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
@@ -167,6 +170,10 @@ function retryTimer(ex: Exchange): void {
 /** One client request on its way through the proxy; also the undici dispatch handler for its attempts. */
 class Exchange implements LeaseHolder, AccessRecord {
   readonly handler: ProxyHandler;
+  /** The endpoints under `/.gatehouse/` of other modules (see `ReservedEndpoint`). */
+  get endpoints(): readonly ReservedEndpoint[] {
+    return this.handler.endpoints;
+  }
   readonly runtime: Runtime;
   readonly req: ProxyRequest;
   readonly res: TaggedResponse;
@@ -978,6 +985,7 @@ export class ProxyHandler implements ProxyContext {
   readonly getRuntime: () => Runtime;
   readonly logger: Logger;
   readonly accessLog: ((entry: AccessEntry) => void) | undefined;
+  readonly endpoints: readonly ReservedEndpoint[];
   /** Open WebSocket tunnels, given until the drain deadline on close. */
   readonly tunnels = new Set<Tunnel>();
 
@@ -985,6 +993,7 @@ export class ProxyHandler implements ProxyContext {
     this.getRuntime = opts.getRuntime;
     this.logger = opts.logger;
     this.accessLog = opts.accessLog;
+    this.endpoints = opts.endpoints ?? [];
   }
 
   /**

@@ -16,6 +16,7 @@ import { type Config, type ListenerConfig, parseBind } from '../config/schema.js
 import type { AccessEntry, Logger } from '../observe/log.js';
 import { activeConnections } from '../observe/metrics.js';
 import type { ListenerTlsRuntime, Runtime } from '../runtime.js';
+import type { ReservedEndpoint } from './access.js';
 import { ProxyHandler } from './handler.js';
 import { watchIdleSession } from './http2.js';
 import type { ListenerInfo, ProxyRequest, ProxyResponse } from './types.js';
@@ -77,6 +78,8 @@ export interface ListenerSetOptions {
   getRuntime(): Runtime;
   logger: Logger;
   accessLog?: (entry: AccessEntry) => void;
+  /** Endpoints under `/.gatehouse/` served besides the gateway's own (the forward-auth endpoint). */
+  endpoints?: readonly ReservedEndpoint[];
 }
 
 function listenerKey(l: ListenerConfig): string {

@@ -12,6 +12,7 @@ import { compileLimits } from '../../src/limits/compile.js';
 import { Limiter } from '../../src/limits/stage.js';
 import { type AccessEntry, createLogger, type Logger } from '../../src/observe/log.js';
 import { compilePolicies } from '../../src/policy/compile.js';
+import { RESERVED_ENDPOINTS } from '../../src/process/endpoints.js';
 import { buildListenerTls, ListenerSet } from '../../src/proxy/listeners.js';
 import type { ListenerTlsRuntime, Runtime } from '../../src/runtime.js';
 import { createStateStore } from '../../src/state/index.js';
@@ -199,7 +200,12 @@ export async function startGateway(
   runtimes.push(first);
   const gw: TestGateway = {
     runtime: first,
-    listeners: new ListenerSet({ getRuntime: () => gw.runtime, logger, accessLog: (e) => access.push(e) }),
+    listeners: new ListenerSet({
+      getRuntime: () => gw.runtime,
+      logger,
+      accessLog: (e) => access.push(e),
+      endpoints: RESERVED_ENDPOINTS,
+    }),
     access,
     logLines: lines,
     logger,
