@@ -247,39 +247,19 @@ function conclude(
     from,
     now,
   );
-  const limiter = rt.limits;
-  if (limiter !== undefined && decision.outcome !== 'allow') {
-    // A refused request is counted by an `ip` rate limit only: over it, 429 instead of the refusal.
-    const verdict = limiter.check(route.name, desc, decision.identity, now, true);
-    if (verdict !== undefined) {
-      const refusal = (v: LimitVerdict): Answer =>
-        v.outcome === 'limited'
-          ? build(rt, desc, route, auth, from, now, setCookie, limitedBy(decision, v), v)
-          : build(rt, desc, route, auth, from, now, setCookie, decision, undefined);
-      return verdict instanceof Promise ? verdict.then(refusal) : refusal(verdict);
-    }
-  } else if (limiter !== undefined) {
-    const verdict = limiter.check(route.name, desc, decision.identity, now);
-    if (verdict !== undefined) {
-      if (verdict instanceof Promise) {
-        return verdict.then((v) =>
-          build(
-            rt,
-            desc,
-            route,
-            auth,
-            from,
-            v.outcome === 'delayed' ? Date.now() : now,
-            setCookie,
-            limitedBy(decision, v),
-            v,
-          ),
-        );
-      }
-      return build(rt, desc, route, auth, from, now, setCookie, limitedBy(decision, verdict), verdict);
-    }
-  }
-  return build(rt, desc, route, auth, from, now, setCookie, decision, undefined);
+  // An allowed request meets its route's limits; a refused one only an `ip` rate limit (see Limiter).
+  const refused = decision.outcome !== 'allow';
+  const verdict = rt.limits?.check(route.name, desc, decision.identity, now, refused);
+  if (verdict === undefined) return build(rt, desc, route, auth, from, now, setCookie, decision, undefined);
+  const finish = (v: LimitVerdict, at: number): Answer =>
+    // A refusal stays what it was unless the limit turned it into 429.
+    refused && v.outcome !== 'limited'
+      ? build(rt, desc, route, auth, from, at, setCookie, decision, undefined)
+      : build(rt, desc, route, auth, from, at, setCookie, limitedBy(decision, v), v);
+  if (verdict instanceof Promise)
+    // A request held by `delay` is signed for when it goes on.
+    return verdict.then((v) => finish(v, v.outcome === 'delayed' ? Date.now() : now));
+  return finish(verdict, now);
 }
 
 /** The decision after the limit stage: unchanged, or 429 `limited` with the limit's reason. */

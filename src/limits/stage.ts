@@ -121,6 +121,26 @@ function seriesOf(limits: RouteLimits, route: string): LimitSeries {
   return s;
 }
 
+/** A verdict that lets the request go on (nothing refused it). */
+function passing(
+  outcome: 'allowed' | 'delayed' | 'store-error',
+  waitMs: number,
+  headers: readonly string[],
+  charges: readonly PendingCharge[] | undefined,
+  limit: string,
+): LimitVerdict {
+  return {
+    outcome,
+    reason: undefined,
+    code: undefined,
+    retryAfter: undefined,
+    waitMs,
+    headers,
+    charges,
+    limit,
+  };
+}
+
 const NO_QUOTAS: Applying = Object.freeze({ quotas: [], checks: [], spans: [] }) as unknown as Applying;
 
 /** The limit stage of one runtime: its compiled limits and the process's state store. */
@@ -269,27 +289,9 @@ export class Limiter {
     const wait = result.waitMs;
     if (wait <= 0) {
       if (this.#count) seriesOf(limits, route).allowed.inc();
-      return {
-        outcome: 'allowed',
-        reason: undefined,
-        code: undefined,
-        retryAfter: undefined,
-        waitMs: 0,
-        headers,
-        charges,
-        limit: '',
-      };
+      return passing('allowed', 0, headers, charges, '');
     }
-    const delayed: LimitVerdict = {
-      outcome: 'delayed',
-      reason: undefined,
-      code: undefined,
-      retryAfter: undefined,
-      waitMs: wait,
-      headers,
-      charges,
-      limit: 'rate',
-    };
+    const delayed = passing('delayed', wait, headers, charges, 'rate');
     if (!this.#hold) return delayed;
     // Held until the slot the store reserved: timers of earlier slots fire first (FIFO).
     limits.held++;
@@ -346,16 +348,7 @@ export class Limiter {
     }
     if (this.#count) limitVerdictsTotal.series(route, 'store-error', '').inc();
     if (deny) throw failure;
-    return {
-      outcome: 'store-error',
-      reason: undefined,
-      code: undefined,
-      retryAfter: undefined,
-      waitMs: 0,
-      headers: [],
-      charges: undefined,
-      limit: '',
-    };
+    return passing('store-error', 0, [], undefined, '');
   }
 
   /**
@@ -406,7 +399,7 @@ export class Limiter {
     return out;
   }
 
-  /** Resets one key of a quota in the current window; false when the quota is unknown. */
+  /** Resets one key of a quota in the current window: the counters reset, undefined for an unknown quota. */
   async reset(quota: string, value: string, now: number = Date.now()): Promise<string[] | undefined> {
     const q = this.set.quotas.get(quota);
     if (q === undefined) return undefined;
