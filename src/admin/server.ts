@@ -335,22 +335,21 @@ export class AdminServer {
     sendJson(res, result.ok ? 200 : 422, result);
   }
 
-  #limits(): Limiter | undefined {
-    if (this.#opts.limits) return this.#opts.limits();
-    return this.#runtime()?.limits;
+  /** The limit stage whose quotas the API shows; undefined after answering 503 when there is none yet. */
+  #limits(res: ServerResponse): Limiter | undefined {
+    const limits = this.#opts.limits ? this.#opts.limits() : this.#runtime()?.limits;
+    if (limits === undefined) sendError(res, 503, 'GH_NOT_READY', 'no configuration loaded yet');
+    return limits;
   }
 
   async #quotaUsage(res: ServerResponse, query: URLSearchParams): Promise<void> {
     const key = query.get('key');
-    if (key === null || key === '' || key.length > MAX_QUOTA_KEY) {
+    if (!isQuotaKey(key)) {
       sendError(res, 400, 'GH_ADMIN_BAD_REQUEST', `?key= is required (1 to ${MAX_QUOTA_KEY} characters)`);
       return;
     }
-    const limits = this.#limits();
-    if (limits === undefined) {
-      sendError(res, 503, 'GH_NOT_READY', 'no configuration loaded yet');
-      return;
-    }
+    const limits = this.#limits(res);
+    if (limits === undefined) return;
     try {
       sendJson(res, 200, { key, quotas: await limits.usage(key) });
     } catch (err) {
@@ -372,7 +371,7 @@ export class AdminServer {
       );
       return;
     }
-    if (typeof key !== 'string' || key === '' || key.length > MAX_QUOTA_KEY) {
+    if (!isQuotaKey(key)) {
       sendError(
         res,
         400,
@@ -381,11 +380,8 @@ export class AdminServer {
       );
       return;
     }
-    const limits = this.#limits();
-    if (limits === undefined) {
-      sendError(res, 503, 'GH_NOT_READY', 'no configuration loaded yet');
-      return;
-    }
+    const limits = this.#limits(res);
+    if (limits === undefined) return;
     try {
       const reset = await limits.reset(name, key);
       if (reset === undefined) {
@@ -466,6 +462,11 @@ function safeStatus(name: string, status: () => UpstreamStatus): UpstreamStatus 
 
 const QUOTA_RESET = /^\/api\/v1\/quotas\/([^/]+)\/reset$/;
 const MAX_QUOTA_KEY = 512;
+
+/** A key value the quota API accepts: a string of 1 to `MAX_QUOTA_KEY` characters. */
+function isQuotaKey(key: unknown): key is string {
+  return typeof key === 'string' && key !== '' && key.length <= MAX_QUOTA_KEY;
+}
 
 /** Reads a request body of at most `max` bytes as UTF-8; rejects when it is longer. */
 function readSmallBody(req: IncomingMessage, max: number): Promise<string> {
