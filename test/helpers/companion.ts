@@ -4,12 +4,14 @@
  * the documented ones, runs the proxy in the foreground inside the test's temporary directory, waits
  * until it accepts connections, and stops it when the test ends, whatever happened.
  */
+import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { ROOT } from './gateway.js';
+import { request, seenOf } from './proxy.js';
 
 function findBinary(
   what: string,
@@ -171,4 +173,61 @@ export async function startCaddy(
   if (check.status !== 0)
     throw new Error(`caddy validate refused the config:\n${check.stdout}${check.stderr}`);
   return run(t, 'caddy', bin, ['run', '--adapter', 'caddyfile', '--config', file], env, readyPort, 'SIGTERM');
+}
+
+type Reply = Awaited<ReturnType<typeof request>>;
+
+/**
+ * The `exports` route of the forward-auth examples (10/min, 5 at once) through the proxy at `front`:
+ * five 200s, each with the RateLimit headers of the gateway next to the application's own
+ * (`"app";r=7;t=1`) and the caller's identity at the backend (each reply also given to `each`), then
+ * 429 with Retry-After and the RateLimit headers. Returns the 429, for what each proxy adds to it.
+ */
+export async function spendExportsBudget(
+  front: string,
+  host: string,
+  apiKey: string,
+  output: () => string,
+  each: (reply: Reply) => void = () => undefined,
+): Promise<Reply> {
+  for (let left = 4; left >= 0; left--) {
+    const r = await request(front, { path: '/exports/run', headers: { host, 'x-api-key': apiKey } });
+    assert.equal(r.status, 200, r.body.toString());
+    assert.equal(seenOf(r.body).headers['x-gatehouse-user'], 'agent:etl');
+    assert.equal(r.headers['ratelimit-policy'], '"exports";q=10;w=60');
+    const items = String(r.headers.ratelimit).split(', ').sort();
+    assert.equal(items[0], '"app";r=7;t=1');
+    assert.match(items[1]!, new RegExp(`^"exports";r=${left};t=\\d+$`));
+    each(r);
+  }
+  const limited = await request(front, {
+    path: '/exports/run',
+    headers: { host, 'x-api-key': apiKey, accept: 'text/html' },
+  });
+  assert.equal(limited.status, 429, `${limited.body}\n${output()}`);
+  const retry = Number(limited.headers['retry-after']);
+  assert.ok(retry >= 1 && retry <= 6, `Retry-After ${limited.headers['retry-after']}`);
+  assert.equal(limited.headers['ratelimit-policy'], '"exports";q=10;w=60');
+  assert.match(String(limited.headers.ratelimit), /^"exports";r=0;t=\d+$/);
+  return limited;
+}
+
+/**
+ * Beside a limited route: a real 403 stays 403 without Retry-After, and a route without a limit answers
+ * without RateLimit headers. Returns both replies, for what each proxy adds to them.
+ */
+export async function noLimitElsewhere(
+  front: string,
+  host: string,
+  apiKey: string,
+): Promise<{ denied: Reply; free: Reply }> {
+  const denied = await request(front, { path: '/admin/users', headers: { host, 'x-api-key': apiKey } });
+  assert.equal(denied.status, 403);
+  assert.equal(JSON.parse(denied.body.toString()).code, 'GH_FORBIDDEN');
+  assert.equal(denied.headers['retry-after'], undefined);
+  const free = await request(front, { path: '/jobs', headers: { host, 'x-api-key': apiKey } });
+  assert.equal(free.status, 200);
+  assert.equal(free.headers['ratelimit-policy'], undefined);
+  assert.equal(free.headers.ratelimit, undefined);
+  return { denied, free };
 }
