@@ -179,7 +179,12 @@ export class MemoryStore implements StateStore {
     const now = this.#now();
     const tat = rate === undefined ? undefined : this.#counter(rate.key, now);
     const usage: number[] = [];
-    for (let i = 0; i < quotas.length; i++) usage.push(this.#counter(quotas[i]!.key, now)?.n ?? 0);
+    const counters: Array<Counter | undefined> = [];
+    for (let i = 0; i < quotas.length; i++) {
+      const c = this.#counter(quotas[i]!.key, now);
+      counters.push(c);
+      usage.push(c?.n ?? 0);
+    }
     const step = limitStep(now, tat?.n, rate, quotas, usage);
     if (step.result.refusedBy !== NOT_REFUSED) return step.result;
     if (rate !== undefined && step.tat !== undefined) {
@@ -192,7 +197,11 @@ export class MemoryStore implements StateStore {
     }
     for (let i = 0; i < quotas.length; i++) {
       const q = quotas[i]!;
-      if (q.cost !== 0) this.#addCounter(q.key, q.cost, q.ttlMs, now);
+      if (q.cost === 0) continue;
+      // A counter read above is charged as it is; a new one is created (or found, for a key named twice).
+      const c = counters[i];
+      if (c !== undefined) c.n += q.cost;
+      else this.#addCounter(q.key, q.cost, q.ttlMs, now);
     }
     return step.result;
   }
