@@ -7,6 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { ConfigSchema } from './schema.js';
+import { formatDuration } from './units.js';
 
 /** Where the generated files live, relative to the repository root. */
 export const SCHEMA_FILE = fileURLToPath(new URL('../../schema/gatehouse.schema.json', import.meta.url));
@@ -16,19 +17,6 @@ export const REFERENCE_FILE = fileURLToPath(new URL('../../docs/configuration.md
 const DURATION_PATTERN = '^\\d+(\\.\\d+)?(ms|s|m|h|d)$';
 
 type Json = Record<string, unknown>;
-
-/** Formats milliseconds with the largest unit that divides them (30000 → 30s). */
-export function formatDuration(ms: number): string {
-  for (const [unit, size] of [
-    ['d', 86_400_000],
-    ['h', 3_600_000],
-    ['m', 60_000],
-    ['s', 1000],
-  ] as const) {
-    if (ms !== 0 && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
-}
 
 /**
  * Descriptions for keys whose schema has none, by reference key. Policy rule fields and header edits

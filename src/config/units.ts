@@ -71,3 +71,16 @@ export function parseRateParts(text: string): RateParts | undefined {
   const count = Number(m[1]);
   return Number.isFinite(count) ? { count, windowMs } : undefined;
 }
+
+/** Formats milliseconds with the largest unit that divides them (30000 → 30s). */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ] as const) {
+    if (ms !== 0 && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}

@@ -4,6 +4,7 @@
  * matched, the deciding rule, the reason code and the decision.
  */
 import type { Config } from '../config/schema.js';
+import { formatDuration } from '../config/units.js';
 import type { CompiledConfig } from '../core/compile.js';
 import { type Decision, describeDecision } from '../core/decide.js';
 import type { Identity } from '../identity/types.js';
@@ -41,14 +42,14 @@ function describeLimits(
   const rl = limits.rate?.config;
   if (rl !== undefined) {
     const extra = [`burst ${rl.burst}`];
-    if (rl.delay > 0) extra.push(`held up to ${formatMs(rl.delay)}`);
+    if (rl.delay > 0) extra.push(`held up to ${formatDuration(rl.delay)}`);
     if (rl.onStoreError === 'deny') extra.push('503 when the store is down');
-    const per = formatMs(rl.rate.windowMs).replace(/^1(?=[a-z])/, '');
+    const per = RATE_UNIT[rl.rate.windowMs] ?? formatDuration(rl.rate.windowMs);
     lines.push(`rate limit: ${rl.rate.count}/${per} per ${rl.key}, ${extra.join(', ')}`);
   }
   for (const q of limits.quotas) {
     const c = q.config;
-    const window = c.window === 'month' ? 'calendar month' : formatMs(c.window);
+    const window = c.window === 'month' ? 'calendar month' : formatDuration(c.window);
     const cost = typeof c.cost === 'number' ? `cost ${c.cost}` : `cost from response ${c.cost}`;
     const when = q.when === undefined ? '' : `, only ${q.when.rules[0]?.summary ?? ''}`;
     lines.push(`quota: ${q.name}: ${c.limit} per ${window} (${c.timeZone}) per ${c.key}, ${cost}${when}`);
@@ -66,17 +67,8 @@ function describeLimits(
   return lines;
 }
 
-function formatMs(ms: number): string {
-  for (const [unit, size] of [
-    ['d', 86_400_000],
-    ['h', 3_600_000],
-    ['min', 60_000],
-    ['s', 1000],
-  ] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
-}
+/** The unit a rate is written per (`600/min`), by its window. */
+const RATE_UNIT: Readonly<Record<number, string>> = { 1000: 's', 60000: 'min', 3600000: 'h', 86400000: 'd' };
 
 function describeIdentity(id: Identity): string {
   const parts = [`subject ${id.subject}`];
