@@ -263,7 +263,7 @@ function conclude(
 }
 
 /** The decision after the limit stage: unchanged, or 429 `limited` with the limit's reason. */
-function limitedBy(decision: Decision, v: LimitVerdict): Decision {
+export function limitedBy(decision: Decision, v: LimitVerdict): Decision {
   if (v.outcome !== 'limited') return decision;
   return {
     outcome: 'limited',

@@ -13,6 +13,7 @@ import {
   FROM_CERTIFICATE,
   FROM_NOTHING,
   FROM_SESSION,
+  limitedBy,
   type RequestDescription,
 } from '../core/answer.js';
 import { type CompiledConfig, compiledOf } from '../core/compile.js';
@@ -21,7 +22,7 @@ import { describeRequest } from '../core/describe.js';
 import { MethodNotAllowedError, MethodOverrideError, routeRequest } from '../core/methods.js';
 import type { CompiledRoute } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
-import type { AuthMethod, AuthResult, Identity, ReasonCode } from '../identity/types.js';
+import type { AuthMethod, AuthResult, Identity } from '../identity/types.js';
 import { Limiter, type LimitVerdict } from '../limits/stage.js';
 import { createLogger } from '../observe/log.js';
 import { MemoryStore } from '../state/memory.js';
@@ -273,15 +274,7 @@ export function evaluateOffline(ctx: OfflineContext, req: OfflineRequest): Offli
   let limit: LimitVerdict | undefined;
   if ('outcome' in outcome && outcome.outcome === 'allow') {
     limit = simulateLimits(ctx, route, facts, outcome.identity, req.after ?? 0, req.now);
-    if (limit?.outcome === 'limited') {
-      outcome = {
-        outcome: 'limited',
-        status: 429,
-        reason: limit.reason as ReasonCode,
-        rule: undefined,
-        identity: outcome.identity,
-      };
-    }
+    if (limit !== undefined) outcome = limitedBy(outcome, limit);
   }
   return {
     limit,
