@@ -258,15 +258,11 @@ function render(ex: ForwardAuthExchange, v: Verdict, original: ForwardedRequest,
     }
   } else if (refusal?.wwwAuthenticate !== undefined) {
     headers.push('www-authenticate', refusal.wwwAuthenticate);
-  } else if (limited && refusal !== undefined) {
-    // The limit stage's headers carry Retry-After; the contract promises it whatever they hold.
-    if (pairValue(headers, 'retry-after') === '' && refusal.retryAfter !== undefined)
-      headers.push('retry-after', String(refusal.retryAfter));
-    if (nginx) {
-      // Its error_page 403 answers 429 when X-Gatehouse-Status says so (examples/nginx/nginx.conf).
-      status = 403;
-      headers.push('x-gatehouse-status', '429');
-    }
+  } else if (limited && nginx) {
+    // Retry-After came with the limit stage's headers above. nginx's error_page 403 answers 429 when
+    // X-Gatehouse-Status says so (examples/nginx/nginx.conf).
+    status = 403;
+    headers.push('x-gatehouse-status', '429');
   }
   if (v.allow !== undefined) headers.push('allow', v.allow);
   const reason = refusal?.reason ?? v.reason;
