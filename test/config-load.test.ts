@@ -263,6 +263,29 @@ test('a __proto__ key is reported as unknown, never read through the prototype o
   );
 });
 
+test('quotas merge across includes like upstreams: a quota named __proto__ is reported, one defined twice names both files', async (t) => {
+  const d = tempDir();
+  t.after(() => d.remove());
+  const main = d.write(
+    'main.yaml',
+    `include: [more.yaml]\n${BASE}quotas:\n  daily: { key: identity, limit: 10, window: 1d }\n`,
+  );
+  d.write(
+    'more.yaml',
+    'quotas:\n  __proto__: { key: identity, limit: 1, window: 1m }\n  daily: { key: ip, limit: 5, window: 1d }\n  monthly: { key: ip, limit: 5, window: month }\n',
+  );
+  const problems = await problemsOf(main);
+  assert.deepEqual(problems.sort(), [
+    `${d.file('more.yaml')}: quotas.__proto__: invalid name "__proto__": must start with a letter or digit`,
+    `${d.file('more.yaml')}: quotas.daily: quota "daily" is also defined in ${main}`,
+  ]);
+  // Without the duplicate, the include's quota joins the main file's.
+  d.write('more.yaml', 'quotas:\n  monthly: { key: ip, limit: 5, window: month }\n');
+  const loaded = await loadConfig(main, {});
+  assert.ok(loaded.ok, loaded.ok ? '' : loaded.problems.map((p) => p.message).join('\n'));
+  assert.deepEqual(Object.keys(loaded.config.quotas).sort(), ['daily', 'monthly']);
+});
+
 test('YAML warnings such as an unresolved tag are config warnings with their line, never printed by the YAML library', async (t) => {
   const d = tempDir();
   t.after(() => d.remove());

@@ -108,6 +108,7 @@ const listener = fc.record(
     tls: rarely(
       fc.record({ certificates: fc.array(fc.record({ cert: SECRETS, key: SECRETS }), { maxLength: 1 }) }),
     ),
+    forwardAuth: rarely(v([true, false], ['yes' as unknown as boolean])),
   },
   { requiredKeys: ['name', 'bind'] },
 );
@@ -199,8 +200,14 @@ const route = fc.record(
     rateLimit: maybe(
       fc.record(
         {
-          rate: pick(['600/min', '10/s', '0/s', '9'.repeat(400) + '/s', 'fast']),
-          burst: maybe(pick([1, 0])),
+          rate: pick(['600/min', '10/s', '0/s', '5000/d', '9'.repeat(400) + '/s', 'fast', '1/ms']),
+          burst: maybe(pick([1, 0, 100, 1e9])),
+          key: maybe(
+            v(['identity', 'ip', 'apiKey', 'claim:org.id', 'header:x-tenant'], ['claim:', 'header:', 'user']),
+          ),
+          delay: maybe(DURATIONS),
+          maxDelayed: maybe(pick([0, 1, 1000, -1])),
+          onStoreError: maybe(v(['allow', 'deny'], ['maybe'])),
         },
         { requiredKeys: ['rate'] },
       ),
@@ -334,6 +341,70 @@ const document = fc.record(
       fc.dictionary(v(['p', 'q'], ['bad name', '__proto__', 'toString']), policy, { maxKeys: 2 }),
     ),
     routes: maybe(fc.array(route, { maxLength: 3 })),
+    quotas: rarely(
+      fc.dictionary(
+        v(['daily', 'monthly'], ['bad name', '__proto__']),
+        fc.record(
+          {
+            key: v(['identity', 'ip', 'apiKey', 'claim:tenant'], ['nobody']),
+            limit: v([1, 10_000], [0, -1, 1.5, '10']),
+            window: v(['1m', '1d', 'month', '366d'], ['0s', '367d', 'week', '1ms']),
+            timeZone: maybe(v(['UTC', 'Europe/Berlin', 'America/New_York'], ['Mars/Base', ''])),
+            routes: maybe(fc.array(pick(['r', 'missing']), { maxLength: 2 })),
+            when: maybe(fc.oneof(rule, pick(['x' as unknown as object]))),
+            cost: maybe(v([1, 5, 'header:x-cost'], [0, 'header:', 'cost'])),
+            onStoreError: maybe(v(['allow', 'deny'], ['later'])),
+          },
+          { requiredKeys: ['key', 'limit', 'window'] },
+        ),
+        { maxKeys: 2 },
+      ),
+    ),
+    spoe: rarely(
+      fc.record(
+        {
+          bind: v(['127.0.0.1:12345', '127.0.0.1:0'], ['nope', '127.0.0.1:8080']),
+          maxFrameSize: maybe(v([16380, 256, 65536], [255, 65537, 1.5])),
+          maxInFlightPerConnection: maybe(v([1, 64], [0, 10_001])),
+        },
+        { requiredKeys: ['bind'] },
+      ),
+    ),
+    audit: rarely(
+      fc.record(
+        {
+          file: maybe(v(['audit.jsonl', '/var/log/gatehouse/audit.jsonl'], [''])),
+          maxSize: maybe(SIZES),
+          keep: maybe(v([0, 10], [-1, 1001, 1.5])),
+          fsync: maybe(v(['always', 'checkpoint', 'never'], ['sometimes'])),
+          stdout: maybe(fc.boolean()),
+          syslog: maybe(
+            fc.record(
+              {
+                address: v(
+                  ['udp://127.0.0.1:514', 'tcp://[::1]:6514'],
+                  ['udp://x', 'http://127.0.0.1:514', 'tcp://h:99999'],
+                ),
+                appName: maybe(v(['gatehouse'], ['', 'x'.repeat(49)])),
+                facility: maybe(v([13, 0, 23], [24, -1])),
+              },
+              { requiredKeys: ['address'] },
+            ),
+          ),
+          decisions: maybe(v(['all', 'refused'], ['some'])),
+          redactQuery: maybe(fc.array(v(['token', 'code'], ['']), { maxLength: 2 })),
+          checkpoint: maybe(
+            fc.record(
+              { lines: maybe(v([1, 1000], [0, 1e7])), interval: maybe(DURATIONS) },
+              { requiredKeys: [] },
+            ),
+          ),
+          signingKey: maybe(SECRETS),
+          bufferLimit: maybe(v([100, 10_000], [99, 1e8])),
+        },
+        { requiredKeys: [] },
+      ),
+    ),
     tests: maybe(fc.array(test, { maxLength: 2 })),
     include: rarely(
       fc.oneof(
@@ -395,6 +466,9 @@ const KNOWN = new Set([
   'upstreams',
   'policies',
   'routes',
+  'quotas',
+  'spoe',
+  'audit',
   'tests',
   'logging',
   'include',
@@ -408,7 +482,7 @@ function unknownKeys(doc: unknown): string[] {
   const unknown = Object.keys(doc).filter(
     (k) => !KNOWN.has(k) && (doc as Record<string, unknown>)[k] !== undefined,
   );
-  for (const map of ['upstreams', 'policies']) {
+  for (const map of ['upstreams', 'policies', 'quotas']) {
     const m = (doc as Record<string, unknown>)[map];
     if (m !== null && typeof m === 'object' && Object.hasOwn(m, '__proto__'))
       unknown.push(`${map}.__proto__`);

@@ -59,8 +59,8 @@ export interface LoadOptions {
 
 // Top-level keys whose lists are concatenated and whose maps are merged across included files.
 const ARRAY_KEYS = new Set(['listeners', 'routes', 'tests']);
-const MAP_KEYS = new Set(['upstreams', 'policies']);
-const MAP_NOUN: Record<string, string> = { upstreams: 'upstream', policies: 'policy' };
+const MAP_KEYS = new Set(['upstreams', 'policies', 'quotas']);
+const MAP_NOUN: Record<string, string> = { upstreams: 'upstream', policies: 'policy', quotas: 'quota' };
 
 type Path = ReadonlyArray<PropertyKey>;
 type Raw = Record<string, unknown>;
