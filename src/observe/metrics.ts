@@ -530,6 +530,30 @@ export const stateStoreUp = new Gauge({
   registers: [registry],
 });
 
+/** Audit lines written, per sink (`file`, `stdout`, `syslog`). */
+export const auditEventsTotal = new FastCounter({
+  name: 'gatehouse_audit_events_total',
+  help: 'Audit lines written by each audit sink',
+  labelNames: ['sink'] as const,
+  registers: [registry],
+});
+
+/** Audit events a sink dropped because it fell behind by more than its buffer (or could not take them). */
+export const auditDroppedTotal = new FastCounter({
+  name: 'gatehouse_audit_dropped_total',
+  help: 'Audit events dropped by each audit sink (buffer full, or too large for a syslog datagram)',
+  labelNames: ['sink'] as const,
+  registers: [registry],
+});
+
+/** Audit lines waiting in each sink's buffer. */
+export const auditBuffered = new FastGauge({
+  name: 'gatehouse_audit_buffered',
+  help: 'Audit lines held in memory by each audit sink, not yet written',
+  labelNames: ['sink'] as const,
+  registers: [registry],
+});
+
 let processMetricsEnabled = false;
 
 /** Adds the default process metrics (CPU, memory, event loop, GC) as `gatehouse_*`; idempotent. */
