@@ -11,7 +11,7 @@
  * when it stays blocked. Nothing here runs on the data plane.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import type { Logger } from '../observe/log.js';
 
 /** Options of `LiveStream`. */
@@ -96,7 +96,7 @@ export class LiveStream {
    * Turns `res` into an event stream and sends a first snapshot at once. False (nothing written) when
    * the stream cannot be opened: the listener is closing or too many streams are open.
    */
-  attach(req: IncomingMessage, res: ServerResponse): boolean {
+  attach(res: ServerResponse): boolean {
     if (this.#closed || this.#clients.size >= (this.#opts.maxClients ?? 16)) return false;
     res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
@@ -114,7 +114,7 @@ export class LiveStream {
       this.#clients.delete(client);
       if (this.#clients.size === 0) this.#stop();
     };
-    req.on('close', drop);
+    // The response's close, not the request's: a request emits it as soon as its (empty) body is read.
     res.on('close', drop);
     res.on('error', drop);
     this.#start();

@@ -313,8 +313,7 @@ export class AdminServer {
       } else if (!this.#authorized(req, res)) return;
       if (path === '/api/v1/live') {
         if (!allow(method, res, 'GET')) return;
-        if (!this.#live.attach(req, res))
-          sendError(res, 503, 'GH_ADMIN_BUSY', 'too many live streams are open');
+        if (!this.#live.attach(res)) sendError(res, 503, 'GH_ADMIN_BUSY', 'too many live streams are open');
         return;
       }
       if (path === '/api/v1/live/ticket') {
