@@ -106,9 +106,8 @@ routes:
   await operator.page.goto(`${dashboard}/`);
   await operator.page.fill('#token', TOKEN);
   await operator.page.press('#token', 'Enter');
-  await operator.page.waitForFunction("document.getElementById('conn').textContent === 'live'", null, {
-    timeout: WAIT,
-  });
+  await operator.page.waitForSelector('#conn.ok', { timeout: WAIT });
+  assert.equal(await operator.page.textContent('#conn'), 'live');
   // Marks this page load: the numbers must change without the page being loaded again.
   await operator.page.evaluate('window.marker = 42');
 
@@ -204,9 +203,7 @@ routes:
   await operator.page.keyboard.press('Enter');
   await operator.page.waitForSelector('#sessions tr[data-subject="alice"] button.confirm-revoke:focus');
   await operator.page.keyboard.press('Enter');
-  await operator.page.waitForFunction("/revoked/.test(document.getElementById('notice').textContent)", null, {
-    timeout: WAIT,
-  });
+  await operator.page.locator('#notice', { hasText: 'revoked' }).waitFor({ timeout: WAIT });
   await operator.page.waitForSelector('#sessions tr[data-subject="alice"]', {
     state: 'detached',
     timeout: WAIT,
