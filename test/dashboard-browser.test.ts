@@ -56,6 +56,8 @@ identity:
         scopes: [openid, email, profile, groups] }
 policies:
   data-eng: { allow: [{ name: engineers, groups: [data-eng] }] }
+quotas:
+  dash-daily: { key: identity, limit: 100, window: 1d, routes: [dash] }
 routes:
   - { name: dash, match: { path: /dash }, upstream: app, policy: data-eng }
   - { name: open, match: { path: /open }, upstream: app, public: true }
@@ -144,6 +146,10 @@ routes:
     'the chart draws the refusal',
   );
   await operator.page.waitForSelector('#identities tr[data-identity="alice"]', { timeout: WAIT });
+  // The busiest identities come with their quota usage, read from the state store.
+  await operator.page
+    .locator('#identities tr[data-identity="alice"]', { hasText: /dash-daily \d+\/100/ })
+    .waitFor({ timeout: WAIT });
   await operator.page.waitForSelector('#identities tr[data-identity="bob"] td.refused', { timeout: WAIT });
   assert.ok((await operator.page.locator('#routes tr[data-route="open"] svg.spark polyline').count()) >= 1);
   assert.match(await textOf(operator.page, `#servers tr[data-server="${backend.url}"]`), /up/);

@@ -18,7 +18,10 @@ import type { AccessEntry } from '../src/observe/log.js';
 import { createLogger } from '../src/observe/log.js';
 import type { Runtime } from '../src/runtime.js';
 import { MemoryStore } from '../src/state/memory.js';
+import { RedisStore } from '../src/state/redis.js';
+import type { StateStore } from '../src/state/types.js';
 import { LineCollector, origin, request, staticRuntime } from './helpers/observe.js';
+import { redisUrl } from './helpers/redis.js';
 
 const TOKEN = 'dashboard-admin-t0ken';
 const AUTH = { authorization: `Bearer ${TOKEN}` };
@@ -424,3 +427,66 @@ test('an audit sink that throws does not fail the request', async (t) => {
   assert.equal((await request(`${url}/api/v1/status`)).status, 401);
   assert.equal((await request(`${url}/api/v1/reload`, { method: 'POST', headers: AUTH })).status, 200);
 });
+
+for (const kind of ['memory', 'redis'] as const) {
+  test(`the session index of a ${kind} store: ended sessions leave it, revocation by handle`, async (t) => {
+    const logger = createLogger('fatal', new LineCollector());
+    const store: StateStore =
+      kind === 'redis'
+        ? new RedisStore(await redisUrl(), logger, {
+            prefix: `gatehouse-test:${Math.random().toString(36).slice(2)}:`,
+          })
+        : new MemoryStore({ sweepInterval: 0 });
+    t.after(() => store.close());
+    const clock = { now: Date.now() };
+    const sessions = new SessionManager(
+      store,
+      {
+        secrets: ['dashboard-index-session-secret-0123456789'],
+        maxAge: 3_600_000,
+        idleTimeout: 600_000,
+        cookie: 's',
+      },
+      { now: () => clock.now },
+    );
+    const tokens = {
+      accessToken: undefined,
+      refreshToken: undefined,
+      idToken: undefined,
+      expiresAt: undefined,
+    };
+    const make = (subject: string) =>
+      sessions.create(
+        { provider: 'corp', subject, user: subject, email: undefined, groups: [], claims: {} },
+        tokens,
+      );
+    const a = await make('a');
+    clock.now += 1000;
+    await make('b');
+    clock.now += 1000;
+    await make('c');
+    let list = await sessions.list();
+    assert.deepEqual(
+      list.sessions.map((s) => s.subject),
+      ['c', 'b', 'a'],
+    );
+    assert.equal(list.sessions[0]!.email, null);
+    // Logging out everywhere takes the subject's sessions out of the list too.
+    assert.equal(await sessions.revokeSubject('corp', 'c'), 1);
+    list = await sessions.list();
+    assert.deepEqual(
+      list.sessions.map((s) => s.subject),
+      ['b', 'a'],
+    );
+    assert.equal(await sessions.revokeHandle('not a handle'), undefined);
+    const handleOfA = list.sessions[1]!.id;
+    assert.equal((await sessions.revokeHandle(handleOfA))?.subject, 'a');
+    assert.equal((await sessions.lookup(`s=${sessions.seal(a.id)}`)).kind, 'invalid');
+    assert.equal(await sessions.revokeHandle(handleOfA), undefined);
+    // A session that ended by itself (idle) is not listed, and leaves the index as it is listed.
+    clock.now += 600_000;
+    list = await sessions.list();
+    assert.deepEqual(list, { sessions: [], total: 0 });
+    assert.deepEqual(await store.setMembers('session-index'), []);
+  });
+}
