@@ -8,6 +8,14 @@
  *   GET  /api/v1/quotas?key=<value>      usage and reset time of every quota for one key (the subject
  *                                        for `identity`, the address for `ip`, the API key id, ...)
  *   POST /api/v1/quotas/<name>/reset     `{"key": "<value>"}`: resets one key of one quota
+ *   POST /api/v1/live/ticket             a one-time ticket for the event stream (see live.ts)
+ *   GET  /api/v1/live[?ticket=<ticket>]  the dashboard's event stream: a `LiveEvent` every second
+ *   GET  /api/v1/live/snapshot           one `LiveEvent` as JSON
+ *   GET  /api/v1/sessions[?limit=<n>]    the live sign-in sessions, most recently used first
+ *   POST /api/v1/sessions/<id>/revoke    ends one session on every instance and worker
+ *
+ * Every admin action (reload, quota reset, session revocation) and every refused `/api/v1` request is
+ * handed to the `audit` option.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -15,12 +23,21 @@ import type { AddressInfo } from 'node:net';
 import { isIPv4, isIPv6 } from 'node:net';
 import { parseBind } from '../config/schema.js';
 import type { ConfigProblem } from '../errors.js';
-import type { Limiter } from '../limits/stage.js';
+import type { SessionManager } from '../identity/session.js';
+import type { Limiter, QuotaUsage } from '../limits/stage.js';
+import {
+  type LiveSnapshot,
+  liveStats,
+  type ReloadHistory,
+  type ReloadRecord,
+  reloadHistory,
+} from '../observe/live-stats.js';
 import type { Logger } from '../observe/log.js';
 import {
   enableProcessMetrics,
   getUpstreamStatusSource,
   registry,
+  reloadsTotal,
   setUpstreamStatusSource,
 } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
@@ -28,6 +45,7 @@ import type { SpoeStatus } from '../spoe/service.js';
 import { StateStoreError } from '../state/types.js';
 import type { UpstreamStatus } from '../upstream/types.js';
 import { dashboardCsp, dashboardHtml } from './dashboard.js';
+import { LiveStream, type LiveTicket } from './live.js';
 
 /** What `POST /api/v1/reload` answers. */
 export type ReloadResult = { ok: true; generation: number } | { ok: false; problems: ConfigProblem[] };
@@ -61,6 +79,58 @@ export interface AdminServerOptions {
    * Undefined means no report can be given yet (503).
    */
   status?(): Promise<StatusReport | undefined>;
+  /**
+   * The live traffic figures the dashboard streams (default: this process's `liveStats`). A cluster
+   * primary asks its workers and adds their snapshots up with `LiveStats.merge`.
+   */
+  live?(): Promise<LiveSnapshot> | LiveSnapshot;
+  /** The sessions `/api/v1/sessions` lists and revokes (default: the runtime's sign-in sessions). */
+  sessions?(): SessionDirectory | undefined;
+  /** Receives every admin action and every refused `/api/v1` request (the audit trail). */
+  audit?(record: AdminAuditRecord): void;
+  /** Where reloads are recorded for the dashboard (default: the process's `reloadHistory`). */
+  reloadHistory?: ReloadHistory;
+}
+
+/** What the admin API needs of the session store: listing, and revoking one session by its handle. */
+export type SessionDirectory = Pick<SessionManager, 'list' | 'revokeHandle'>;
+
+/**
+ * One audit record of the admin listener. `code` is stable: `admin.reload`, `admin.reload-rejected`,
+ * `admin.quota-reset`, `admin.session-revoked`, `admin.denied` (a missing or wrong token or ticket).
+ */
+export interface AdminAuditRecord {
+  event: 'admin';
+  code: string;
+  /** What was asked: `reload`, `quota-reset`, `session-revoke`, or the refused request's method and path. */
+  action: string;
+  /** `admin-token` (or `loopback` when no token is configured); `anonymous` when refused. */
+  who: string;
+  /** The address that connected to the admin listener. */
+  client: string;
+  [k: string]: unknown;
+}
+
+/** An upstream server in the live feed: the status report's entry and the ejections seen. */
+export type LiveServer = UpstreamStatus['servers'][number] & {
+  /** Times the server was seen turning `ejected` since the admin listener started watching. */
+  ejections: number;
+};
+
+/** The payload of one live event (and of `GET /api/v1/live/snapshot`). */
+export interface LiveEvent {
+  at: string;
+  /** Generation of the running configuration, when known. */
+  generation: number | undefined;
+  traffic: LiveSnapshot;
+  upstreams: Array<Omit<UpstreamStatus, 'servers'> & { servers: LiveServer[] }>;
+  /** The last reloads, newest first. */
+  reloads: ReloadRecord[];
+  /** Quota usage of the busiest identities (refreshed every few seconds). */
+  quotas: Array<{ identity: string; quotas: QuotaUsage[] }>;
+  /** Set when the quota usage could not be read (state store down). */
+  quotaError?: string;
+  workers?: WorkerStatus[];
 }
 
 /** One worker process in `/api/v1/status` when the instance runs several (`server.workers`). */
@@ -127,6 +197,15 @@ export class AdminServer {
   readonly #statusSource: () => Iterable<UpstreamStatus>;
   #server: Server | undefined;
   #loopback = false;
+  readonly #live: LiveStream;
+  readonly #history: ReloadHistory;
+  #reloadWatch: NodeJS.Timeout | undefined;
+  #generationSeen: number | undefined;
+  #rejectedSeen: number | undefined;
+  /** Admin API reloads running: their outcome is recorded by them, not guessed by the watch. */
+  #apiReloads = 0;
+  readonly #health = new Map<string, { health: string; ejections: number }>();
+  #quotaCache: { at: number; key: string; value: Pick<LiveEvent, 'quotas' | 'quotaError'> } | undefined;
 
   constructor(opts: AdminServerOptions) {
     this.#opts = opts;
@@ -137,6 +216,8 @@ export class AdminServer {
       if (runtime === undefined) return [];
       return Array.from(runtime.upstreams.values(), (u) => u.status());
     };
+    this.#history = opts.reloadHistory ?? reloadHistory;
+    this.#live = new LiveStream({ build: () => this.#liveEvent(), logger: opts.logger });
   }
 
   /** Starts listening on `host:port`; resolves with the bound address. */
@@ -163,6 +244,10 @@ export class AdminServer {
     const address = server.address() as AddressInfo;
     this.#loopback = isLoopbackAddress(address.address);
     setUpstreamStatusSource(this.#statusSource);
+    this.#generationSeen = this.#runtime()?.generation;
+    this.#rejectedSeen = await rejectedReloads();
+    this.#reloadWatch = setInterval(() => void this.#watchReloads(), 1000);
+    this.#reloadWatch.unref();
     if (!this.#tokenDigest && !this.#loopback) {
       this.#opts.logger.warn(
         { bind },
@@ -177,7 +262,10 @@ export class AdminServer {
     const server = this.#server;
     if (!server) return;
     this.#server = undefined;
+    clearInterval(this.#reloadWatch);
     if (getUpstreamStatusSource() === this.#statusSource) setUpstreamStatusSource(undefined);
+    // Streams end with a last event first, so dashboards see a clean end rather than a reset.
+    await this.#live.close();
     await new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeAllConnections();
@@ -208,11 +296,47 @@ export class AdminServer {
     const q = rawUrl.indexOf('?');
     const path = q === -1 ? rawUrl : rawUrl.slice(0, q);
     const quotaReset = QUOTA_RESET.exec(path);
+    const sessionRevoke = SESSION_REVOKE.exec(path);
     // Only the quota reset reads a body; other bodies are drained so keep-alive connections stay usable.
     if (quotaReset === null) req.resume();
+    const query = new URLSearchParams(q === -1 ? '' : rawUrl.slice(q + 1));
 
     if (path.startsWith('/api/v1/') || path === '/api/v1') {
-      if (!this.#authorized(req, res)) return;
+      // The event stream may be opened with a one-time ticket instead of the token (EventSource).
+      const ticket = path === '/api/v1/live' ? query.get('ticket') : null;
+      if (ticket !== null) {
+        if (!this.#live.redeem(ticket)) {
+          this.#deny(req, 'bad-ticket');
+          sendError(res, 401, 'GH_ADMIN_UNAUTHORIZED', 'the live ticket is unknown, used or expired');
+          return;
+        }
+      } else if (!this.#authorized(req, res)) return;
+      if (path === '/api/v1/live') {
+        if (!allow(method, res, 'GET')) return;
+        if (!this.#live.attach(res)) sendError(res, 503, 'GH_ADMIN_BUSY', 'too many live streams are open');
+        return;
+      }
+      if (path === '/api/v1/live/ticket') {
+        if (!allow(method, res, 'POST')) return;
+        const issued: LiveTicket = this.#live.issue();
+        sendJson(res, 200, issued);
+        return;
+      }
+      if (path === '/api/v1/live/snapshot') {
+        if (!allow(method, res, 'GET, HEAD')) return;
+        sendJson(res, 200, await this.#liveEvent());
+        return;
+      }
+      if (path === '/api/v1/sessions') {
+        if (!allow(method, res, 'GET, HEAD')) return;
+        await this.#sessionList(res, query);
+        return;
+      }
+      if (sessionRevoke !== null) {
+        if (!allow(method, res, 'POST')) return;
+        await this.#sessionRevoke(req, res, sessionRevoke[1]!);
+        return;
+      }
       if (path === '/api/v1/status') {
         if (!allow(method, res, 'GET, HEAD')) return;
         const report = await this.#status();
@@ -225,12 +349,12 @@ export class AdminServer {
       }
       if (path === '/api/v1/reload') {
         if (!allow(method, res, 'POST')) return;
-        await this.#reload(res);
+        await this.#reload(req, res);
         return;
       }
       if (path === '/api/v1/quotas') {
         if (!allow(method, res, 'GET, HEAD')) return;
-        await this.#quotaUsage(res, new URLSearchParams(q === -1 ? '' : rawUrl.slice(q + 1)));
+        await this.#quotaUsage(res, query);
         return;
       }
       if (quotaReset !== null) {
@@ -302,6 +426,7 @@ export class AdminServer {
   #authorized(req: IncomingMessage, res: ServerResponse): boolean {
     if (this.#tokenDigest === undefined) {
       if (this.#loopback) return true;
+      this.#deny(req, 'no-token-configured');
       sendError(
         res,
         403,
@@ -314,25 +439,252 @@ export class AdminServer {
     const m = header === undefined ? null : /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
     // Comparing fixed-length digests keeps the comparison constant-time whatever the token length.
     if (m?.[1] !== undefined && timingSafeEqual(digest(m[1]), this.#tokenDigest)) return true;
+    this.#deny(req, header === undefined ? 'missing-token' : 'bad-token');
     res.setHeader('www-authenticate', 'Bearer realm="gatehouse-admin"');
     sendError(res, 401, 'GH_ADMIN_UNAUTHORIZED', 'a valid admin bearer token is required');
     return false;
   }
 
-  async #reload(res: ServerResponse): Promise<void> {
+  async #reload(req: IncomingMessage, res: ServerResponse): Promise<void> {
     let result: ReloadResult;
+    this.#apiReloads++;
     try {
       result = await this.#opts.reload();
     } catch (err) {
       this.#opts.logger.error({ err }, 'reload through the admin API failed');
-      sendJson(res, 500, {
-        ok: false,
-        error: 'GH_RELOAD_FAILED',
-        message: err instanceof Error ? err.message : 'reload failed',
+      const message = err instanceof Error ? err.message : 'reload failed';
+      this.#recordReload({ result: 'rejected', generation: this.#generationSeen ?? 0, error: message });
+      this.#audit(req, 'admin.reload-rejected', 'reload', { error: 'GH_RELOAD_FAILED' });
+      sendJson(res, 500, { ok: false, error: 'GH_RELOAD_FAILED', message });
+      return;
+    } finally {
+      this.#apiReloads--;
+    }
+    if (result.ok) {
+      this.#generationSeen = result.generation;
+      this.#recordReload({ result: 'success', generation: result.generation });
+      this.#audit(req, 'admin.reload', 'reload', { generation: result.generation });
+    } else {
+      const first = result.problems
+        .slice(0, 3)
+        .map((p) => `${p.file}: ${p.path === '' ? '' : `${p.path}: `}${p.message}`);
+      const more = result.problems.length > 3 ? ` (and ${result.problems.length - 3} more)` : '';
+      this.#recordReload({
+        result: 'rejected',
+        generation: this.#generationSeen ?? 0,
+        error: first.join('; ') + more,
       });
+      this.#audit(req, 'admin.reload-rejected', 'reload', { problems: result.problems.length });
+    }
+    // This reload's count is accounted for: the watch must not record it a second time.
+    this.#rejectedSeen = await rejectedReloads();
+    sendJson(res, result.ok ? 200 : 422, result);
+  }
+
+  #recordReload(
+    r: { result: ReloadRecord['result']; generation: number; error?: string },
+    trigger = 'admin-api',
+  ) {
+    const record: ReloadRecord = {
+      at: new Date().toISOString(),
+      result: r.result,
+      generation: r.generation,
+      trigger,
+    };
+    if (r.error !== undefined) record.error = r.error;
+    this.#history.record(record);
+  }
+
+  /**
+   * Notices reloads that did not come through the admin API (a watched file, SIGHUP): a new generation
+   * is a success, a step of `gatehouse_config_reloads_total{result="rejected"}` a rejection (its
+   * problems are in the log).
+   */
+  async #watchReloads(): Promise<void> {
+    if (this.#apiReloads > 0) return;
+    const generation = this.#runtime()?.generation;
+    if (generation !== undefined) this.#noteGeneration(generation);
+    const rejected = await rejectedReloads();
+    if (this.#apiReloads > 0) return;
+    if (this.#rejectedSeen !== undefined && rejected > this.#rejectedSeen) {
+      const n = rejected - this.#rejectedSeen;
+      this.#recordReload(
+        {
+          result: 'rejected',
+          generation: this.#generationSeen ?? 0,
+          error: `${n === 1 ? 'a reload was' : `${n} reloads were`} rejected; the problems are in the log`,
+        },
+        'file-or-signal',
+      );
+    }
+    this.#rejectedSeen = rejected;
+  }
+
+  #noteGeneration(generation: number): void {
+    if (this.#apiReloads > 0) return;
+    if (this.#generationSeen !== undefined && generation > this.#generationSeen)
+      this.#recordReload({ result: 'success', generation }, 'file-or-signal');
+    this.#generationSeen = generation;
+  }
+
+  /** Hands a record to the audit option; a failing audit sink is logged, never the request's failure. */
+  #audit(req: IncomingMessage, code: string, action: string, fields: Record<string, unknown> = {}): void {
+    const audit = this.#opts.audit;
+    if (audit === undefined) return;
+    try {
+      audit({
+        who: this.#tokenDigest === undefined ? 'loopback' : 'admin-token',
+        ...fields,
+        event: 'admin',
+        code,
+        action,
+        client: req.socket.remoteAddress ?? 'unknown',
+      });
+    } catch (err) {
+      this.#opts.logger.error({ err, code }, 'admin audit record failed');
+    }
+  }
+
+  /** Audits a refused `/api/v1` request (`why`: missing-token, bad-token, bad-ticket, ...). */
+  #deny(req: IncomingMessage, why: string): void {
+    const rawUrl = req.url ?? '/';
+    const q = rawUrl.indexOf('?');
+    // The path only: a query may hold a ticket, which must not reach the trail.
+    const path = (q === -1 ? rawUrl : rawUrl.slice(0, q)).slice(0, 200);
+    this.#audit(req, 'admin.denied', `${req.method ?? 'GET'} ${path}`, { reason: why, who: 'anonymous' });
+  }
+
+  /** The payload of one live event: traffic, upstreams with ejections, reloads and quota usage. */
+  async #liveEvent(): Promise<LiveEvent> {
+    const [traffic, status] = await Promise.all([
+      this.#opts.live ? this.#opts.live() : liveStats.snapshot(),
+      this.#status().catch((err: unknown) => {
+        this.#opts.logger.warn({ err }, 'live dashboard: status unavailable');
+        return undefined;
+      }),
+    ]);
+    if (status !== undefined) this.#noteGeneration(status.generation);
+    const seen = new Set<string>();
+    const upstreams = (status?.upstreams ?? []).map((u) => ({
+      ...u,
+      servers: u.servers.map((sv) => {
+        const key = `${u.name}\0${sv.id}`;
+        seen.add(key);
+        let h = this.#health.get(key);
+        if (h === undefined) {
+          h = { health: sv.health, ejections: sv.health === 'ejected' ? 1 : 0 };
+          this.#health.set(key, h);
+        } else if (sv.health !== h.health) {
+          if (sv.health === 'ejected') h.ejections++;
+          h.health = sv.health;
+        }
+        return { ...sv, ejections: h.ejections };
+      }),
+    }));
+    // Servers that a reload removed are forgotten, so the map stays as large as the configuration.
+    for (const key of this.#health.keys()) if (!seen.has(key)) this.#health.delete(key);
+    const event: LiveEvent = {
+      at: new Date().toISOString(),
+      generation: status?.generation,
+      traffic,
+      upstreams,
+      reloads: this.#history.list(),
+      ...(await this.#topQuotas(traffic)),
+    };
+    if (status?.workers !== undefined) event.workers = status.workers;
+    return event;
+  }
+
+  /**
+   * Quota usage of the busiest identities, read from the state store at most every few seconds (each
+   * read is a store round trip per quota and identity).
+   */
+  async #topQuotas(traffic: LiveSnapshot): Promise<Pick<LiveEvent, 'quotas' | 'quotaError'>> {
+    const identities = traffic.identities.slice(0, TOP_QUOTA_IDENTITIES).map((i) => i.identity);
+    const key = identities.join('\0');
+    const now = Date.now();
+    const cached = this.#quotaCache;
+    if (cached !== undefined && cached.key === key && now - cached.at < QUOTA_REFRESH_MS) return cached.value;
+    let value: Pick<LiveEvent, 'quotas' | 'quotaError'>;
+    const limits = this.#opts.limits ? this.#opts.limits() : this.#runtime()?.limits;
+    if (limits === undefined || limits.set.quotas.size === 0 || identities.length === 0) {
+      value = { quotas: [] };
+    } else {
+      try {
+        const quotas = [];
+        for (const identity of identities) quotas.push({ identity, quotas: await limits.usage(identity) });
+        value = { quotas };
+      } catch (err) {
+        if (!(err instanceof StateStoreError)) throw err;
+        value = { quotas: [], quotaError: `the state store cannot answer: ${err.message}` };
+      }
+    }
+    this.#quotaCache = { at: now, key, value };
+    return value;
+  }
+
+  #sessions(res: ServerResponse): SessionDirectory | null | undefined {
+    if (this.#opts.sessions) return this.#opts.sessions() ?? null;
+    const runtime = this.#runtime();
+    if (runtime === undefined) {
+      sendError(res, 503, 'GH_NOT_READY', 'no configuration loaded yet');
+      return undefined;
+    }
+    return runtime.identity.login?.sessions ?? null;
+  }
+
+  async #sessionList(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    const raw = query.get('limit');
+    const limit = raw === null ? 500 : Number(raw);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) {
+      sendError(res, 400, 'GH_ADMIN_BAD_REQUEST', '?limit= must be a whole number from 1 to 10000');
       return;
     }
-    sendJson(res, result.ok ? 200 : 422, result);
+    const sessions = this.#sessions(res);
+    if (sessions === undefined) return;
+    if (sessions === null) {
+      sendJson(res, 200, { enabled: false, sessions: [], total: 0 });
+      return;
+    }
+    try {
+      const list = await sessions.list(limit);
+      sendJson(res, 200, { enabled: true, ...list });
+    } catch (err) {
+      this.#storeFailed(res, err);
+    }
+  }
+
+  async #sessionRevoke(req: IncomingMessage, res: ServerResponse, handle: string): Promise<void> {
+    if (!SESSION_HANDLE.test(handle)) {
+      sendError(res, 400, 'GH_ADMIN_BAD_REQUEST', 'a session id is 22 characters of A-Z, a-z, 0-9, - and _');
+      return;
+    }
+    const sessions = this.#sessions(res);
+    if (sessions === undefined) return;
+    if (sessions === null) {
+      sendError(res, 404, 'GH_ADMIN_NOT_FOUND', 'no sign-in is configured, so there are no sessions');
+      return;
+    }
+    try {
+      const revoked = await sessions.revokeHandle(handle);
+      if (revoked === undefined) {
+        sendError(res, 404, 'GH_ADMIN_NOT_FOUND', `no live session ${handle}`);
+        return;
+      }
+      this.#opts.logger.info(
+        { session: handle, subject: revoked.subject },
+        'session revoked through the admin API',
+      );
+      this.#audit(req, 'admin.session-revoked', 'session-revoke', {
+        session: handle,
+        subject: revoked.subject,
+        provider: revoked.provider,
+        email: revoked.email,
+      });
+      sendJson(res, 200, { revoked: revoked });
+    } catch (err) {
+      this.#storeFailed(res, err);
+    }
   }
 
   /** The limit stage whose quotas the API shows; undefined after answering 503 when there is none yet. */
@@ -389,6 +741,7 @@ export class AdminServer {
         return;
       }
       this.#opts.logger.info({ quota: name, key, counters: reset }, 'quota reset through the admin API');
+      this.#audit(req, 'admin.quota-reset', 'quota-reset', { quota: name, key, counters: reset });
       sendJson(res, 200, { quota: name, key, reset });
     } catch (err) {
       this.#storeFailed(res, err);
@@ -461,6 +814,19 @@ function safeStatus(name: string, status: () => UpstreamStatus): UpstreamStatus 
 }
 
 const QUOTA_RESET = /^\/api\/v1\/quotas\/([^/]+)\/reset$/;
+const SESSION_REVOKE = /^\/api\/v1\/sessions\/([^/]*)\/revoke$/;
+const SESSION_HANDLE = /^[A-Za-z0-9_-]{22}$/;
+/** Identities whose quota usage the live feed shows, and how often it is read again. */
+const TOP_QUOTA_IDENTITIES = 5;
+const QUOTA_REFRESH_MS = 5_000;
+
+/** `gatehouse_config_reloads_total{result="rejected"}` of this process. */
+async function rejectedReloads(): Promise<number> {
+  const metric = await reloadsTotal.get();
+  let n = 0;
+  for (const v of metric.values) if (v.labels.result === 'rejected') n += v.value;
+  return n;
+}
 const MAX_QUOTA_KEY = 512;
 
 /** A key value the quota API accepts: a string of 1 to `MAX_QUOTA_KEY` characters. */

@@ -289,6 +289,7 @@ export class SessionManager {
     };
     await this.#write(id, record, now);
     await this.#store.setAdd(this.#subjectKey(record.provider, record.subject), id, this.settings.maxAge);
+    await this.#store.setAdd(SESSION_INDEX, id, this.settings.maxAge);
     return { id, record };
   }
 
@@ -395,6 +396,7 @@ export class SessionManager {
     const record = raw === undefined ? undefined : parseRecord(raw);
     if (record !== undefined)
       await this.#store.setRemove(this.#subjectKey(record.provider, record.subject), id);
+    await this.#store.setRemove(SESSION_INDEX, id);
   }
 
   /** Ends every session of a subject at a provider (logout everywhere); returns how many ended. */
@@ -411,7 +413,69 @@ export class SessionManager {
       await this.#announce(ids);
     }
     await this.#store.delete(key);
+    for (const id of ids) await this.#store.setRemove(SESSION_INDEX, id);
     return ended;
+  }
+
+  /**
+   * The live sessions, most recently used first, at most `limit` of them (the admin API). Reads every
+   * session the index names without touching it (listing extends no session); ids whose session has
+   * ended are dropped from the index on the way. Sessions created before the index existed are not
+   * listed. Throws `StateStoreError` when the store cannot answer.
+   */
+  async list(limit = 500): Promise<{ sessions: SessionSummary[]; total: number }> {
+    const now = this.#now();
+    const ids = await this.#store.setMembers(SESSION_INDEX);
+    const live: Array<{ id: string; record: SessionRecord }> = [];
+    // A few reads at a time: a remote store answers them in parallel without a burst of thousands.
+    for (let i = 0; i < ids.length; i += LIST_BATCH) {
+      const batch = ids.slice(i, i + LIST_BATCH);
+      const raws = await Promise.all(batch.map((id) => this.#store.get(sessionKey(id))));
+      for (let j = 0; j < batch.length; j++) {
+        const id = batch[j]!;
+        const raw = raws[j];
+        const record = raw === undefined ? undefined : parseRecord(raw);
+        if (record === undefined || this.#isExpired(record, now)) {
+          await this.#store.setRemove(SESSION_INDEX, id);
+          continue;
+        }
+        live.push({ id, record });
+      }
+    }
+    live.sort((a, b) => b.record.lastSeen - a.record.lastSeen);
+    const sessions = live.slice(0, Math.max(0, limit)).map(({ id, record }) => this.#summary(id, record));
+    return { sessions, total: live.length };
+  }
+
+  /**
+   * Ends the session whose handle (`sessionHandle`) is `handle`, as `revoke` does: every process
+   * sharing the store stops accepting it. Returns what it was, or undefined when no live session has
+   * that handle.
+   */
+  async revokeHandle(handle: string): Promise<SessionSummary | undefined> {
+    if (!HANDLE.test(handle)) return undefined;
+    const ids = await this.#store.setMembers(SESSION_INDEX);
+    const id = ids.find((candidate) => sessionHandle(candidate) === handle);
+    if (id === undefined) return undefined;
+    const record = await this.get(id);
+    await this.revoke(id);
+    return record === undefined ? undefined : this.#summary(id, record);
+  }
+
+  #summary(id: string, record: SessionRecord): SessionSummary {
+    return {
+      id: sessionHandle(id),
+      provider: record.provider,
+      subject: record.subject,
+      user: record.user,
+      email: record.email ?? null,
+      groups: [...record.groups],
+      createdAt: new Date(record.createdAt).toISOString(),
+      lastSeen: new Date(record.lastSeen).toISOString(),
+      expiresAt: new Date(
+        Math.min(record.expiresAt, record.lastSeen + this.settings.idleTimeout),
+      ).toISOString(),
+    };
   }
 
   /** Drops the in-process cache (tests, or after a configuration change). */
@@ -506,6 +570,35 @@ const SESSION_EXPIRED: SessionLookup = Object.freeze({
 
 function sessionKey(id: string): string {
   return `session:${id}`;
+}
+
+/** A set of every session id, so that the admin API can list sessions in any store without a scan. */
+const SESSION_INDEX = 'session-index';
+/** Store reads in flight at once while listing sessions. */
+const LIST_BATCH = 32;
+const HANDLE = /^[A-Za-z0-9_-]{22}$/;
+
+/** A live session as the admin API shows it: no tokens, no claims, and a handle instead of its id. */
+export interface SessionSummary {
+  /** `sessionHandle` of the session id: names the session to the admin API, opens nothing. */
+  readonly id: string;
+  readonly provider: string;
+  readonly subject: string;
+  readonly user: string;
+  readonly email: string | null;
+  readonly groups: readonly string[];
+  readonly createdAt: string;
+  readonly lastSeen: string;
+  /** When it ends unless used again: the earlier of its absolute end and the idle timeout. */
+  readonly expiresAt: string;
+}
+
+/**
+ * The name the admin API gives session `id`: a hash (22 base64url characters), because the id is half
+ * of a valid cookie and must not appear on a page, in an audit line or in a URL.
+ */
+export function sessionHandle(id: string): string {
+  return createHash('sha256').update('gatehouse-session-handle:').update(id).digest('base64url').slice(0, 22);
 }
 
 /**

@@ -13,6 +13,7 @@ import { type LoadResult, loadConfig } from '../config/load.js';
 import { FileWatcher } from '../config/watch.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { createAccessLog } from '../observe/access-log.js';
+import { liveStats } from '../observe/live-stats.js';
 import { type AccessEntry, createLogger, type Logger } from '../observe/log.js';
 import { configGeneration, reloadsTotal } from '../observe/metrics.js';
 import { ListenerSet } from '../proxy/listeners.js';
@@ -140,6 +141,7 @@ export class Gateway {
     const sink = opts.accessLog ?? createAccessLog(undefined, worker === undefined ? undefined : { worker });
     // Checked per entry so that a reload can turn the access log on or off.
     const accessLog = (entry: AccessEntry): void => {
+      liveStats.observe(entry);
       if (gw.#runtime.config.logging.access) sink(entry);
     };
     gw.#listeners = new ListenerSet({
