@@ -2,8 +2,8 @@
  * The SPOP agent server (src/spoe/agent.ts): protocol edge cases through a raw `net` client speaking
  * SPOP with the codec's encoders, and the agent behind real HAProxy, each series of HAPROXY_SERIES
  * (2.6 and 3.x): allow and deny, variables forwarded, 300 concurrent keep-alive requests, out-of-order
- * ACKs, a throwing decision failing closed, a graceful close under load and a restart, `option
- * spop-check` health checks. Every test ends by checking that the agent still serves.
+ * ACKs, a throwing decision failing closed, a graceful close under load and a restart, health checks
+ * (`option spop-check`). Every test ends by checking that the agent still serves.
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
