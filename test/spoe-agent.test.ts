@@ -1,8 +1,9 @@
 /**
  * The SPOP agent server (src/spoe/agent.ts): protocol edge cases through a raw `net` client speaking
- * SPOP with the codec's encoders, and the agent behind real HAProxy 2.6 (allow and deny, variables
- * forwarded, 300 concurrent keep-alive requests, out-of-order ACKs, a throwing decision failing closed,
- * a graceful close under load and a restart). Every test ends by checking that the agent still serves.
+ * SPOP with the codec's encoders, and the agent behind real HAProxy, each series of HAPROXY_SERIES
+ * (2.6 and 3.x): allow and deny, variables forwarded, 300 concurrent keep-alive requests, out-of-order
+ * ACKs, a throwing decision failing closed, a graceful close under load and a restart, health checks
+ * (`option spop-check`). Every test ends by checking that the agent still serves.
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -29,7 +30,14 @@ import {
   type SpopValue,
 } from '../src/spoe/codec.js';
 import { tempDir } from './helpers/gateway.js';
-import { freePort, haproxyBinary, spoeHaproxyConfig, startHaproxy } from './helpers/haproxy.js';
+import {
+  freePort,
+  HAPROXY_SERIES,
+  type HaproxyCommand,
+  type SpoeHaproxyPorts,
+  spoeHaproxyConfig,
+  startHaproxy,
+} from './helpers/haproxy.js';
 import { startBackend } from './helpers/proxy.js';
 
 const HELLO: HaproxyHello = {
@@ -639,10 +647,15 @@ test('close(grace): a decision that outlives the grace is dropped, the connectio
 });
 
 // ---------------------------------------------------------------------------------------------
-// Behind real HAProxy 2.6
+// Behind real HAProxy, each series
 
-async function behindHaproxy(t: TestContext, options: Partial<SpoeAgentOptions> = {}) {
-  haproxyBinary(); // fails loudly, saying how to install it, before anything starts
+async function behindHaproxy(
+  t: TestContext,
+  haproxyCommand: HaproxyCommand,
+  options: Partial<SpoeAgentOptions> = {},
+  config: Pick<SpoeHaproxyPorts, 'healthCheck'> = {},
+) {
+  t.diagnostic(`HAProxy ${haproxyCommand.version}`);
   const { agent, port } = await startAgent(t, options);
   const backend = await startBackend(t, 'echo');
   const dir = tempDir('gatehouse-spoe-agent-');
@@ -656,9 +669,10 @@ async function behindHaproxy(t: TestContext, options: Partial<SpoeAgentOptions> 
     spoeFile,
     agentRetries: 0,
     processingTimeout: '1s',
+    ...config,
   });
   dir.write('spoe.cfg', spoeCfg);
-  const haproxy = await startHaproxy(t, dir.write('haproxy.cfg', haproxyCfg), frontendPort);
+  const haproxy = await startHaproxy(t, haproxyCommand, dir.write('haproxy.cfg', haproxyCfg), frontendPort);
   return { agent, agentPort: port, backend, haproxy, base: `http://127.0.0.1:${frontendPort}` };
 }
 
@@ -706,161 +720,209 @@ async function withOutput<T>(haproxy: { output(): string }, t: TestContext, f: (
   }
 }
 
-test('real HAProxy: the decision from the decoded arguments is enforced (403 for /admin), variables reach the backend', async (t) => {
-  const seenHeaders: Array<[string, string]>[] = [];
-  const { backend, haproxy, base } = await behindHaproxy(t, {
-    onMessage: (m) => {
-      const h = m.args.find((a) => a.name === 'headers')?.value;
-      if (h?.type === 'binary') seenHeaders.push(decodeHeaderBlock(h.value));
-      return decide(m);
-    },
-  });
-  await withOutput(haproxy, t, async () => {
-    assert.deepEqual(await get(`${base}/app/page?q=1`), {
-      status: 200,
-      seen: 'GET /app/page',
-      url: '/app/page?q=1',
+for (const series of HAPROXY_SERIES) {
+  test(`real ${series.name}: the decision from the decoded arguments is enforced (403 for /admin), variables reach the backend`, async (t) => {
+    const seenHeaders: Array<[string, string]>[] = [];
+    const { backend, haproxy, base } = await behindHaproxy(t, series.find(), {
+      onMessage: (m) => {
+        const h = m.args.find((a) => a.name === 'headers')?.value;
+        if (h?.type === 'binary') seenHeaders.push(decodeHeaderBlock(h.value));
+        return decide(m);
+      },
     });
-    assert.deepEqual(await get(`${base}/admin/users`), expected('/admin/users'));
-    assert.equal(
-      backend.seen.some((s) => s.url.startsWith('/admin')),
-      false,
-      'a refused request never reaches the backend',
-    );
-    assert.ok(seenHeaders.length >= 2 && seenHeaders[0]!.some(([k]) => k === 'host'), 'req.hdrs_bin decoded');
-  });
-});
-
-test('real HAProxy: 300 concurrent requests over keep-alive clients each get their own right answer', async (t) => {
-  const { agent, backend, haproxy, base } = await behindHaproxy(t);
-  await withOutput(haproxy, t, async () => {
-    const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 60 });
-    t.after(() => keepAlive.destroy());
-    const paths = Array.from({ length: 300 }, (_, i) => (i % 4 === 0 ? `/admin/${i}` : `/r/${i}`));
-    const answers = await Promise.all(paths.map((p) => get(`${base}${p}`, keepAlive)));
-    answers.forEach((a, i) => {
-      assert.deepEqual(a, expected(paths[i]!), paths[i]);
-    });
-    assert.equal(backend.seen.length, 225);
-    const s = agent.stats();
-    t.diagnostic(`${s.notifies} NOTIFYs over ${s.connections.total} agent connections`);
-    assert.equal(s.notifies, 300);
-    assert.equal(s.failClosedAcks, 0);
-    assert.deepEqual(s.errors, {});
-  });
-});
-
-test('real HAProxy: async decisions with random delays (ACKs out of order) still answer each request correctly', async (t) => {
-  let maxInFlight = 0;
-  let inFlight = 0;
-  const { agent, haproxy, base } = await behindHaproxy(t, {
-    onMessage: (m) => {
-      inFlight++;
-      maxInFlight = Math.max(maxInFlight, inFlight);
-      return new Promise((resolve) =>
-        setTimeout(() => {
-          inFlight--;
-          resolve(decide(m));
-        }, Math.random() * 30),
+    await withOutput(haproxy, t, async () => {
+      assert.deepEqual(await get(`${base}/app/page?q=1`), {
+        status: 200,
+        seen: 'GET /app/page',
+        url: '/app/page?q=1',
+      });
+      assert.deepEqual(await get(`${base}/admin/users`), expected('/admin/users'));
+      assert.equal(
+        backend.seen.some((s) => s.url.startsWith('/admin')),
+        false,
+        'a refused request never reaches the backend',
       );
-    },
-  });
-  await withOutput(haproxy, t, async () => {
-    const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 40 });
-    t.after(() => keepAlive.destroy());
-    const paths = Array.from({ length: 200 }, (_, i) => (i % 5 === 0 ? `/admin/${i}` : `/slow/${i}`));
-    const answers = await Promise.all(paths.map((p) => get(`${base}${p}`, keepAlive)));
-    answers.forEach((a, i) => {
-      assert.deepEqual(a, expected(paths[i]!), paths[i]);
+      assert.ok(
+        seenHeaders.length >= 2 && seenHeaders[0]!.some(([k]) => k === 'host'),
+        'req.hdrs_bin decoded',
+      );
     });
-    assert.ok(maxInFlight > 1, 'decisions overlapped');
-    assert.equal(agent.stats().failClosedAcks, 0);
   });
-});
 
-test('real HAProxy: a decision that throws fails closed (500) and the agent keeps serving', async (t) => {
-  const { agent, backend, haproxy, base } = await behindHaproxy(t, {
-    onMessage: (m) => {
-      const url = arg(m, 'url');
-      if (url.startsWith('/throw')) throw new Error('decision bug');
-      if (url.startsWith('/reject')) return Promise.reject(new Error('store down'));
-      return decide(m);
-    },
-  });
-  await withOutput(haproxy, t, async () => {
-    assert.equal((await get(`${base}/throw/1`)).status, 500);
-    assert.equal((await get(`${base}/reject/1`)).status, 500);
-    assert.deepEqual(await get(`${base}/next`), expected('/next'));
-    const mixed = Array.from({ length: 60 }, (_, i) => (i % 3 === 0 ? `/throw/${i}` : `/ok/${i}`));
-    const answers = await Promise.all(mixed.map((p) => get(`${base}${p}`)));
-    answers.forEach((a, i) => {
-      const p = mixed[i]!;
-      if (p.startsWith('/throw')) assert.equal(a.status, 500, p);
-      else assert.deepEqual(a, expected(p), p);
+  test(`real ${series.name}: 300 concurrent requests over keep-alive clients each get their own right answer`, async (t) => {
+    const { agent, backend, haproxy, base } = await behindHaproxy(t, series.find());
+    await withOutput(haproxy, t, async () => {
+      const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 60 });
+      t.after(() => keepAlive.destroy());
+      const paths = Array.from({ length: 300 }, (_, i) => (i % 4 === 0 ? `/admin/${i}` : `/r/${i}`));
+      const answers = await Promise.all(paths.map((p) => get(`${base}${p}`, keepAlive)));
+      answers.forEach((a, i) => {
+        assert.deepEqual(a, expected(paths[i]!), paths[i]);
+      });
+      assert.equal(backend.seen.length, 225);
+      const s = agent.stats();
+      t.diagnostic(`${s.notifies} NOTIFYs over ${s.connections.total} agent connections`);
+      assert.equal(s.notifies, 300);
+      assert.equal(s.failClosedAcks, 0);
+      assert.deepEqual(s.errors, {});
     });
-    assert.equal(
-      backend.seen.some((s) => s.url.startsWith('/throw') || s.url.startsWith('/reject')),
-      false,
-    );
-    const s = agent.stats();
-    assert.equal(s.failClosedAcks, 22);
-    assert.deepEqual(s.errors, {}, 'no connection was refused');
   });
-});
 
-test('real HAProxy: the agent closed gracefully mid-load answers correctly or not at all (500), then a restarted agent serves', async (t) => {
-  const delay = (m: SpopMessage) =>
-    new Promise<SpopAction[]>((r) => setTimeout(() => r(decide(m)), Math.random() * 40));
-  const { agent, agentPort, haproxy, base } = await behindHaproxy(t, { onMessage: delay });
-  await withOutput(haproxy, t, async () => {
-    const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 40 });
-    t.after(() => keepAlive.destroy());
-    const paths = Array.from({ length: 250 }, (_, i) => (i % 4 === 0 ? `/admin/${i}` : `/load/${i}`));
-    // Requests go out 2 ms apart; the close starts once the agent has decided 100 of them.
-    const started = Date.now();
-    const pending = paths.map(async (p, i) => {
-      await new Promise((r) => setTimeout(r, 2 * i));
-      return get(`${base}${p}`, keepAlive);
+  test(`real ${series.name}: async decisions with random delays (ACKs out of order) still answer each request correctly`, async (t) => {
+    let maxInFlight = 0;
+    let inFlight = 0;
+    const { agent, haproxy, base } = await behindHaproxy(t, series.find(), {
+      onMessage: (m) => {
+        inFlight++;
+        maxInFlight = Math.max(maxInFlight, inFlight);
+        return new Promise((resolve) =>
+          setTimeout(() => {
+            inFlight--;
+            resolve(decide(m));
+          }, Math.random() * 30),
+        );
+      },
     });
-    while (agent.stats().notifies < 100) await new Promise((r) => setTimeout(r, 5));
-    const inFlightAtClose = agent.stats().inFlight;
-    const closed = agent.close(2000);
-    const answers = await Promise.all(pending);
-    await closed;
-    t.diagnostic(`load and close took ${Date.now() - started} ms`);
-    let right = 0;
-    let refused = 0;
-    answers.forEach((a, i) => {
-      const p = paths[i]!;
-      if (a.status === 500) refused++;
-      else {
-        assert.deepEqual(a, expected(p), `${p}: a wrong decision`);
-        right++;
+    await withOutput(haproxy, t, async () => {
+      const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 40 });
+      t.after(() => keepAlive.destroy());
+      const paths = Array.from({ length: 200 }, (_, i) => (i % 5 === 0 ? `/admin/${i}` : `/slow/${i}`));
+      const answers = await Promise.all(paths.map((p) => get(`${base}${p}`, keepAlive)));
+      answers.forEach((a, i) => {
+        assert.deepEqual(a, expected(paths[i]!), paths[i]);
+      });
+      assert.ok(maxInFlight > 1, 'decisions overlapped');
+      assert.equal(agent.stats().failClosedAcks, 0);
+    });
+  });
+
+  test(`real ${series.name}: a decision that throws fails closed (500) and the agent keeps serving`, async (t) => {
+    const { agent, backend, haproxy, base } = await behindHaproxy(t, series.find(), {
+      onMessage: (m) => {
+        const url = arg(m, 'url');
+        if (url.startsWith('/throw')) throw new Error('decision bug');
+        if (url.startsWith('/reject')) return Promise.reject(new Error('store down'));
+        return decide(m);
+      },
+    });
+    await withOutput(haproxy, t, async () => {
+      assert.equal((await get(`${base}/throw/1`)).status, 500);
+      assert.equal((await get(`${base}/reject/1`)).status, 500);
+      assert.deepEqual(await get(`${base}/next`), expected('/next'));
+      const mixed = Array.from({ length: 60 }, (_, i) => (i % 3 === 0 ? `/throw/${i}` : `/ok/${i}`));
+      const answers = await Promise.all(mixed.map((p) => get(`${base}${p}`)));
+      answers.forEach((a, i) => {
+        const p = mixed[i]!;
+        if (p.startsWith('/throw')) assert.equal(a.status, 500, p);
+        else assert.deepEqual(a, expected(p), p);
+      });
+      assert.equal(
+        backend.seen.some((s) => s.url.startsWith('/throw') || s.url.startsWith('/reject')),
+        false,
+      );
+      const s = agent.stats();
+      assert.equal(s.failClosedAcks, 22);
+      assert.deepEqual(s.errors, {}, 'no connection was refused');
+    });
+  });
+
+  test(`real ${series.name}: the agent closed gracefully mid-load answers correctly or not at all (500), then a restarted agent serves`, async (t) => {
+    const delay = (m: SpopMessage) =>
+      new Promise<SpopAction[]>((r) => setTimeout(() => r(decide(m)), Math.random() * 40));
+    const { agent, agentPort, haproxy, base } = await behindHaproxy(t, series.find(), { onMessage: delay });
+    await withOutput(haproxy, t, async () => {
+      const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 40 });
+      t.after(() => keepAlive.destroy());
+      const paths = Array.from({ length: 250 }, (_, i) => (i % 4 === 0 ? `/admin/${i}` : `/load/${i}`));
+      // Requests go out 2 ms apart; the close starts once the agent has decided 100 of them.
+      const started = Date.now();
+      const pending = paths.map(async (p, i) => {
+        await new Promise((r) => setTimeout(r, 2 * i));
+        return get(`${base}${p}`, keepAlive);
+      });
+      while (agent.stats().notifies < 100) await new Promise((r) => setTimeout(r, 5));
+      const inFlightAtClose = agent.stats().inFlight;
+      const closed = agent.close(2000);
+      const answers = await Promise.all(pending);
+      await closed;
+      t.diagnostic(`load and close took ${Date.now() - started} ms`);
+      let right = 0;
+      let refused = 0;
+      answers.forEach((a, i) => {
+        const p = paths[i]!;
+        if (a.status === 500) refused++;
+        else {
+          assert.deepEqual(a, expected(p), `${p}: a wrong decision`);
+          right++;
+        }
+      });
+      const s = agent.stats();
+      t.diagnostic(
+        `${right} answered correctly, ${refused} refused; agent decided ${s.notifies}, dropped ${s.droppedAcks}`,
+      );
+      t.diagnostic(`${inFlightAtClose} decisions were running when the close began`);
+      assert.ok(inFlightAtClose > 0, 'the close began with decisions running');
+      assert.equal(right, s.notifies, 'every request the agent received was answered, and answered right');
+      assert.equal(s.droppedAcks, 0, 'nothing received before the close was lost');
+
+      // A new agent on the same port: HAProxy reconnects and serves again.
+      const again = new SpoeAgent({ onMessage: decide });
+      await again.listen({ host: '127.0.0.1', port: agentPort });
+      t.after(() => again.close(100));
+      const deadline = Date.now() + 10_000;
+      while ((await get(`${base}/probe`)).status !== 200) {
+        assert.ok(Date.now() < deadline, 'HAProxy reconnects to the restarted agent');
+        await new Promise((r) => setTimeout(r, 100));
       }
+      const after = await Promise.all(
+        Array.from({ length: 30 }, (_, i) => (i % 2 ? `/admin/a${i}` : `/back/${i}`)).map((p) =>
+          get(`${base}${p}`, keepAlive).then((a) => assert.deepEqual(a, expected(p), p)),
+        ),
+      );
+      assert.equal(after.length, 30);
     });
-    const s = agent.stats();
-    t.diagnostic(
-      `${right} answered correctly, ${refused} refused; agent decided ${s.notifies}, dropped ${s.droppedAcks}`,
-    );
-    t.diagnostic(`${inFlightAtClose} decisions were running when the close began`);
-    assert.ok(inFlightAtClose > 0, 'the close began with decisions running');
-    assert.equal(right, s.notifies, 'every request the agent received was answered, and answered right');
-    assert.equal(s.droppedAcks, 0, 'nothing received before the close was lost');
-
-    // A new agent on the same port: HAProxy reconnects and serves again.
-    const again = new SpoeAgent({ onMessage: decide });
-    await again.listen({ host: '127.0.0.1', port: agentPort });
-    t.after(() => again.close(100));
-    const deadline = Date.now() + 10_000;
-    while ((await get(`${base}/probe`)).status !== 200) {
-      assert.ok(Date.now() < deadline, 'HAProxy reconnects to the restarted agent');
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const after = await Promise.all(
-      Array.from({ length: 30 }, (_, i) => (i % 2 ? `/admin/a${i}` : `/back/${i}`)).map((p) =>
-        get(`${base}${p}`, keepAlive).then((a) => assert.deepEqual(a, expected(p), p)),
-      ),
-    );
-    assert.equal(after.length, 30);
   });
-});
+
+  test(`real ${series.name}: option spop-check health checks are answered, a stopped agent is marked DOWN and refused at once, a restarted one UP`, async (t) => {
+    const { agent, agentPort, haproxy, base } = await behindHaproxy(
+      t,
+      series.find(),
+      { onMessage: decide },
+      { healthCheck: true },
+    );
+    await withOutput(haproxy, t, async () => {
+      const until = async (what: string, ok: () => boolean | Promise<boolean>): Promise<void> => {
+        const deadline = Date.now() + 10_000;
+        while (!(await ok())) {
+          assert.ok(Date.now() < deadline, what);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      // A check is a HELLO with healthcheck set: the agent answers AGENT-HELLO and the server stays up.
+      await until('three health checks answered', () => agent.stats().connections.healthchecks >= 3);
+      assert.deepEqual(await get(`${base}/app/1`), expected('/app/1'));
+      assert.deepEqual(await get(`${base}/admin/1`), expected('/admin/1'));
+      assert.doesNotMatch(haproxy.output(), /gatehouse-agents\/agent is DOWN/);
+      assert.deepEqual(agent.stats().errors, {}, 'a health check is no protocol error');
+
+      // The checks see the agent go: the server is marked DOWN, and requests are refused at once.
+      await agent.close(100);
+      await until('HAProxy marks the stopped agent DOWN', () =>
+        /gatehouse-agents\/agent is DOWN/.test(haproxy.output()),
+      );
+      const started = Date.now();
+      assert.equal((await get(`${base}/app/2`)).status, 500, 'fail closed');
+      assert.ok(Date.now() - started < 900, 'refused before the 1s processing timeout');
+
+      // A new agent on the same port: the checks bring the server back and requests are decided again.
+      const again = new SpoeAgent({ onMessage: decide });
+      await again.listen({ host: '127.0.0.1', port: agentPort });
+      t.after(() => again.close(100));
+      await until('HAProxy marks the restarted agent UP', () =>
+        /gatehouse-agents\/agent is UP/.test(haproxy.output()),
+      );
+      assert.deepEqual(await get(`${base}/back/1`), expected('/back/1'));
+      assert.ok(again.stats().connections.healthchecks >= 1);
+    });
+  });
+}

@@ -1,8 +1,9 @@
 /**
- * The SPOP codec against real HAProxy (Debian's 2.6 here): HAProxy runs a mode-http frontend with the
+ * The SPOP codec against real HAProxy, each series of HAPROXY_SERIES (Debian bookworm's 2.6, and 3.x):
+ * HAProxy runs a mode-http frontend with the
  * SPOE filter and sends `gatehouse-check` to a small agent this test runs on the codec; the agent's ACK
  * sets `txn.gatehouse.status` and `txn.gatehouse.seen`, which HAProxy's rules enforce (403) and forward
- * (X-Gh-Seen) to an echoing backend. HAProxy missing is a failure that says how to install it.
+ * (X-Gh-Seen) to an echoing backend. A series missing is a failure that says how to install it.
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -28,10 +29,11 @@ import {
 import { tempDir } from './helpers/gateway.js';
 import {
   freePort,
-  haproxyBinary,
-  haproxyVersion,
+  HAPROXY_SERIES,
+  type HaproxyCommand,
   spoeHaproxyConfig,
   startHaproxy,
+  versionAtLeast,
 } from './helpers/haproxy.js';
 import { listenUntilEnd } from './helpers/listen.js';
 import { startBackend } from './helpers/proxy.js';
@@ -137,8 +139,8 @@ async function startAgent(t: TestContext) {
   };
 }
 
-async function setUp(t: TestContext) {
-  haproxyBinary(); // fails loudly, saying how to install it, before anything starts
+async function setUp(t: TestContext, haproxyCommand: HaproxyCommand) {
+  t.diagnostic(`HAProxy ${haproxyCommand.version}`);
   const agent = await startAgent(t);
   const backend = await startBackend(t, 'echo');
   const dir = tempDir('gatehouse-haproxy-');
@@ -153,8 +155,14 @@ async function setUp(t: TestContext) {
   });
   dir.write('spoe.cfg', spoeCfg);
   const cfgFile = dir.write('haproxy.cfg', haproxyCfg);
-  const haproxy = await startHaproxy(t, cfgFile, frontendPort);
-  return { agent, backend, haproxy, base: `http://127.0.0.1:${frontendPort}` };
+  const haproxy = await startHaproxy(t, haproxyCommand, cfgFile, frontendPort);
+  return {
+    agent,
+    backend,
+    haproxy,
+    base: `http://127.0.0.1:${frontendPort}`,
+    version: haproxyCommand.version,
+  };
 }
 
 /** A GET on a fresh connection (node:http, so that a Host header can be set, which fetch forbids). */
@@ -174,115 +182,128 @@ function get(url: string, headers: Record<string, string> = {}): Promise<{ statu
   });
 }
 
-test('real HAProxy: HELLO, NOTIFY arguments, hdrs_bin, ACK variables enforced (allow and 403)', async (t) => {
-  const { agent, backend, haproxy, base } = await setUp(t);
-  t.diagnostic(`HAProxy ${haproxyVersion(haproxyBinary())}`);
-  try {
-    const ok = await get(`${base}/hello/world?x=1`, { 'X-One': '1', 'x-two': 'b', Host: 'app.example' });
-    assert.equal(ok.status, 200, ok.text);
-    const seen = JSON.parse(ok.text) as { headers: Record<string, string>; url: string };
-    assert.equal(seen.url, '/hello/world?x=1');
-    const n = agent.notified.at(-1)!;
-    assert.equal(seen.headers['x-gh-seen'], `GET /hello/world ${n.headers.length}`);
+for (const series of HAPROXY_SERIES) {
+  test(`real ${series.name}: HELLO, NOTIFY arguments, hdrs_bin, ACK variables enforced (allow and 403)`, async (t) => {
+    const { agent, backend, haproxy, base, version } = await setUp(t, series.find());
+    try {
+      const ok = await get(`${base}/hello/world?x=1`, { 'X-One': '1', 'x-two': 'b', Host: 'app.example' });
+      assert.equal(ok.status, 200, ok.text);
+      const seen = JSON.parse(ok.text) as { headers: Record<string, string>; url: string };
+      assert.equal(seen.url, '/hello/world?x=1');
+      const n = agent.notified.at(-1)!;
+      assert.equal(seen.headers['x-gh-seen'], `GET /hello/world ${n.headers.length}`);
 
-    // What HAProxy announced.
-    const hello = agent.hellos[0]!;
-    t.diagnostic(`HAPROXY-HELLO: ${JSON.stringify(hello)}`);
-    assert.equal(hello.supportedVersions, '2.0');
-    assert.equal(hello.maxFrameSize, 16380);
-    assert.deepEqual(hello.capabilities, ['pipelining', 'async']);
-    assert.equal(hello.healthcheck, false);
+      // What HAProxy announced.
+      const hello = agent.hellos[0]!;
+      t.diagnostic(`HAPROXY-HELLO: ${JSON.stringify(hello)}`);
+      assert.equal(hello.supportedVersions, '2.0');
+      assert.equal(hello.maxFrameSize, 16380, 'tune.bufsize (16384) less the 4-byte length');
+      // 2.6 and 3.0 offer async as well; the SPOE of 3.1 and newer (a multiplexer) offers pipelining
+      // only. The agent takes pipelining either way and never async.
+      assert.deepEqual(
+        hello.capabilities,
+        versionAtLeast(version, 3, 1) ? ['pipelining'] : ['pipelining', 'async'],
+      );
+      assert.equal(hello.healthcheck, false);
+      assert.match(hello.engineId ?? '', /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      assert.ok(
+        agent.hellos.every((h) => h.engineId === hello.engineId),
+        'one engine-id for every connection of the engine',
+      );
 
-    // What the NOTIFY carried, each argument with the type HAProxy gives it.
-    t.diagnostic(`NOTIFY args: ${JSON.stringify(n.args, (_k, v) => (typeof v === 'bigint' ? `${v}n` : v))}`);
-    assert.deepEqual(n.args.method, { type: 'string', value: 'GET' });
-    assert.deepEqual(n.args.url, { type: 'string', value: '/hello/world?x=1' });
-    assert.deepEqual(n.args.host, { type: 'string', value: 'app.example' });
-    assert.deepEqual(n.args.src, { type: 'ipv4', value: '127.0.0.1' });
-    assert.deepEqual(n.args.tls, { type: 'bool', value: false });
-    assert.equal(n.args.headers?.type, 'binary');
-    // req.hdrs_bin: every request header, in order, names in lower case, values as sent.
-    t.diagnostic(`hdrs_bin: ${JSON.stringify(n.headers)}`);
-    const names = n.headers.map(([k]) => k);
-    // Exactly the headers as sent, in order, names lower-cased; HAProxy drops the hop-by-hop
-    // `Connection: close` the client sent.
-    assert.deepEqual(n.headers, [
-      ['x-one', '1'],
-      ['x-two', 'b'],
-      ['host', 'app.example'],
-    ]);
-    for (const k of names) assert.equal(k, k.toLowerCase());
-    assert.equal(n.frameId > 0, true, 'NOTIFY carries a frame-id');
+      // What the NOTIFY carried, each argument with the type HAProxy gives it.
+      t.diagnostic(
+        `NOTIFY args: ${JSON.stringify(n.args, (_k, v) => (typeof v === 'bigint' ? `${v}n` : v))}`,
+      );
+      assert.deepEqual(n.args.method, { type: 'string', value: 'GET' });
+      assert.deepEqual(n.args.url, { type: 'string', value: '/hello/world?x=1' });
+      assert.deepEqual(n.args.host, { type: 'string', value: 'app.example' });
+      assert.deepEqual(n.args.src, { type: 'ipv4', value: '127.0.0.1' });
+      assert.deepEqual(n.args.tls, { type: 'bool', value: false });
+      assert.equal(n.args.headers?.type, 'binary');
+      // req.hdrs_bin: every request header, in order, names in lower case, values as sent.
+      t.diagnostic(`hdrs_bin: ${JSON.stringify(n.headers)}`);
+      const names = n.headers.map(([k]) => k);
+      // Exactly the headers as sent, in order, names lower-cased; HAProxy drops the hop-by-hop
+      // `Connection: close` the client sent.
+      assert.deepEqual(n.headers, [
+        ['x-one', '1'],
+        ['x-two', 'b'],
+        ['host', 'app.example'],
+      ]);
+      for (const k of names) assert.equal(k, k.toLowerCase());
+      assert.equal(n.frameId > 0, true, 'NOTIFY carries a frame-id');
 
-    const denied = await get(`${base}/deny/this`);
-    assert.equal(denied.status, 403);
-    assert.equal(
-      backend.seen.filter((s) => s.url.startsWith('/deny')).length,
-      0,
-      'a 403 never reaches the backend',
-    );
-    assert.deepEqual(agent.errors, []);
-  } catch (e) {
-    t.diagnostic(haproxy.output());
-    throw e;
-  }
-});
-
-test('real HAProxy: 200 concurrent requests each get their own answer, ACKs out of order on pipelined connections', async (t) => {
-  const { agent, backend, haproxy, base } = await setUp(t);
-  try {
-    const N = 200;
-    const results = await Promise.all(
-      Array.from({ length: N }, (_, i) =>
-        get(`${base}/r/${i}${i % 10 === 0 ? '/deny' : ''}`, { 'x-req': String(i) }).then((r) => ({
-          i,
-          ...r,
-        })),
-      ),
-    );
-    for (const r of results) {
-      assert.equal(r.status, 200, `request ${r.i}: ${r.text}`);
-      const seen = JSON.parse(r.text) as { headers: Record<string, string>; url: string };
-      const path = `/r/${r.i}${r.i % 10 === 0 ? '/deny' : ''}`;
-      assert.equal(seen.url, path);
-      assert.equal(seen.headers['x-req'], String(r.i));
-      assert.match(seen.headers['x-gh-seen'] ?? '', new RegExp(`^GET ${path} \\d+$`), `request ${r.i}`);
+      const denied = await get(`${base}/deny/this`);
+      assert.equal(denied.status, 403);
+      assert.equal(
+        backend.seen.filter((s) => s.url.startsWith('/deny')).length,
+        0,
+        'a 403 never reaches the backend',
+      );
+      assert.deepEqual(agent.errors, []);
+    } catch (e) {
+      t.diagnostic(haproxy.output());
+      throw e;
     }
-    const denied = await Promise.all(Array.from({ length: 20 }, (_, i) => get(`${base}/deny/${i}`)));
-    assert.deepEqual(
-      denied.map((d) => d.status),
-      Array(20).fill(403),
-    );
-    assert.equal(backend.seen.length, N);
-    // Every NOTIFY had its own (stream-id, frame-id) and the ACKs, sent out of order, matched them.
-    const ids = new Set(agent.notified.map((n) => `${n.conn}/${n.streamId}/${n.frameId}`));
-    assert.equal(ids.size, agent.notified.length);
-    t.diagnostic(
-      `${agent.notified.length} NOTIFY frames over ${agent.connections()} agent connections; at most ${agent.maxInFlight()} in flight at once`,
-    );
-    // HAProxy 2.6 opens another agent connection whenever no idle one is free, so a burst of N requests
-    // may use up to N connections; pipelining still puts several NOTIFY frames on one of them.
-    assert.ok(agent.connections() <= N + 20, 'at most one agent connection per request in flight');
-    assert.ok(agent.maxInFlight() > 1, 'several NOTIFY frames in flight at once (pipelining)');
-    assert.deepEqual(agent.errors, []);
-  } catch (e) {
-    t.diagnostic(haproxy.output());
-    throw e;
-  }
-});
+  });
 
-test('real HAProxy: an agent that answers AGENT-DISCONNECT instead of ACK leaves no decision, so the request is refused', async (t) => {
-  const { agent, backend, haproxy, base } = await setUp(t);
-  try {
-    const r = await get(`${base}/disconnect`);
-    assert.equal(r.status, 500, 'fail closed');
-    assert.equal(backend.seen.length, 0);
-    // HAProxy reconnects for the next request.
-    const ok = await get(`${base}/after`);
-    assert.equal(ok.status, 200);
-    assert.ok(agent.connections() >= 2);
-  } catch (e) {
-    t.diagnostic(haproxy.output());
-    throw e;
-  }
-});
+  test(`real ${series.name}: 200 concurrent requests each get their own answer, ACKs out of order on pipelined connections`, async (t) => {
+    const { agent, backend, haproxy, base } = await setUp(t, series.find());
+    try {
+      const N = 200;
+      const results = await Promise.all(
+        Array.from({ length: N }, (_, i) =>
+          get(`${base}/r/${i}${i % 10 === 0 ? '/deny' : ''}`, { 'x-req': String(i) }).then((r) => ({
+            i,
+            ...r,
+          })),
+        ),
+      );
+      for (const r of results) {
+        assert.equal(r.status, 200, `request ${r.i}: ${r.text}`);
+        const seen = JSON.parse(r.text) as { headers: Record<string, string>; url: string };
+        const path = `/r/${r.i}${r.i % 10 === 0 ? '/deny' : ''}`;
+        assert.equal(seen.url, path);
+        assert.equal(seen.headers['x-req'], String(r.i));
+        assert.match(seen.headers['x-gh-seen'] ?? '', new RegExp(`^GET ${path} \\d+$`), `request ${r.i}`);
+      }
+      const denied = await Promise.all(Array.from({ length: 20 }, (_, i) => get(`${base}/deny/${i}`)));
+      assert.deepEqual(
+        denied.map((d) => d.status),
+        Array(20).fill(403),
+      );
+      assert.equal(backend.seen.length, N);
+      // Every NOTIFY had its own (stream-id, frame-id) and the ACKs, sent out of order, matched them.
+      const ids = new Set(agent.notified.map((n) => `${n.conn}/${n.streamId}/${n.frameId}`));
+      assert.equal(ids.size, agent.notified.length);
+      t.diagnostic(
+        `${agent.notified.length} NOTIFY frames over ${agent.connections()} agent connections; at most ${agent.maxInFlight()} in flight at once`,
+      );
+      // HAProxy 2.6 and 3.0 open another agent connection whenever no idle one is free, so a burst of N
+      // requests may use up to N connections; pipelining still puts several NOTIFY frames on one of them.
+      assert.ok(agent.connections() <= N + 20, 'at most one agent connection per request in flight');
+      assert.ok(agent.maxInFlight() > 1, 'several NOTIFY frames in flight at once (pipelining)');
+      assert.deepEqual(agent.errors, []);
+    } catch (e) {
+      t.diagnostic(haproxy.output());
+      throw e;
+    }
+  });
+
+  test(`real ${series.name}: an agent that answers AGENT-DISCONNECT instead of ACK leaves no decision, so the request is refused`, async (t) => {
+    const { agent, backend, haproxy, base } = await setUp(t, series.find());
+    try {
+      const r = await get(`${base}/disconnect`);
+      assert.equal(r.status, 500, 'fail closed');
+      assert.equal(backend.seen.length, 0);
+      // HAProxy reconnects for the next request.
+      const ok = await get(`${base}/after`);
+      assert.equal(ok.status, 200);
+      assert.ok(agent.connections() >= 2);
+    } catch (e) {
+      t.diagnostic(haproxy.output());
+      throw e;
+    }
+  });
+}
