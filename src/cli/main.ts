@@ -37,7 +37,7 @@ Commands:
                                     the same caller at the same instant
   apikey create --id ID --subject S [--groups a,b] [--expires DATE] [--routes a,b]
                                     create an API key and print its identity.apiKeys entry
-  audit verify [--key FILE] FILE...
+  audit verify [--key FILE] [--live] FILE...
                                     check audit trail files given oldest first (FILE.2 FILE.1 FILE):
                                     exit 0 when intact, 1 naming the first bad line
   audit query FILE... [--who SUBJECT|EMAIL] [--since 1h|DATE-TIME] [--until 1h|DATE-TIME]

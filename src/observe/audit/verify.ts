@@ -22,6 +22,7 @@ export type VerifyProblemCode =
   | 'reordered'
   | 'cut-off'
   | 'no-final-checkpoint'
+  | 'truncated'
   | 'bad-start'
   | 'not-continued'
   | 'not-audit-line'
@@ -55,6 +56,19 @@ export interface VerifyReport {
   files: VerifiedFile[];
   /** Whether checkpoint signatures were checked (keys were given). */
   signaturesChecked: boolean;
+  /** `live` only: lines at the end of the last file that no checkpoint covers yet. */
+  uncovered: number;
+}
+
+/** What `verifyFiles` checks besides the chain. */
+export interface VerifyOptions {
+  /** Checkpoint keys; without any, signatures are not checked. */
+  keys?: readonly VerifyKey[];
+  /**
+   * The last file is still being written: it may end at a periodic checkpoint, with lines after its last
+   * checkpoint, or with a line being written (these are counted in `uncovered`, not checked by a signature).
+   */
+  live?: boolean;
 }
 
 /** A key file that cannot be used. */
@@ -153,11 +167,11 @@ class Stop {
  */
 export async function verifyFiles(
   files: readonly string[],
-  options: { keys?: readonly VerifyKey[] } = {},
+  options: VerifyOptions = {},
 ): Promise<VerifyReport> {
   const keys = options.keys ?? [];
   const signaturesChecked = keys.length > 0;
-  const report: VerifyReport = { ok: true, files: [], signaturesChecked };
+  const report: VerifyReport = { ok: true, files: [], signaturesChecked, uncovered: 0 };
   let previous: Previous | undefined;
   // A line whose seq jumped ahead: a gap, unless the next line holds the missing seq (a swap).
   let pendingJump: { file: string; line: number; seq: number; expected: number } | undefined;
@@ -210,6 +224,8 @@ export async function verifyFiles(
       report.files.push(info);
       let lineNo = 0;
       let lastCheckpoint = 0;
+      let lastReason = '';
+      const live = options.live === true && f === files.length - 1;
       let tail: Buffer = Buffer.alloc(0);
       try {
         tail = await readWholeLines(file, (buf, end) => {
@@ -299,6 +315,7 @@ export async function verifyFiles(
                 signedOk = true;
               }
               lastCheckpoint = lineNo;
+              lastReason = cp!.reason;
               info.checkpoints++;
             }
             const hash = createHash('sha256').update(buf.subarray(pos, nl)).digest('hex');
@@ -313,6 +330,11 @@ export async function verifyFiles(
         problem(file, lineNo + 1, 'unreadable', `cannot read: ${(err as Error).message}`);
       }
       settleJump(undefined);
+      if (live) {
+        report.uncovered = lineNo - lastCheckpoint + (tail.length > 0 ? 1 : 0);
+        if (lastCheckpoint === 0) problem(file, 1, 'no-final-checkpoint', 'no checkpoint at all');
+        continue;
+      }
       if (tail.length > 0) {
         problem(
           file,
@@ -328,6 +350,16 @@ export async function verifyFiles(
           lastCheckpoint + 1,
           'no-final-checkpoint',
           `line(s) ${lastCheckpoint + 1}-${lineNo} follow the last checkpoint${lastCheckpoint > 0 ? ` (line ${lastCheckpoint})` : ''} without a new one: appended, or the file was cut short`,
+        );
+      }
+      // A file ends at its rotation or at a clean shutdown; a periodic checkpoint last means the lines
+      // after it were cut away (or the file is still being written: `live`).
+      if (lastReason !== 'close' && lastReason !== 'rotate') {
+        problem(
+          file,
+          lineNo,
+          'truncated',
+          `ends at a periodic checkpoint (${lastReason}), not at a rotation or close: lines after it were removed, or the file is still being written (--live)`,
         );
       }
     }
