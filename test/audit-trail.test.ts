@@ -370,3 +370,50 @@ test('without a file the chain runs over the stdout lines', async (t) => {
   writeFileSync(out, ''); // an empty file is not a trail
   assert.equal((await verifyFiles([out])).problem?.code, 'cut-off');
 });
+
+test('recordJson takes a line serialized once for the access log too, and still keeps secrets out', async (t) => {
+  const d = tempDir('gatehouse-audit-');
+  t.after(() => d.remove());
+  const file = d.file('audit.jsonl');
+  const { trail } = await openTrail(file);
+  const line = JSON.stringify(accessEvent(1));
+  trail.recordJson(line, { event: 'access', code: 'access.allowed', requestId: 'req-1' });
+  trail.recordJson(
+    '{"time":"2026-01-01T00:00:00.000Z","event":"access","code":"access.allowed","requestId":"req-2"}',
+    {
+      event: 'access',
+      code: 'access.allowed',
+      time: '2026-01-01T00:00:00.000Z',
+    },
+  );
+  trail.recordJson(
+    '{"event":"access","code":"access.allowed","requestId":"req-3","headers":{"authorization":"Bearer s3cret"}}',
+    {
+      event: 'access',
+      code: 'access.allowed',
+    },
+  );
+  trail.recordJson('{"event":"access","code":"access.allowed","seq":1,"requestId":"req-4"}', {
+    event: 'access',
+    code: 'x',
+  });
+  trail.recordJson('not json', { event: 'access', code: 'access.allowed' });
+  await trail.close();
+  const recs = fileRecords(file).filter((r) => r.event === 'access');
+  assert.deepEqual(
+    recs.map((r) => [r.requestId, r.code]),
+    [
+      ['req-1', 'access.allowed'],
+      ['req-2', 'access.allowed'],
+      ['req-3', 'access.allowed'],
+      ['req-4', 'access.allowed'],
+      [undefined, 'audit.unserializable'],
+    ],
+  );
+  assert.deepEqual(JSON.parse(fileLines(file)[1]!), { ...recs[0], ...JSON.parse(line) });
+  assert.equal(recs[1]!.time, '2026-01-01T00:00:00.000Z');
+  assert.deepEqual(recs[2]!.headers, {});
+  assert.notEqual(recs[3]!.seq, 1);
+  assert.ok(!readFileSync(file, 'utf8').includes('s3cret'));
+  assert.equal((await verifyFiles([file])).problem, undefined);
+});

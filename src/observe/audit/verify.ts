@@ -3,10 +3,10 @@
  * `FILE.2 FILE.1 FILE` is one chain), that each file ends in a checkpoint, and, with keys, every
  * checkpoint's signature. Stops at the first bad line and says why.
  */
-import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { GatehouseError } from '../../errors.js';
-import { CHECKPOINT_CODE, checkpointSignatureValid, GENESIS, parseCheckpoint } from './chain.js';
+import { CHECKPOINT_CODE, checkpointSignatureValid, GENESIS, lineHash, parseCheckpoint } from './chain.js';
 import { readWholeLines } from './lines.js';
 
 /** A checkpoint key: its key id (undefined: a key used whatever id a checkpoint names) and public key. */
@@ -318,7 +318,7 @@ export async function verifyFiles(
               lastReason = cp!.reason;
               info.checkpoints++;
             }
-            const hash = createHash('sha256').update(buf.subarray(pos, nl)).digest('hex');
+            const hash = lineHash(buf.subarray(pos, nl));
             previous = { file, line: lineNo, seq, hash, signedOk };
             info.lastSeq = seq;
             info.lines = lineNo;
