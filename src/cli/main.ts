@@ -1,6 +1,6 @@
 /**
- * The `gatehouse` command: start, check, explain, apikey, demo, version, help. User errors (an invalid
- * or missing configuration, bad arguments) print a clear message without a stack trace.
+ * The `gatehouse` command: start, check, explain, audit, apikey, demo, version, help. User errors (an
+ * invalid or missing configuration, bad arguments) print a clear message without a stack trace.
  * Exit codes: 0 success, 1 invalid configuration, failing policy test or failure, 2 usage error.
  */
 import { readFileSync } from 'node:fs';
@@ -37,6 +37,12 @@ Commands:
                                     the same caller at the same instant
   apikey create --id ID --subject S [--groups a,b] [--expires DATE] [--routes a,b]
                                     create an API key and print its identity.apiKeys entry
+  audit verify [--key FILE] [--live] FILE...
+                                    check audit trail files given oldest first (FILE.2 FILE.1 FILE):
+                                    exit 0 when intact, 1 naming the first bad line
+  audit query FILE... [--who SUBJECT|EMAIL] [--since 1h|DATE-TIME] [--until 1h|DATE-TIME]
+          [--route NAME] [--refused] [--event NAME] [--code CODE] [--json]
+                                    print the audit events that match every filter given
   demo [--port N]                   start a self-contained demo: identity provider, backends, gateway
   version                           print the version, and Node.js's with the flags in effect
   help                              print this help
@@ -136,6 +142,10 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
           parseArgs(rest, new Set(['config', 'as', 'source-ip', 'header', 'at', 'after'])),
           io,
         );
+      case 'audit': {
+        const { runAuditCommand } = await import('./audit.js');
+        return await runAuditCommand(rest, io);
+      }
       case 'apikey': {
         const { runApiKeyCommand } = await import('../identity/apikey-command.js');
         return await runApiKeyCommand(rest, io);

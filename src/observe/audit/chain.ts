@@ -11,7 +11,7 @@
  * signature (base64url) over every byte of the line before `,"sig":"`, which holds its `seq`, its `prev`
  * (the chain head before it), its time, reason and key id. Every file starts and ends with a checkpoint.
  */
-import { createHash, createPublicKey, type KeyObject, sign, verify } from 'node:crypto';
+import { createPublicKey, hash, type KeyObject, sign, verify } from 'node:crypto';
 
 /** `prev` of the first line of a chain. */
 export const GENESIS = '0'.repeat(64);
@@ -33,7 +33,8 @@ const B64URL = /^[A-Za-z0-9_-]+$/;
 
 /** The SHA-256 (hex) of one line's text without its line end. */
 export function lineHash(line: string | Buffer): string {
-  return createHash('sha256').update(line).digest('hex');
+  // The one-shot form costs half of createHash().update().digest() for a line this size.
+  return hash('sha256', line, 'hex');
 }
 
 /** The position of a chain: the next line's sequence number and `prev`. */

@@ -78,6 +78,18 @@ export interface AuditStats {
 
 const RESERVED = ['seq', 'prev'] as const;
 
+let lastMs = 0;
+let lastIso = '';
+/** The current time in ISO form; under load many events share a millisecond, and its text. */
+function nowIso(): string {
+  const ms = Date.now();
+  if (ms !== lastMs) {
+    lastMs = ms;
+    lastIso = new Date(ms).toISOString();
+  }
+  return lastIso;
+}
+
 /** The audit trail of one gateway process. */
 export class AuditTrail {
   private head: ChainHead = { seq: 1, prev: GENESIS };
@@ -158,6 +170,57 @@ export class AuditTrail {
     } catch (err) {
       // Only a bug gets here: the event is lost, loudly, and the request goes on.
       this.logger.error({ err, code: r?.code }, 'audit event could not be recorded');
+    }
+  }
+
+  /**
+   * Adds one event already serialized as a JSON object text holding its `event` and `code` (say, the
+   * access-log line, built once for both), so it is not serialized twice. `meta` repeats what the syslog
+   * header needs; `meta.time` says the JSON holds a `time` member (else the trail adds one). A text that
+   * may hold a credential or chain fields, or is not a JSON object text, takes the `record()` path.
+   * Synchronous; never throws.
+   */
+  recordJson(json: string, meta: { event: string; code: string; requestId?: string; time?: string }): void {
+    try {
+      if (this.closing) {
+        this.afterClose++;
+        return;
+      }
+      if (
+        json.length < 2 ||
+        json.charCodeAt(0) !== 0x7b ||
+        json.charCodeAt(json.length - 1) !== 0x7d ||
+        meta.code === CHECKPOINT_CODE ||
+        json.includes('"seq":') ||
+        json.includes('"prev":') ||
+        mayHoldSecret(json)
+      ) {
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(json);
+        } catch {
+          parsed = undefined;
+        }
+        const r =
+          parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)
+            ? (parsed as AuditRecord)
+            : {
+                event: meta.event,
+                code: 'audit.unserializable',
+                originalCode: meta.code,
+                error: 'not a JSON object',
+              };
+        this.append(r, false);
+        return;
+      }
+      const time = meta.time === undefined ? nowIso() : undefined;
+      const syslogMeta =
+        this.syslog === undefined
+          ? undefined
+          : { event: meta.event, code: meta.code, time: meta.time ?? time!, requestId: meta.requestId };
+      this.appendBody(json, time, syslogMeta, false);
+    } catch (err) {
+      this.logger.error({ err, code: meta?.code }, 'audit event could not be recorded');
     }
   }
 
@@ -250,7 +313,7 @@ export class AuditTrail {
     }
     let time: string | undefined;
     if (typeof rec.time !== 'string') {
-      time = new Date().toISOString();
+      time = nowIso();
       if (rec.time !== undefined) {
         const { time: _t, ...rest } = rec;
         rec = rest;
@@ -270,12 +333,26 @@ export class AuditTrail {
         error: (err as Error).message,
       });
     }
-    const meta: SyslogMeta = {
-      event: String(r.event),
-      code: String(r.code),
-      time: time ?? (rec.time as string),
-      requestId: typeof r.requestId === 'string' ? r.requestId : undefined,
-    };
+    // Only the syslog sink needs the header fields apart.
+    const meta: SyslogMeta | undefined =
+      this.syslog === undefined
+        ? undefined
+        : {
+            event: String(r.event),
+            code: String(r.code),
+            time: time ?? (rec.time as string),
+            requestId: typeof r.requestId === 'string' ? r.requestId : undefined,
+          };
+    this.appendBody(body, time, meta, own);
+  }
+
+  /** Chains and queues one serialized record (`time` added when given). */
+  private appendBody(
+    body: string,
+    time: string | undefined,
+    meta: SyslogMeta | undefined,
+    own: boolean,
+  ): void {
     const file = this.file;
     if (file !== undefined && !own && !file.hasRoom()) {
       file.drop(1);
@@ -291,12 +368,12 @@ export class AuditTrail {
     if (file?.full() && !this.closing) this.rotate();
   }
 
-  private toOthers(line: string, meta: SyslogMeta, own: boolean): void {
+  private toOthers(line: string, meta: SyslogMeta | undefined, own: boolean): void {
     if (this.stdout !== undefined) {
       if (own) this.stdout.enqueue(`${line}\n`);
       else this.stdout.push(`${line}\n`);
     }
-    if (this.syslog !== undefined) {
+    if (this.syslog !== undefined && meta !== undefined) {
       if (own) this.syslog.sendAlways(line, meta);
       else this.syslog.send(line, meta);
     }
@@ -317,7 +394,7 @@ export class AuditTrail {
   }
 
   private checkpoint(reason: CheckpointReason): void {
-    const time = new Date().toISOString();
+    const time = nowIso();
     const line = checkpointLine(this.head, time, reason, this.opts.signingKey, this.opts.keyId);
     this.head = { seq: this.head.seq + 1, prev: lineHash(line) };
     this.sinceCheckpoint = 0;
