@@ -13,6 +13,7 @@ import { type TestContext, test } from 'node:test';
 import { SessionManager } from '../src/identity/session.js';
 import { Gateway } from '../src/process/gateway.js';
 import { memoryLogger, selfSigned, tempDir } from './helpers/gateway.js';
+import { freePort } from './helpers/listen.js';
 import { startIdp, type TestIdp } from './helpers/oidc.js';
 import { startBackend, type TestBackend } from './helpers/proxy.js';
 import { authorizeAtIdp, CookieJar, hop, signInOverHttp } from './helpers/signin.js';
@@ -22,17 +23,6 @@ const OTHER_SECRET = 'another-gateways-sealing-secret-987654321';
 const APP = 'app.gatehouse.test';
 const SIGN_IN = 'login.gatehouse.test';
 const SEALED = /^[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}$/;
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 interface Setup {
   gw: Gateway;

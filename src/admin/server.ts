@@ -90,6 +90,8 @@ export interface AdminServerOptions {
   audit?(record: AdminAuditRecord): void;
   /** Where reloads are recorded for the dashboard (default: the process's `reloadHistory`). */
   reloadHistory?: ReloadHistory;
+  /** The public keys of the audit trail's checkpoints (a JWKS), when the instance writes a trail. */
+  auditKeys?(): { keys: object[] } | undefined;
 }
 
 /** What the admin API needs of the session store: listing, and revoking one session by its handle. */
@@ -355,6 +357,16 @@ export class AdminServer {
       if (path === '/api/v1/quotas') {
         if (!allow(method, res, 'GET, HEAD')) return;
         await this.#quotaUsage(res, query);
+        return;
+      }
+      if (path === '/api/v1/audit/keys') {
+        if (!allow(method, res, 'GET, HEAD')) return;
+        const keys = this.#opts.auditKeys?.();
+        if (keys === undefined || keys.keys.length === 0) {
+          sendError(res, 404, 'GH_ADMIN_NOT_FOUND', 'no audit trail is configured');
+          return;
+        }
+        sendJson(res, 200, keys);
         return;
       }
       if (quotaReset !== null) {

@@ -3,6 +3,7 @@
  * invalid or missing configuration, bad arguments) print a clear message without a stack trace.
  * Exit codes: 0 success, 1 invalid configuration, failing policy test or failure, 2 usage error.
  */
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { LoadResult } from '../config/load.js';
@@ -37,9 +38,10 @@ Commands:
                                     the same caller at the same instant
   apikey create --id ID --subject S [--groups a,b] [--expires DATE] [--routes a,b]
                                     create an API key and print its identity.apiKeys entry
-  audit verify [--key FILE] [--live] FILE...
+  audit verify [-c FILE] [--key FILE] [--live] FILE...
                                     check audit trail files given oldest first (FILE.2 FILE.1 FILE):
-                                    exit 0 when intact, 1 naming the first bad line
+                                    exit 0 when intact, 1 naming the first bad line; -c: check the
+                                    checkpoint signatures with the key of that configuration
   audit query FILE... [--who SUBJECT|EMAIL] [--since 1h|DATE-TIME] [--until 1h|DATE-TIME]
           [--route NAME] [--refused] [--event NAME] [--code CODE] [--json]
                                     print the audit events that match every filter given
@@ -115,6 +117,52 @@ function parseArgs(args: string[], allowed: ReadonlySet<string>): Parsed {
   return parsed;
 }
 
+/** Takes `-c FILE` (or `--config FILE`, `--config=FILE`) out of `args`. */
+function takeConfigOption(args: readonly string[]): { configFile: string | undefined; args: string[] } {
+  const out: string[] = [];
+  let configFile: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg === '--') {
+      out.push(...args.slice(i));
+      break;
+    }
+    if (arg === '-c' || arg === '--config') {
+      configFile = args[++i];
+      if (configFile === undefined) throw new UsageError(`${arg} needs a value`);
+    } else if (arg.startsWith('--config=')) configFile = arg.slice('--config='.length);
+    else out.push(arg);
+  }
+  return { configFile, args: out };
+}
+
+/**
+ * The checkpoint key of the audit trail a configuration writes, for `audit verify -c`: `audit.signingKey`,
+ * or the key kept in its Redis state store. A generated key in a memory store lives only in the gateway.
+ */
+async function auditKeysOf(file: string): Promise<Array<{ kid: string; key: KeyObject }>> {
+  const { loadConfig } = await import('../config/load.js');
+  const loaded = await loadConfig(file);
+  if (!loaded.ok) throw new ConfigError(loaded.problems);
+  const audit = loaded.config.audit;
+  if (audit === undefined) throw new Error(`${file} has no audit section`);
+  const { AuditKeyError, configuredAuditKey, storedAuditKey } = await import('../process/audit.js');
+  try {
+    const found =
+      audit.signingKey !== undefined
+        ? configuredAuditKey(audit.signingKey, (ref) => loaded.secrets.resolveSecret(ref))
+        : await storedAuditKey(loaded.config.state.store);
+    if (found === undefined)
+      throw new Error(
+        `${file}: the generated audit key of a memory state store lives only in the running gateway; pass --key with the keys of GET /api/v1/audit/keys`,
+      );
+    return [{ kid: found.keyId, key: createPublicKey(found.key) }];
+  } catch (err) {
+    if (err instanceof AuditKeyError) throw new ConfigError([{ file, path: err.path, message: err.detail }]);
+    throw err;
+  }
+}
+
 function requireConfig(p: Parsed, command: string): string {
   if (!p.config) throw new UsageError(`${command} needs -c FILE`);
   return p.config;
@@ -144,7 +192,10 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
         );
       case 'audit': {
         const { runAuditCommand } = await import('./audit.js');
-        return await runAuditCommand(rest, io);
+        const { configFile, args } = takeConfigOption(rest);
+        if (configFile === undefined) return await runAuditCommand(args, io);
+        if (args[0] !== 'verify') throw new UsageError('-c FILE applies to audit verify only');
+        return await runAuditCommand(args, io, { keys: await auditKeysOf(configFile) });
       }
       case 'apikey': {
         const { runApiKeyCommand } = await import('../identity/apikey-command.js');
@@ -284,6 +335,18 @@ async function check(p: Parsed, io: CliIo): Promise<number> {
     printProblems(io, problems);
     io.err(`${file}: ${problems.length} problem(s) found\n`);
     return 1;
+  }
+  // The audit trail's checkpoint key, which the gateway would refuse to start with.
+  if (config.audit?.signingKey !== undefined) {
+    const { AuditKeyError, configuredAuditKey } = await import('../process/audit.js');
+    try {
+      configuredAuditKey(config.audit.signingKey, (ref) => loaded.secrets.resolveSecret(ref));
+    } catch (err) {
+      if (!(err instanceof AuditKeyError)) throw err;
+      printProblems(io, [{ ...locate(['audit', 'signingKey']), message: err.detail }]);
+      io.err(`${file}: 1 problem(s) found\n`);
+      return 1;
+    }
   }
   if (p.verbose) for (const r of results) io.out(`${formatTestResult(r)}\n`);
   const failed = results.filter((r) => !r.ok);

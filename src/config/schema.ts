@@ -310,6 +310,101 @@ const Spoe = z.strictObject({
   }),
 });
 
+/** Query parameter names masked in the audit trail unless `audit.redactQuery` says otherwise. */
+export const DEFAULT_REDACTED_QUERY = [
+  'access_token',
+  'id_token',
+  'refresh_token',
+  'token',
+  'code',
+  'state',
+  'api_key',
+  'apikey',
+  'key',
+  'password',
+  'secret',
+  'client_secret',
+  'signature',
+  'sig',
+  'x-amz-signature',
+  'x-goog-signature',
+];
+
+const SyslogAddress = z
+  .string()
+  .refine((s) => /^(udp|tcp):\/\/[^/]+:\d+$/.test(s) && parseBind(s.slice(6)) !== undefined, {
+    message: 'must be udp://host:port or tcp://host:port',
+  });
+
+const Audit = z
+  .strictObject({
+    file: z.string().min(1).optional().meta({
+      description: 'The audit trail file: one JSON line per event, hash-chained, with signed checkpoints',
+    }),
+    maxSize: Size.default(100 * 1024 * 1024).meta({
+      description: 'Size at which the file is rotated (to FILE.1, FILE.2, ...); the chain continues',
+    }),
+    keep: z.number().int().min(0).max(1000).default(10).meta({ description: 'Rotated files kept' }),
+    fsync: z.enum(['always', 'checkpoint', 'never']).default('checkpoint').meta({
+      description:
+        'always: fsync after every write batch; checkpoint: after every signed checkpoint; never: leave it to the OS',
+    }),
+    stdout: z.boolean().default(false).meta({ description: 'Also write every audit line to stdout' }),
+    syslog: z
+      .strictObject({
+        address: SyslogAddress.meta({
+          description: 'udp://host:port or tcp://host:port (RFC 5424 messages)',
+        }),
+        appName: z
+          .string()
+          .min(1)
+          .max(48)
+          .default('gatehouse')
+          .meta({ description: 'APP-NAME of the messages' }),
+        facility: z
+          .number()
+          .int()
+          .min(0)
+          .max(23)
+          .default(13)
+          .meta({ description: 'Syslog facility (13: log audit)' }),
+      })
+      .optional()
+      .meta({ description: 'The same events as RFC 5424 messages (TCP with octet counting)' }),
+    decisions: z.enum(['all', 'refused']).default('all').meta({
+      description:
+        'Which access decisions are recorded (refused: only refusals); every other event is always recorded',
+    }),
+    redactQuery: z.array(z.string().min(1)).default(DEFAULT_REDACTED_QUERY).meta({
+      description: 'Query parameters whose values are masked in the trail (case-insensitive names)',
+    }),
+    checkpoint: z
+      .strictObject({
+        lines: z
+          .number()
+          .int()
+          .min(1)
+          .max(1_000_000)
+          .default(1000)
+          .meta({ description: 'Lines between checkpoints' }),
+        interval: PositiveTimerDuration.default(60_000),
+      })
+      .default({ lines: 1000, interval: 60_000 })
+      .meta({
+        description: 'A signed checkpoint line every this many lines or this long, whichever comes first',
+      }),
+    signingKey: SecretRef.optional().meta({
+      description:
+        'Ed25519 private key (JWK or PEM) that signs checkpoints; without it a key is generated and kept in the state store',
+    }),
+    bufferLimit: z.number().int().min(100).max(10_000_000).default(10_000).meta({
+      description: 'Events held per sink while it falls behind; the overflow is counted and recorded',
+    }),
+  })
+  .refine((a) => a.file !== undefined || a.stdout || a.syslog !== undefined, {
+    message: 'needs at least one of file, stdout or syslog',
+  });
+
 const State = z.strictObject({
   store: z
     .string()
@@ -794,6 +889,7 @@ export const ConfigSchema = z.strictObject({
   admin: Admin.optional(),
   spoe: Spoe.optional().meta({ description: 'Decisions for an HAProxy in front: the SPOE agent' }),
   state: State.default({ store: 'memory' }),
+  audit: Audit.optional().meta({ description: 'The tamper-evident audit trail' }),
   identity: Identity.optional(),
   upstreams: z.record(Name, Upstream).default({}),
   policies: z.record(Name, Policy).default({}),
@@ -815,6 +911,7 @@ export const ConfigSchema = z.strictObject({
 export type Config = z.output<typeof ConfigSchema>;
 export type ListenerConfig = z.output<typeof Listener>;
 export type SpoeConfig = z.output<typeof Spoe>;
+export type AuditConfig = z.output<typeof Audit>;
 export type UpstreamConfig = z.output<typeof Upstream>;
 export type UpstreamServerConfig = z.output<typeof UpstreamServer>;
 export type RouteConfig = z.output<typeof Route>;

@@ -27,7 +27,8 @@ import { type LoginService, signInAddress } from '../identity/login.js';
 import { type ClientCertificateSocket, certificateIdentity } from '../identity/mtls.js';
 import type { AuthResult, Identity, ReasonCode } from '../identity/types.js';
 import type { Limiter, LimitVerdict } from '../limits/stage.js';
-import type { AccessEntry } from '../observe/log.js';
+import { auditing } from '../observe/audit-bus.js';
+import { type AccessEntry, auditDetailOf } from '../observe/log.js';
 import type { PolicySet } from '../policy/types.js';
 import { StateStoreError } from '../state/types.js';
 import { type Decision, decideAccess, describeReason, isBrowserNavigation } from './decide.js';
@@ -655,6 +656,12 @@ export function logAccess(entry: AccessEntry, a: Answer): void {
   if (identity !== undefined) {
     entry.identity = identity.subject;
     entry.authMethod = identity.authMethod;
+    if (auditing()) {
+      const detail = auditDetailOf(entry);
+      detail.email = identity.email;
+      detail.groups = identity.groups;
+      detail.source = identity.source;
+    }
   }
   entry.reason = d.reason;
   if (d.rule !== undefined) entry.rule = d.rule;

@@ -34,6 +34,7 @@ import { compileHosts } from '../core/routes.js';
 import type { RequestFacts } from '../core/types.js';
 import { GatehouseError } from '../errors.js';
 import { noteErrorCode } from '../observe/access-log.js';
+import { type AuditRecord, emitAudit } from '../observe/audit-bus.js';
 import type { Logger } from '../observe/log.js';
 import { isMapped, parseIPv6 } from '../policy/cidr.js';
 import { type StateStore, StateStoreError } from '../state/types.js';
@@ -63,7 +64,10 @@ import {
 import type { AuthResult, Identity, ReasonCode } from './types.js';
 
 /** What the login endpoints need of a request (a subset of `RequestFacts`). */
-export type LoginFacts = Pick<RequestFacts, 'host' | 'authority' | 'path' | 'query' | 'tls' | 'clientIp'>;
+export type LoginFacts = Pick<RequestFacts, 'host' | 'authority' | 'path' | 'query' | 'tls' | 'clientIp'> & {
+  /** The request's id, for the audit trail. */
+  readonly requestId?: string | undefined;
+};
 
 /** The part of a route the login flow looks at (a `CompiledRoute` fits). */
 export interface LoginRoute {
@@ -658,6 +662,7 @@ export class LoginService {
         { host: facts.host, client: facts.clientIp, address, max, windowMs },
         'login starts rate-limited for this client address',
       );
+      this.#audit(facts, 'signin', 'signin.failed', { reason: 'rate-limited' });
     }
     res.setHeader('retry-after', String(retryAfter));
     this.#fail(
@@ -687,6 +692,7 @@ export class LoginService {
         { host: facts.host, client: facts.clientIp },
         'sign-in callback with an unknown, used or expired state',
       );
+      this.#audit(facts, 'signin', 'signin.failed', { reason: 'unknown-state' });
       this.#fail(
         res,
         method,
@@ -706,6 +712,7 @@ export class LoginService {
         { host: facts.host, client: facts.clientIp },
         'sign-in callback from a browser that did not start it',
       );
+      this.#audit(facts, 'signin', 'signin.failed', { reason: 'browser-not-bound' });
       this.#fail(
         res,
         method,
@@ -747,6 +754,13 @@ export class LoginService {
       },
       'signed in',
     );
+    this.#audit(facts, 'signin', 'signin.succeeded', {
+      provider: provider.name,
+      identity: record.subject,
+      user: record.user,
+      email: record.email,
+      groups: record.groups,
+    });
     const target = new URL(login.target);
     const cookie = this.sessions.setCookie(id, record, facts.tls);
     if (target.origin === here.origin || login.hb === undefined) {
@@ -788,6 +802,7 @@ export class LoginService {
         { host: facts.host, client: facts.clientIp },
         'session hand-off refused (unknown, used, expired, other host or other browser)',
       );
+      this.#audit(facts, 'signin', 'signin.failed', { reason: 'hand-off-refused' });
       this.#fail(
         res,
         method,
@@ -835,6 +850,12 @@ export class LoginService {
         { provider: record.provider, subject: record.subject, host: facts.host, client: facts.clientIp },
         'signed out',
       );
+      this.#audit(facts, 'signout', 'signout.succeeded', {
+        provider: record.provider,
+        identity: record.subject,
+        email: record.email,
+        everywhere: params.get('everywhere') === '1',
+      });
       endSession = await this.#providers
         .get(record.provider)
         ?.endSessionUrl(record.tokens.idToken, `${here.origin}${GATEHOUSE_PREFIX}signed-out`);
@@ -979,10 +1000,31 @@ export class LoginService {
         { provider: record.provider, subject: record.subject, err: messageOf(err) },
         'session ended: token refresh failed',
       );
+      emitAudit({
+        event: 'session',
+        code: 'session.refresh-failed',
+        provider: record.provider,
+        identity: record.subject,
+        email: record.email,
+        revoked: true,
+        error: messageOf(err),
+      });
       return 'ended';
     } finally {
       await this.#store.delete(lock).catch(() => undefined);
     }
+  }
+
+  /** Records a sign-in event with the request's host, client address and id. */
+  #audit(facts: LoginFacts, event: string, code: string, fields: Omit<AuditRecord, 'event' | 'code'>): void {
+    emitAudit({
+      event,
+      code,
+      requestId: facts.requestId,
+      ...fields,
+      host: facts.host,
+      client: facts.clientIp,
+    });
   }
 
   #fail(
@@ -1009,6 +1051,7 @@ export class LoginService {
         { code: err.code, host: facts.host, client: facts.clientIp, err: err.message },
         'sign-in failed',
       );
+      this.#audit(facts, 'signin', 'signin.failed', { reason: err.code, error: err.message });
       const status = err.status >= 400 ? err.status : 502;
       const message = denied
         ? `The identity provider did not sign you in (${err.oauthError ?? 'error'}).`

@@ -2,9 +2,35 @@
  * Structured logs: one pino logger for operational events and one JSON line per request for access.
  */
 import { type Logger, pino } from 'pino';
+import { auditing } from './audit-bus.js';
+
+/** Key of what an access entry carries for the audit trail alone: `JSON.stringify` skips symbol keys. */
+export const AUDIT_DETAIL: unique symbol = Symbol('gatehouse.auditDetail');
+
+/** Facts of a request the audit trail records and the access log leaves out. */
+export interface AuditDetail {
+  email?: string | undefined;
+  groups?: readonly string[] | undefined;
+  /** The identity's source: the OIDC provider, bearer issuer, API key id or certificate issuer. */
+  source?: string | undefined;
+  /** The query string as received, with its leading `?`. */
+  query?: string | undefined;
+}
+
+/** The audit details of `entry`, created on first use. */
+export function auditDetailOf(entry: AccessEntry): AuditDetail {
+  let detail = entry[AUDIT_DETAIL];
+  if (detail === undefined) {
+    detail = {};
+    entry[AUDIT_DETAIL] = detail;
+  }
+  return detail;
+}
 
 /** One access-log line. */
 export interface AccessEntry {
+  /** Set only while an audit trail is on. */
+  [AUDIT_DETAIL]?: AuditDetail;
   time: string;
   requestId: string;
   client: string;
@@ -46,6 +72,17 @@ export interface AccessEntry {
   limit?: string;
   /** How long a rate limit with `delay` held the request, in ms. */
   delayed?: number;
+}
+
+/**
+ * True when finished requests are to be described as access entries: for the access log, the audit
+ * trail or the admin listener's live figures. Otherwise data planes skip building them.
+ */
+export function recordsAccess(config: {
+  readonly logging: { readonly access: boolean };
+  readonly admin?: unknown;
+}): boolean {
+  return config.logging.access || config.admin !== undefined || auditing();
 }
 
 /** Creates the process logger (JSON lines to stdout, or to `destination`). */

@@ -13,6 +13,7 @@ import { type LoadResult, loadConfig } from '../config/load.js';
 import { FileWatcher } from '../config/watch.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { createAccessLog } from '../observe/access-log.js';
+import { type AuditSink, auditing, emitAudit, setAuditSink } from '../observe/audit-bus.js';
 import { liveStats } from '../observe/live-stats.js';
 import { type AccessEntry, createLogger, type Logger } from '../observe/log.js';
 import { configGeneration, reloadsTotal } from '../observe/metrics.js';
@@ -20,6 +21,15 @@ import { ListenerSet } from '../proxy/listeners.js';
 import type { Runtime } from '../runtime.js';
 import { SpoeService, type SpoeStatus } from '../spoe/service.js';
 import { Coalescer } from '../util/coalesce.js';
+import {
+  AuditKeyError,
+  AuditService,
+  accessAuditRecord,
+  auditConfigApplied,
+  auditConfigRejected,
+  auditKeyProblem,
+  type ReloadTrigger,
+} from './audit.js';
 import { RESERVED_ENDPOINTS } from './endpoints.js';
 import { logWarnings, problem, rejectReload } from './reload.js';
 import {
@@ -71,6 +81,11 @@ export interface GatewayOptions {
    * that uses the primary's memory store over IPC, so that all workers share one.
    */
   createStore?: StateStoreFactory;
+  /**
+   * Where audit events go instead of a trail of this process's own: a cluster worker forwards them to
+   * the primary, which writes the one trail of the instance.
+   */
+  auditSink?: AuditSink;
 }
 
 /** A running gateway. */
@@ -88,17 +103,24 @@ export class Gateway {
       new AdminServer({
         getRuntime: () => this.#runtime,
         logger: this.#logger,
-        reload: () => this.reload(),
+        reload: () => this.reload(undefined, 'admin'),
         token,
         ready: () => this.#closing === undefined,
         listenerAddress: (name) => this.address(name),
         spoeStatus: () => this.spoeStatus(),
+        auditKeys: () => this.#audit?.publicKeys(),
+        audit: emitAudit,
       }),
   );
   #adminEnabled = true;
   #watcher: FileWatcher | undefined;
   readonly #reloads = new Coalescer<ReloadResult>(() => this.#reloadOnce());
   #sources: Readonly<Record<string, string>> | undefined;
+  #trigger: ReloadTrigger | undefined;
+  #lastTrigger: ReloadTrigger | undefined;
+  /** The trail this process writes (undefined in a cluster worker, which forwards its events). */
+  #audit: AuditService | undefined;
+  #auditSink: AuditSink | undefined;
   #closing: Promise<void> | undefined;
   readonly #retiring = new Set<Promise<void>>();
   /** Replaced runtimes that requests may still be running on (pruned when their count reaches 0). */
@@ -141,8 +163,13 @@ export class Gateway {
     const sink = opts.accessLog ?? createAccessLog(undefined, worker === undefined ? undefined : { worker });
     // Checked per entry so that a reload can turn the access log on or off.
     const accessLog = (entry: AccessEntry): void => {
+      const config = gw.#runtime.config;
       liveStats.observe(entry);
-      if (gw.#runtime.config.logging.access) sink(entry);
+      if (config.audit !== undefined && auditing()) {
+        const record = accessAuditRecord(entry, config.audit);
+        if (record !== undefined) emitAudit(record);
+      }
+      if (config.logging.access) sink(entry);
     };
     gw.#listeners = new ListenerSet({
       getRuntime: () => gw.#runtime,
@@ -152,6 +179,10 @@ export class Gateway {
     });
     gw.#spoe = new SpoeService({ getRuntime: () => gw.#runtime, logger, accessLog });
     try {
+      if (opts.auditSink === undefined) gw.#audit = new AuditService(logger);
+      gw.#auditSink = opts.auditSink;
+      await gw.#syncAudit(loaded, built.runtime);
+      auditConfigApplied(loaded, built.runtime.generation, 'start');
       await gw.#listeners.apply(built.runtime);
       await gw.#spoe.sync(built.runtime.config.spoe, 0);
       for (const u of built.runtime.upstreams.values()) u.start();
@@ -160,8 +191,10 @@ export class Gateway {
       await gw.#listeners.close(0).catch(() => {});
       await gw.#spoe.close(0).catch(() => {});
       await gw.#admin.close().catch(() => {});
+      await gw.#audit?.close().catch(() => {});
       await closeUpstreams(built.runtime.upstreams.values(), logger);
       await closeStore(built.runtime.store, logger);
+      if (err instanceof AuditKeyError) throw new ConfigError([auditKeyProblem(opts.configFile, err)]);
       throw err;
     }
     if (built.runtime.identity.assertion.provisional)
@@ -172,14 +205,14 @@ export class Gateway {
     configGeneration.set(built.runtime.generation);
     if (opts.watch !== false) {
       gw.#watcher = new FileWatcher(() => {
-        void gw.reload();
+        void gw.reload(undefined, 'file');
       }, opts.watchDebounceMs ?? 200);
       gw.#watcher.watch(built.runtime.watchedFiles);
     }
     if (opts.signals) {
       gw.#uninstallSignals = installSignals({
         logger,
-        reload: () => gw.reload(),
+        reload: () => gw.reload(undefined, 'signal'),
         shutdown: () => gw.shutdown().then(() => 0),
         drainMessage: 'stop signal received: draining',
         abandonMessage: 'second stop signal: exiting without waiting for the drain',
@@ -198,6 +231,14 @@ export class Gateway {
       },
       'gateway started',
     );
+    if (gw.#audit !== undefined)
+      emitAudit({
+        event: 'gateway',
+        code: 'gateway.started',
+        generation: built.runtime.generation,
+        pid: process.pid,
+        file: opts.configFile,
+      });
     return gw;
   }
 
@@ -232,8 +273,9 @@ export class Gateway {
    * With `sources`, the config and its includes are taken from them instead of the files (the latest
    * sources given win).
    */
-  reload(sources?: Readonly<Record<string, string>>): Promise<ReloadResult> {
+  reload(sources?: Readonly<Record<string, string>>, trigger: ReloadTrigger = 'api'): Promise<ReloadResult> {
     if (sources !== undefined) this.#sources = sources;
+    this.#trigger = trigger;
     return this.#reloads.run();
   }
 
@@ -266,11 +308,27 @@ export class Gateway {
     await closeStore(this.#runtime.store, this.#logger);
     this.#uninstallSignals?.();
     this.#uninstallSignals = undefined;
+    if (this.#audit !== undefined) {
+      emitAudit({
+        event: 'gateway',
+        code: 'gateway.stopped',
+        generation: this.#runtime.generation,
+        pid: process.pid,
+      });
+      // Last, so that every request drained above is in the trail, which ends in a signed checkpoint.
+      await this.#audit
+        .close()
+        .catch((err: unknown) => this.#logger.error({ err }, 'closing the audit trail failed'));
+    }
+    if (this.#audit === undefined) setAuditSink(undefined);
     this.#logger.info('gateway stopped');
   }
 
   async #reloadOnce(): Promise<ReloadResult> {
     const file = this.#configFile;
+    const trigger = this.#trigger;
+    this.#trigger = undefined;
+    this.#lastTrigger = trigger;
     if (this.#closing) return this.#reject([problem(file, 'the gateway is shutting down')], 'shutdown');
     let loaded: LoadResult;
     const sources = this.#sources;
@@ -294,6 +352,14 @@ export class Gateway {
     } catch (err) {
       if (err instanceof ConfigError) return this.#reject(err.problems, 'invalid');
       return this.#reject([problem(file, `cannot build the runtime: ${(err as Error).message}`)], 'error');
+    }
+    try {
+      await this.#syncAudit(loaded, built.runtime);
+    } catch (err) {
+      await closeUpstreams(built.created, this.#logger);
+      await closeStore(built.createdStore, this.#logger);
+      if (err instanceof AuditKeyError) return this.#reject([auditKeyProblem(file, err)], 'invalid');
+      return this.#reject([problem(file, `cannot open the audit trail: ${(err as Error).message}`)], 'error');
     }
     try {
       await this.#spoe.sync(built.runtime.config.spoe, built.runtime.config.server.drainTimeout);
@@ -356,11 +422,31 @@ export class Gateway {
       },
       'configuration reloaded',
     );
+    if (this.#audit !== undefined) auditConfigApplied(loaded, built.runtime.generation, trigger ?? 'api');
     return { ok: true, generation: built.runtime.generation };
   }
 
   #reject(problems: ConfigProblem[], result: string): ReloadResult {
+    if (this.#audit !== undefined)
+      auditConfigRejected(this.#runtime.generation, problems, result, this.#lastTrigger);
     return rejectReload(this.#logger, this.#runtime.generation, problems, result);
+  }
+
+  /**
+   * Follows `audit` of a configuration about to run: the trail-owning process opens, reopens or closes
+   * its trail; a worker forwards events only while the configuration has an audit trail.
+   */
+  async #syncAudit(loaded: Extract<LoadResult, { ok: true }>, runtime: Runtime): Promise<void> {
+    if (this.#audit !== undefined) {
+      await this.#audit.sync(
+        loaded.config,
+        loaded.file,
+        (ref) => loaded.secrets.resolveSecret(ref),
+        runtime.store,
+      );
+      return;
+    }
+    setAuditSink(loaded.config.audit === undefined ? undefined : this.#auditSink);
   }
 
   /** Keeps the admin listener in step with the configuration (not in cluster workers). */

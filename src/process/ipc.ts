@@ -9,6 +9,9 @@ import type { Worker } from 'node:cluster';
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import type { ReloadResult, StatusReport } from '../admin/server.js';
 import type { ConfigProblem } from '../errors.js';
+import type { SessionSummary } from '../identity/session.js';
+import type { AuditRecord } from '../observe/audit-bus.js';
+import type { LiveSnapshot } from '../observe/live-stats.js';
 import { ReplyTable, type RevokeMessage, type StoreReply, type StoreRequest, tagged } from '../state/wire.js';
 
 /** Texts of the config file and its includes by absolute path, as the primary validated them. */
@@ -22,6 +25,12 @@ export interface WorkerReplies {
   status: StatusReport & { requests: number };
   /** The worker's metrics as `registry.getMetricsAsJSON()`, to be aggregated by the primary. */
   metrics: Array<MetricObjectWithValues<MetricValue<string>>>;
+  /** The worker's live traffic figures, which the primary adds up for the dashboard. */
+  live: LiveSnapshot;
+  /** The live sign-in sessions (`arg`: at most how many), or null when no sign-in is configured. */
+  sessions: { sessions: SessionSummary[]; total: number } | null;
+  /** Ends the session with the handle `arg` on every process; what it was, or null when none has it. */
+  'revoke-session': SessionSummary | null;
 }
 
 /** The kind of a request to a worker. */
@@ -31,7 +40,7 @@ export type RequestKind = keyof WorkerReplies;
 export type PrimaryMessage =
   /** Answer to `hello`: the configuration to start with. */
   | { gatehouse: 'config'; sources: ConfigSources }
-  | { gatehouse: 'request'; id: number; kind: RequestKind; sources?: ConfigSources }
+  | { gatehouse: 'request'; id: number; kind: RequestKind; sources?: ConfigSources; arg?: string | number }
   /** Stop accepting, drain (`server.drainTimeout`), exit 0. */
   | { gatehouse: 'shutdown' }
   | StoreReply
@@ -53,6 +62,8 @@ export type WorkerMessage =
   | { gatehouse: 'failed'; message: string; problems?: ConfigProblem[] }
   | { gatehouse: 'reply'; id: number; ok: true; value: unknown }
   | { gatehouse: 'reply'; id: number; ok: false; error: string }
+  /** Audit events of one event-loop turn, for the primary's trail (it owns the one file). */
+  | { gatehouse: 'audit'; records: AuditRecord[] }
   | StoreRequest
   | RevokeMessage;
 
@@ -77,6 +88,7 @@ export function isWorkerMessage(message: unknown): message is WorkerMessage {
       message.gatehouse === 'failed' ||
       message.gatehouse === 'reply' ||
       message.gatehouse === 'store' ||
+      message.gatehouse === 'audit' ||
       message.gatehouse === 'revoke')
   );
 }
@@ -104,6 +116,7 @@ export class PendingRequests {
     kind: K,
     timeoutMs: number,
     sources?: ConfigSources,
+    arg?: string | number,
   ): Promise<WorkerReplies[K]> {
     if (!worker.isConnected()) {
       return Promise.reject(new WorkerRequestError('GH_WORKER_GONE', `worker ${worker.id} is not connected`));
@@ -111,10 +124,9 @@ export class PendingRequests {
     const timedOut = (): Error =>
       new WorkerRequestError('GH_WORKER_TIMEOUT', `worker ${worker.id} did not answer ${kind}`);
     return this.#table.wait(worker.id, timeoutMs, timedOut, (id) => {
-      const message: PrimaryMessage =
-        sources === undefined
-          ? { gatehouse: 'request', id, kind }
-          : { gatehouse: 'request', id, kind, sources };
+      const message: PrimaryMessage = { gatehouse: 'request', id, kind };
+      if (sources !== undefined) message.sources = sources;
+      if (arg !== undefined) message.arg = arg;
       worker.send(message, undefined, (err) => {
         if (err) this.#table.settle(id, worker.id, new WorkerRequestError('GH_WORKER_GONE', err.message));
       });

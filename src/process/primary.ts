@@ -20,7 +20,13 @@ import {
   type MetricValue,
   Registry,
 } from 'prom-client';
-import { AdminServer, type ReloadResult, type StatusReport, type WorkerStatus } from '../admin/server.js';
+import {
+  AdminServer,
+  type ReloadResult,
+  type SessionDirectory,
+  type StatusReport,
+  type WorkerStatus,
+} from '../admin/server.js';
 import { AdminSlot, formatAddress } from '../admin/slot.js';
 import { type LoadResult, loadConfig } from '../config/load.js';
 import { FileWatcher } from '../config/watch.js';
@@ -28,6 +34,8 @@ import { compileConfig, compileProblems } from '../core/compile.js';
 import { ConfigError, type ConfigProblem, formatProblem } from '../errors.js';
 import { AssertionSigner } from '../identity/assertion.js';
 import { Limiter } from '../limits/stage.js';
+import { emitAudit } from '../observe/audit-bus.js';
+import { type LiveSnapshot, LiveStats } from '../observe/live-stats.js';
 import { createLogger, type Logger } from '../observe/log.js';
 import { configGeneration, registry, reloadsTotal } from '../observe/metrics.js';
 import { createStateStore } from '../state/index.js';
@@ -36,8 +44,22 @@ import { MemoryStore } from '../state/memory.js';
 import type { StateStore } from '../state/types.js';
 import { isRevokeMessage } from '../state/wire.js';
 import { Coalescer } from '../util/coalesce.js';
+import {
+  AuditKeyError,
+  AuditService,
+  auditConfigApplied,
+  auditConfigRejected,
+  auditKeyProblem,
+  type ReloadTrigger,
+} from './audit.js';
 import { withProcessFlags } from './flags.js';
-import { isWorkerMessage, type ListenerAddress, PendingRequests, type WorkerMessage } from './ipc.js';
+import {
+  isWorkerMessage,
+  type ListenerAddress,
+  PendingRequests,
+  type WorkerMessage,
+  WorkerRequestError,
+} from './ipc.js';
 import { logWarnings, problem, rejectReload } from './reload.js';
 import type { LoadedConfig } from './runtime-build.js';
 import { installSignals, type UninstallSignals } from './signals.js';
@@ -130,12 +152,16 @@ export class ClusterPrimary {
       new AdminServer({
         getRuntime: () => undefined,
         logger: this.#logger,
-        reload: () => this.reload(),
+        reload: () => this.reload('admin'),
         token,
         ready: () => this.#ready(),
         metrics: () => this.#aggregateMetrics(),
         status: () => this.#status(),
         limits: () => this.#limits(),
+        auditKeys: () => this.#audit.publicKeys(),
+        audit: emitAudit,
+        live: () => this.#liveFigures(),
+        sessions: () => this.#sessionDirectory(),
       }),
   );
   /** The quotas of the running configuration over the instance's store, for the admin quota API. */
@@ -143,6 +169,10 @@ export class ClusterPrimary {
   /** A connection of the primary's own to a Redis store (the admin quota API), opened when first needed. */
   #adminStore: { url: string; store: StateStore } | undefined;
   #watcher: FileWatcher | undefined;
+  /** The instance's audit trail: the primary writes it, workers send their events here. */
+  readonly #audit: AuditService;
+  #trigger: ReloadTrigger | undefined;
+  #lastTrigger: ReloadTrigger | undefined;
   /** The memory store the workers share, created when first needed (`#sharedStore`). */
   #store: MemoryStore | undefined;
   readonly #reloads = new Coalescer<ReloadResult>(() => this.#reloadOnce());
@@ -156,6 +186,7 @@ export class ClusterPrimary {
     this.#logger = logger;
     this.#ownsLogger = opts.logger === undefined;
     this.#loaded = opts.loaded;
+    this.#audit = new AuditService(logger);
     this.#slots = Array.from({ length: opts.workers }, (_, index) => ({
       index,
       worker: undefined,
@@ -202,10 +233,17 @@ export class ClusterPrimary {
     const primary = new ClusterPrimary(opts, logger);
     logWarnings(logger, opts.loaded.warnings);
     await primary.#prepareStore(opts.loaded);
+    try {
+      await primary.#syncAudit(opts.loaded);
+    } catch (err) {
+      if (err instanceof AuditKeyError) throw new ConfigError([auditKeyProblem(opts.configFile, err)]);
+      throw err;
+    }
+    if (primary.#audit.active) auditConfigApplied(opts.loaded, primary.#generation, 'start');
     await primary.#syncAdmin(opts.loaded);
     primary.#uninstallSignals = installSignals({
       logger,
-      reload: () => primary.reload(),
+      reload: () => primary.reload('signal'),
       shutdown: () => primary.shutdown(),
       drainMessage: 'stop signal received: draining every worker',
       abandonMessage: 'second stop signal: killing the workers and exiting without waiting for the drain',
@@ -233,7 +271,7 @@ export class ClusterPrimary {
     primary.#started = true;
     configGeneration.set(primary.#generation);
     primary.#watcher = new FileWatcher(() => {
-      void primary.reload();
+      void primary.reload('file');
     }, opts.watchDebounceMs ?? 200);
     primary.#watcher.watch(opts.loaded.files);
     logger.info(
@@ -246,6 +284,15 @@ export class ClusterPrimary {
       },
       'gateway started',
     );
+    if (primary.#audit.active)
+      emitAudit({
+        event: 'gateway',
+        code: 'gateway.started',
+        generation: primary.#generation,
+        pid: process.pid,
+        workers: primary.#slots.length,
+        file: opts.configFile,
+      });
     return primary;
   }
 
@@ -258,7 +305,8 @@ export class ClusterPrimary {
    * Validates the configuration file and, when valid, makes every worker reload it. Succeeds only if
    * every worker did. Reloads run one at a time; calls made meanwhile share one follow-up reload.
    */
-  reload(): Promise<ReloadResult> {
+  reload(trigger: ReloadTrigger = 'api'): Promise<ReloadResult> {
+    this.#trigger = trigger;
     return this.#reloads.run();
   }
 
@@ -300,6 +348,18 @@ export class ClusterPrimary {
       this.#killAll();
       await within(exited, 5_000);
       code = 1;
+    }
+    if (this.#audit.active) {
+      emitAudit({
+        event: 'gateway',
+        code: 'gateway.stopped',
+        generation: this.#generation,
+        pid: process.pid,
+      });
+      // After every worker exited (each sends its last events first), ending in a signed checkpoint.
+      await this.#audit
+        .close()
+        .catch((err: unknown) => this.#logger.error({ err }, 'closing the audit trail failed'));
     }
     // Last: no worker is left to use it.
     await this.#store?.close();
@@ -352,6 +412,9 @@ export class ClusterPrimary {
         return;
       case 'store':
         void serveStoreRequest(worker, this.#sharedStore(), message);
+        return;
+      case 'audit':
+        if (Array.isArray(message.records)) for (const r of message.records) this.#audit.record(r);
         return;
       case 'revoke':
         // A session revoked in one worker must leave the others' caches at once (they serve the same users).
@@ -458,6 +521,8 @@ export class ClusterPrimary {
 
   async #reloadOnce(): Promise<ReloadResult> {
     const file = this.#configFile;
+    this.#lastTrigger = this.#trigger;
+    this.#trigger = undefined;
     if (this.#closing) return this.#reject([problem(file, 'the gateway is shutting down')], 'shutdown');
     let loaded: LoadResult;
     try {
@@ -477,6 +542,13 @@ export class ClusterPrimary {
       return this.#reject(problems ?? [problem(file, (err as Error).message)], 'invalid');
     }
     await this.#prepareStore(loaded);
+    // The trail follows the new configuration before any worker runs it (its events come here).
+    try {
+      await this.#syncAudit(loaded);
+    } catch (err) {
+      if (err instanceof AuditKeyError) return this.#reject([auditKeyProblem(file, err)], 'invalid');
+      return this.#reject([problem(file, `cannot open the audit trail: ${(err as Error).message}`)], 'error');
+    }
     const configured = resolveWorkers(loaded.config.server.workers);
     if (configured !== this.#slots.length) {
       // Forking or retiring workers on reload is not done: the count is fixed for the process's life.
@@ -526,12 +598,15 @@ export class ClusterPrimary {
     if (failed.length === 0) {
       reloadsTotal.inc({ result: 'success' });
       this.#logger.info({ generation, workers: targets.length }, 'configuration reloaded');
+      if (this.#audit.active) auditConfigApplied(loaded, generation, this.#lastTrigger ?? 'api');
       return { ok: true, generation };
     }
     return this.#reject(problems, 'worker', true);
   }
 
-  #reject(problems: ConfigProblem[], reason: string, partial = false): ReloadResult {
+  #reject(problems: ConfigProblem[], reason: string, partial = false, trigger?: ReloadTrigger): ReloadResult {
+    if (this.#audit.active)
+      auditConfigRejected(this.#generation, problems, reason, trigger ?? this.#lastTrigger);
     return rejectReload(this.#logger, this.#generation, problems, reason, partial);
   }
 
@@ -598,21 +673,60 @@ export class ClusterPrimary {
   #limits(): Limiter | undefined {
     const config = this.#loaded.config;
     if (this.#limiter?.config === config) return this.#limiter.limiter;
-    let store: StateStore;
-    if (config.state.store === 'memory') store = this.#sharedStore();
-    else {
-      if (this.#adminStore?.url !== config.state.store) {
-        void this.#adminStore?.store.close().catch(() => undefined);
-        this.#adminStore = {
-          url: config.state.store,
-          store: createStateStore(config.state.store, this.#logger),
-        };
-      }
-      store = this.#adminStore.store;
-    }
-    const limiter = new Limiter(compileConfig(config).limits, store, this.#logger);
+    const limiter = new Limiter(compileConfig(config).limits, this.#instanceStore(config), this.#logger);
     this.#limiter = { config, limiter };
     return limiter;
+  }
+
+  /**
+   * The store the workers count and keep keys in, as the primary reaches it: the shared memory store, or
+   * Redis through a connection of the primary's own (opened when first needed, replaced when the URL changes).
+   */
+  #instanceStore(config: LoadedConfig['config']): StateStore {
+    if (config.state.store === 'memory') return this.#sharedStore();
+    if (this.#adminStore?.url !== config.state.store) {
+      void this.#adminStore?.store.close().catch(() => undefined);
+      this.#adminStore = {
+        url: config.state.store,
+        store: createStateStore(config.state.store, this.#logger),
+      };
+    }
+    return this.#adminStore.store;
+  }
+
+  /** Opens, reopens or closes the trail for `loaded` (throws when its key or file cannot be used). */
+  async #syncAudit(loaded: LoadedConfig): Promise<void> {
+    await this.#audit.sync(
+      loaded.config,
+      loaded.file,
+      (ref) => loaded.secrets.resolveSecret(ref),
+      this.#instanceStore(loaded.config),
+    );
+  }
+
+  /** The live figures of every serving worker, added up (a worker that does not answer is left out). */
+  async #liveFigures(): Promise<LiveSnapshot> {
+    const answers = await Promise.allSettled(
+      this.#servingWorkers().map(({ worker }) => this.#pending.request(worker, 'live', QUERY_TIMEOUT_MS)),
+    );
+    return LiveStats.merge(answers.flatMap((a) => (a.status === 'fulfilled' ? [a.value] : [])));
+  }
+
+  /**
+   * The sign-in sessions for the admin API, through a serving worker: its store is the instance's, and a
+   * revocation it makes reaches every other worker and instance as a sign-out does.
+   */
+  #sessionDirectory(): SessionDirectory | undefined {
+    if ((this.#loaded.config.identity?.providers ?? []).length === 0) return undefined;
+    const ask = <K extends 'sessions' | 'revoke-session'>(kind: K, arg: string | number) => {
+      const serving = this.#servingWorkers()[0];
+      if (serving === undefined) throw new WorkerRequestError('GH_WORKER_GONE', 'no worker serves right now');
+      return this.#pending.request(serving.worker, kind, QUERY_TIMEOUT_MS, undefined, arg);
+    };
+    return {
+      list: async (limit?: number) => (await ask('sessions', limit ?? 500)) ?? { sessions: [], total: 0 },
+      revokeHandle: async (handle: string) => (await ask('revoke-session', handle)) ?? undefined,
+    };
   }
 
   /** The memory store of the instance; kept for the life of the process, whatever reloads change. */

@@ -8,6 +8,8 @@ import cluster from 'node:cluster';
 import { buildStatusReport } from '../admin/server.js';
 import { formatAddress } from '../admin/slot.js';
 import { ConfigError } from '../errors.js';
+import type { AuditRecord, AuditSink } from '../observe/audit-bus.js';
+import { liveStats } from '../observe/live-stats.js';
 import {
   enableProcessMetrics,
   registry,
@@ -34,6 +36,27 @@ function send(message: WorkerMessage): Promise<void> {
  * Runs this process as a cluster worker of `configFile` until the primary tells it to stop (or goes
  * away); never resolves, the process exits.
  */
+/**
+ * The worker's audit sink: the events of one event-loop turn go to the primary in one message, since
+ * only the primary writes the trail (one hash chain per file).
+ */
+function auditForwarder(): { sink: AuditSink; flush: () => Promise<void> } {
+  let batch: AuditRecord[] = [];
+  const flush = (): Promise<void> => {
+    if (batch.length === 0) return Promise.resolve();
+    const records = batch;
+    batch = [];
+    return send({ gatehouse: 'audit', records });
+  };
+  return {
+    sink: (record) => {
+      if (batch.length === 0) setImmediate(flush);
+      batch.push(record);
+    },
+    flush,
+  };
+}
+
 export async function runWorker(configFile: string): Promise<never> {
   const id = cluster.worker?.id ?? 0;
   // A terminal hang-up reaches the whole process group; reloads are the primary's to coordinate.
@@ -48,20 +71,26 @@ export async function runWorker(configFile: string): Promise<never> {
   // Before the configuration arrived nothing was started, so there is nothing to drain.
   let waiting = true;
   let draining = false;
+  const audit = auditForwarder();
   const drain = (): void => {
     stopRequested = true;
     if (waiting) process.exit(0);
     if (draining || gateway === undefined) return;
     draining = true;
-    gateway.shutdown().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
+    // The last requests' audit events reach the primary before the worker is gone.
+    gateway
+      .shutdown()
+      .then(audit.flush)
+      .then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
   };
 
   const answer = async <K extends RequestKind>(
     kind: K,
     sources?: ConfigSources,
+    arg?: string | number,
   ): Promise<WorkerReplies[K]> => {
     const gw = gateway;
     if (gw === undefined) throw new Error('the worker is still starting');
@@ -78,6 +107,18 @@ export async function runWorker(configFile: string): Promise<never> {
       }
       case 'metrics':
         return (await registry.getMetricsAsJSON()) as WorkerReplies[K];
+      case 'live':
+        return liveStats.snapshot() as WorkerReplies[K];
+      case 'sessions': {
+        const sessions = gw.runtime.identity.login?.sessions;
+        return (sessions === undefined ? null : await sessions.list(Number(arg ?? 500))) as WorkerReplies[K];
+      }
+      case 'revoke-session': {
+        // Through this worker's store, whose revocation feed reaches the other workers and instances.
+        const sessions = gw.runtime.identity.login?.sessions;
+        const ended = sessions === undefined ? undefined : await sessions.revokeHandle(String(arg));
+        return (ended ?? null) as WorkerReplies[K];
+      }
       default:
         throw new Error(`unknown request ${String(kind)}`);
     }
@@ -100,7 +141,7 @@ export async function runWorker(configFile: string): Promise<never> {
     }
     // Answers to state store calls and relayed revocations go to the IpcStore, which listens itself.
     if (m.gatehouse === 'store-reply' || m.gatehouse === 'revoke') return;
-    answer(m.kind, m.sources).then(
+    answer(m.kind, m.sources, m.arg).then(
       (value) => send({ gatehouse: 'reply', id: m.id, ok: true, value }),
       (err: unknown) =>
         send({
@@ -134,6 +175,7 @@ export async function runWorker(configFile: string): Promise<never> {
       signals: false,
       admin: false,
       logBindings: { worker: id, pid: process.pid },
+      auditSink: audit.sink,
       // One memory store per instance, held by the primary, so that every worker sees the same sessions.
       createStore: (url, logger) =>
         url === 'memory' ? new IpcStore(process) : createStateStore(url, logger),

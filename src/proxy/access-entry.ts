@@ -4,7 +4,8 @@
  */
 import { type Answer, logAccess } from '../core/answer.js';
 import { isoTime } from '../observe/access-log.js';
-import type { AccessEntry, Logger } from '../observe/log.js';
+import { auditing } from '../observe/audit-bus.js';
+import { type AccessEntry, auditDetailOf, type Logger } from '../observe/log.js';
 
 /** What the access log says of a request or tunnel that ended; the exchange and the tunnel both fit. */
 export interface AccessRecord {
@@ -16,6 +17,8 @@ export interface AccessRecord {
   readonly host: string;
   readonly method: string;
   readonly path: string;
+  /** The query string as received, with its `?` (the audit trail records it, redacted). */
+  readonly query?: string | undefined;
   readonly route: { readonly name: string } | undefined;
   readonly serverId: string | undefined;
   readonly status: number;
@@ -65,6 +68,7 @@ export function accessEntry(
   if (r.errorCode !== undefined) entry.error = r.errorCode;
   if (r.plane !== undefined) entry.plane = r.plane;
   if (r.access !== undefined) logAccess(entry, r.access);
+  if (r.query !== undefined && r.query !== '' && auditing()) auditDetailOf(entry).query = r.query;
   return entry;
 }
 

@@ -159,7 +159,7 @@ function serveReserved(ex: AccessExchange, facts: RequestFacts): void {
   const login = id.login;
   if (login?.handles(facts.path)) {
     // `handle` answers completely and never throws; the catch only guards against a broken promise.
-    const here = ex.peerTrusted ? behindProxy(facts, req.headers) : facts;
+    const here = { ...(ex.peerTrusted ? behindProxy(facts, req.headers) : facts), requestId: ex.requestId };
     login.handle(req, res, here).catch((err: unknown) => {
       refuse(ex, new GatehouseError('GH_LOGIN_FAILED', 500, 'internal error', { cause: err }));
     });

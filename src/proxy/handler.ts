@@ -42,7 +42,7 @@ import {
   UpstreamConnectError,
 } from '../errors.js';
 import { isoTime } from '../observe/access-log.js';
-import type { AccessEntry, Logger } from '../observe/log.js';
+import { type AccessEntry, type Logger, recordsAccess } from '../observe/log.js';
 import { requestsTotal, retriesTotal, upstreamDuration } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
 import type { Lease, SelectInput, Upstream } from '../upstream/types.js';
@@ -918,7 +918,7 @@ class Exchange implements LeaseHolder, AccessRecord {
     if (this.bytesOut > 0) rs.bytesOut.inc(this.bytesOut);
     const log = this.handler.accessLog;
     // The gateway's sink checks the flag too (a reload may flip it); this saves building the entry.
-    if (log !== undefined && this.runtime.config.logging.access) {
+    if (log !== undefined && recordsAccess(this.runtime.config)) {
       // Wall-clock start, derived here so requests that are not logged never read the clock.
       const startMs = Date.now() - durationMs;
       const protocol = 'HTTP/' + this.req.httpVersion;
@@ -1072,7 +1072,7 @@ export class ProxyHandler implements ProxyContext {
   logUnparsed(socket: Duplex, status: number, parserCode: string | undefined): void {
     countRequest(noRouteState(), 'OTHER', status);
     const log = this.accessLog;
-    if (log === undefined || !this.getRuntime().config.logging.access) return;
+    if (log === undefined || !recordsAccess(this.getRuntime().config)) return;
     const s = socket as Partial<Socket>;
     if (status === 408 && s.bytesRead === 0) return;
     const entry: AccessEntry = {

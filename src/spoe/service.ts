@@ -9,7 +9,8 @@ import { Counter, Gauge } from 'prom-client';
 import type { SpoeConfig } from '../config/schema.js';
 import { logAccess } from '../core/answer.js';
 import { isoTime } from '../observe/access-log.js';
-import type { AccessEntry, Logger } from '../observe/log.js';
+import { auditing } from '../observe/audit-bus.js';
+import { type AccessEntry, auditDetailOf, type Logger, recordsAccess } from '../observe/log.js';
 import { answerDuration, decisionsTotal, registry } from '../observe/metrics.js';
 import type { Runtime } from '../runtime.js';
 import { SpoeAgent, type SpoeAgentStats } from './agent.js';
@@ -202,7 +203,7 @@ export class SpoeService {
     const route = v?.answer?.route.name ?? '(none)';
     const status = v?.status ?? 400;
     decisionsTotal.series('spoe', route, String(status), v?.reason ?? o.reason).inc();
-    if (rt.config.logging.access) this.#log(o, status, ms);
+    if (recordsAccess(rt.config)) this.#log(o, status, ms);
     return o.actions;
   }
 
@@ -232,6 +233,7 @@ export class SpoeService {
     if (status >= 400)
       entry.error = v?.refusal?.code ?? (a === undefined ? (v?.reason ?? o.reason) : undefined);
     if (a !== undefined) logAccess(entry, a);
+    if (desc !== undefined && desc.query !== '' && auditing()) auditDetailOf(entry).query = desc.query;
     this.#opts.accessLog(entry);
   }
 

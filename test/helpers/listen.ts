@@ -2,7 +2,7 @@
  * A test's own TCP server on a free loopback port, for as long as the test runs: when it ends, the
  * connections still open are destroyed and the server closed.
  */
-import type net from 'node:net';
+import net from 'node:net';
 import type { TestContext } from 'node:test';
 
 /** Listens on 127.0.0.1 and a free port until `t` ends; returns the port. */
@@ -21,4 +21,16 @@ export async function listenUntilEnd(t: TestContext, server: net.Server): Promis
       }),
   );
   return (server.address() as net.AddressInfo).port;
+}
+
+/** A loopback port that was free a moment ago, for a server that must be told its port before it starts. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }

@@ -6,6 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import net from 'node:net';
+import { freePort } from './listen.js';
 
 /** Answers true when a Redis at host:port replies to PING within `timeoutMs`. */
 export function pingRedis(host: string, port: number, timeoutMs = 500): Promise<boolean> {
@@ -24,17 +25,6 @@ export function pingRedis(host: string, port: number, timeoutMs = 500): Promise<
       if (data.includes('\r\n')) done(data.startsWith('+PONG'));
     });
     socket.on('error', () => done(false));
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
   });
 }
 
