@@ -1,7 +1,7 @@
 /**
  * The audit trail of a multi-process instance (`server.workers: 2`): the primary writes the one trail,
  * the workers send it their decisions, and after SIGTERM every request that was answered is in it, in
- * one intact chain that ends in a checkpoint.
+ * one intact chain that ends in a checkpoint. The primary's live figures add up both workers'.
  */
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
@@ -16,7 +16,7 @@ import {
 } from './helpers/cluster.js';
 import { runCli, tempDir } from './helpers/gateway.js';
 
-test("workers: 2 — both workers' decisions reach the primary's one trail, nothing answered is missing after SIGTERM, and it verifies", async (t) => {
+test("workers: 2 — both workers' decisions reach the primary's one trail and live figures, nothing answered is missing after SIGTERM, and it verifies", async (t) => {
   const backend = await startRecordingBackend('b1');
   t.after(() => backend.close());
   const d = tempDir();
@@ -45,6 +45,13 @@ routes:
   let refused = 0;
   for (let i = 0; i < 10; i++) if ((await send(port, '/closed', false)).status === 401) refused++;
   assert.equal(refused, 10);
+  // The primary's live figures add up both workers' (the dashboard of a multi-process instance).
+  const live = (await (await fetch(`http://${admin}/api/v1/live/snapshot`)).json()) as {
+    traffic: { processes: number; routes: Array<{ route: string; total: number }> };
+  };
+  assert.equal(live.traffic.processes, 2);
+  assert.equal(live.traffic.routes.find((r) => r.route === 'open')?.total, served.length);
+  assert.equal(live.traffic.routes.find((r) => r.route === 'closed')?.total, 10);
   gh.child.kill('SIGTERM');
   const { code } = await gh.exitedWithin(30_000);
   assert.equal(code, 0);
