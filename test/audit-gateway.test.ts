@@ -296,3 +296,36 @@ routes:
   assert.equal(signout?.identity, signin?.identity);
   assert.ok(!text.includes(cookie.split('=')[1]!), 'the session cookie is not in the trail');
 });
+
+test('a reload that moves the trail to another file ends the old file in a checkpoint and records the rest in the new one; both verify', async (t) => {
+  const echo = await startEchoBackend();
+  t.after(() => echo.close());
+  const d = tempDir();
+  t.after(() => d.remove());
+  d.write('audit-key.jwk', ed25519Jwk());
+  const file = d.write('gatehouse.yaml', config(echo.url));
+  const gw = await startGateway(t, file);
+  const plain = origin(gw.address('plain')!);
+  assert.equal((await request(`${plain}/open/before`)).status, 200);
+  writeFileSync(file, config(echo.url, '', 'file: moved.jsonl, signingKey: file:audit-key.jwk'));
+  assert.equal((await gw.reload()).ok, true);
+  assert.equal((await request(`${plain}/open/after`)).status, 200);
+  await gw.shutdown();
+  const before = readTrail(d.file('audit.jsonl')).lines;
+  const after = readTrail(d.file('moved.jsonl')).lines;
+  assert.ok(before.some((l) => l.path === '/open/before'));
+  assert.ok(!before.some((l) => l.path === '/open/after'));
+  assert.equal(before.at(-1)?.code, 'audit.checkpoint');
+  assert.ok(after.some((l) => l.path === '/open/after'));
+  assert.ok(
+    after.some((l) => l.code === 'config.reloaded'),
+    'the reload that opened it is its first event',
+  );
+  assert.equal(after.at(-1)?.code, 'audit.checkpoint');
+  for (const trail of ['audit.jsonl', 'moved.jsonl']) {
+    const verified = await runCli(['audit', 'verify', '-c', file, d.file(trail)], {
+      env: { ...process.env, ADMIN_TOKEN },
+    });
+    assert.equal(verified.code, 0, verified.stdout + verified.stderr);
+  }
+});
