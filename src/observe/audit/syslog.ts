@@ -63,6 +63,7 @@ export interface SyslogMeta {
   requestId?: string | undefined;
 }
 
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$/;
 const SEVERITY_INFO = 6;
 const SEVERITY_NOTICE = 5;
 
@@ -142,7 +143,9 @@ export class SyslogSink extends QueueSink {
     const severity = /\.(refused|failed|denied|error|overflow)$/.test(meta.code)
       ? SEVERITY_NOTICE
       : SEVERITY_INFO;
-    return `<${this.facility * 8 + severity}>1 ${meta.time}${this.header}${msgId} - ${line}`;
+    // RFC 5424 §6.2.3: a time that is not a valid TIMESTAMP is sent as NILVALUE.
+    const time = ISO_TIME.test(meta.time) ? meta.time : '-';
+    return `<${this.facility * 8 + severity}>1 ${time}${this.header}${msgId} - ${line}`;
   }
 
   // What an oversize event becomes: enough to find the whole line in the file.

@@ -246,7 +246,7 @@ export class AuditTrail {
 
   /** Resolves once every sink has written what it held when called (a sink that is down: at most closeTimeoutMs). */
   async flush(): Promise<void> {
-    await Promise.all(this.sinks().map((s) => this.bounded(s.flush(), false)));
+    await Promise.all(this.sinks().map((s) => this.bounded(s, s.flush(), false)));
   }
 
   /** Writes a final checkpoint, flushes every sink and closes them; idempotent. */
@@ -254,16 +254,17 @@ export class AuditTrail {
     if (this.closing) return;
     this.closing = true;
     clearInterval(this.timer);
-    // Sinks that catch up now may still report an overflow: let them, before the final checkpoint.
-    await this.flush();
+    // A file that catches up now may still report an overflow: let it, before the final checkpoint.
+    // (A syslog receiver that is down is not waited for twice.)
+    if (this.file !== undefined) await this.bounded(this.file, this.file.flush(), false);
     this.checkpoint('close');
     this.sealed = true;
     const closes: Array<Promise<void>> = [];
-    if (this.file !== undefined) closes.push(this.bounded(this.file.close(), true));
-    if (this.stdout !== undefined) closes.push(this.bounded(this.stdout.close(), true));
+    if (this.file !== undefined) closes.push(this.bounded(this.file, this.file.close(), true));
+    if (this.stdout !== undefined) closes.push(this.bounded(this.stdout, this.stdout.close(), true));
     if (this.syslog !== undefined) {
       const s = this.syslog;
-      closes.push(this.bounded(s.close(), true).then(() => s.destroy()));
+      closes.push(this.bounded(s, s.close(), true).then(() => s.destroy()));
     }
     await Promise.all(closes);
   }
@@ -273,7 +274,11 @@ export class AuditTrail {
   }
 
   // Waits for a sink at most closeTimeoutMs; on close, what it still holds then is counted as lost.
-  private async bounded(p: Promise<void>, closing: boolean): Promise<void> {
+  private async bounded(
+    sink: FileSink | FdSink | SyslogSink,
+    p: Promise<void>,
+    closing: boolean,
+  ): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([
       p.then(() => false),
@@ -283,16 +288,12 @@ export class AuditTrail {
     ]);
     clearTimeout(timer);
     if (timedOut && closing) {
-      for (const s of this.sinks()) {
-        const held = s.stats().buffered;
-        if (held > 0) {
-          this.logger.error(
-            { sink: s.name, lost: held },
-            'audit sink could not write its events before close',
-          );
-          s.abandon();
-        }
-      }
+      const held = sink.stats().buffered;
+      this.logger.error(
+        { sink: sink.name, lost: held },
+        'audit sink could not write its events before close',
+      );
+      sink.abandon();
     }
   }
 
