@@ -417,3 +417,31 @@ test('recordJson takes a line serialized once for the access log too, and still 
   assert.ok(!readFileSync(file, 'utf8').includes('s3cret'));
   assert.equal((await verifyFiles([file])).problem, undefined);
 });
+
+test('a file that cannot be written (ENOSPC from /dev/full) buffers, counts drops, logs, and close() still returns', async () => {
+  assert.ok(existsSync('/dev/full'), '/dev/full is needed: a device whose writes fail with ENOSPC');
+  const { trail, logs } = await openTrail('/dev/full', { bufferLimit: 10, closeTimeoutMs: 300 });
+  for (let i = 0; i < 30; i++) {
+    assert.doesNotThrow(() => trail.record(accessEvent(i)));
+    await new Promise((r) => setImmediate(r));
+  }
+  await waitFor(
+    () => logs.some((l) => l.msg === 'audit file write failed; retrying (events are buffered)'),
+    5000,
+  );
+  const s = trail.stats().sinks.file!;
+  assert.equal(s.written, 0);
+  assert.equal(s.buffered, 10);
+  assert.equal(s.dropped, 21, 'the open checkpoint and nine events are held; the rest dropped');
+  const started = Date.now();
+  await trail.close();
+  assert.ok(Date.now() - started < 3000);
+  assert.ok(
+    logs.some((l) => l.msg === 'audit sink could not write its events before close' && l.sink === 'file'),
+  );
+  assert.equal(
+    trail.stats().sinks.file!.dropped,
+    32,
+    'with the close checkpoint, everything held is counted lost',
+  );
+});
