@@ -128,12 +128,6 @@ export class SyslogSink extends QueueSink {
     return true;
   }
 
-  /** Queues a line even when the buffer is full (the trail's own lines). */
-  sendAlways(line: string, meta: SyslogMeta): void {
-    const message = this.format(line, meta);
-    this.enqueue(this.protocol === 'udp' ? message : `${Buffer.byteLength(message)} ${message}`);
-  }
-
   private format(line: string, meta: SyslogMeta): string {
     let msgId = this.msgIds.get(meta.event);
     if (msgId === undefined) {

@@ -358,29 +358,25 @@ export class AuditTrail {
     if (file !== undefined && !own && !file.hasRoom()) {
       file.drop(1);
       // The other sinks still get the event, without chain fields: the chain is the file's.
-      this.toOthers(time === undefined ? body : `{"time":"${time}",${body.slice(1)}`, meta, own);
+      this.toOthers(time === undefined ? body : `{"time":"${time}",${body.slice(1)}`, meta);
       return;
     }
     const line = chainLine(this.head, body, time);
     this.head = { seq: this.head.seq + 1, prev: lineHash(line) };
     file?.enqueue(`${line}\n`);
-    this.toOthers(line, meta, own);
+    this.toOthers(line, meta);
     if (++this.sinceCheckpoint >= this.everyLines) this.checkpoint('lines');
     if (file?.full() && !this.closing) this.rotate();
   }
 
-  private toOthers(line: string, meta: SyslogMeta | undefined, own: boolean): void {
-    if (this.stdout !== undefined) {
-      if (own) this.stdout.enqueue(`${line}\n`);
-      else this.stdout.push(`${line}\n`);
-    }
-    if (this.syslog !== undefined && meta !== undefined) {
-      if (own) this.syslog.sendAlways(line, meta);
-      else this.syslog.send(line, meta);
-    }
+  // Only the file must take the trail's own lines whatever its buffer holds (they are in the chain);
+  // elsewhere they count against the limit like any event, so a receiver down for hours costs no memory.
+  private toOthers(line: string, meta: SyslogMeta | undefined): void {
+    this.stdout?.push(`${line}\n`);
+    if (meta !== undefined) this.syslog?.send(line, meta);
   }
 
-  // The trail's own events (overflow, recovery) are never dropped for want of room.
+  // The trail's own events (overflow, recovery) are never dropped by the file for want of room.
   private appendOwn(r: AuditRecord): void {
     if (this.sealed) {
       this.logger.warn({ ...r }, 'audit event after the final checkpoint, not written');
@@ -403,7 +399,10 @@ export class AuditTrail {
       this.file.enqueue(`${line}\n`);
       this.file.syncPoint();
     }
-    this.toOthers(line, { event: AUDIT_EVENT, code: CHECKPOINT_CODE, time }, true);
+    this.toOthers(
+      line,
+      this.syslog === undefined ? undefined : { event: AUDIT_EVENT, code: CHECKPOINT_CODE, time },
+    );
   }
 
   // The old file ends with a checkpoint; the new one starts with one that continues the chain.
