@@ -331,22 +331,27 @@ export class FileSink extends QueueSink {
 
   protected override async handleMarker(marker: Marker): Promise<void> {
     if (marker.kind === 'sync') {
-      await this.fh?.sync();
+      // Linux reports a failed writeback once: an fsync retried would succeed and prove nothing.
+      await this.fh
+        ?.sync()
+        .catch((err: unknown) => this.logger.error({ err, file: this.opts.path }, 'audit file fsync failed'));
       return;
     }
     const fh = this.fh;
     if (fh !== undefined) {
-      if (this.opts.fsync !== 'never') await fh.sync();
-      await fh.close();
+      if (this.opts.fsync !== 'never') await fh.sync().catch(() => {});
+      await fh.close().catch(() => {});
       this.fh = undefined;
     }
     try {
       await this.shiftFiles();
-    } finally {
-      // Even when the old file could not be moved, the trail goes on (in it): the chain stays whole.
-      this.fh = await openFile(this.opts.path, 'a', 0o640);
-      this.fileSize = (await this.fh.stat()).size;
+    } catch (err) {
+      // The trail goes on in the same file: its chain stays whole, only the file grows.
+      this.logger.error({ err, file: this.opts.path }, 'audit file could not be rotated; writing on in it');
     }
+    // Throws (and is retried) only when no file can be opened at all.
+    this.fh = await openFile(this.opts.path, 'a', 0o640);
+    this.fileSize = (await this.fh.stat()).size;
   }
 
   protected override retryDelay(err: unknown): number {
