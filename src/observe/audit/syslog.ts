@@ -49,6 +49,16 @@ export function parseSyslogAddress(address: string): { protocol: 'udp' | 'tcp'; 
   return { protocol: m[1] as 'udp' | 'tcp', host, port };
 }
 
+/** Checks the settings (address, facility), throwing `SyslogAddressError`; returns the parsed address. */
+export function checkSyslogOptions(opts: SyslogOptions): ReturnType<typeof parseSyslogAddress> {
+  const a = parseSyslogAddress(opts.address);
+  const facility = opts.facility ?? 13;
+  if (!Number.isInteger(facility) || facility < 0 || facility > 23) {
+    throw new SyslogAddressError(opts.address, `facility ${facility} is not 0-23`);
+  }
+  return a;
+}
+
 // RFC 5424 §6: header fields are printable US-ASCII without spaces, with maximum lengths.
 function headerField(value: string, max: number): string {
   const clean = value.replace(/[^\x21-\x7e]/g, '_').slice(0, max);
@@ -85,15 +95,11 @@ export class SyslogSink extends QueueSink {
 
   constructor(opts: SyslogOptions, limit: number, logger: Logger, onOverflow: OverflowListener) {
     super('syslog', limit, logger, onOverflow);
-    const a = parseSyslogAddress(opts.address);
+    const a = checkSyslogOptions(opts);
     this.protocol = a.protocol;
     this.host = a.host;
     this.port = a.port;
-    const facility = opts.facility ?? 13;
-    if (!Number.isInteger(facility) || facility < 0 || facility > 23) {
-      throw new SyslogAddressError(opts.address, `facility ${facility} is not 0-23`);
-    }
-    this.facility = facility;
+    this.facility = opts.facility ?? 13;
     this.maxDatagram = opts.maxDatagram ?? 8192;
     this.header = ` ${headerField(opts.hostname ?? osHostname(), 255)} ${headerField(opts.appName ?? 'gatehouse', 48)} ${process.pid} `;
     if (this.protocol === 'udp') {

@@ -25,7 +25,7 @@ import {
 } from './chain.js';
 import { dropSecrets, mayHoldSecret } from './redact.js';
 import { FdSink, FileSink, type FileSinkOptions, type SinkStats } from './sinks.js';
-import { type SyslogMeta, type SyslogOptions, SyslogSink } from './syslog.js';
+import { checkSyslogOptions, type SyslogMeta, type SyslogOptions, SyslogSink } from './syslog.js';
 
 export { REDACTED, redactQuery } from './redact.js';
 
@@ -426,6 +426,8 @@ function validate(opts: AuditTrailOptions): void {
   positive(opts.checkpoint?.lines, 'audit checkpoint.lines');
   positive(opts.checkpoint?.intervalMs, 'audit checkpoint.intervalMs');
   positive(opts.bufferLimit, 'audit bufferLimit');
+  // Checked before anything is opened, so a bad setting leaves no file or socket behind.
+  if (opts.syslog !== undefined) checkSyslogOptions(opts.syslog);
   if (opts.file !== undefined) {
     positive(opts.file.maxSize, 'audit file.maxSize');
     if (!Number.isInteger(opts.file.keep) || opts.file.keep < 0) {
