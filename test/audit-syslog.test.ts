@@ -292,3 +292,23 @@ test('syslog addresses and settings are checked', async () => {
     (e: unknown) => e instanceof SyslogAddressError,
   );
 });
+
+test('close() does not wait beyond closeTimeoutMs for a syslog receiver that is down; the file has everything', async (t) => {
+  const d = tempDir('gatehouse-audit-syslog-');
+  t.after(() => d.remove());
+  const port = await freePort();
+  const file = d.file('audit.jsonl');
+  const { trail, logs } = await openTrail(file, {
+    closeTimeoutMs: 300,
+    syslog: { address: `tcp://127.0.0.1:${port}` },
+  });
+  for (let i = 0; i < 5; i++) trail.record(accessEvent(i));
+  const started = Date.now();
+  await trail.close();
+  assert.ok(Date.now() - started < 3000, `close took ${Date.now() - started} ms`);
+  const s = trail.stats().sinks.syslog!;
+  assert.equal(s.buffered, 0);
+  assert.equal(s.dropped, 7, 'the open checkpoint, five events and the close checkpoint');
+  assert.ok(logs.some((l) => l.msg === 'audit sink could not write its events before close' && l.lost === 7));
+  assert.equal(fileLines(file).length, 7);
+});

@@ -3,6 +3,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { appendFileSync, closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { GENESIS } from '../src/observe/audit/chain.js';
+import { AuditFileError } from '../src/observe/audit/sinks.js';
 import { AuditConfigError, AuditTrail, REDACTED, redactQuery } from '../src/observe/audit/trail.js';
 import { keysFromJwks, verifyFiles } from '../src/observe/audit/verify.js';
 import { registry } from '../src/observe/metrics.js';
@@ -220,9 +221,11 @@ test('a sink that falls behind drops beyond bufferLimit, counts it, and records 
     overflow.map((r) => [r.event, r.sink, r.dropped]),
     [
       ['audit', 'file', 96],
-      ['audit', 'stdout', 96],
+      // 97 when stdout was still full as the file's overflow note came: that note is dropped there too.
+      ['audit', 'stdout', trail.stats().sinks.stdout!.dropped],
     ],
   );
+  assert.ok([96, 97].includes(trail.stats().sinks.stdout!.dropped));
   assert.match(String(overflow[0]!.since), /^\d{4}-/);
   assert.deepEqual(
     recs.filter((r) => r.event === 'access').map((r) => r.requestId),
@@ -350,6 +353,13 @@ test('options that cannot work are refused with GH_AUDIT_CONFIG', async () => {
     );
   }
   assert.ok(!existsSync('/tmp/never-written'));
+  await assert.rejects(
+    openTrail('/nonexistent-dir/audit.jsonl'),
+    (err: unknown) =>
+      err instanceof AuditFileError &&
+      err.code === 'GH_AUDIT_FILE' &&
+      err.message.startsWith('audit file /nonexistent-dir/audit.jsonl: '),
+  );
 });
 
 test('without a file the chain runs over the stdout lines', async (t) => {
@@ -416,4 +426,32 @@ test('recordJson takes a line serialized once for the access log too, and still 
   assert.notEqual(recs[3]!.seq, 1);
   assert.ok(!readFileSync(file, 'utf8').includes('s3cret'));
   assert.equal((await verifyFiles([file])).problem, undefined);
+});
+
+test('a file that cannot be written (ENOSPC from /dev/full) buffers, counts drops, logs, and close() still returns', async () => {
+  assert.ok(existsSync('/dev/full'), '/dev/full is needed: a device whose writes fail with ENOSPC');
+  const { trail, logs } = await openTrail('/dev/full', { bufferLimit: 10, closeTimeoutMs: 300 });
+  for (let i = 0; i < 30; i++) {
+    assert.doesNotThrow(() => trail.record(accessEvent(i)));
+    await new Promise((r) => setImmediate(r));
+  }
+  await waitFor(
+    () => logs.some((l) => l.msg === 'audit file write failed; retrying (events are buffered)'),
+    5000,
+  );
+  const s = trail.stats().sinks.file!;
+  assert.equal(s.written, 0);
+  assert.equal(s.buffered, 10);
+  assert.equal(s.dropped, 21, 'the open checkpoint and nine events are held; the rest dropped');
+  const started = Date.now();
+  await trail.close();
+  assert.ok(Date.now() - started < 3000);
+  assert.ok(
+    logs.some((l) => l.msg === 'audit sink could not write its events before close' && l.sink === 'file'),
+  );
+  assert.equal(
+    trail.stats().sinks.file!.dropped,
+    32,
+    'with the close checkpoint, everything held is counted lost',
+  );
 });

@@ -12,6 +12,7 @@ import { write as fsWrite } from 'node:fs';
 import { type FileHandle, open as openFile, readdir, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { GatehouseError } from '../../errors.js';
 import {
   auditBuffered,
   auditDroppedTotal,
@@ -20,6 +21,13 @@ import {
   type GaugeSeries,
 } from '../metrics.js';
 import { CHAIN_PREFIX, type ChainHead, lineHash, parseCheckpoint } from './chain.js';
+
+/** The audit file cannot be opened or read (a missing directory, no permission). */
+export class AuditFileError extends GatehouseError {
+  constructor(file: string, detail: string, cause?: unknown) {
+    super('GH_AUDIT_FILE', 0, `audit file ${file}: ${detail}`, { cause });
+  }
+}
 
 /** What each sink reports in `AuditTrail.stats()`. */
 export interface SinkStats {
@@ -86,7 +94,7 @@ export abstract class QueueSink {
     return true;
   }
 
-  /** Queues a line even when the buffer is full: the trail's own lines (checkpoints, overflow notes). */
+  /** Queues a line even when the buffer is full (the file's share of the trail's own lines). */
   enqueue(line: string): void {
     this.queue.push(line);
     this.lines++;
@@ -252,7 +260,9 @@ export class FileSink extends QueueSink {
   ): Promise<{ sink: FileSink; start: FileStart }> {
     const sink = new FileSink(opts, limit, logger, onOverflow);
     let start: FileStart = { kind: 'new' };
-    const tail = await readTail(opts.path);
+    const tail = await readTail(opts.path).catch((err: Error) => {
+      throw new AuditFileError(opts.path, err.message, err);
+    });
     if (tail !== undefined) {
       const found = chainAfter(tail);
       if (found.clean && found.head !== undefined && trusted(found.lastLine)) {
@@ -273,7 +283,11 @@ export class FileSink extends QueueSink {
         }
       }
     }
-    sink.fh = await openFile(opts.path, 'a', 0o640);
+    try {
+      sink.fh = await openFile(opts.path, 'a', 0o640);
+    } catch (err) {
+      throw new AuditFileError(opts.path, (err as Error).message, err);
+    }
     sink.fileSize = (await sink.fh.stat()).size;
     sink.assignedBytes = sink.fileSize;
     return { sink, start };
@@ -317,22 +331,27 @@ export class FileSink extends QueueSink {
 
   protected override async handleMarker(marker: Marker): Promise<void> {
     if (marker.kind === 'sync') {
-      await this.fh?.sync();
+      // Linux reports a failed writeback once: an fsync retried would succeed and prove nothing.
+      await this.fh
+        ?.sync()
+        .catch((err: unknown) => this.logger.error({ err, file: this.opts.path }, 'audit file fsync failed'));
       return;
     }
     const fh = this.fh;
     if (fh !== undefined) {
-      if (this.opts.fsync !== 'never') await fh.sync();
-      await fh.close();
+      if (this.opts.fsync !== 'never') await fh.sync().catch(() => {});
+      await fh.close().catch(() => {});
       this.fh = undefined;
     }
     try {
       await this.shiftFiles();
-    } finally {
-      // Even when the old file could not be moved, the trail goes on (in it): the chain stays whole.
-      this.fh = await openFile(this.opts.path, 'a', 0o640);
-      this.fileSize = (await this.fh.stat()).size;
+    } catch (err) {
+      // The trail goes on in the same file: its chain stays whole, only the file grows.
+      this.logger.error({ err, file: this.opts.path }, 'audit file could not be rotated; writing on in it');
     }
+    // Throws (and is retried) only when no file can be opened at all.
+    this.fh = await openFile(this.opts.path, 'a', 0o640);
+    this.fileSize = (await this.fh.stat()).size;
   }
 
   protected override retryDelay(err: unknown): number {

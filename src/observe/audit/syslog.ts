@@ -49,6 +49,16 @@ export function parseSyslogAddress(address: string): { protocol: 'udp' | 'tcp'; 
   return { protocol: m[1] as 'udp' | 'tcp', host, port };
 }
 
+/** Checks the settings (address, facility), throwing `SyslogAddressError`; returns the parsed address. */
+export function checkSyslogOptions(opts: SyslogOptions): ReturnType<typeof parseSyslogAddress> {
+  const a = parseSyslogAddress(opts.address);
+  const facility = opts.facility ?? 13;
+  if (!Number.isInteger(facility) || facility < 0 || facility > 23) {
+    throw new SyslogAddressError(opts.address, `facility ${facility} is not 0-23`);
+  }
+  return a;
+}
+
 // RFC 5424 §6: header fields are printable US-ASCII without spaces, with maximum lengths.
 function headerField(value: string, max: number): string {
   const clean = value.replace(/[^\x21-\x7e]/g, '_').slice(0, max);
@@ -63,6 +73,7 @@ export interface SyslogMeta {
   requestId?: string | undefined;
 }
 
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$/;
 const SEVERITY_INFO = 6;
 const SEVERITY_NOTICE = 5;
 
@@ -84,15 +95,11 @@ export class SyslogSink extends QueueSink {
 
   constructor(opts: SyslogOptions, limit: number, logger: Logger, onOverflow: OverflowListener) {
     super('syslog', limit, logger, onOverflow);
-    const a = parseSyslogAddress(opts.address);
+    const a = checkSyslogOptions(opts);
     this.protocol = a.protocol;
     this.host = a.host;
     this.port = a.port;
-    const facility = opts.facility ?? 13;
-    if (!Number.isInteger(facility) || facility < 0 || facility > 23) {
-      throw new SyslogAddressError(opts.address, `facility ${facility} is not 0-23`);
-    }
-    this.facility = facility;
+    this.facility = opts.facility ?? 13;
     this.maxDatagram = opts.maxDatagram ?? 8192;
     this.header = ` ${headerField(opts.hostname ?? osHostname(), 255)} ${headerField(opts.appName ?? 'gatehouse', 48)} ${process.pid} `;
     if (this.protocol === 'udp') {
@@ -127,12 +134,6 @@ export class SyslogSink extends QueueSink {
     return true;
   }
 
-  /** Queues a line even when the buffer is full (the trail's own lines). */
-  sendAlways(line: string, meta: SyslogMeta): void {
-    const message = this.format(line, meta);
-    this.enqueue(this.protocol === 'udp' ? message : `${Buffer.byteLength(message)} ${message}`);
-  }
-
   private format(line: string, meta: SyslogMeta): string {
     let msgId = this.msgIds.get(meta.event);
     if (msgId === undefined) {
@@ -142,7 +143,9 @@ export class SyslogSink extends QueueSink {
     const severity = /\.(refused|failed|denied|error|overflow)$/.test(meta.code)
       ? SEVERITY_NOTICE
       : SEVERITY_INFO;
-    return `<${this.facility * 8 + severity}>1 ${meta.time}${this.header}${msgId} - ${line}`;
+    // RFC 5424 §6.2.3: a time that is not a valid TIMESTAMP is sent as NILVALUE.
+    const time = ISO_TIME.test(meta.time) ? meta.time : '-';
+    return `<${this.facility * 8 + severity}>1 ${time}${this.header}${msgId} - ${line}`;
   }
 
   // What an oversize event becomes: enough to find the whole line in the file.

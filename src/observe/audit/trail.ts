@@ -25,7 +25,7 @@ import {
 } from './chain.js';
 import { dropSecrets, mayHoldSecret } from './redact.js';
 import { FdSink, FileSink, type FileSinkOptions, type SinkStats } from './sinks.js';
-import { type SyslogMeta, type SyslogOptions, SyslogSink } from './syslog.js';
+import { checkSyslogOptions, type SyslogMeta, type SyslogOptions, SyslogSink } from './syslog.js';
 
 export { REDACTED, redactQuery } from './redact.js';
 
@@ -246,7 +246,7 @@ export class AuditTrail {
 
   /** Resolves once every sink has written what it held when called (a sink that is down: at most closeTimeoutMs). */
   async flush(): Promise<void> {
-    await Promise.all(this.sinks().map((s) => this.bounded(s.flush(), false)));
+    await Promise.all(this.sinks().map((s) => this.bounded(s, s.flush(), false)));
   }
 
   /** Writes a final checkpoint, flushes every sink and closes them; idempotent. */
@@ -254,16 +254,17 @@ export class AuditTrail {
     if (this.closing) return;
     this.closing = true;
     clearInterval(this.timer);
-    // Sinks that catch up now may still report an overflow: let them, before the final checkpoint.
-    await this.flush();
+    // A file that catches up now may still report an overflow: let it, before the final checkpoint.
+    // (A syslog receiver that is down is not waited for twice.)
+    if (this.file !== undefined) await this.bounded(this.file, this.file.flush(), false);
     this.checkpoint('close');
     this.sealed = true;
     const closes: Array<Promise<void>> = [];
-    if (this.file !== undefined) closes.push(this.bounded(this.file.close(), true));
-    if (this.stdout !== undefined) closes.push(this.bounded(this.stdout.close(), true));
+    if (this.file !== undefined) closes.push(this.bounded(this.file, this.file.close(), true));
+    if (this.stdout !== undefined) closes.push(this.bounded(this.stdout, this.stdout.close(), true));
     if (this.syslog !== undefined) {
       const s = this.syslog;
-      closes.push(this.bounded(s.close(), true).then(() => s.destroy()));
+      closes.push(this.bounded(s, s.close(), true).then(() => s.destroy()));
     }
     await Promise.all(closes);
   }
@@ -273,7 +274,11 @@ export class AuditTrail {
   }
 
   // Waits for a sink at most closeTimeoutMs; on close, what it still holds then is counted as lost.
-  private async bounded(p: Promise<void>, closing: boolean): Promise<void> {
+  private async bounded(
+    sink: FileSink | FdSink | SyslogSink,
+    p: Promise<void>,
+    closing: boolean,
+  ): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([
       p.then(() => false),
@@ -283,16 +288,12 @@ export class AuditTrail {
     ]);
     clearTimeout(timer);
     if (timedOut && closing) {
-      for (const s of this.sinks()) {
-        const held = s.stats().buffered;
-        if (held > 0) {
-          this.logger.error(
-            { sink: s.name, lost: held },
-            'audit sink could not write its events before close',
-          );
-          s.abandon();
-        }
-      }
+      const held = sink.stats().buffered;
+      this.logger.error(
+        { sink: sink.name, lost: held },
+        'audit sink could not write its events before close',
+      );
+      sink.abandon();
     }
   }
 
@@ -357,29 +358,25 @@ export class AuditTrail {
     if (file !== undefined && !own && !file.hasRoom()) {
       file.drop(1);
       // The other sinks still get the event, without chain fields: the chain is the file's.
-      this.toOthers(time === undefined ? body : `{"time":"${time}",${body.slice(1)}`, meta, own);
+      this.toOthers(time === undefined ? body : `{"time":"${time}",${body.slice(1)}`, meta);
       return;
     }
     const line = chainLine(this.head, body, time);
     this.head = { seq: this.head.seq + 1, prev: lineHash(line) };
     file?.enqueue(`${line}\n`);
-    this.toOthers(line, meta, own);
+    this.toOthers(line, meta);
     if (++this.sinceCheckpoint >= this.everyLines) this.checkpoint('lines');
     if (file?.full() && !this.closing) this.rotate();
   }
 
-  private toOthers(line: string, meta: SyslogMeta | undefined, own: boolean): void {
-    if (this.stdout !== undefined) {
-      if (own) this.stdout.enqueue(`${line}\n`);
-      else this.stdout.push(`${line}\n`);
-    }
-    if (this.syslog !== undefined && meta !== undefined) {
-      if (own) this.syslog.sendAlways(line, meta);
-      else this.syslog.send(line, meta);
-    }
+  // Only the file must take the trail's own lines whatever its buffer holds (they are in the chain);
+  // elsewhere they count against the limit like any event, so a receiver down for hours costs no memory.
+  private toOthers(line: string, meta: SyslogMeta | undefined): void {
+    this.stdout?.push(`${line}\n`);
+    if (meta !== undefined) this.syslog?.send(line, meta);
   }
 
-  // The trail's own events (overflow, recovery) are never dropped for want of room.
+  // The trail's own events (overflow, recovery) are never dropped by the file for want of room.
   private appendOwn(r: AuditRecord): void {
     if (this.sealed) {
       this.logger.warn({ ...r }, 'audit event after the final checkpoint, not written');
@@ -402,7 +399,10 @@ export class AuditTrail {
       this.file.enqueue(`${line}\n`);
       this.file.syncPoint();
     }
-    this.toOthers(line, { event: AUDIT_EVENT, code: CHECKPOINT_CODE, time }, true);
+    this.toOthers(
+      line,
+      this.syslog === undefined ? undefined : { event: AUDIT_EVENT, code: CHECKPOINT_CODE, time },
+    );
   }
 
   // The old file ends with a checkpoint; the new one starts with one that continues the chain.
@@ -426,6 +426,8 @@ function validate(opts: AuditTrailOptions): void {
   positive(opts.checkpoint?.lines, 'audit checkpoint.lines');
   positive(opts.checkpoint?.intervalMs, 'audit checkpoint.intervalMs');
   positive(opts.bufferLimit, 'audit bufferLimit');
+  // Checked before anything is opened, so a bad setting leaves no file or socket behind.
+  if (opts.syslog !== undefined) checkSyslogOptions(opts.syslog);
   if (opts.file !== undefined) {
     positive(opts.file.maxSize, 'audit file.maxSize');
     if (!Number.isInteger(opts.file.keep) || opts.file.keep < 0) {

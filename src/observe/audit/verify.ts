@@ -141,11 +141,6 @@ function chainFields(buf: Buffer, start: number, end: number): { seq: number; pr
   return { seq, prev };
 }
 
-function includesWithin(buf: Buffer, needle: Buffer, start: number, end: number): boolean {
-  const at = buf.indexOf(needle, start);
-  return at >= 0 && at + needle.length <= end;
-}
-
 /** The previous line, as far as the next one needs it. */
 interface Previous {
   file: string;
@@ -230,6 +225,8 @@ export async function verifyFiles(
       try {
         tail = await readWholeLines(file, (buf, end) => {
           let pos = 0;
+          // The next checkpoint mark in the block, searched again only once passed: one scan per block.
+          let mark = -1;
           while (pos < end) {
             const nl = buf.indexOf(0x0a, pos);
             lineNo++;
@@ -244,7 +241,11 @@ export async function verifyFiles(
               );
             }
             const { seq, prev } = fields!;
-            const isCheckpoint = includesWithin(buf, CHECKPOINT_MARK, pos, nl);
+            if (mark !== -2 && mark < pos) {
+              mark = buf.indexOf(CHECKPOINT_MARK, pos);
+              if (mark < 0 || mark >= end) mark = -2;
+            }
+            const isCheckpoint = mark >= pos && mark < nl;
             if (lineNo === 1) {
               info.firstSeq = seq;
               const startsChain = seq === 1 && prev === GENESIS;
