@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type TestContext, test } from 'node:test';
+import WebSocket, { WebSocketServer } from 'ws';
 import { loadConfig } from '../src/config/load.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import { DECISION_SPAN } from '../src/observe/tracing.js';
@@ -562,6 +563,62 @@ test('a reload that changes the endpoint replaces the tracer and flushes the old
   assert.equal(gw.runtime.tracing, undefined);
   assert.equal((await get(url, '/off')).status, 200);
   assert.equal(backend.seen.at(-1)!.headers.traceparent, undefined);
+});
+
+test('a WebSocket handshake gets its spans, ended when it is answered, and the upstream a traceparent', async (t) => {
+  const receiver = await startReceiver(t);
+  const handshakes: http.IncomingHttpHeaders[] = [];
+  const server = http.createServer((_req, res) => res.end('plain'));
+  const wss = new WebSocketServer({ server });
+  wss.on('connection', (ws, req) => {
+    handshakes.push(req.headers);
+    ws.on('message', (data) => ws.send(`echo:${data.toString()}`));
+  });
+  const port = await listenUntilEnd(t, server);
+  t.after(() => wss.close());
+  const { gw, url } = await startTraced(
+    t,
+    gatewayConfig([`http://127.0.0.1:${port}`], {
+      tracing: { endpoint: receiver.url },
+      routes: [{ name: 'live', match: { path: '/live' }, upstream: 'app', public: true, websocket: true }],
+    }),
+  );
+  const untrusted = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+  const ws = new WebSocket(`${url.replace('http:', 'ws:')}/live/socket`, {
+    headers: { traceparent: untrusted },
+  });
+  t.after(() => ws.terminate());
+  await new Promise((resolve, reject) => {
+    ws.once('open', resolve);
+    ws.once('error', reject);
+  });
+  ws.send('hi');
+  const reply = await new Promise<string>((resolve) => ws.once('message', (d) => resolve(d.toString())));
+  assert.equal(reply, 'echo:hi');
+  const m = TRACEPARENT.exec(String(handshakes[0]?.traceparent));
+  assert.ok(m, 'the upstream got a traceparent');
+  assert.notEqual(m[1], '4bf92f3577b34da6a3ce929d0e0e4736', "not the untrusted client's");
+  // The tunnel is still open: the handshake's spans are exported all the same.
+  await flushed(gw, receiver, 3);
+  const spans = traceOf(receiver, m[1]!);
+  const handshake = only(
+    spans.filter((s) => s.kind === KIND_SERVER),
+    'server span',
+  );
+  assert.equal(handshake.attributes['http.response.status_code'], 101);
+  assert.equal(handshake.attributes['http.route'], 'live');
+  const decision = only(
+    spans.filter((s) => s.name === DECISION_SPAN),
+    'decision span',
+  );
+  assert.equal(decision.attributes['gatehouse.decision'], 'allow');
+  const attempt = only(
+    spans.filter((s) => s.kind === KIND_CLIENT),
+    'attempt span',
+  );
+  assert.equal(attempt.parentSpanId, handshake.spanId);
+  assert.equal(attempt.spanId, m[2]);
+  assert.equal(attempt.attributes['http.response.status_code'], 101);
 });
 
 test('shutdown exports the spans still buffered', async (t) => {
