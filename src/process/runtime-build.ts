@@ -10,7 +10,7 @@ import { ConfigError, GatehouseError } from '../errors.js';
 import { buildIdentity } from '../identity/index.js';
 import { Limiter } from '../limits/stage.js';
 import type { Logger } from '../observe/log.js';
-import { sameSettings, Tracing, tracingSettings } from '../observe/tracing.js';
+import type { Tracing } from '../observe/tracing.js';
 import { buildListenerTls } from '../proxy/listeners.js';
 import type { ListenerTlsRuntime, Runtime } from '../runtime.js';
 import { createStateStore } from '../state/index.js';
@@ -73,7 +73,7 @@ export async function buildRuntime(
     throw asConfigError(err, loaded.file);
   }
   const { routes, policies } = compiled;
-  const tracing = buildTracing(loaded, previous?.tracing, logger);
+  const tracing = await buildTracing(loaded, previous?.tracing, logger);
   const tls = new Map<string, ListenerTlsRuntime>();
   for (const listener of config.listeners) {
     if (listener.tls)
@@ -140,14 +140,16 @@ export async function buildRuntime(
 /**
  * The tracer for `tracing`: the previous one when its settings (resolved header secrets included) are
  * the same, so a reload that does not touch tracing loses no buffered span; undefined when it is off.
+ * The OpenTelemetry SDK is loaded only then: a gateway without tracing never loads it.
  */
-function buildTracing(
+async function buildTracing(
   loaded: LoadedConfig,
   previous: Tracing | undefined,
   logger: Logger,
-): Tracing | undefined {
+): Promise<Tracing | undefined> {
   const config = loaded.config.tracing;
   if (config === undefined) return undefined;
+  const { sameSettings, Tracing, tracingSettings } = await import('../observe/tracing.js');
   const settings = tracingSettings(config, (text) => loaded.secrets.expand(text), loaded.file);
   if (previous !== undefined && sameSettings(previous.settings, settings)) return previous;
   return new Tracing(settings, logger);
