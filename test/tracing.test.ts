@@ -11,7 +11,7 @@ import { loadConfig } from '../src/config/load.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import { DECISION_SPAN } from '../src/observe/tracing.js';
 import { Gateway } from '../src/process/gateway.js';
-import { memoryLogger, tempDir } from './helpers/gateway.js';
+import { memoryLogger, spawnCli, tempDir } from './helpers/gateway.js';
 import { listenUntilEnd } from './helpers/listen.js';
 import { type Seen, startBackend, waitFor } from './helpers/proxy.js';
 
@@ -396,7 +396,13 @@ test("a trusted caller's trace is continued; an untrusted caller's traceparent a
     "the caller's traceparent is replaced, not repeated",
   );
 
-  await flushed(gw, receiver, 4);
+  // A malformed traceparent, even from a trusted peer, starts a new trace.
+  const malformed = { traceparent: `00-${callerTrace}-${callerSpan}-zz` };
+  assert.equal((await get(url, '/malformed', malformed, '127.0.0.2')).status, 200);
+  const restarted = traceparentOf(backend.seen[2]!);
+  assert.notEqual(restarted[1], callerTrace);
+
+  await flushed(gw, receiver, 6);
   const continued = only(
     traceOf(receiver, callerTrace).filter((s) => s.kind === KIND_SERVER),
     'server span in the caller trace',
@@ -633,6 +639,45 @@ test('shutdown exports the spans still buffered', async (t) => {
   assert.equal(receiver.spans.length, 0);
   await gw.shutdown();
   assert.ok(receiver.spans.some((s) => s.attributes['url.path'] === '/last'));
+});
+
+test('SIGTERM: the gateway process drains, exports its spans, then exits 0', async (t) => {
+  const receiver = await startReceiver(t);
+  const backend = await startBackend(t, 'b');
+  const dir = tempDir('gatehouse-tracing-sigterm-');
+  t.after(() => dir.remove());
+  const file = dir.write(
+    'gatehouse.yaml',
+    JSON.stringify(
+      // At info: the start line says which port the listener took.
+      gatewayConfig([backend.url], {
+        tracing: { endpoint: receiver.url },
+        logging: { level: 'info', access: false },
+      }),
+    ),
+  );
+  const child = spawnCli(['start', '-c', file]);
+  let stdout = '';
+  child.stdout?.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString();
+  });
+  child.stderr?.resume();
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await exited;
+  });
+  await waitFor(() => stdout.includes('"gateway started"'), 'the gateway to start', 30_000);
+  const line = stdout.split('\n').find((l) => l.includes('"gateway started"'))!;
+  const address = (JSON.parse(line) as { listeners: Array<{ address: string }> }).listeners[0]!.address;
+  const port = Number(address.split(':').pop());
+  for (let i = 0; i < 3; i++) assert.equal((await get(`http://127.0.0.1:${port}`, `/term/${i}`)).status, 200);
+  // Well within the batch delay (5 s): nothing was exported yet, the SIGTERM sends it.
+  assert.equal(receiver.spans.length, 0);
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0);
+  const paths = receiver.spans.filter((s) => s.kind === KIND_SERVER).map((s) => s.attributes['url.path']);
+  assert.deepEqual(paths.sort(), ['/term/0', '/term/1', '/term/2']);
 });
 
 test('a collector that is down costs no request, and the failure is logged once', async (t) => {
