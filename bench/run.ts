@@ -17,10 +17,13 @@
  * against the gateway's `gatehouse_token_verifications_total`). `gatehouse+limits` is the identity route
  * with a rate limit and a quota counted in the memory store (limits never reached: the stage's own
  * cost), and `gatehouse+limits+redis` the same counted in a `redis-server` the bench starts on the
- * proxies' core, whose CPU counts with the gateway's.
+ * proxies' core, whose CPU counts with the gateway's. `gatehouse+tracing` is `gatehouse` with tracing on
+ * (every request sampled) exporting over OTLP/HTTP to a receiver in the bench process, and is reported
+ * against `gatehouse` (tracing off).
  *
  * Usage: node --import tsx bench/run.ts [--duration 10s] [--connections 50] [--warmup 2s] [--rounds 1]
- *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,gatehouse+limits,gatehouse+limits+redis,haproxy,…]
+ *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,gatehouse+limits,gatehouse+limits+redis,
+ *                     gatehouse+tracing,haproxy,…]
  *          [--memory-size 1GiB] [--miss-tokens 2000]
  *          [--no-memory | --memory-only] [--instructions [N] | --instructions-only]
  *          [--peer-node-flags FLAGS] [--baseline DIR]
@@ -63,7 +66,7 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
-import { request as httpRequest } from 'node:http';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -117,6 +120,7 @@ const allProxies = [
   'gatehouse+jwt',
   'gatehouse+limits',
   'gatehouse+limits+redis',
+  'gatehouse+tracing',
   'haproxy',
   'haproxy+bearer',
   'haproxy+spoe',
@@ -594,6 +598,7 @@ async function startGatehouse(
   spoePort?: number,
   forwardAuthPort?: number,
   limits?: { store: string },
+  tracingEndpoint?: string,
 ): Promise<Running & { note: string }> {
   const port = await freePort();
   const dir = tempDir();
@@ -611,6 +616,7 @@ async function startGatehouse(
         : 'server: { keepAliveTimeout: 120s, trustedProxies: [127.0.0.1/32] }',
       ...(spoePort === undefined ? [] : [`spoe: { bind: "127.0.0.1:${spoePort}" }`]),
       ...(limits === undefined ? [] : limitConfigLines(limits.store)),
+      ...(tracingEndpoint === undefined ? [] : [`tracing: { endpoint: "${tracingEndpoint}" }`]),
       'upstreams:',
       '  backend:',
       `    servers: [{ url: "http://127.0.0.1:${backendPort}" }]`,
@@ -628,19 +634,21 @@ async function startGatehouse(
   );
   const { cmd, args, note } = gatehouseCommand(baseline);
   const variant =
-    limits !== undefined
-      ? limits.store === 'memory'
-        ? 'gatehouse+limits'
-        : 'gatehouse+limits+redis'
-      : spoePort !== undefined
-        ? 'gatehouse-agent'
-        : forwardAuthPort !== undefined
-          ? 'gatehouse-authz'
-          : jwt
-            ? 'gatehouse+jwt'
-            : accessLog
-              ? 'gatehouse+log'
-              : 'gatehouse';
+    tracingEndpoint !== undefined
+      ? 'gatehouse+tracing'
+      : limits !== undefined
+        ? limits.store === 'memory'
+          ? 'gatehouse+limits'
+          : 'gatehouse+limits+redis'
+        : spoePort !== undefined
+          ? 'gatehouse-agent'
+          : forwardAuthPort !== undefined
+            ? 'gatehouse-authz'
+            : jwt
+              ? 'gatehouse+jwt'
+              : accessLog
+                ? 'gatehouse+log'
+                : 'gatehouse';
   const name = baseline === undefined ? variant : variant.replace('gatehouse', 'baseline');
   const child = start(name, cmd, [...args, 'start', '-c', file], 1, accessLog, wrap?.prefix);
   await waitForPort(port, child, name, wrap?.startTimeoutMs);
@@ -1243,6 +1251,43 @@ const BEARER_PROXIES = new Set([
 
 // ---------------------------------------------------------------------------------------------
 
+/** An OTLP/HTTP trace receiver in the bench process (not on the proxies' CPU): counts what it gets. */
+interface OtlpReceiver {
+  url: string;
+  exports: number;
+  spans: number;
+  close(): Promise<void>;
+}
+
+async function startOtlpReceiver(): Promise<OtlpReceiver> {
+  const receiver: OtlpReceiver = { url: '', exports: 0, spans: 0, close: async () => {} };
+  const server = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      receiver.exports++;
+      try {
+        const body = JSON.parse(Buffer.concat(chunks).toString()) as {
+          resourceSpans?: Array<{ scopeSpans?: Array<{ spans?: unknown[] }> }>;
+        };
+        for (const rs of body.resourceSpans ?? [])
+          for (const ss of rs.scopeSpans ?? []) receiver.spans += ss.spans?.length ?? 0;
+      } catch {
+        // Counted as an export all the same; the span count then says something is wrong.
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  receiver.url = `http://127.0.0.1:${(server.address() as { port: number }).port}/v1/traces`;
+  receiver.close = () =>
+    new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  return receiver;
+}
+
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
   const notes: string[] = [];
@@ -1314,6 +1359,8 @@ async function main(): Promise<void> {
 
   const rows: Row[] = [];
   const failed = new Set<string>();
+  /** The OTLP/HTTP receiver of `gatehouse+tracing`, started with it. */
+  let otlp: OtlpReceiver | undefined;
   /** The request headers a proxy's load carries: the bearer token for the two identity comparisons. */
   const headersFor = (proxy: string): Record<string, string> => (BEARER_PROXIES.has(proxy) ? bearer : {});
   async function startProxy(proxy: string, wrap?: Wrap): Promise<Running> {
@@ -1325,6 +1372,20 @@ async function main(): Promise<void> {
       const gw = await startGatehouse(backendPort, proxy === 'gatehouse+log', jwt, wrap);
       if (!notes.includes(`gatehouse ran as ${gw.note}`)) notes.push(`gatehouse ran as ${gw.note}`);
       return gw;
+    }
+    if (proxy === 'gatehouse+tracing') {
+      otlp ??= await startOtlpReceiver();
+      return startGatehouse(
+        backendPort,
+        false,
+        undefined,
+        wrap,
+        undefined,
+        undefined,
+        undefined,
+        undefined,
+        otlp.url,
+      );
     }
     if ((proxy === 'gatehouse+limits' || proxy === 'gatehouse+limits+redis') && issuer) {
       const jwt = { issuer: issuer.issuer, adminPort: await freePort() };
@@ -1532,6 +1593,7 @@ async function main(): Promise<void> {
   }
   await issuer?.close();
   await stop(backend);
+  await otlp?.close();
 
   let report = summaries.length > 0 ? `\n${table(summaries, rows)}\n` : '';
   const targets = targetResults(rows);
@@ -1549,6 +1611,15 @@ async function main(): Promise<void> {
     report += `\nCompanion modes (CPU per request of the whole: proxy + Gatehouse; paired ratios):\n`;
     for (const c of comparisons)
       report += `- ${c.label}: ${c.proxy} / ${c.base} = ${fmtRatio(c.ratio, true)}\n`;
+  }
+  const traced = (['small', '1MiB'] as const).flatMap((scenario) => {
+    const ratio = pairedRatio(rows, scenario, 'gatehouse+tracing', 'gatehouse');
+    return ratio === undefined
+      ? []
+      : [`- ${scenario}: gatehouse+tracing / gatehouse = ${fmtRatio(ratio, true)}`];
+  });
+  if (traced.length > 0 && otlp !== undefined) {
+    report += `\nTracing on (every request sampled; ${otlp.spans} spans in ${otlp.exports} OTLP/HTTP exports received) over off (CPU per request; paired ratios):\n${traced.join('\n')}\n`;
   }
   if (miss) {
     report +=

@@ -7,6 +7,7 @@ import type { Config } from './config/schema.js';
 import type { RouteTable } from './core/types.js';
 import type { IdentityRuntime } from './identity/index.js';
 import type { Limiter } from './limits/stage.js';
+import type { Tracing } from './observe/tracing.js';
 import type { PolicySet } from './policy/types.js';
 import type { StateStore } from './state/types.js';
 import type { Upstream } from './upstream/types.js';
@@ -57,4 +58,9 @@ export interface Runtime {
   readonly watchedFiles: readonly string[];
   /** Counted by the data plane from a request's start to its end. */
   readonly inFlight: InFlight;
+  /**
+   * The tracer of `tracing` (undefined: tracing off). Kept across reloads that leave the settings as
+   * they are; a changed one is built anew and the old one flushed and shut down once no request uses it.
+   */
+  readonly tracing?: Tracing | undefined;
 }

@@ -717,6 +717,14 @@ function checkSecretRefs(data: Raw, out: Collector, secrets: SecretResolver): Re
   const admin = obj(data.admin);
   if (admin.token !== undefined) resolve(['admin', 'token'], admin.token);
 
+  // Export headers of tracing: resolved here too, so that check reports them and file secrets are watched.
+  for (const [header, value] of Object.entries(obj(obj(data.tracing).headers))) {
+    const at: Path = ['tracing', 'headers', header];
+    const expanded = resolve(at, value)?.trim();
+    if (expanded !== undefined && /[\r\n\0]/.test(expanded))
+      out.at(at, 'expanded value contains a line break or NUL');
+  }
+
   const identity = obj(data.identity);
   const sessionRefs = list(obj(identity.session).secrets);
   const sessionSecrets = sessionRefs.map((ref, i) => resolve(['identity', 'session', 'secrets', i], ref));

@@ -880,6 +880,41 @@ const ConfigTest = z.strictObject({
 });
 
 // ---------------------------------------------------------------------------------------------
+// Tracing (OpenTelemetry, OTLP over HTTP)
+
+const Tracing = z.strictObject({
+  // Credentials in the URL would end up in logs: they go in headers, as for upstreams.
+  endpoint: z
+    .string()
+    .refine((s) => /^https?:\/\/[^/?#@]+(\/[^#@]*)?$/.test(s) && URL.canParse(s), {
+      message:
+        'must be an http:// or https:// URL such as http://127.0.0.1:4318/v1/traces (no fragment or user:password@; credentials go in headers)',
+    })
+    .default('http://127.0.0.1:4318/v1/traces')
+    .meta({ description: 'OTLP/HTTP traces URL of the collector (spans are sent as JSON)' }),
+  serviceName: z.string().min(1).default('gatehouse').meta({ description: 'service.name of the spans' }),
+  sampler: z
+    .strictObject({
+      ratio: z.number().min(0).max(1).default(1).meta({
+        description: 'Share of the traces started here that are recorded and exported (0: none, 1: all)',
+      }),
+      parentBased: z.boolean().default(true).meta({
+        description:
+          "Follow the sampled flag of a trusted caller's traceparent instead of the ratio (the ratio still applies to traces started here)",
+      }),
+    })
+    .default({ ratio: 1, parentBased: true })
+    .meta({ description: 'Which traces are recorded and exported' }),
+  headers: z.record(HeaderName, z.string()).default({}).meta({
+    description:
+      'Headers sent with every export (e.g. Authorization); env:NAME, file:PATH, ${env:NAME} and ${file:PATH} are expanded',
+  }),
+  exportTimeout: PositiveTimerDuration.default(10_000).meta({
+    description: 'An export not answered in this time is given up (its spans are dropped)',
+  }),
+});
+
+// ---------------------------------------------------------------------------------------------
 
 /** The whole configuration file, after includes are merged. */
 export const ConfigSchema = z.strictObject({
@@ -905,6 +940,10 @@ export const ConfigSchema = z.strictObject({
       access: z.boolean().default(true).meta({ description: 'Write one JSON access-log line per request' }),
     })
     .default({ level: 'info', access: true }),
+  tracing: Tracing.optional().meta({
+    description:
+      'OpenTelemetry tracing: spans exported over OTLP/HTTP, W3C traceparent passed upstream (off when absent)',
+  }),
 });
 
 /** The validated configuration: durations in ms, sizes in bytes, defaults filled in. */
@@ -920,3 +959,5 @@ export type QuotaConfig = z.output<typeof Quota>;
 export type RateLimitConfig = NonNullable<RouteConfig['rateLimit']>;
 export type HealthCheckConfig = z.output<typeof HealthCheck>;
 export type ServerConfig = z.output<typeof Server>;
+/** The validated `tracing` section. */
+export type TracingConfig = z.output<typeof Tracing>;

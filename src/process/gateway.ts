@@ -36,9 +36,11 @@ import {
   type BuiltRuntime,
   buildRuntime,
   closeStore,
+  closeTracing,
   closeUpstreams,
   type LoadedConfig,
   retireStore,
+  retireTracing,
   retireUpstreams,
   type StateStoreFactory,
 } from './runtime-build.js';
@@ -306,6 +308,8 @@ export class Gateway {
     await closeUpstreams(this.#runtime.upstreams.values(), this.#logger);
     clearInterval(this.#assertionSync);
     await closeStore(this.#runtime.store, this.#logger);
+    // The drain is over and the requests served have ended their spans: export them before exiting.
+    await closeTracing(this.#runtime.tracing, this.#logger);
     this.#uninstallSignals?.();
     this.#uninstallSignals = undefined;
     if (this.#audit !== undefined) {
@@ -399,6 +403,16 @@ export class Gateway {
       const store = built.retiredStore;
       const closing = retireStore(
         store,
+        built.runtime.config.server.drainTimeout,
+        this.#logger,
+        this.#retireAbort.signal,
+        [...this.#older],
+      ).finally(() => this.#retiring.delete(closing));
+      this.#retiring.add(closing);
+    }
+    if (built.retiredTracing !== undefined) {
+      const closing = retireTracing(
+        built.retiredTracing,
         built.runtime.config.server.drainTimeout,
         this.#logger,
         this.#retireAbort.signal,

@@ -10,6 +10,7 @@ import { ConfigError, GatehouseError } from '../errors.js';
 import { buildIdentity } from '../identity/index.js';
 import { Limiter } from '../limits/stage.js';
 import type { Logger } from '../observe/log.js';
+import type { Tracing } from '../observe/tracing.js';
 import { buildListenerTls } from '../proxy/listeners.js';
 import type { ListenerTlsRuntime, Runtime } from '../runtime.js';
 import { createStateStore } from '../state/index.js';
@@ -30,6 +31,12 @@ export interface BuiltRuntime {
   createdStore?: StateStore | undefined;
   /** The previous runtime's store, replaced by `createdStore`: to close once the new runtime is in use. */
   retiredStore?: StateStore | undefined;
+  /**
+   * The previous runtime's tracer, replaced or turned off: to shut down (`retireTracing`) once the new
+   * runtime is in use. A tracer built here and abandoned needs no closing: it holds nothing until a
+   * span ends on it.
+   */
+  retiredTracing?: Tracing | undefined;
 }
 
 /** Creates the state store for a `state.store` setting (see `createStateStore`). */
@@ -66,6 +73,7 @@ export async function buildRuntime(
     throw asConfigError(err, loaded.file);
   }
   const { routes, policies } = compiled;
+  const tracing = await buildTracing(loaded, previous?.tracing, logger);
   const tls = new Map<string, ListenerTlsRuntime>();
   for (const listener of config.listeners) {
     if (listener.tls)
@@ -117,6 +125,7 @@ export async function buildRuntime(
     tls,
     watchedFiles: loaded.files,
     inFlight: { count: 0 },
+    tracing,
   };
   return {
     runtime,
@@ -124,7 +133,56 @@ export async function buildRuntime(
     created,
     createdStore,
     retiredStore: createdStore !== undefined ? previous?.store : undefined,
+    retiredTracing: previous?.tracing !== tracing ? previous?.tracing : undefined,
   };
+}
+
+/**
+ * The tracer for `tracing`: the previous one when its settings (resolved header secrets included) are
+ * the same, so a reload that does not touch tracing loses no buffered span; undefined when it is off.
+ * The OpenTelemetry SDK is loaded only then: a gateway without tracing never loads it.
+ */
+async function buildTracing(
+  loaded: LoadedConfig,
+  previous: Tracing | undefined,
+  logger: Logger,
+): Promise<Tracing | undefined> {
+  const config = loaded.config.tracing;
+  if (config === undefined) return undefined;
+  const { sameSettings, Tracing, tracingSettings } = await import('../observe/tracing.js');
+  const settings = tracingSettings(config, (text) => loaded.secrets.expand(text), loaded.file);
+  if (previous !== undefined && sameSettings(previous.settings, settings)) return previous;
+  return new Tracing(settings, logger);
+}
+
+/**
+ * Flushes and shuts down a tracer that a reload replaced, once no request of an older runtime that
+ * uses it is still running (`holders`): their spans end when their responses close. Bounded by
+ * `maxWaitMs`; `signal` ends the wait at shutdown. Never throws.
+ */
+export async function retireTracing(
+  tracing: Tracing,
+  maxWaitMs: number,
+  logger: Logger,
+  signal?: AbortSignal,
+  holders: readonly Runtime[] = [],
+): Promise<void> {
+  const deadline = Date.now() + maxWaitMs;
+  const held = (): boolean => holders.some((rt) => rt.tracing === tracing && rt.inFlight.count > 0);
+  while (!signal?.aborted && Date.now() < deadline && held()) {
+    await new Promise((resolve) => setTimeout(resolve, 100).unref());
+  }
+  await closeTracing(tracing, logger);
+}
+
+/** Flushes and shuts down a tracer, logging instead of throwing. */
+export async function closeTracing(tracing: Tracing | undefined, logger: Logger): Promise<void> {
+  if (tracing === undefined) return;
+  try {
+    await tracing.shutdown();
+  } catch (err) {
+    logger.warn({ err }, 'shutting down the tracer failed');
+  }
 }
 
 /**

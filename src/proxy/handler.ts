@@ -44,6 +44,7 @@ import {
 import { isoTime } from '../observe/access-log.js';
 import { type AccessEntry, type Logger, recordsAccess } from '../observe/log.js';
 import { requestsTotal, retriesTotal, upstreamDuration } from '../observe/metrics.js';
+import type { RequestTrace } from '../observe/tracing.js';
 import type { Runtime } from '../runtime.js';
 import type { Lease, SelectInput, Upstream } from '../upstream/types.js';
 import {
@@ -264,6 +265,8 @@ class Exchange implements LeaseHolder, AccessRecord {
   replaying = false;
   /** A listener copies the body chunks into `replay`. */
   tapped = false;
+  /** The request's spans when `tracing` is on (observe/tracing.ts); undefined otherwise. */
+  trace: RequestTrace | undefined = undefined;
 
   constructor(
     handler: ProxyHandler,
@@ -284,6 +287,18 @@ class Exchange implements LeaseHolder, AccessRecord {
     const trusted = trustedOf(runtime.config);
     this.peerTrusted = isTrusted(trusted, this.peerIp);
     this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
+    // With tracing off, this check is all a request pays for it.
+    const tracing = runtime.tracing;
+    if (tracing !== undefined)
+      this.trace = tracing.startRequest({
+        method: this.method,
+        clientIp: this.clientIp,
+        peerIp: this.peerIp,
+        peerTrusted: this.peerTrusted,
+        headers: req.headers,
+        tls: listener.tls,
+        httpVersion: req.httpVersion,
+      });
     if (isHttp2(req)) {
       this.h2session = (req as unknown as Http2ServerRequest).stream.session;
       if (this.h2session !== undefined) streamOpened(this.h2session);
@@ -339,7 +354,9 @@ class Exchange implements LeaseHolder, AccessRecord {
       this.route = route;
       this.rs = routeState(route);
       // Synchronous unless a credential needs I/O (a token not yet verified, a session lookup).
+      this.trace?.beginDecision();
       const admitted = admit(this, facts, route);
+      this.trace?.endDecision(this, admitted);
       if (admitted !== true) {
         if (admitted !== false) {
           admitted.then(
@@ -413,6 +430,7 @@ class Exchange implements LeaseHolder, AccessRecord {
       else if (this.access !== undefined)
         forwardIdentity(this.headers, this.access, rs.requestEdits, up.injectHeaders);
       if (maxForwards !== undefined) setMaxForwards(this.headers, maxForwards - 1);
+      this.trace?.forward(this.headers);
     } catch (err) {
       this.fail(toGatehouseError(err));
       return;
@@ -464,6 +482,7 @@ class Exchange implements LeaseHolder, AccessRecord {
     const server = lease.server;
     const headers = this.headers!;
     if (!this.preserveHost) headers[1] = server.hostHeader;
+    this.trace?.startAttempt(headers, this.wireMethod, this.upstream!.name, server, this.retries + 1);
     let body: ProxyRequest | Buffer | null = null;
     if (this.hasBody) {
       // A retry after the body was read sends the kept copy (canRetry made sure it is whole).
@@ -593,6 +612,7 @@ class Exchange implements LeaseHolder, AccessRecord {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, _statusText: string): boolean {
     if (statusCode < 200) return this.onInterim(statusCode, rawHeaders);
+    this.trace?.attemptStatus(statusCode);
     const ms = performance.now() - this.upstreamStart;
     this.upstreamMs = ms;
     observeUpstream(this.upstream!.name, ms / 1000);
@@ -724,6 +744,7 @@ class Exchange implements LeaseHolder, AccessRecord {
 
   onComplete(_trailers: string[] | null): void {
     this.abortUpstream = undefined;
+    this.trace?.endAttempt(undefined);
     if (this.discarding) {
       this.discarding = false;
       releaseLease(this, 'http-5xx');
@@ -747,11 +768,13 @@ class Exchange implements LeaseHolder, AccessRecord {
     this.abortUpstream = undefined;
     if (this.discarding) {
       this.discarding = false;
+      this.trace?.endAttempt(undefined);
       releaseLease(this, 'http-5xx');
       this.retry(String(this.retryStatus));
       return;
     }
     if (this.finished || this.clientGone()) {
+      this.trace?.endAttempt('GH_CLIENT_CLOSED');
       releaseLease(this, 'client-abort');
       this.errorCode ??= 'GH_CLIENT_CLOSED';
       return;
@@ -764,6 +787,7 @@ class Exchange implements LeaseHolder, AccessRecord {
     // A head that never left is dropped: the client gets the error (or the retry's answer) instead.
     this.pendingHead = undefined;
     const c = classify(err, this.sent);
+    this.trace?.endAttempt(c.error.code);
     releaseLease(this, c.outcome);
     if (!this.responseStarted && this.canRetry(c.kind)) {
       this.retry(c.kind);
@@ -899,6 +923,7 @@ class Exchange implements LeaseHolder, AccessRecord {
     } else if (aborted && this.status === 0) {
       this.status = 499;
     }
+    this.trace?.end(this);
     if (this.abortUpstream !== undefined) this.abortUpstream(new ClientClosedError());
     if (this.h2session !== undefined) {
       streamClosed(this.h2session);

@@ -44,6 +44,7 @@ import {
   requestsTotal,
   webSocketClosesTotal,
 } from '../observe/metrics.js';
+import type { RequestTrace } from '../observe/tracing.js';
 import type { InFlight, Runtime } from '../runtime.js';
 import type { Lease, Upstream } from '../upstream/types.js';
 import { certificateSocket, forwardIdentity } from './access.js';
@@ -213,6 +214,8 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
   counted = false;
   /** The count of the runtime this tunnel started on. */
   inFlight: InFlight | undefined;
+  /** The handshake's spans when `tracing` is on (observe/tracing.ts): they end with its answer. */
+  trace: RequestTrace | undefined = undefined;
 
   constructor(
     handler: ProxyContext,
@@ -237,6 +240,17 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
     const trusted = trustedOf(runtime.config);
     this.peerTrusted = isTrusted(trusted, this.peerIp);
     this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
+    const tracing = runtime.tracing;
+    if (tracing !== undefined)
+      this.trace = tracing.startRequest({
+        method: this.method,
+        clientIp: this.clientIp,
+        peerIp: this.peerIp,
+        peerTrusted: this.peerTrusted,
+        headers: req.headers,
+        tls: this.listener.tls,
+        httpVersion: req.httpVersion,
+      });
     const client = this.client;
     client.on('error', ignoreError);
     client.on('close', () => this.sideClosed(client));
@@ -281,6 +295,7 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
       this.route = route;
       const ws = route.config.websocket;
       if (typeof ws === 'object') this.finTimeout = ws.finTimeout;
+      this.trace?.beginDecision();
       const grant = answer(runtime, facts, route);
       if (grant instanceof Promise) {
         grant.then(
@@ -300,6 +315,7 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
     if (this.closed) return;
     const req = this.req;
     this.access = grant;
+    this.trace?.endDecision(this, true);
     try {
       const refusal = refusalOf(grant, facts);
       if (refusal !== undefined) throw refusalError(refusal);
@@ -327,6 +343,7 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
         apiKeyHeader: runtime.identity.apiKeyHeader,
       });
       forwardIdentity(headers, grant, edits, up.injectHeaders);
+      this.trace?.forward(headers);
       this.headers = headers;
     } catch (err) {
       this.fail(toGatehouseError(err));
@@ -353,6 +370,7 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
   sendOn(lease: Lease): void {
     const headers = this.headers!;
     if (this.route?.config.preserveHost === false) headers[1] = lease.server.hostHeader;
+    this.trace?.startAttempt(headers, 'GET', this.up!.name, lease.server, 1);
     try {
       lease.server.dispatcher.dispatch(
         {
@@ -407,6 +425,9 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
     const client = this.client;
     this.upstream = socket;
     this.status = statusCode;
+    // The handshake is answered: its spans end here, not when the tunnel closes.
+    this.trace?.attemptStatus(statusCode);
+    this.trace?.end(this);
     socket.on('error', ignoreError);
     socket.on('close', () => this.sideClosed(socket));
     if (this.closed || client.destroyed) {
@@ -447,6 +468,7 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
     // before anything is relayed, and undici's onError answers 502.
     const raw = vetResponseFields(rawHeaders, this.ownCookies);
     this.status = statusCode;
+    this.trace?.attemptStatus(statusCode);
     this.relaying = true;
     let head = `HTTP/1.1 ${statusCode} ${statusText || STATUS_CODES[statusCode] || ''}\r\n`;
     head += answerFields(raw, this.responseEdits, true);
@@ -462,6 +484,7 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
 
   onComplete(): void {
     this.abortUpstream = undefined;
+    this.trace?.endAttempt(undefined);
     releaseLease(this, this.status >= 502 && this.status <= 504 ? 'http-5xx' : 'success');
     lingerClose(this.client, this.finTimeout);
   }
@@ -469,10 +492,12 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
   onError(err: Error): void {
     this.abortUpstream = undefined;
     if (this.closed) {
+      this.trace?.endAttempt('GH_CLIENT_CLOSED');
       releaseLease(this, 'client-abort');
       return;
     }
     const c = classify(err, false);
+    this.trace?.endAttempt(c.error.code);
     releaseLease(this, c.outcome);
     if (this.relaying) {
       this.errorCode = c.error.code;
@@ -549,6 +574,7 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
       webSocketClosesTotal.labels(this.route!.name, this.cause ?? 'client').inc();
     }
     if (this.status === 0) this.status = 499;
+    this.trace?.end(this);
     requestsTotal.labels(this.route?.name ?? NO_ROUTE, 'GET', String(this.status)).inc();
     const log = this.handler.accessLog;
     if (log === undefined) return;
