@@ -19,11 +19,12 @@
  * cost), and `gatehouse+limits+redis` the same counted in a `redis-server` the bench starts on the
  * proxies' core, whose CPU counts with the gateway's. `gatehouse+tracing` is `gatehouse` with tracing on
  * (every request sampled) exporting over OTLP/HTTP to a receiver in the bench process, and is reported
- * against `gatehouse` (tracing off).
+ * against `gatehouse` (tracing off). `gatehouse+audit` is `gatehouse` writing the audit trail of every
+ * decision to a file (fsync never), reported against `gatehouse`.
  *
  * Usage: node --import tsx bench/run.ts [--duration 10s] [--connections 50] [--warmup 2s] [--rounds 1]
  *          [--proxies gatehouse,gatehouse+log,gatehouse+jwt,gatehouse+limits,gatehouse+limits+redis,
- *                     gatehouse+tracing,haproxy,…]
+ *                     gatehouse+tracing,gatehouse+audit,haproxy,…]
  *          [--memory-size 1GiB] [--miss-tokens 2000]
  *          [--no-memory | --memory-only] [--instructions [N] | --instructions-only]
  *          [--peer-node-flags FLAGS] [--baseline DIR]
@@ -121,6 +122,7 @@ const allProxies = [
   'gatehouse+limits',
   'gatehouse+limits+redis',
   'gatehouse+tracing',
+  'gatehouse+audit',
   'haproxy',
   'haproxy+bearer',
   'haproxy+spoe',
@@ -589,17 +591,39 @@ function limitConfigLines(store: string): string[] {
 }
 
 /** With `jwt`, the `gatehouse+jwt` variant: the bench route requires a bearer JWT from `jwt.issuer`. */
+interface GatehouseVariant {
+  /** `gatehouse+log`: the access log on. */
+  accessLog?: boolean;
+  jwt?: { issuer: string; adminPort: number } | undefined;
+  wrap?: Wrap | undefined;
+  /** Run the build in this checkout instead (`--baseline`). */
+  baseline?: string | undefined;
+  /** `gatehouse-agent`: the SPOE agent on this port. */
+  spoePort?: number;
+  /** `gatehouse-authz`: a forward-auth listener on this port. */
+  forwardAuthPort?: number;
+  limits?: { store: string };
+  /** `gatehouse+tracing`: export every span to this OTLP/HTTP receiver. */
+  tracingEndpoint?: string;
+  /** `gatehouse+audit`: write the audit trail (every decision) to a file. */
+  audit?: boolean;
+}
+
 async function startGatehouse(
   backendPort: number,
-  accessLog = false,
-  jwt?: { issuer: string; adminPort: number },
-  wrap?: Wrap,
-  baseline?: string,
-  spoePort?: number,
-  forwardAuthPort?: number,
-  limits?: { store: string },
-  tracingEndpoint?: string,
+  v: GatehouseVariant = {},
 ): Promise<Running & { note: string }> {
+  const {
+    accessLog = false,
+    jwt,
+    wrap,
+    baseline,
+    spoePort,
+    forwardAuthPort,
+    limits,
+    tracingEndpoint,
+    audit,
+  } = v;
   const port = await freePort();
   const dir = tempDir();
   const file = join(dir, 'gatehouse.yaml');
@@ -617,6 +641,7 @@ async function startGatehouse(
       ...(spoePort === undefined ? [] : [`spoe: { bind: "127.0.0.1:${spoePort}" }`]),
       ...(limits === undefined ? [] : limitConfigLines(limits.store)),
       ...(tracingEndpoint === undefined ? [] : [`tracing: { endpoint: "${tracingEndpoint}" }`]),
+      ...(audit ? [`audit: { file: "${join(dir, 'audit.jsonl')}", fsync: never }`] : []),
       'upstreams:',
       '  backend:',
       `    servers: [{ url: "http://127.0.0.1:${backendPort}" }]`,
@@ -633,8 +658,9 @@ async function startGatehouse(
     ].join('\n'),
   );
   const { cmd, args, note } = gatehouseCommand(baseline);
-  const variant =
-    tracingEndpoint !== undefined
+  const variant = audit
+    ? 'gatehouse+audit'
+    : tracingEndpoint !== undefined
       ? 'gatehouse+tracing'
       : limits !== undefined
         ? limits.store === 'memory'
@@ -975,7 +1001,7 @@ async function missPhase(backendPort: number, issuer: BenchIssuer, n: number): P
   // The sender runs in this process: keep it off the gateway's CPU.
   if (canPin) execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
   const adminPort = await freePort();
-  const gw = await startGatehouse(backendPort, false, { issuer: issuer.issuer, adminPort });
+  const gw = await startGatehouse(backendPort, { jwt: { issuer: issuer.issuer, adminPort } });
   try {
     await waitForPort(adminPort, gw.child, 'gatehouse+jwt admin');
     const pid = gw.child.pid as number;
@@ -1369,30 +1395,19 @@ async function main(): Promise<void> {
         proxy === 'gatehouse+jwt' && issuer
           ? { issuer: issuer.issuer, adminPort: await freePort() }
           : undefined;
-      const gw = await startGatehouse(backendPort, proxy === 'gatehouse+log', jwt, wrap);
+      const gw = await startGatehouse(backendPort, { accessLog: proxy === 'gatehouse+log', jwt, wrap });
       if (!notes.includes(`gatehouse ran as ${gw.note}`)) notes.push(`gatehouse ran as ${gw.note}`);
       return gw;
     }
     if (proxy === 'gatehouse+tracing') {
       otlp ??= await startOtlpReceiver();
-      return startGatehouse(
-        backendPort,
-        false,
-        undefined,
-        wrap,
-        undefined,
-        undefined,
-        undefined,
-        undefined,
-        otlp.url,
-      );
+      return startGatehouse(backendPort, { wrap, tracingEndpoint: otlp.url });
     }
+    if (proxy === 'gatehouse+audit') return startGatehouse(backendPort, { wrap, audit: true });
     if ((proxy === 'gatehouse+limits' || proxy === 'gatehouse+limits+redis') && issuer) {
       const jwt = { issuer: issuer.issuer, adminPort: await freePort() };
       if (proxy === 'gatehouse+limits') {
-        const gw = await startGatehouse(backendPort, false, jwt, wrap, undefined, undefined, undefined, {
-          store: 'memory',
-        });
+        const gw = await startGatehouse(backendPort, { jwt, wrap, limits: { store: 'memory' } });
         return gw;
       }
       // Redis runs on the proxies' CPU and counts with the gateway: the whole deployment's cost.
@@ -1405,8 +1420,10 @@ async function main(): Promise<void> {
         true,
       );
       await waitForPort(redisPort, redis, 'redis-server');
-      const gw = await startGatehouse(backendPort, false, jwt, wrap, undefined, undefined, undefined, {
-        store: `redis://127.0.0.1:${redisPort}/0`,
+      const gw = await startGatehouse(backendPort, {
+        jwt,
+        wrap,
+        limits: { store: `redis://127.0.0.1:${redisPort}/0` },
       });
       return { ...gw, others: [redis] };
     }
@@ -1415,7 +1432,7 @@ async function main(): Promise<void> {
         proxy === 'baseline+jwt' && issuer
           ? { issuer: issuer.issuer, adminPort: await freePort() }
           : undefined;
-      const gw = await startGatehouse(backendPort, false, jwt, wrap, opts.baseline);
+      const gw = await startGatehouse(backendPort, { jwt, wrap, baseline: opts.baseline });
       if (!notes.includes(`baseline ran as ${gw.note}`)) notes.push(`baseline ran as ${gw.note}`);
       return gw;
     }
@@ -1423,29 +1440,22 @@ async function main(): Promise<void> {
     if (proxy === 'haproxy+spoe' && issuer) {
       // The whole deployment on the proxies' CPU: HAProxy and the Gatehouse agent it asks.
       const agentPort = await freePort();
-      const agent = await startGatehouse(
-        backendPort,
-        false,
-        { issuer: issuer.issuer, adminPort: await freePort() },
+      const agent = await startGatehouse(backendPort, {
+        jwt: { issuer: issuer.issuer, adminPort: await freePort() },
         wrap,
-        undefined,
-        agentPort,
-      );
+        spoePort: agentPort,
+      });
       const h = await startHaproxy(backendPort, wrap, { spoe: { agentPort } });
       return { ...h, others: [agent.child] };
     }
     if (proxy === 'nginx') return startNginx(backendPort, wrap);
     if (proxy === 'nginx+auth' && issuer) {
       const authzPort = await freePort();
-      const authz = await startGatehouse(
-        backendPort,
-        false,
-        { issuer: issuer.issuer, adminPort: await freePort() },
+      const authz = await startGatehouse(backendPort, {
+        jwt: { issuer: issuer.issuer, adminPort: await freePort() },
         wrap,
-        undefined,
-        undefined,
-        authzPort,
-      );
+        forwardAuthPort: authzPort,
+      });
       const n = await startNginx(backendPort, wrap, authzPort);
       return { ...n, others: [authz.child] };
     }
@@ -1612,6 +1622,14 @@ async function main(): Promise<void> {
     for (const c of comparisons)
       report += `- ${c.label}: ${c.proxy} / ${c.base} = ${fmtRatio(c.ratio, true)}\n`;
   }
+  const audited = (['small', '1MiB'] as const).flatMap((scenario) => {
+    const ratio = pairedRatio(rows, scenario, 'gatehouse+audit', 'gatehouse');
+    return ratio === undefined
+      ? []
+      : [`- ${scenario}: gatehouse+audit / gatehouse = ${fmtRatio(ratio, true)}`];
+  });
+  if (audited.length > 0)
+    report += `\nAudit trail on (every decision to a hash-chained file, fsync never) over off (CPU per request; paired ratios):\n${audited.join('\n')}\n`;
   const traced = (['small', '1MiB'] as const).flatMap((scenario) => {
     const ratio = pairedRatio(rows, scenario, 'gatehouse+tracing', 'gatehouse');
     return ratio === undefined

@@ -47,6 +47,14 @@ type Item = string | Marker;
 /** Called when a sink has room again after dropping `dropped` events (first dropped at `since`). */
 export type OverflowListener = (sink: string, dropped: number, since: string) => void;
 
+/**
+ * How long a sink gathers lines before a write, and the batch size that is written at once. A write is
+ * a round trip through libuv's thread pool that costs more CPU than a few hundred lines: under load,
+ * writing every event-loop turn's few lines on their own cost more than the rest of the trail.
+ */
+const GATHER_MS = 5;
+const GATHER_LINES = 256;
+
 /** The common part of every sink: the queue, the limit, the counters and the pump. */
 export abstract class QueueSink {
   protected readonly queue: Item[] = [];
@@ -60,6 +68,10 @@ export abstract class QueueSink {
   private idleWaiters: Array<() => void> = [];
   private retryTimer: NodeJS.Timeout | undefined;
   private retryWake: (() => void) | undefined;
+  private gatherTimer: NodeJS.Timeout | undefined;
+  private gatherWake: (() => void) | undefined;
+  /** Set by `flush()`: write what is queued without gathering more. */
+  private hurry = false;
   /** Set once the sink gives up on what is left (close timed out). */
   protected abandoned = false;
   private readonly written: CounterSeries;
@@ -124,6 +136,8 @@ export abstract class QueueSink {
   /** Resolves once everything queued so far has been written. */
   flush(): Promise<void> {
     if (!this.pumping && this.queue.length === 0) return Promise.resolve();
+    this.hurry = true;
+    this.gatherWake?.();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -135,6 +149,7 @@ export abstract class QueueSink {
     this.lines = 0;
     this.bufferedMetric.set(0);
     this.retryWake?.();
+    this.gatherWake?.();
   }
 
   /** Writes the lines of one batch, in order; throws when the batch must be retried as a whole. */
@@ -152,13 +167,25 @@ export abstract class QueueSink {
   private kick(): void {
     if (!this.pumping) {
       this.pumping = true;
-      // Started on a later tick: the lines of one event-loop turn go out in one batch.
-      setImmediate(() => void this.pump());
-    }
+      // Started a little later: the lines of many event-loop turns go out in one batch.
+      void this.pump();
+    } else if (this.lines >= GATHER_LINES) this.gatherWake?.();
+  }
+
+  /** Waits up to `GATHER_MS` for more lines, unless enough are queued or a flush asks for them. */
+  private async gather(): Promise<void> {
+    if (this.hurry || this.lines >= GATHER_LINES || this.abandoned) return;
+    await new Promise<void>((resolve) => {
+      this.gatherWake = resolve;
+      this.gatherTimer = setTimeout(resolve, GATHER_MS);
+    });
+    clearTimeout(this.gatherTimer);
+    this.gatherWake = undefined;
   }
 
   private async pump(): Promise<void> {
     let failing = false;
+    await this.gather();
     while (this.queue.length > 0 && !this.abandoned) {
       const head = this.queue[0]!;
       try {
@@ -176,6 +203,7 @@ export abstract class QueueSink {
           this.writtenCount += n;
           this.written.inc(n);
           this.bufferedMetric.set(this.lines);
+          if (this.queue.length > 0) await this.gather();
         }
         if (failing) {
           failing = false;
@@ -197,6 +225,7 @@ export abstract class QueueSink {
       }
     }
     this.pumping = false;
+    this.hurry = false;
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
     for (const w of waiters) w();
