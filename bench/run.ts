@@ -123,6 +123,7 @@ const allProxies = [
   'gatehouse+limits+redis',
   'gatehouse+tracing',
   'gatehouse+audit',
+  'gatehouse+log+audit',
   'haproxy',
   'haproxy+bearer',
   'haproxy+spoe',
@@ -659,7 +660,9 @@ async function startGatehouse(
   );
   const { cmd, args, note } = gatehouseCommand(baseline);
   const variant = audit
-    ? 'gatehouse+audit'
+    ? accessLog
+      ? 'gatehouse+log+audit'
+      : 'gatehouse+audit'
     : tracingEndpoint !== undefined
       ? 'gatehouse+tracing'
       : limits !== undefined
@@ -1403,7 +1406,8 @@ async function main(): Promise<void> {
       otlp ??= await startOtlpReceiver();
       return startGatehouse(backendPort, { wrap, tracingEndpoint: otlp.url });
     }
-    if (proxy === 'gatehouse+audit') return startGatehouse(backendPort, { wrap, audit: true });
+    if (proxy === 'gatehouse+audit' || proxy === 'gatehouse+log+audit')
+      return startGatehouse(backendPort, { wrap, audit: true, accessLog: proxy === 'gatehouse+log+audit' });
     if ((proxy === 'gatehouse+limits' || proxy === 'gatehouse+limits+redis') && issuer) {
       const jwt = { issuer: issuer.issuer, adminPort: await freePort() };
       if (proxy === 'gatehouse+limits') {
@@ -1622,14 +1626,14 @@ async function main(): Promise<void> {
     for (const c of comparisons)
       report += `- ${c.label}: ${c.proxy} / ${c.base} = ${fmtRatio(c.ratio, true)}\n`;
   }
-  const audited = (['small', '1MiB'] as const).flatMap((scenario) => {
-    const ratio = pairedRatio(rows, scenario, 'gatehouse+audit', 'gatehouse');
-    return ratio === undefined
-      ? []
-      : [`- ${scenario}: gatehouse+audit / gatehouse = ${fmtRatio(ratio, true)}`];
-  });
+  const audited = (['small', '1MiB'] as const).flatMap((scenario) =>
+    (['gatehouse+log', 'gatehouse+audit', 'gatehouse+log+audit'] as const).flatMap((proxy) => {
+      const ratio = pairedRatio(rows, scenario, proxy, 'gatehouse');
+      return ratio === undefined ? [] : [`- ${scenario}: ${proxy} / gatehouse = ${fmtRatio(ratio, true)}`];
+    }),
+  );
   if (audited.length > 0)
-    report += `\nAudit trail on (every decision to a hash-chained file, fsync never) over off (CPU per request; paired ratios):\n${audited.join('\n')}\n`;
+    report += `\nAccess log (stdout) and audit trail (every decision to a hash-chained file, fsync never) on, over both off (CPU per request; paired ratios):\n${audited.join('\n')}\n`;
   const traced = (['small', '1MiB'] as const).flatMap((scenario) => {
     const ratio = pairedRatio(rows, scenario, 'gatehouse+tracing', 'gatehouse');
     return ratio === undefined

@@ -566,7 +566,7 @@ export default defineTarget<Input>({
       'a refused config has at least one problem, each naming the config file or an include, a path and a message',
     'values-usable': 'every number of an accepted config is finite',
     'keys-reported':
-      'a top-level key of any file that is not a configuration section, and an upstream or policy named __proto__, make the config refused with a problem at that key',
+      'a top-level key of any file that is not a configuration section, and an upstream, policy or quota named __proto__, make the config refused with a problem at that key (or at its map, when the whole map is refused)',
     compiles: 'an accepted config compiles: routes, policies, trusted proxies, served hosts, its own tests',
     'generator-keys':
       "the harness's own record of a generated file's keys to report is what parsing its text gives (checked on one file in 64)",
@@ -626,7 +626,17 @@ export default defineTarget<Input>({
       if (unknown.length === 0) continue;
       invariant(
         'keys-reported',
-        !r.ok && unknown.every((k) => r.problems.some((p) => p.path === k || p.path.startsWith(`${k}.`))),
+        !r.ok &&
+          unknown.every((k) =>
+            r.problems.some(
+              // A map key is reported with the whole map when the map itself is refused (a second
+              // definition of `policies` in an include is reported at `policies`).
+              (p) =>
+                p.path === k ||
+                p.path.startsWith(`${k}.`) ||
+                (k.includes('.') && p.path === k.slice(0, k.indexOf('.'))),
+            ),
+          ),
         () =>
           `${JSON.stringify(unknown)}: ${r.ok ? 'accepted' : JSON.stringify(r.problems.map((p) => p.path))}`,
       );
