@@ -391,35 +391,14 @@ export class Gateway {
     this.#older.add(previous);
     for (const rt of this.#older) if (rt.inFlight.count === 0) this.#older.delete(rt);
     // Requests still running on a retired upstream, or that may still pick it, keep it open.
-    const retiring = retireUpstreams(
-      built.retired,
-      built.runtime.config.server.drainTimeout,
-      this.#logger,
-      this.#retireAbort.signal,
-      [...this.#older],
-    ).finally(() => this.#retiring.delete(retiring));
-    this.#retiring.add(retiring);
-    if (built.retiredStore !== undefined) {
-      const store = built.retiredStore;
-      const closing = retireStore(
-        store,
-        built.runtime.config.server.drainTimeout,
-        this.#logger,
-        this.#retireAbort.signal,
-        [...this.#older],
-      ).finally(() => this.#retiring.delete(closing));
-      this.#retiring.add(closing);
-    }
-    if (built.retiredTracing !== undefined) {
-      const closing = retireTracing(
-        built.retiredTracing,
-        built.runtime.config.server.drainTimeout,
-        this.#logger,
-        this.#retireAbort.signal,
-        [...this.#older],
-      ).finally(() => this.#retiring.delete(closing));
-      this.#retiring.add(closing);
-    }
+    const drain = built.runtime.config.server.drainTimeout;
+    const older = [...this.#older];
+    const signal = this.#retireAbort.signal;
+    this.#retire(retireUpstreams(built.retired, drain, this.#logger, signal, older));
+    if (built.retiredStore !== undefined)
+      this.#retire(retireStore(built.retiredStore, drain, this.#logger, signal, older));
+    if (built.retiredTracing !== undefined)
+      this.#retire(retireTracing(built.retiredTracing, drain, this.#logger, signal, older));
     try {
       await this.#syncAdmin(loaded);
     } catch (err) {
@@ -438,6 +417,12 @@ export class Gateway {
     );
     if (this.#audit !== undefined) auditConfigApplied(loaded, built.runtime.generation, trigger ?? 'api');
     return { ok: true, generation: built.runtime.generation };
+  }
+
+  /** Keeps a retirement (upstreams, a store, a tracer) until it is done; shutdown waits for it. */
+  #retire(retiring: Promise<void>): void {
+    const tracked = retiring.finally(() => this.#retiring.delete(tracked));
+    this.#retiring.add(tracked);
   }
 
   #reject(problems: ConfigProblem[], result: string): ReloadResult {

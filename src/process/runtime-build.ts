@@ -156,6 +156,23 @@ async function buildTracing(
 }
 
 /**
+ * Waits while a runtime in `holders` that `uses` a retired resource still has requests in flight,
+ * polling every 100 ms; at most `maxWaitMs`, and no longer once `signal` is aborted.
+ */
+async function whileHeld(
+  uses: (rt: Runtime) => boolean,
+  holders: readonly Runtime[],
+  maxWaitMs: number,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const deadline = Date.now() + maxWaitMs;
+  const held = (): boolean => holders.some((rt) => uses(rt) && rt.inFlight.count > 0);
+  while (!signal?.aborted && Date.now() < deadline && held()) {
+    await new Promise((resolve) => setTimeout(resolve, 100).unref());
+  }
+}
+
+/**
  * Flushes and shuts down a tracer that a reload replaced, once no request of an older runtime that
  * uses it is still running (`holders`): their spans end when their responses close. Bounded by
  * `maxWaitMs`; `signal` ends the wait at shutdown. Never throws.
@@ -167,11 +184,7 @@ export async function retireTracing(
   signal?: AbortSignal,
   holders: readonly Runtime[] = [],
 ): Promise<void> {
-  const deadline = Date.now() + maxWaitMs;
-  const held = (): boolean => holders.some((rt) => rt.tracing === tracing && rt.inFlight.count > 0);
-  while (!signal?.aborted && Date.now() < deadline && held()) {
-    await new Promise((resolve) => setTimeout(resolve, 100).unref());
-  }
+  await whileHeld((rt) => rt.tracing === tracing, holders, maxWaitMs, signal);
   await closeTracing(tracing, logger);
 }
 
@@ -228,11 +241,7 @@ export async function retireStore(
   signal?: AbortSignal,
   holders: readonly Runtime[] = [],
 ): Promise<void> {
-  const deadline = Date.now() + maxWaitMs;
-  const held = (): boolean => holders.some((rt) => rt.store === store && rt.inFlight.count > 0);
-  while (!signal?.aborted && Date.now() < deadline && held()) {
-    await new Promise((resolve) => setTimeout(resolve, 100).unref());
-  }
+  await whileHeld((rt) => rt.store === store, holders, maxWaitMs, signal);
   await closeStore(store, logger);
 }
 
