@@ -260,8 +260,19 @@ describe('one instance with two workers and state.store: memory enforces one rat
   }, async () => {
     const origin = `http://127.0.0.1:${port}`;
     const served = async () => (await adminStatus(admin)).workers.map((w) => w.requests ?? 0);
+    // The kernel hands each new connection to whichever worker accepts first, and a burst of them may
+    // all go to one: open A's connections until both workers hold some, so the flood crosses both.
+    let a: Lanes | undefined;
+    for (let attempt = 0; attempt < 20 && a === undefined; attempt++) {
+      const was = await served();
+      const lanes = new Lanes([origin], 24);
+      await lanes.open('/open');
+      const now = await served();
+      if (now.every((n, i) => n > (was[i] ?? 0))) a = lanes;
+      else await lanes.close();
+    }
+    assert.ok(a !== undefined, 'no attempt spread the connections over both workers');
     const before = await served();
-    const a = new Lanes([origin], 24);
     const b = new Lanes([origin], 2);
     try {
       const report = await floodAndCheck(a, b, 1);
