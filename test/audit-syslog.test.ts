@@ -12,7 +12,7 @@ import { type TestContext, test } from 'node:test';
 import { parseSyslogAddress, SyslogAddressError } from '../src/observe/audit/syslog.js';
 import { accessEvent, fileLines, openTrail } from './helpers/audit.js';
 import { tempDir, waitFor } from './helpers/gateway.js';
-import { freePort } from './helpers/haproxy.js';
+import { freePort } from './helpers/listen.js';
 
 /** The rsyslogd binary: RSYSLOGD_PATH, else `rsyslogd` on the PATH or in /usr/sbin; loud when missing. */
 function rsyslogBinary(): string {

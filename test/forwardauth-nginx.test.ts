@@ -16,8 +16,8 @@ import { Gateway } from '../src/process/gateway.js';
 import { launchBrowser, newPage, pageJson, signIn, WAIT } from './helpers/browser.js';
 import { exampleWith, noLimitElsewhere, spendExportsBudget, startNginx } from './helpers/companion.js';
 import { memoryLogger, tempDir } from './helpers/gateway.js';
-import { freePort } from './helpers/haproxy.js';
 import { makeKey, startIssuer } from './helpers/identity.js';
+import { freePort } from './helpers/listen.js';
 import { startIdp } from './helpers/oidc.js';
 import { echo, request, type Seen, seenOf, startBackend } from './helpers/proxy.js';
 

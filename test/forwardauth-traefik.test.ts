@@ -21,8 +21,8 @@ import type { AccessEntry } from '../src/observe/log.js';
 import { Gateway } from '../src/process/gateway.js';
 import { exampleWith } from './helpers/companion.js';
 import { memoryLogger, tempDir } from './helpers/gateway.js';
-import { freePort } from './helpers/haproxy.js';
 import { makeKey, startIssuer } from './helpers/identity.js';
+import { freePort } from './helpers/listen.js';
 
 const HOST = 'app.gatehouse.test';
 const HOP_BY_HOP = [

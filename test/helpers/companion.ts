@@ -5,12 +5,12 @@
  * until it accepts connections, and stops it when the test ends, whatever happened.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { ROOT } from './gateway.js';
+import { type PeerProcess, startPeer } from './listen.js';
 import { request, seenOf } from './proxy.js';
 
 function findBinary(
@@ -64,68 +64,7 @@ export function exampleWith(file: string, replacements: ReadonlyArray<readonly [
 }
 
 /** A running proxy process. */
-export interface Companion {
-  readonly proc: ChildProcess;
-  /** Everything it wrote to stdout and stderr. */
-  output(): string;
-  stop(): Promise<void>;
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
-async function run(
-  t: TestContext,
-  what: string,
-  bin: string,
-  args: string[],
-  env: NodeJS.ProcessEnv,
-  readyPort: number,
-  stopSignal: NodeJS.Signals,
-): Promise<Companion> {
-  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-  let out = '';
-  proc.stdout?.setEncoding('utf8').on('data', (d: string) => {
-    out += d;
-  });
-  proc.stderr?.setEncoding('utf8').on('data', (d: string) => {
-    out += d;
-  });
-  let exited = false;
-  const exit = new Promise<void>((resolve) =>
-    proc.once('exit', () => {
-      exited = true;
-      resolve();
-    }),
-  );
-  const c: Companion = {
-    proc,
-    output: () => out,
-    async stop() {
-      if (exited) return;
-      proc.kill(stopSignal);
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
-      await exit;
-      clearTimeout(timer);
-    },
-  };
-  t.after(() => c.stop());
-  const deadline = Date.now() + 20_000;
-  while (!(await canConnect(readyPort))) {
-    if (exited) throw new Error(`${what} exited at start-up:\n${out}`);
-    if (Date.now() > deadline) throw new Error(`${what} did not listen on ${readyPort} within 20s:\n${out}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return c;
-}
+export type Companion = PeerProcess;
 
 /**
  * Starts nginx on `config` (text) with `dir` as its prefix (pid, temporary files), after `nginx -t`
@@ -144,7 +83,7 @@ export async function startNginx(
   const prefix = `${dir}/`;
   const check = spawnSync(bin, ['-t', '-q', '-p', prefix, '-c', file], { encoding: 'utf8' });
   if (check.status !== 0) throw new Error(`nginx -t refused the config:\n${check.stdout}${check.stderr}`);
-  return run(t, 'nginx', bin, ['-p', prefix, '-c', file], process.env, readyPort, 'SIGTERM');
+  return startPeer(t, 'nginx', bin, ['-p', prefix, '-c', file], { readyPort });
 }
 
 /**
@@ -172,7 +111,7 @@ export async function startCaddy(
   });
   if (check.status !== 0)
     throw new Error(`caddy validate refused the config:\n${check.stdout}${check.stderr}`);
-  return run(t, 'caddy', bin, ['run', '--adapter', 'caddyfile', '--config', file], env, readyPort, 'SIGTERM');
+  return startPeer(t, 'caddy', bin, ['run', '--adapter', 'caddyfile', '--config', file], { env, readyPort });
 }
 
 type Reply = Awaited<ReturnType<typeof request>>;

@@ -9,11 +9,13 @@
  * (Debian trixie's 3.0 installed with debootstrap by .ci/run), run through that root's own dynamic
  * loader so that it finds its own libraries.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
+import { type PeerProcess, startPeer } from './listen.js';
+
+export { freePort } from './listen.js';
 
 /** How to start one HAProxy: `file` with `prefix` before HAProxy's own arguments. */
 export interface HaproxyCommand {
@@ -117,36 +119,9 @@ export function versionAtLeast(version: string, major: number, minor: number): b
   return a > major || (a === major && b >= minor);
 }
 
-/** A free TCP port on 127.0.0.1 (bound to port 0 and released). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 /** A running HAProxy. */
-export interface Haproxy {
-  readonly proc: ChildProcess;
-  /** Everything HAProxy wrote to stdout and stderr (its log when `log stderr` is configured). */
-  output(): string;
-  stop(): Promise<void>;
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
+/** A running HAProxy (its log is in `output()` when `log stderr` is configured). */
+export type Haproxy = PeerProcess;
 
 /**
  * Starts `haproxy` on `configFile` and waits until `readyPort` (a frontend of the config, on 127.0.0.1)
@@ -167,42 +142,17 @@ export async function startHaproxy(
     throw new Error(
       `HAProxy ${haproxy.version}: haproxy -dW -c refused the config:\n${check.stdout}${check.stderr}`,
     );
-  const proc = spawn(haproxy.file, [...haproxy.prefix, '-db', '-f', configFile], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  proc.stdout?.setEncoding('utf8').on('data', (d: string) => {
-    out += d;
-  });
-  proc.stderr?.setEncoding('utf8').on('data', (d: string) => {
-    out += d;
-  });
-  let exited = false;
-  const exit = new Promise<void>((resolve) =>
-    proc.once('exit', () => {
-      exited = true;
-      resolve();
-    }),
-  );
-  const h: Haproxy = {
-    proc,
-    output: () => out,
-    async stop() {
-      if (exited) return;
-      proc.kill('SIGTERM');
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 3000);
-      await exit;
-      clearTimeout(timer);
+  return startPeer(
+    t,
+    `HAProxy ${haproxy.version}`,
+    haproxy.file,
+    [...haproxy.prefix, '-db', '-f', configFile],
+    {
+      readyPort,
+      killAfterMs: 3000,
+      readyWithinMs: 15_000,
     },
-  };
-  t.after(() => h.stop());
-  const deadline = Date.now() + 15_000;
-  while (!(await canConnect(readyPort))) {
-    if (exited) throw new Error(`haproxy exited at start-up:\n${out}`);
-    if (Date.now() > deadline) throw new Error(`haproxy did not listen on ${readyPort} within 15s:\n${out}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return h;
+  );
 }
 
 /** Ports and files of a HAProxy in front of a SPOE agent and one HTTP backend. */
