@@ -11,7 +11,8 @@ import { loadConfig } from '../src/config/load.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import { DECISION_SPAN } from '../src/observe/tracing.js';
 import { Gateway } from '../src/process/gateway.js';
-import { memoryLogger, spawnCli, tempDir } from './helpers/gateway.js';
+import { spawnGatehouse, startedInstance } from './helpers/cluster.js';
+import { memoryLogger, tempDir } from './helpers/gateway.js';
 import { listenUntilEnd } from './helpers/listen.js';
 import { type Seen, startBackend, waitFor } from './helpers/proxy.js';
 
@@ -656,26 +657,14 @@ test('SIGTERM: the gateway process drains, exports its spans, then exits 0', asy
       }),
     ),
   );
-  const child = spawnCli(['start', '-c', file]);
-  let stdout = '';
-  child.stdout?.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString();
-  });
-  child.stderr?.resume();
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  t.after(async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    await exited;
-  });
-  await waitFor(() => stdout.includes('"gateway started"'), 'the gateway to start', 30_000);
-  const line = stdout.split('\n').find((l) => l.includes('"gateway started"'))!;
-  const address = (JSON.parse(line) as { listeners: Array<{ address: string }> }).listeners[0]!.address;
-  const port = Number(address.split(':').pop());
+  const gh = spawnGatehouse(file);
+  t.after(() => gh.kill());
+  const { port } = await startedInstance(gh);
   for (let i = 0; i < 3; i++) assert.equal((await get(`http://127.0.0.1:${port}`, `/term/${i}`)).status, 200);
   // Well within the batch delay (5 s): nothing was exported yet, the SIGTERM sends it.
   assert.equal(receiver.spans.length, 0);
-  child.kill('SIGTERM');
-  assert.equal(await exited, 0);
+  gh.child.kill('SIGTERM');
+  assert.equal((await gh.exitedWithin(30_000)).code, 0);
   const paths = receiver.spans.filter((s) => s.kind === KIND_SERVER).map((s) => s.attributes['url.path']);
   assert.deepEqual(paths.sort(), ['/term/0', '/term/1', '/term/2']);
 });
