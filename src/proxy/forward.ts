@@ -8,6 +8,8 @@ import type { BlockList } from 'node:net';
 import type { Config } from '../config/schema.js';
 import type { CompiledRoute } from '../core/types.js';
 import { bytesTotal, requestDuration } from '../observe/metrics.js';
+import type { RequestTrace } from '../observe/tracing.js';
+import type { Runtime } from '../runtime.js';
 import { UpstreamProtocolError } from '../upstream/interim.js';
 import { compileEdits, compileTrusted, type HeaderEdits } from './headers.js';
 import type { ProxyRequest } from './types.js';
@@ -75,6 +77,34 @@ export function trustedOf(config: Config): BlockList | undefined {
     trustedCache.set(config, t);
   }
   return t.list;
+}
+
+/**
+ * The trace a request starts when tracing is on, else undefined: the one check a request pays for
+ * tracing when it is off. `who` says where it came from (the exchange or the WebSocket tunnel).
+ */
+export function traceOf(
+  runtime: Runtime,
+  req: ProxyRequest,
+  who: {
+    readonly method: string;
+    readonly clientIp: string;
+    readonly peerIp: string;
+    readonly peerTrusted: boolean;
+  },
+  tls: boolean,
+): RequestTrace | undefined {
+  const tracing = runtime.tracing;
+  if (tracing === undefined) return undefined;
+  return tracing.startRequest({
+    method: who.method,
+    clientIp: who.clientIp,
+    peerIp: who.peerIp,
+    peerTrusted: who.peerTrusted,
+    headers: req.headers,
+    tls,
+    httpVersion: req.httpVersion,
+  });
 }
 
 /** The client's Host (or HTTP/2 `:authority`) value as received. */

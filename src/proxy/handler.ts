@@ -64,6 +64,7 @@ import {
   ownCookiesOf,
   type RouteState,
   routeState,
+  traceOf,
   trustedOf,
   vetResponseFields,
 } from './forward.js';
@@ -287,18 +288,7 @@ class Exchange implements LeaseHolder, AccessRecord {
     const trusted = trustedOf(runtime.config);
     this.peerTrusted = isTrusted(trusted, this.peerIp);
     this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
-    // With tracing off, this check is all a request pays for it.
-    const tracing = runtime.tracing;
-    if (tracing !== undefined)
-      this.trace = tracing.startRequest({
-        method: this.method,
-        clientIp: this.clientIp,
-        peerIp: this.peerIp,
-        peerTrusted: this.peerTrusted,
-        headers: req.headers,
-        tls: listener.tls,
-        httpVersion: req.httpVersion,
-      });
+    this.trace = traceOf(runtime, req, this, listener.tls);
     if (isHttp2(req)) {
       this.h2session = (req as unknown as Http2ServerRequest).stream.session;
       if (this.h2session !== undefined) streamOpened(this.h2session);

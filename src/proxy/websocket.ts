@@ -62,6 +62,7 @@ import {
   NO_ROUTE,
   ownCookiesOf,
   routeState,
+  traceOf,
   trustedOf,
   vetResponseFields,
 } from './forward.js';
@@ -240,17 +241,7 @@ class WebSocketTunnel implements Tunnel, LeaseHolder, AccessRecord, Dispatcher.D
     const trusted = trustedOf(runtime.config);
     this.peerTrusted = isTrusted(trusted, this.peerIp);
     this.clientIp = effectiveClient(this.peerIp, this.peerTrusted, trusted, req.headers['x-forwarded-for']);
-    const tracing = runtime.tracing;
-    if (tracing !== undefined)
-      this.trace = tracing.startRequest({
-        method: this.method,
-        clientIp: this.clientIp,
-        peerIp: this.peerIp,
-        peerTrusted: this.peerTrusted,
-        headers: req.headers,
-        tls: this.listener.tls,
-        httpVersion: req.httpVersion,
-      });
+    this.trace = traceOf(runtime, req, this, this.listener.tls);
     const client = this.client;
     client.on('error', ignoreError);
     client.on('close', () => this.sideClosed(client));
