@@ -14,7 +14,7 @@ import { startEchoBackend } from '../src/demo/backends.js';
 import { generateApiKey } from '../src/identity/apikeys.js';
 import { createLogger } from '../src/observe/log.js';
 import { Gateway } from '../src/process/gateway.js';
-import { runCli, tempDir } from './helpers/gateway.js';
+import { runCli, type TempDir, tempDir } from './helpers/gateway.js';
 import { freePort } from './helpers/listen.js';
 import { LineCollector, origin, request } from './helpers/observe.js';
 import { startIdp } from './helpers/oidc.js';
@@ -66,6 +66,24 @@ routes:
 ${extra}`;
 }
 
+/**
+ * A gateway on `config(echo, '', audit)` in a temporary folder that holds an Ed25519 key as
+ * `audit-key.jwk`, with the echo upstream; everything is stopped when `t` ends.
+ */
+async function auditedGateway(
+  t: TestContext,
+  audit?: string,
+): Promise<{ gw: Gateway; d: TempDir; file: string; plain: string; echoUrl: string }> {
+  const echo = await startEchoBackend();
+  t.after(() => echo.close());
+  const d = tempDir();
+  t.after(() => d.remove());
+  d.write('audit-key.jwk', ed25519Jwk());
+  const file = d.write('gatehouse.yaml', config(echo.url, '', audit));
+  const gw = await startGateway(t, file);
+  return { gw, d, file, plain: origin(gw.address('plain')!), echoUrl: echo.url };
+}
+
 async function startGateway(t: TestContext, file: string): Promise<Gateway> {
   const gw = await Gateway.start({
     configFile: file,
@@ -78,14 +96,7 @@ async function startGateway(t: TestContext, file: string): Promise<Gateway> {
 }
 
 test('audit trail of a gateway: allowed and refused decisions with identity and redacted query, reloads with file digests, start and stop; no secret in it; verify accepts it and finds an edit', async (t) => {
-  const echo = await startEchoBackend();
-  t.after(() => echo.close());
-  const d = tempDir();
-  t.after(() => d.remove());
-  d.write('audit-key.jwk', ed25519Jwk());
-  const file = d.write('gatehouse.yaml', config(echo.url));
-  const gw = await startGateway(t, file);
-  const plain = origin(gw.address('plain')!);
+  const { gw, d, file, plain, echoUrl } = await auditedGateway(t);
 
   const allowed = await request(`${plain}/api/sync?token=s3cr3t-value&page=2`, {
     headers: { 'x-api-key': alice.key, 'x-request-id': 'req-allowed-1' },
@@ -99,10 +110,7 @@ test('audit trail of a gateway: allowed and refused decisions with identity and 
   assert.equal((await request(`${plain}/open/x`)).status, 200);
 
   // A reload through the admin API, then one that is rejected.
-  const text = config(
-    echo.url,
-    '  - { name: more, match: { path: /more/ }, upstream: echo, public: true }\n',
-  );
+  const text = config(echoUrl, '  - { name: more, match: { path: /more/ }, upstream: echo, public: true }\n');
   writeFileSync(file, text);
   const admin = origin(gw.adminAddress()!);
   const reload = await request(`${admin}/api/v1/reload`, {
@@ -189,13 +197,7 @@ test('audit trail of a gateway: allowed and refused decisions with identity and 
 });
 
 test('audit.decisions: refused records refusals only, and every other event still; a generated key is kept in the state store and published', async (t) => {
-  const echo = await startEchoBackend();
-  t.after(() => echo.close());
-  const d = tempDir();
-  t.after(() => d.remove());
-  const file = d.write('gatehouse.yaml', config(echo.url, '', 'file: audit.jsonl, decisions: refused'));
-  const gw = await startGateway(t, file);
-  const plain = origin(gw.address('plain')!);
+  const { gw, d, plain } = await auditedGateway(t, 'file: audit.jsonl, decisions: refused');
   for (let i = 0; i < 3; i++)
     assert.equal((await request(`${plain}/api/x`, { headers: { 'x-api-key': alice.key } })).status, 200);
   assert.equal((await request(`${plain}/api/x`)).status, 401);
@@ -298,16 +300,9 @@ routes:
 });
 
 test('a reload that moves the trail to another file ends the old file in a checkpoint and records the rest in the new one; both verify', async (t) => {
-  const echo = await startEchoBackend();
-  t.after(() => echo.close());
-  const d = tempDir();
-  t.after(() => d.remove());
-  d.write('audit-key.jwk', ed25519Jwk());
-  const file = d.write('gatehouse.yaml', config(echo.url));
-  const gw = await startGateway(t, file);
-  const plain = origin(gw.address('plain')!);
+  const { gw, d, file, plain, echoUrl } = await auditedGateway(t);
   assert.equal((await request(`${plain}/open/before`)).status, 200);
-  writeFileSync(file, config(echo.url, '', 'file: moved.jsonl, signingKey: file:audit-key.jwk'));
+  writeFileSync(file, config(echoUrl, '', 'file: moved.jsonl, signingKey: file:audit-key.jwk'));
   assert.equal((await gw.reload()).ok, true);
   assert.equal((await request(`${plain}/open/after`)).status, 200);
   await gw.shutdown();
