@@ -17,6 +17,7 @@ import { type ConfigProblem, ConfigSettingError } from '../errors.js';
 import { jwkThumbprint } from '../identity/assertion.js';
 import { AuditTrail, redactQuery } from '../observe/audit/trail.js';
 import { type AuditRecord, emitAudit, setAuditSink } from '../observe/audit-bus.js';
+import { isAllowReason } from '../observe/live-stats.js';
 import { type AccessEntry, AUDIT_DETAIL, type Logger } from '../observe/log.js';
 import type { StateStore } from '../state/types.js';
 
@@ -118,21 +119,13 @@ function generatedFallback(): crypto.JsonWebKey {
   return fallback;
 }
 
-/** The access-decision reasons that let a request through. */
-function allowedBy(reason: string | undefined): boolean {
-  return (
-    reason !== undefined &&
-    (reason === 'public-route' || reason === 'authenticated' || reason.startsWith('policy-allow:'))
-  );
-}
-
 /**
  * The audit record of a finished request, or undefined when `audit.decisions` leaves it out. A request
  * counts as allowed when the access decision let it through and no rate limit or quota stopped it;
  * everything the gateway refused before, at or after the decision is `access.refused`.
  */
 export function accessAuditRecord(entry: AccessEntry, cfg: AuditConfig): AuditRecord | undefined {
-  const allowed = allowedBy(entry.reason) && entry.limit !== 'limited';
+  const allowed = entry.reason !== undefined && isAllowReason(entry.reason) && entry.limit !== 'limited';
   if (allowed && cfg.decisions === 'refused') return undefined;
   const detail = entry[AUDIT_DETAIL];
   const record: AuditRecord = {
@@ -253,7 +246,6 @@ export class AuditService {
   readonly #logger: Logger;
   #trail: AuditTrail | undefined;
   #signature: string | undefined;
-  #key: AuditKey | undefined;
   /** Keys this process has signed with, for `/api/v1/audit/keys` (a reopened trail keeps the old ones). */
   readonly #published = new Map<string, object>();
 
@@ -309,7 +301,6 @@ export class AuditService {
     const previous = this.#trail;
     this.#trail = trail;
     this.#signature = signature;
-    this.#key = key;
     for (const k of trail.publicKeys().keys) this.#published.set((k as { kid?: string }).kid ?? '', k);
     setAuditSink((r) => this.#trail?.record(r));
     if (previous !== undefined)
@@ -326,16 +317,6 @@ export class AuditService {
   /** The public keys of every checkpoint key this process signed with (a JWKS). */
   publicKeys(): { keys: object[] } {
     return { keys: [...this.#published.values()] };
-  }
-
-  /** The trail's counters per sink, when one is open. */
-  stats(): object | undefined {
-    return this.#trail?.stats();
-  }
-
-  /** The key checkpoints are signed with now. */
-  get key(): AuditKey | undefined {
-    return this.#key;
   }
 
   /** Writes a final checkpoint and closes every sink; later events go nowhere. */
