@@ -2,17 +2,20 @@
  * `gatehouse audit verify` and `gatehouse audit query`: checking and searching audit trail files
  * offline. Exit codes: 0 intact (verify) or done (query), 1 a bad line or a failure, 2 usage error.
  */
+import { createPublicKey } from 'node:crypto';
 import { parseDuration } from '../config/units.js';
+import { ConfigError } from '../errors.js';
 import { formatEvent, type QueryFilter, queryFiles } from '../observe/audit/query.js';
 import { readKeyFile, type VerifyKey, verifyFiles } from '../observe/audit/verify.js';
 import type { CliIo } from './main.js';
 
 /** The `audit` part of the help text. */
-export const AUDIT_USAGE = `  audit verify [--key FILE] [--live] FILE...
+export const AUDIT_USAGE = `  audit verify [-c FILE] [--key FILE] [--live] FILE...
                                     check audit files, oldest first (FILE.2 FILE.1 FILE): exit 0 when
                                     the chain is intact and ends in a checkpoint, 1 naming the first
-                                    bad line; --key: a JWK or JWKS file to check checkpoint signatures;
-                                    --live: the last file is still being written
+                                    bad line; -c: check checkpoint signatures with the key of that
+                                    configuration; --key: a JWK or JWKS file of keys to check them
+                                    with; --live: the last file is still being written
   audit query FILE... [--who SUBJECT|EMAIL] [--since 1h|DATE-TIME] [--until 1h|DATE-TIME]
           [--route NAME] [--refused] [--event NAME] [--code CODE] [--json]
                                     print the events that match every filter given
@@ -23,6 +26,8 @@ class AuditUsageError extends Error {}
 
 interface AuditArgs {
   keys: string[];
+  /** `-c FILE`: check signatures with the key of that configuration. */
+  config: string | undefined;
   live: boolean;
   files: string[];
   filter: QueryFilter;
@@ -30,7 +35,7 @@ interface AuditArgs {
 }
 
 const VALUE_OPTIONS: Record<string, ReadonlySet<string>> = {
-  verify: new Set(['--key']),
+  verify: new Set(['--key', '-c', '--config']),
   query: new Set(['--who', '--since', '--until', '--route', '--event', '--code']),
 };
 const FLAG_OPTIONS: Record<string, ReadonlySet<string>> = {
@@ -55,7 +60,7 @@ function parseWhen(option: string, text: string, now: number): number {
 }
 
 function parse(command: 'verify' | 'query', args: string[], now: number): AuditArgs {
-  const out: AuditArgs = { keys: [], live: false, files: [], filter: {}, json: false };
+  const out: AuditArgs = { keys: [], config: undefined, live: false, files: [], filter: {}, json: false };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
     if (arg === '--') {
@@ -69,6 +74,7 @@ function parse(command: 'verify' | 'query', args: string[], now: number): AuditA
       if (value === undefined || value === '') throw new AuditUsageError(`${name} needs a value`);
       const f = out.filter;
       if (name === '--key') out.keys.push(value);
+      else if (name === '-c' || name === '--config') out.config = value;
       else if (name === '--who') f.who = value;
       else if (name === '--since') f.since = parseWhen(name, value, now);
       else if (name === '--until') f.until = parseWhen(name, value, now);
@@ -90,14 +96,10 @@ function parse(command: 'verify' | 'query', args: string[], now: number): AuditA
 }
 
 /** Runs `gatehouse audit …`; resolves with the exit code. `keys` adds checkpoint keys (from a config). */
-export async function runAuditCommand(
-  args: string[],
-  io: CliIo,
-  options: { keys?: readonly VerifyKey[] } = {},
-): Promise<number> {
+export async function runAuditCommand(args: string[], io: CliIo): Promise<number> {
   const [sub, ...rest] = args;
   try {
-    if (sub === 'verify') return await verify(parse('verify', rest, Date.now()), io, options.keys ?? []);
+    if (sub === 'verify') return await verify(parse('verify', rest, Date.now()), io);
     if (sub === 'query') return await query(parse('query', rest, Date.now()), io);
     throw new AuditUsageError(
       sub === undefined ? 'audit needs verify or query' : `unknown audit command "${sub}"`,
@@ -111,8 +113,35 @@ export async function runAuditCommand(
   }
 }
 
-async function verify(a: AuditArgs, io: CliIo, configKeys: readonly VerifyKey[]): Promise<number> {
-  const keys = [...configKeys];
+/**
+ * The checkpoint key of the audit trail a configuration writes, for `audit verify -c`: `audit.signingKey`,
+ * or the key kept in its Redis state store. A generated key in a memory store lives only in the gateway.
+ */
+async function auditKeysOf(file: string): Promise<VerifyKey[]> {
+  const { loadConfig } = await import('../config/load.js');
+  const loaded = await loadConfig(file);
+  if (!loaded.ok) throw new ConfigError(loaded.problems);
+  const audit = loaded.config.audit;
+  if (audit === undefined) throw new Error(`${file} has no audit section`);
+  const { AuditKeyError, configuredAuditKey, storedAuditKey } = await import('../process/audit.js');
+  try {
+    const found =
+      audit.signingKey !== undefined
+        ? configuredAuditKey(audit.signingKey, (ref) => loaded.secrets.resolveSecret(ref))
+        : await storedAuditKey(loaded.config.state.store);
+    if (found === undefined)
+      throw new Error(
+        `${file}: the generated audit key of a memory state store lives only in the running gateway; pass --key with the keys of GET /api/v1/audit/keys`,
+      );
+    return [{ kid: found.keyId, key: createPublicKey(found.key) }];
+  } catch (err) {
+    if (err instanceof AuditKeyError) throw new ConfigError([{ file, path: err.path, message: err.detail }]);
+    throw err;
+  }
+}
+
+async function verify(a: AuditArgs, io: CliIo): Promise<number> {
+  const keys: VerifyKey[] = a.config === undefined ? [] : await auditKeysOf(a.config);
   for (const file of a.keys) keys.push(...(await readKeyFile(file)));
   const report = await verifyFiles(a.files, { keys, live: a.live });
   for (const f of report.files) {

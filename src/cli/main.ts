@@ -3,7 +3,6 @@
  * invalid or missing configuration, bad arguments) print a clear message without a stack trace.
  * Exit codes: 0 success, 1 invalid configuration, failing policy test or failure, 2 usage error.
  */
-import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { LoadResult } from '../config/load.js';
@@ -117,52 +116,6 @@ function parseArgs(args: string[], allowed: ReadonlySet<string>): Parsed {
   return parsed;
 }
 
-/** Takes `-c FILE` (or `--config FILE`, `--config=FILE`) out of `args`. */
-function takeConfigOption(args: readonly string[]): { configFile: string | undefined; args: string[] } {
-  const out: string[] = [];
-  let configFile: string | undefined;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!;
-    if (arg === '--') {
-      out.push(...args.slice(i));
-      break;
-    }
-    if (arg === '-c' || arg === '--config') {
-      configFile = args[++i];
-      if (configFile === undefined) throw new UsageError(`${arg} needs a value`);
-    } else if (arg.startsWith('--config=')) configFile = arg.slice('--config='.length);
-    else out.push(arg);
-  }
-  return { configFile, args: out };
-}
-
-/**
- * The checkpoint key of the audit trail a configuration writes, for `audit verify -c`: `audit.signingKey`,
- * or the key kept in its Redis state store. A generated key in a memory store lives only in the gateway.
- */
-async function auditKeysOf(file: string): Promise<Array<{ kid: string; key: KeyObject }>> {
-  const { loadConfig } = await import('../config/load.js');
-  const loaded = await loadConfig(file);
-  if (!loaded.ok) throw new ConfigError(loaded.problems);
-  const audit = loaded.config.audit;
-  if (audit === undefined) throw new Error(`${file} has no audit section`);
-  const { AuditKeyError, configuredAuditKey, storedAuditKey } = await import('../process/audit.js');
-  try {
-    const found =
-      audit.signingKey !== undefined
-        ? configuredAuditKey(audit.signingKey, (ref) => loaded.secrets.resolveSecret(ref))
-        : await storedAuditKey(loaded.config.state.store);
-    if (found === undefined)
-      throw new Error(
-        `${file}: the generated audit key of a memory state store lives only in the running gateway; pass --key with the keys of GET /api/v1/audit/keys`,
-      );
-    return [{ kid: found.keyId, key: createPublicKey(found.key) }];
-  } catch (err) {
-    if (err instanceof AuditKeyError) throw new ConfigError([{ file, path: err.path, message: err.detail }]);
-    throw err;
-  }
-}
-
 function requireConfig(p: Parsed, command: string): string {
   if (!p.config) throw new UsageError(`${command} needs -c FILE`);
   return p.config;
@@ -192,10 +145,7 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
         );
       case 'audit': {
         const { runAuditCommand } = await import('./audit.js');
-        const { configFile, args } = takeConfigOption(rest);
-        if (configFile === undefined) return await runAuditCommand(args, io);
-        if (args[0] !== 'verify') throw new UsageError('-c FILE applies to audit verify only');
-        return await runAuditCommand(args, io, { keys: await auditKeysOf(configFile) });
+        return await runAuditCommand(rest, io);
       }
       case 'apikey': {
         const { runApiKeyCommand } = await import('../identity/apikey-command.js');
